@@ -1,0 +1,85 @@
+"""Refusals of the engine. Each stable error code of the Lua scripts is one exception class."""
+
+from __future__ import annotations
+
+
+class FlashSaleError(Exception):
+    """A refusal with a stable code (``OUT_OF_STOCK``, ...) and a sentence for people."""
+
+    code = "FLASHSALE_ERROR"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+    def __reduce__(self) -> tuple[type[FlashSaleError], tuple[str]]:
+        return (type(self), (self.message,))
+
+
+class OutOfStock(FlashSaleError):
+    code = "OUT_OF_STOCK"
+
+
+class AlreadyReserved(FlashSaleError):
+    code = "ALREADY_RESERVED"
+
+
+class AlreadyPurchased(FlashSaleError):
+    code = "ALREADY_PURCHASED"
+
+
+class SaleNotActive(FlashSaleError):
+    code = "SALE_NOT_ACTIVE"
+
+
+class NotFound(FlashSaleError):
+    code = "NOT_FOUND"
+
+
+class ReservationExpired(FlashSaleError):
+    code = "RESERVATION_EXPIRED"
+
+
+class InvalidState(FlashSaleError):
+    code = "INVALID_STATE"
+
+
+class InvalidQuantity(FlashSaleError):
+    code = "INVALID_QUANTITY"
+
+
+class InvalidArgument(FlashSaleError):
+    code = "INVALID_ARGUMENT"
+
+
+class Forbidden(FlashSaleError):
+    code = "FORBIDDEN"
+
+
+class CheckoutInProgress(FlashSaleError):
+    code = "CHECKOUT_IN_PROGRESS"
+
+
+ERRORS_BY_CODE: dict[str, type[FlashSaleError]] = {
+    cls.code: cls
+    for cls in (
+        OutOfStock,
+        AlreadyReserved,
+        AlreadyPurchased,
+        SaleNotActive,
+        NotFound,
+        ReservationExpired,
+        InvalidState,
+        InvalidQuantity,
+        InvalidArgument,
+        Forbidden,
+        CheckoutInProgress,
+    )
+}
+
+
+def from_reply(message: str) -> FlashSaleError | None:
+    """The engine error a script's error reply stands for ("OUT_OF_STOCK sku X has 0 units left"), if any."""
+    code, _, text = message.partition(" ")
+    cls = ERRORS_BY_CODE.get(code)
+    return cls(text) if cls else None

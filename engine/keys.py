@@ -1,0 +1,107 @@
+"""The key layout: the only code that knows Redis key names.
+
+Every key of a SKU, of its reservations and orders, and of its partition's event stream carries the
+hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in one Redis Cluster slot.
+
+    fs:{p3}:sku:<sku>              hash   counters (total available reserved sold) + sale settings
+    fs:{p3}:skus                   set    the partition's SKU ids (the catalog)
+    fs:{p3}:holds:<sku>            zset   active reservation id -> deadline ms (lazy expiry in reserve)
+    fs:{p3}:deadlines              zset   the same for the whole partition (the sweeper)
+    fs:{p3}:user:<sku>:<user>      hash   held, purchased (the per-user limit)
+    fs:{p3}:res:<reservation id>   hash   one reservation
+    fs:{p3}:order:<order id>       hash   one order
+    fs:{p3}:idem:<op>:<user>:<key> string first answer of an idempotent call
+    fs:{p3}:events                 stream every state change of the partition, in order
+
+Reservation and order ids carry their partition (``rsv_3_…``, ``ord_3_…``), so a lookup by id needs no index.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from dataclasses import dataclass
+
+DEFAULT_PARTITIONS = 16
+DEFAULT_PREFIX = "fs"
+
+
+def partition_of(sku: str, partitions: int) -> int:
+    """The SKU's partition: a stable hash, the same in every process and every release."""
+    return zlib.crc32(sku.encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """Key names of one partition."""
+
+    index: int
+    prefix: str
+
+    @property
+    def tag(self) -> str:
+        """The prefix every key of this partition starts with, hash tag included: ``fs:{p3}:``."""
+        return f"{self.prefix}:{{p{self.index}}}:"
+
+    def sku(self, sku: str) -> str:
+        return f"{self.tag}sku:{sku}"
+
+    def catalog(self) -> str:
+        return f"{self.tag}skus"
+
+    def holds(self, sku: str) -> str:
+        return f"{self.tag}holds:{sku}"
+
+    def deadlines(self) -> str:
+        return f"{self.tag}deadlines"
+
+    def user(self, sku: str, user: str) -> str:
+        return f"{self.tag}user:{sku}:{user}"
+
+    def reservation(self, reservation_id: str) -> str:
+        return f"{self.tag}res:{reservation_id}"
+
+    def order(self, order_id: str) -> str:
+        return f"{self.tag}order:{order_id}"
+
+    def idempotency(self, operation: str, user: str, key: str | None) -> str:
+        # Without a key the script never touches this name; it only keeps KEYS in the partition's slot.
+        return f"{self.tag}idem:{operation}:{user}:{key}" if key else f"{self.tag}idem:-"
+
+    def events(self) -> str:
+        return f"{self.tag}events"
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """Maps SKUs and entity ids to their partition's keys."""
+
+    partitions: int = DEFAULT_PARTITIONS
+    prefix: str = DEFAULT_PREFIX
+
+    def partition(self, index: int) -> Partition:
+        return Partition(index, self.prefix)
+
+    def for_sku(self, sku: str) -> Partition:
+        return Partition(partition_of(sku, self.partitions), self.prefix)
+
+    def for_id(self, entity_id: str) -> Partition | None:
+        """The partition an id was minted in, or None when the id is not one of ours."""
+        parts = entity_id.split("_", 2)
+        if len(parts) != 3 or parts[0] not in ("rsv", "ord") or not parts[1].isdigit() or not parts[2]:
+            return None
+        index = int(parts[1])
+        if index >= self.partitions:
+            return None
+        return Partition(index, self.prefix)
+
+    def all(self) -> list[Partition]:
+        return [Partition(i, self.prefix) for i in range(self.partitions)]
+
+
+def new_reservation_id(partition: Partition) -> str:
+    return f"rsv_{partition.index}_{uuid.uuid4().hex}"
+
+
+def new_order_id(partition: Partition) -> str:
+    return f"ord_{partition.index}_{uuid.uuid4().hex}"

@@ -1,0 +1,201 @@
+"""Each engine operation as a script call: which script, which keys, which arguments, how to read the reply.
+
+The sync and asyncio clients both execute these, so the two cannot drift apart in semantics.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from engine.errors import InvalidArgument, NotFound
+from engine.keys import Keyspace, Partition, new_order_id, new_reservation_id
+from engine.models import Order, Reservation, Sale, SaleSettings, from_pairs
+
+T = TypeVar("T")
+
+# The same rule as isIdentifier() in lua/includes/common.lua: ids become parts of key names.
+_IDENTIFIER = re.compile(r"[A-Za-z0-9\-_.@]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    partitions: int = 16
+    prefix: str = "fs"
+    idempotency_ttl_ms: int = 24 * 3600 * 1000
+    payment_grace_ms: int = 30_000
+    lazy_expiry_bound: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[str | int, ...]
+    parse: Callable[[Any], T]
+
+
+def identifier(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise InvalidArgument(f"{what} must be 1-128 letters, digits or -_.@")
+    return value
+
+
+def _reservation(reply: Any) -> Reservation:
+    return from_pairs(reply, Reservation)
+
+
+def _order(reply: Any) -> Order:
+    return from_pairs(reply, Order)
+
+
+def _sale(reply: Any) -> Sale:
+    return from_pairs(reply, Sale)
+
+
+def _count(reply: Any) -> int:
+    return int(reply)
+
+
+class Operations:
+    """Builds the script call for each operation."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.keys = Keyspace(config.partitions, config.prefix)
+
+    def _idempotency_ttl(self, key: str | None) -> int:
+        if key is None:
+            return 0
+        if not isinstance(key, str) or not 1 <= len(key) <= 200:
+            raise InvalidArgument("idempotency key must be 1-200 characters")
+        return self.config.idempotency_ttl_ms
+
+    def _partition_of_reservation(self, reservation_id: str) -> Partition:
+        p = self.keys.for_id(reservation_id) if isinstance(reservation_id, str) else None
+        if p is None or not reservation_id.startswith("rsv_"):
+            raise NotFound(f"no reservation {reservation_id!r}")
+        return p
+
+    def _partition_of_order(self, order_id: str) -> Partition:
+        p = self.keys.for_id(order_id) if isinstance(order_id, str) else None
+        if p is None or not order_id.startswith("ord_"):
+            raise NotFound(f"no order {order_id!r}")
+        return p
+
+    def load_sale(self, settings: SaleSettings) -> Call[Sale]:
+        p = self.keys.for_sku(identifier(settings.sku, "sku"))
+        return Call(
+            "load_sale",
+            (p.sku(settings.sku), p.events(), p.catalog()),
+            (settings.sku, *settings.as_pairs()),
+            _sale,
+        )
+
+    def reserve(self, sku: str, user: str, quantity: int, idempotency_key: str | None) -> Call[Reservation]:
+        p = self.keys.for_sku(identifier(sku, "sku"))
+        identifier(user, "user id")
+        rid = new_reservation_id(p)
+        return Call(
+            "reserve",
+            (
+                p.sku(sku),
+                p.holds(sku),
+                p.deadlines(),
+                p.events(),
+                p.user(sku, user),
+                p.reservation(rid),
+                p.idempotency("reserve", user, idempotency_key),
+            ),
+            (
+                p.tag,
+                user,
+                str(quantity),
+                rid,
+                self._idempotency_ttl(idempotency_key),
+                sku,
+                self.config.lazy_expiry_bound,
+            ),
+            _reservation,
+        )
+
+    def begin_checkout(
+        self, reservation_id: str, user: str, payment_method: str, idempotency_key: str | None
+    ) -> Call[Order]:
+        p = self._partition_of_reservation(reservation_id)
+        identifier(user, "user id")
+        order_id = new_order_id(p)
+        return Call(
+            "begin_checkout",
+            (
+                p.reservation(reservation_id),
+                p.events(),
+                p.deadlines(),
+                p.order(order_id),
+                p.idempotency("checkout", user, idempotency_key),
+            ),
+            (
+                p.tag,
+                user,
+                order_id,
+                payment_method,
+                self._idempotency_ttl(idempotency_key),
+                self.config.payment_grace_ms,
+                reservation_id,
+            ),
+            _order,
+        )
+
+    def confirm(
+        self, order_id: str, user: str, transaction_id: str, idempotency_key: str | None
+    ) -> Call[Order]:
+        p = self._partition_of_order(order_id)
+        identifier(user, "user id")
+        return Call(
+            "confirm",
+            (p.order(order_id), p.events(), p.idempotency("confirm", user, idempotency_key)),
+            (p.tag, user, transaction_id, self._idempotency_ttl(idempotency_key), order_id),
+            _order,
+        )
+
+    def fail_checkout(self, order_id: str, user: str, reason: str) -> Call[Order]:
+        p = self._partition_of_order(order_id)
+        identifier(user, "user id")
+        return Call("fail_checkout", (p.order(order_id), p.events()), (p.tag, user, reason, order_id), _order)
+
+    def release(self, reservation_id: str, user: str) -> Call[Reservation]:
+        p = self._partition_of_reservation(reservation_id)
+        identifier(user, "user id")
+        return Call(
+            "release",
+            (p.reservation(reservation_id), p.events()),
+            (p.tag, user, reservation_id),
+            _reservation,
+        )
+
+    def expire(self, partition: int, limit: int) -> Call[int]:
+        if not isinstance(partition, int) or not 0 <= partition < self.config.partitions:
+            raise InvalidArgument(f"partition must be 0..{self.config.partitions - 1}")
+        p = self.keys.partition(partition)
+        return Call("expire", (p.deadlines(), p.events()), (p.tag, str(limit)), _count)
+
+    def cancel_order(self, order_id: str, user: str, admin: bool) -> Call[Order]:
+        p = self._partition_of_order(order_id)
+        identifier(user, "user id")
+        return Call(
+            "cancel_order", (p.order(order_id), p.events()), (p.tag, user, int(admin), order_id), _order
+        )
+
+    def fulfil_order(self, order_id: str) -> Call[Order]:
+        p = self._partition_of_order(order_id)
+        return Call("fulfil_order", (p.order(order_id), p.events()), (order_id,), _order)
+
+    def restock(self, sku: str, delta: int) -> Call[Sale]:
+        p = self.keys.for_sku(identifier(sku, "sku"))
+        return Call("restock", (p.sku(sku), p.events()), (str(delta), sku), _sale)
+
+    def noop(self, sku: str) -> Call[int]:
+        p = self.keys.for_sku(sku)
+        return Call("noop", (p.sku(sku),), (), _count)

@@ -1,0 +1,1 @@
+"""One module per ``flashsale`` command (or command group)."""

@@ -1,0 +1,93 @@
+"""One typed settings object, read from the environment (prefix ``FLASHSALE_``) when asked, never at import.
+
+A URL left unset means "embedded": ``flashsale up`` starts that server itself (see ``flashsale.launcher``).
+compose.yaml sets the same variable names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from engine.operations import EngineConfig
+
+PREFIX = "FLASHSALE_"
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    # Servers; None = start an embedded one (flashsale up) or fail with a clear message (other commands).
+    redis_url: str | None = None
+    database_url: str | None = None
+    kafka_bootstrap: str | None = None
+    data_dir: Path | None = None
+
+    # Engine
+    partitions: int = 16
+    key_prefix: str = "fs"
+    idempotency_ttl_ms: int = 24 * 3600 * 1000
+    payment_grace_ms: int = 30_000
+    lazy_expiry_bound: int = 16
+    redis_max_connections: int = 64
+    redis_pool_timeout_s: float = 10.0
+
+    # HTTP API
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    jwt_secret: str | None = None
+    jwt_issuer: str = "flashsale"
+    max_body_bytes: int = 16 * 1024
+    user_rate_limit_per_s: float = 20.0
+    user_rate_burst: int = 40
+
+    # Kafka topics (names and partition counts as in the design document)
+    topic_reservations: str = "flash-sale-reservations"
+    topic_reservations_partitions: int = 10
+    topic_inventory: str = "flash-sale-inventory-updates"
+    topic_inventory_partitions: int = 10
+    topic_orders: str = "flash-sale-orders"
+    topic_orders_partitions: int = 5
+
+    # Write-behind worker
+    worker_batch_size: int = 1000
+    worker_lease_ms: int = 5_000
+    sweep_interval_ms: int = 250
+    sweep_batch: int = 500
+
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``FLASHSALE_*`` variables (e.g. FLASHSALE_REDIS_URL), then explicit overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in cls.__struct_fields__:
+            raw = env.get(PREFIX + field.upper())
+            if raw is not None and raw != "":
+                values[field] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as error:
+            raise ValueError(f"bad setting: {error}") from None
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            partitions=self.partitions,
+            prefix=self.key_prefix,
+            idempotency_ttl_ms=self.idempotency_ttl_ms,
+            payment_grace_ms=self.payment_grace_ms,
+            lazy_expiry_bound=self.lazy_expiry_bound,
+        )
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as environment variables, to hand to a child process."""
+        env = {}
+        for field in self.__struct_fields__:
+            value = getattr(self, field)
+            if value is not None:
+                env[PREFIX + field.upper()] = str(value)
+        return env
