@@ -1,0 +1,171 @@
+"""compose.yaml is a valid Compose file and a coherent stack, checked without a Docker engine.
+
+The schema is the Compose specification's own (github.com/compose-spec/compose-spec, file
+schema/compose-spec.json), as vendored inside the check-jsonschema package (its builtin schema
+``vendor.compose-spec``), so the check runs offline. On top of the schema: what the schema cannot know
+(settings names, health checks, start order).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from ruamel.yaml import YAML
+
+from flashsale.settings import PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def compose_schema() -> dict[str, Any]:
+    schema_file = files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
+    schema: dict[str, Any] = json.loads(schema_file.read_text())
+    return schema
+
+
+def load_compose() -> dict[str, Any]:
+    # The same YAML loader check-jsonschema uses (merge keys such as `<<: *app` resolved).
+    document: dict[str, Any] = YAML(typ="safe").load(COMPOSE.read_text())
+    return document
+
+
+def schema_errors(document: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(compose_schema())
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+def test_compose_file_validates_against_the_compose_specification(compose: dict[str, Any]) -> None:
+    assert schema_errors(compose) == []
+
+
+def test_the_check_jsonschema_command_accepts_compose_file_offline() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("service", "path", "value"),
+    [
+        ("api", ("healthcheck", "retries"), {"at least": 3}),
+        ("worker", ("depends_on", "redis", "condition"), "when_it_feels_like_it"),
+        ("redis", ("restrat",), "always"),
+    ],
+)
+def test_the_schema_check_rejects_a_broken_compose_file(
+    compose: dict[str, Any], service: str, path: tuple[str, ...], value: object
+) -> None:
+    broken = copy.deepcopy(compose)
+    node = broken["services"][service]
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    errors = schema_errors(broken)
+    assert errors
+    assert all(e.startswith(f"services/{service}") for e in errors), errors
+
+
+def app_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in compose["services"].items() if "build" in s}
+
+
+def test_every_flashsale_variable_is_a_setting(compose: dict[str, Any]) -> None:
+    fields = {PREFIX + f.upper() for f in Settings.__struct_fields__}
+    services = app_services(compose)
+    assert set(services) == {"migrate", "api", "worker"}
+    for name, service in services.items():
+        names = set(service["environment"])
+        assert {"FLASHSALE_REDIS_URL", "FLASHSALE_DATABASE_URL", "FLASHSALE_KAFKA_BOOTSTRAP"} <= names, name
+        unknown = {n for n in names if n.startswith(PREFIX)} - fields
+        assert not unknown, f"{name} sets variables flashsale/settings.py does not read: {unknown}"
+
+
+def test_secrets_come_from_the_environment_file_never_the_compose_file(compose: dict[str, Any]) -> None:
+    interpolation_required = re.compile(r"\$\{[A-Z_]+:\?[^}]*\}")
+    for name, service in app_services(compose).items():
+        assert interpolation_required.fullmatch(service["environment"]["FLASHSALE_JWT_SECRET"]), name
+        assert interpolation_required.search(service["environment"]["FLASHSALE_DATABASE_URL"]), name
+    postgres_env = compose["services"]["postgres"]["environment"]
+    assert interpolation_required.fullmatch(postgres_env["POSTGRES_PASSWORD"])
+
+
+def test_every_long_running_service_has_a_health_check(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if service.get("restart") == "no":
+            continue  # a one-shot job: dependants wait for service_completed_successfully instead
+        check = service.get("healthcheck")
+        assert check, f"{name} has no health check"
+        assert check.get("test"), name
+        assert not check.get("disable"), name
+
+
+def test_start_order_waits_for_healthy_dependencies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for dependency, rule in service.get("depends_on", {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            target = services[dependency]
+            if target.get("restart") == "no":
+                assert rule["condition"] == "service_completed_successfully", (name, dependency)
+            else:
+                assert rule["condition"] == "service_healthy", (name, dependency)
+                assert "healthcheck" in target
+    for name in ("api", "worker"):
+        assert set(services[name]["depends_on"]) == {"redis", "postgres", "kafka", "migrate"}
+    assert set(services["migrate"]["depends_on"]) == {"postgres"}
+
+
+def test_redis_keeps_an_append_only_file_synced_every_second(compose: dict[str, Any]) -> None:
+    command = compose["services"]["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert any(v.endswith(":/data") for v in compose["services"]["redis"]["volumes"])
+
+
+def test_kafka_runs_in_kraft_mode(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    env = kafka["environment"]
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert "KAFKA_ZOOKEEPER_CONNECT" not in env
+    assert compose["services"]["api"]["environment"]["FLASHSALE_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+
+
+def test_the_api_serves_with_several_workers_on_all_interfaces(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    assert api["command"] == ["flashsale", "serve"]
+    assert int(api["environment"]["FLASHSALE_WORKERS"]) >= 2
+    assert api["environment"]["FLASHSALE_HOST"] == "0.0.0.0"
+    assert compose["services"]["worker"]["command"] == ["flashsale", "worker"]
+    assert compose["services"]["migrate"]["command"] == ["flashsale", "db", "migrate"]
+
+
+def test_the_dockerfile_installs_the_project_editable_on_python_311_slim() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    assert re.search(r"pip install -e \.", text)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".env"} <= set(ignored)
+    assert not {"lua", "sql", "engine", "flashsale"} & set(ignored)
