@@ -1,26 +1,43 @@
 """Auto-pipelining for the asyncio client: concurrent calls share pipelined round trips.
 
 Like ioredis's ``enableAutoPipelining``: every EVALSHA issued during one turn of the event loop joins a
-queue; a sender takes whatever is queued and sends it as one pipeline; while that round trip is in flight
+queue; a sender takes whatever is queued and writes it as one pipeline; while that round trip is in flight
 the next calls queue up and leave together with the next pipeline. One process thus approaches what Redis
 itself can do, instead of paying a network round trip and a syscall pair per call.
 
+This is the hot path of every reservation, so it skips redis-py's Pipeline object: each call is packed to
+RESP once, in C (``hiredis.pack_command``), when it is queued; a batch is one bytes write; replies are read
+back on the same connection. Each sender keeps its own connection from the client's pool between batches
+(at most ``max_inflight`` of them), so there is no pool round trip per batch.
+
 Replies come back in order; each caller gets its own reply or its own error. A connection error fails
 every call of that pipeline: the caller cannot know whether its script ran, which is why reserve and
-checkout take idempotency keys. Nothing here retries a script by itself, so none ever runs twice.
+checkout take idempotency keys. Nothing here retries a script by itself, so none ever runs twice; the one
+resend is of calls refused with NOSCRIPT, which Redis did not run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-_Pending = tuple[str, tuple[str, ...], tuple[str | int, ...], "asyncio.Future[Any]"]
+_Pending = tuple[bytes, "asyncio.Future[Any]"]
+
+
+def _pack(sha: str, keys: tuple[str, ...], args: tuple[str | int, ...]) -> bytes:
+    """One EVALSHA in RESP, ready to write."""
+    command: tuple[str | int, ...] = ("EVALSHA", sha, len(keys), *keys, *args)
+    packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]  # its stub wants a 1-tuple
+    return packed
 
 
 class AutoPipeline:
@@ -32,6 +49,8 @@ class AutoPipeline:
         max_batch: int = 256,
         max_inflight: int = 4,
     ) -> None:
+        if max_batch < 1 or max_inflight < 1:
+            raise ValueError("max_batch and max_inflight must be at least 1")
         self._redis = redis
         self._reload_scripts = reload_scripts
         self._max_batch = max_batch
@@ -40,11 +59,13 @@ class AutoPipeline:
         self._senders = 0
         self._start_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Connections of senders between batches; at most max_inflight exist at once.
+        self._idle: list[AbstractConnection] = []
 
     async def evalsha(self, sha: str, keys: tuple[str, ...], args: tuple[str | int, ...]) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((sha, keys, args, future))
+        self._queue.append((_pack(sha, keys, args), future))
         if not self._start_pending and self._senders < self._max_inflight:
             # Wait for the rest of this loop turn's calls, then send them together.
             self._start_pending = True
@@ -60,31 +81,52 @@ class AutoPipeline:
             task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
+        connection: AbstractConnection | None = None
         try:
             while self._queue:
                 size = min(len(self._queue), self._max_batch)
-                await self._send([self._queue.popleft() for _ in range(size)])
+                batch = [self._queue.popleft() for _ in range(size)]
+                if connection is None:
+                    connection = await self._connection(batch)
+                    if connection is None:
+                        continue
+                await self._send(connection, batch)
         finally:
             self._senders -= 1
+            if connection is not None:
+                self._idle.append(connection)
 
-    async def _send(self, batch: list[_Pending]) -> None:
+    async def _connection(self, batch: list[_Pending]) -> AbstractConnection | None:
+        """A connection for this sender, or None after failing the batch when none can be had."""
+        if self._idle:
+            return self._idle.pop()
         try:
-            replies = await self._execute(batch)
+            connection: AbstractConnection = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        except (Exception, asyncio.CancelledError) as error:
+            self._fail(batch, error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return None
+        return connection
+
+    async def _send(self, connection: AbstractConnection, batch: list[_Pending]) -> None:
+        try:
+            replies = await self._round_trip(connection, [packed for packed, _ in batch])
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if missing:
                 # Redis lost its script cache (restart, SCRIPT FLUSH): NOSCRIPT means nothing ran.
                 await self._reload_scripts()
-                again = await self._execute([batch[i] for i in missing])
+                again = await self._round_trip(connection, [batch[i][0] for i in missing])
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         except (Exception, asyncio.CancelledError) as error:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            # The connection is in an unknown state (part of the replies unread): start it afresh.
+            await asyncio.shield(connection.disconnect(nowait=True))
+            self._fail(batch, error)
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
-        for (*_, future), reply in zip(batch, replies, strict=True):
+        for (_, future), reply in zip(batch, replies, strict=True):
             if future.done():  # the caller gave up waiting
                 continue
             if isinstance(reply, Exception):
@@ -92,12 +134,32 @@ class AutoPipeline:
             else:
                 future.set_result(reply)
 
-    async def _execute(self, batch: list[_Pending]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for sha, keys, args, _ in batch:
-            pipe.evalsha(sha, len(keys), *keys, *args)
-        return await pipe.execute(raise_on_error=False)
+    @staticmethod
+    async def _round_trip(connection: AbstractConnection, commands: list[bytes]) -> list[Any]:
+        """Writes the commands as one pipeline and reads one reply (or error reply) per command."""
+        await connection.send_packed_command(b"".join(commands), check_health=False)
+        replies: list[Any] = []
+        # One deadline for the whole batch (the connection's socket timeout) rather than a timer per reply.
+        try:
+            async with asyncio.timeout(connection.socket_timeout):
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as error:  # an error reply: this call's own answer
+                        replies.append(error)
+        except TimeoutError:
+            raise RedisTimeoutError(f"no reply within {connection.socket_timeout}s") from None
+        return replies
+
+    @staticmethod
+    def _fail(batch: list[_Pending], error: BaseException) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await self._redis.connection_pool.release(connection)
