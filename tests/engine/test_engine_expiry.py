@@ -1,0 +1,145 @@
+"""Holds end at their deadline: through the sweeper, through a later reserve of the same SKU when no
+sweeper runs, and together with an abandoned checkout. Deadlines use a 1-second TTL (the minimum)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from engine_checks import all_events, check_invariants, event_types
+
+from engine import (
+    Engine,
+    InvalidState,
+    OrderStatus,
+    OutOfStock,
+    ReservationExpired,
+    ReservationStatus,
+    SaleSettings,
+)
+
+TTL_MS = 1000
+
+
+def _sleep_past(deadline_ms: int, engine: Engine) -> None:
+    """Sleeps until Redis's clock (the one every deadline is measured on) has passed the deadline."""
+    seconds, micros = engine.redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    time.sleep(max(0, deadline_ms - now_ms + 20) / 1000)
+
+
+def test_the_sweeper_returns_lapsed_holds_to_stock(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="EXP-1", total=3, reservation_ttl_ms=TTL_MS))
+    held = [engine.reserve("EXP-1", f"user-{n}") for n in range(3)]
+    assert engine.expire_all() == 0  # nothing is due yet
+    with pytest.raises(OutOfStock):
+        engine.reserve("EXP-1", "late")
+    _sleep_past(max(r.expires_at for r in held), engine)
+
+    assert engine.expire_all() == 3
+    assert engine.expire_all() == 0  # each hold ends once
+    sale = engine.get_sale("EXP-1")
+    assert (sale.available, sale.reserved, sale.sold) == (3, 0, 0)
+    for r in held:
+        assert engine.get_reservation(r.id).status == ReservationStatus.EXPIRED
+        assert engine.user_counts("EXP-1", r.user).held == 0
+    expired = [e for e in all_events(engine) if e.type == "expired"]
+    assert sorted(e.reservation_id for e in expired) == sorted(r.id for r in held)
+    check_invariants(engine)
+
+
+def test_expire_of_one_partition_ends_at_most_its_limit(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="EXP-2", total=5, reservation_ttl_ms=TTL_MS))
+    held = [engine.reserve("EXP-2", f"user-{n}") for n in range(5)]
+    _sleep_past(max(r.expires_at for r in held), engine)
+    partition = engine.keys.for_sku("EXP-2").index
+    assert engine.expire(partition, limit=2) == 2
+    assert engine.get_sale("EXP-2").available == 2
+    assert engine.expire(partition, limit=500) == 3
+    assert engine.get_sale("EXP-2").available == 5
+    check_invariants(engine)
+
+
+def test_without_a_sweeper_a_later_reserve_of_the_sku_takes_back_lapsed_holds(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="EXP-3", total=2, reservation_ttl_ms=TTL_MS))
+    first = [engine.reserve("EXP-3", "alice"), engine.reserve("EXP-3", "bob")]
+    with pytest.raises(OutOfStock):
+        engine.reserve("EXP-3", "carol")
+    _sleep_past(max(r.expires_at for r in first), engine)
+
+    carol = engine.reserve("EXP-3", "carol")  # no expire() ran: reserve itself ended the lapsed holds
+    assert carol.status == ReservationStatus.RESERVED
+    sale = engine.get_sale("EXP-3")
+    assert (sale.available, sale.reserved) == (1, 1)
+    assert [engine.get_reservation(r.id).status for r in first] == [ReservationStatus.EXPIRED] * 2
+    assert engine.user_counts("EXP-3", "alice").held == 0
+    assert event_types(engine) == {"sale_loaded": 1, "reserved": 3, "expired": 2}
+    # The sweeper finds nothing left to do: the lazy expiry also cleared the partition's deadlines.
+    assert engine.expire_all() == 0
+    check_invariants(engine)
+
+
+def test_a_lazy_expiry_only_touches_the_sku_being_reserved(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="EXP-4", total=1, reservation_ttl_ms=TTL_MS))
+    engine.load_sale(SaleSettings(sku="EXP-5", total=1, reservation_ttl_ms=TTL_MS))
+    a = engine.reserve("EXP-4", "alice")
+    b = engine.reserve("EXP-5", "alice")
+    _sleep_past(max(a.expires_at, b.expires_at), engine)
+    engine.reserve("EXP-4", "bob")
+    assert engine.get_reservation(a.id).status == ReservationStatus.EXPIRED
+    assert engine.get_reservation(b.id).status == ReservationStatus.RESERVED  # its deadline passed, but
+    assert engine.get_sale("EXP-5").reserved == 1  # no one touched EXP-5 yet
+    assert engine.expire_all() == 1
+    check_invariants(engine)
+
+
+def test_checkout_and_release_of_a_lapsed_hold_end_it_and_say_expired(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="EXP-6", total=2, reservation_ttl_ms=TTL_MS))
+    a = engine.reserve("EXP-6", "alice")
+    b = engine.reserve("EXP-6", "bob")
+    _sleep_past(max(a.expires_at, b.expires_at), engine)
+    with pytest.raises(ReservationExpired):
+        engine.begin_checkout(a.id, "alice", "card")
+    with pytest.raises(ReservationExpired):
+        engine.release(b.id, "bob")
+    assert engine.get_sale("EXP-6").available == 2
+    assert event_types(engine)["expired"] == 2
+    assert engine.expire_all() == 0
+    check_invariants(engine)
+
+
+def test_an_abandoned_checkout_fails_its_order_and_returns_the_units(graceless_engine: Engine) -> None:
+    engine = graceless_engine
+    engine.load_sale(SaleSettings(sku="EXP-7", total=1, reservation_ttl_ms=TTL_MS, flash_price_cents=500))
+    hold = engine.reserve("EXP-7", "alice")
+    order = engine.begin_checkout(hold.id, "alice", "card")
+    assert order.status == OrderStatus.PENDING
+    _sleep_past(hold.expires_at, engine)
+
+    assert engine.expire_all() == 1
+    failed = engine.get_order(order.id)
+    assert failed.status == OrderStatus.FAILED
+    assert failed.failure_reason == "CHECKOUT_TIMEOUT"
+    assert engine.get_reservation(hold.id).status == ReservationStatus.EXPIRED
+    sale = engine.get_sale("EXP-7")
+    assert (sale.available, sale.reserved, sale.sold) == (1, 0, 0)
+    assert engine.user_counts("EXP-7", "alice").held == 0
+    with pytest.raises(InvalidState):
+        engine.confirm(order.id, "alice", "tx-too-late")
+    (expired,) = [e for e in all_events(engine) if e.type == "expired"]
+    assert (expired.order_id, expired.order_status) == (order.id, "FAILED")
+    check_invariants(engine)
+
+
+def test_the_payment_grace_keeps_a_hold_being_paid_past_its_deadline(engine: Engine) -> None:
+    # The default engine gives a checkout 30 seconds of grace.
+    engine.load_sale(SaleSettings(sku="EXP-8", total=1, reservation_ttl_ms=TTL_MS))
+    hold = engine.reserve("EXP-8", "alice")
+    order = engine.begin_checkout(hold.id, "alice", "card")
+    _sleep_past(hold.expires_at, engine)
+    assert engine.expire_all() == 0
+    confirmed = engine.confirm(order.id, "alice", "tx-1")
+    assert confirmed.status == OrderStatus.CONFIRMED
+    sale = engine.get_sale("EXP-8")
+    assert (sale.available, sale.reserved, sale.sold) == (0, 0, 1)
+    check_invariants(engine)
