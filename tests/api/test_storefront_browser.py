@@ -1,0 +1,308 @@
+"""The storefront page (api/static/) driven in headless Chromium against the real API on a real port.
+
+Real Redis (the launcher's, via ``redis_url``), the real Starlette app under uvicorn on a free port, and
+Debian's ``chromium`` driven by Playwright through ``executable_path`` (Playwright's own browser download
+is never used: the network is closed). Each step is checked twice: on the page, as a shopper sees it, and
+in Redis's counters, which are the truth.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from playwright.sync_api import BrowserContext, Locator, Page, Playwright, expect, sync_playwright
+
+from api.app import create_app
+from engine import Engine, OrderStatus, ReservationStatus, SaleSettings
+from flashsale.commands.token import mint
+from flashsale.launcher import free_port, wait_for_port
+from flashsale.settings import Settings
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+JWT_SECRET = "storefront-test-secret-of-at-least-32-bytes"
+REPO = Path(__file__).resolve().parents[2]
+README_SCREENSHOT = REPO / "docs" / "storefront.png"
+HOUR_MS = 3_600_000
+
+
+# -- servers ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Storefront:
+    url: str
+    settings: Settings
+
+
+@pytest.fixture
+def storefront(redis_url: str) -> Iterator[Storefront]:
+    """The API app (which serves the page at /) under uvicorn in a thread, on a free loopback port."""
+    settings = Settings(redis_url=redis_url, jwt_secret=JWT_SECRET)
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="storefront-uvicorn", daemon=True)
+    thread.start()
+    try:
+        wait_for_port(port, timeout=20)
+        yield Storefront(url=f"http://127.0.0.1:{port}", settings=settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    if not Path(CHROMIUM).is_file():
+        # Not a skip: the page is part of the product. ./dev test installs the package when run as root.
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture
+def browser(playwright: Playwright) -> Iterator[BrowserContext]:
+    """Debian's chromium with a new, empty profile per test (nothing carries over between tests)."""
+    with tempfile.TemporaryDirectory(prefix="storefront-profile-") as profile:
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+            locale="en-US",
+            timezone_id="UTC",
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def screenshots() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="storefront-shots-") as folder:
+        yield Path(folder)
+
+
+class PageErrors(list[str]):
+    """Uncaught script errors of a page; a test ends by asserting there were none."""
+
+
+def open_storefront(browser: BrowserContext, storefront: Storefront) -> tuple[Page, PageErrors]:
+    page = browser.new_page()
+    errors = PageErrors()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(storefront.url + "/")
+    return page, errors
+
+
+def sign_in(page: Page, storefront: Storefront, user: str) -> None:
+    """Signs in through the page's token field with a token minted like ``flashsale token USER`` does."""
+    page.get_by_text("I have a token").click()
+    page.get_by_label("Bearer token").fill(mint(storefront.settings, user))
+    page.get_by_role("button", name="Use token").click()
+    expect(page.locator("#account-name")).to_have_text(user)
+
+
+def card(page: Page, sku: str) -> Locator:
+    return page.locator(f'.product[data-sku="{sku}"]')
+
+
+def counters(engine: Engine, sku: str) -> tuple[int, int, int, int]:
+    sale = engine.get_sale(sku)
+    return sale.available, sale.reserved, sale.sold, sale.total
+
+
+def redis_now_ms(engine: Engine) -> int:
+    seconds, micros = engine.redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+# -- tests ------------------------------------------------------------------------------------------------
+def test_a_shopper_reserves_sees_the_hold_timer_pays_and_gets_a_confirmation(
+    storefront: Storefront, engine: Engine, browser: BrowserContext, screenshots: Path
+) -> None:
+    now = redis_now_ms(engine)
+    engine.load_sale(SaleSettings(
+        sku="SKU-PHONE", name="Aurora Phone 12", price_cents=89_900, flash_price_cents=49_900, total=5,
+        per_user_limit=1, starts_at=now - 60_000, ends_at=now + 2 * HOUR_MS, reservation_ttl_ms=300_000,
+    ))  # fmt: skip
+    engine.load_sale(SaleSettings(
+        sku="SKU-BUDS", name="Quiet Buds Pro", price_cents=19_900, flash_price_cents=8_900, total=2,
+        per_user_limit=1, starts_at=now - 60_000, reservation_ttl_ms=300_000,
+    ))  # fmt: skip
+    engine.load_sale(SaleSettings(
+        sku="SKU-WATCH", name="Pulse Watch", price_cents=34_900, flash_price_cents=17_900, total=30,
+        per_user_limit=2, starts_at=now + HOUR_MS, reservation_ttl_ms=300_000,
+    ))  # fmt: skip
+    # Other shoppers bought every pair of buds before alice arrives.
+    for other in ("bob", "carol"):
+        taken = engine.reserve("SKU-BUDS", other)
+        engine.confirm(engine.begin_checkout(taken.id, other, "CREDIT_CARD").id, other, "tx-" + other)
+    assert counters(engine, "SKU-BUDS") == (0, 0, 2, 2)
+
+    page, errors = open_storefront(browser, storefront)
+
+    # The catalog with live stock, the sold-out item and the countdown to the next opening.
+    phone, buds, watch = card(page, "SKU-PHONE"), card(page, "SKU-BUDS"), card(page, "SKU-WATCH")
+    expect(phone.locator(".product-name")).to_have_text("Aurora Phone 12")
+    expect(phone.locator(".price-flash")).to_have_text("$499.00")
+    expect(phone.locator(".price-regular")).to_have_text("$899.00")
+    expect(phone.locator(".stock-text")).to_have_text("5 of 5 left")
+    expect(buds.locator(".product-badge")).to_have_text("Sold out")
+    expect(buds.get_by_role("button", name=re.compile("^Sold out"))).to_be_disabled()
+    expect(watch.locator(".product-badge")).to_have_text(re.compile(r"^Starts in (59:\d\d|1:00:00)$"))
+    expect(watch.get_by_role("button", name=re.compile("^Not open yet"))).to_be_disabled()
+    expect(page.locator("#sale-clock")).to_contain_text("The sale is live: 5 units left")
+
+    # Reserving needs a shopper: the page says so instead of sending an anonymous request.
+    phone.get_by_role("button", name=re.compile("^Sign in to reserve")).click()
+    expect(page.get_by_role("status")).to_have_text(re.compile("Please sign in first"))
+    sign_in(page, storefront, "alice")
+
+    # Reserve -> a hold with a timer counting down from the sale's 5 minutes; Redis holds the unit.
+    phone.get_by_role("button", name="Reserve: Aurora Phone 12").click()
+    hold = page.locator(".hold")
+    expect(hold.locator(".hold-title")).to_have_text("1 × Aurora Phone 12")
+    expect(page.get_by_role("status")).to_have_text(re.compile(r"^Reserved 1 × Aurora Phone 12\."))
+    expect(hold.locator(".hold-timer")).to_have_text(re.compile(r"^0[45]:\d\d$"))
+    first_reading = hold.locator(".hold-timer").inner_text()
+    expect(hold.locator(".hold-timer")).not_to_have_text(first_reading, timeout=3000)  # it counts down
+    reservation_id = hold.get_attribute("data-reservation")
+    assert reservation_id is not None
+    assert counters(engine, "SKU-PHONE") == (4, 1, 0, 5)
+    assert engine.get_reservation(reservation_id).status == ReservationStatus.RESERVED
+    expect(phone.locator(".stock-text")).to_have_text("4 of 5 left · 1 on hold")  # the next poll shows it
+    expect(phone.get_by_role("button", name=re.compile("^Held for you"))).to_be_disabled()
+
+    page.screenshot(path=screenshots / "1-hold.png", full_page=True)
+    README_SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=README_SCREENSHOT, full_page=True)
+
+    # A declined payment keeps the hold: the unit stays reserved, the shopper can try again.
+    hold.get_by_label("Test card (always declined)").check()
+    hold.get_by_role("button", name="Pay and confirm").click()
+    expect(page.get_by_role("status")).to_have_text(re.compile("^Payment declined for Aurora Phone 12"))
+    expect(hold).to_be_visible()
+    assert counters(engine, "SKU-PHONE") == (4, 1, 0, 5)
+    declined = engine.get_reservation(reservation_id)
+    assert declined.status == ReservationStatus.RESERVED
+    assert declined.order_id is None or engine.get_order(declined.order_id).status == OrderStatus.FAILED
+    page.screenshot(path=screenshots / "2-declined.png", full_page=True)
+
+    # Pay with a card -> the order confirmation; Redis has sold the unit.
+    hold.get_by_label("Credit card").check()
+    hold.get_by_role("button", name="Pay and confirm").click()
+    confirmation = page.locator(".order")
+    expect(confirmation.locator(".order-title")).to_have_text("Order confirmed")
+    expect(confirmation.locator(".order-item")).to_have_text("1 × Aurora Phone 12")
+    expect(confirmation.locator(".order-total")).to_have_text("$499.00")
+    expect(confirmation.locator(".order-status")).to_have_text("CONFIRMED")
+    expect(page.locator(".hold")).to_have_count(0)
+    order_id = confirmation.locator(".order-id").inner_text()
+    order = engine.get_order(order_id)
+    assert (order.status, order.user, order.reservation_id, order.total_cents) == (
+        OrderStatus.CONFIRMED, "alice", reservation_id, 49_900,
+    )  # fmt: skip
+    assert engine.get_reservation(reservation_id).status == ReservationStatus.CONFIRMED
+    assert counters(engine, "SKU-PHONE") == (4, 0, 1, 5)
+    expect(phone.locator(".stock-text")).to_have_text("4 of 5 left")
+    page.screenshot(path=screenshots / "3-confirmed.png", full_page=True)
+
+    # The limit is 1 per shopper: a second reserve is refused by the engine, and nothing changes.
+    phone.get_by_role("button", name="Reserve: Aurora Phone 12").click()
+    expect(page.get_by_role("status")).to_have_text(re.compile("^Limit reached: you have already bought"))
+    assert counters(engine, "SKU-PHONE") == (4, 0, 1, 5)
+    assert engine.user_counts("SKU-PHONE", "alice").purchased == 1
+
+    for shot in ("1-hold.png", "2-declined.png", "3-confirmed.png"):
+        assert (screenshots / shot).stat().st_size > 10_000
+    assert errors == []
+
+
+def test_a_unit_sold_while_the_page_was_stale_and_a_hold_that_runs_out(
+    storefront: Storefront, engine: Engine, browser: BrowserContext, screenshots: Path
+) -> None:
+    now = redis_now_ms(engine)
+    engine.load_sale(SaleSettings(
+        sku="SKU-LAST", name="Last Lamp", price_cents=5_000, flash_price_cents=2_500, total=1,
+        per_user_limit=1, starts_at=now - 60_000, reservation_ttl_ms=3_000,
+    ))  # fmt: skip
+    page, errors = open_storefront(browser, storefront)
+    sign_in(page, storefront, "dave")
+    lamp = card(page, "SKU-LAST")
+    expect(lamp.locator(".stock-text")).to_have_text("1 of 1 left")
+
+    # While the page cannot refresh its stock, someone else takes the last unit: the click is refused.
+    page.route(re.compile(r"/api/v1/products$"), lambda route: route.abort())
+    expect(page.locator("#connection")).to_contain_text("Lost contact with the shop")
+    erin = engine.reserve("SKU-LAST", "erin")
+    lamp.get_by_role("button", name="Reserve: Last Lamp").click()
+    expect(page.get_by_role("status")).to_have_text(re.compile("^Sold out: Last Lamp has no units left"))
+    expect(page.locator(".hold")).to_have_count(0)
+    assert counters(engine, "SKU-LAST") == (0, 1, 0, 1)
+    assert engine.user_counts("SKU-LAST", "dave").held == 0
+    page.unroute(re.compile(r"/api/v1/products$"))
+    expect(lamp.locator(".product-badge")).to_have_text("Sold out — held units may come back", timeout=10_000)
+    page.screenshot(path=screenshots / "4-sold-out.png", full_page=True)
+
+    # Erin's hold lapses; the sweeper returns the unit and the page offers it again.
+    time.sleep(max(0, erin.expires_at - redis_now_ms(engine) + 50) / 1000)
+    assert engine.expire_all() == 1
+    expect(lamp.locator(".stock-text")).to_have_text("1 of 1 left")
+
+    # Dave holds it for 3 seconds, does not pay, and the page tells him the hold ran out.
+    lamp.get_by_role("button", name="Reserve: Last Lamp").click()
+    expect(page.locator(".hold .hold-title")).to_have_text("1 × Last Lamp")
+    assert counters(engine, "SKU-LAST") == (0, 1, 0, 1)
+    expect(page.get_by_role("status")).to_have_text(
+        "Your hold on Last Lamp expired and its units went back on sale.", timeout=10_000
+    )
+    expect(page.locator(".hold")).to_have_count(0)
+    assert engine.expire_all() == 1
+    assert counters(engine, "SKU-LAST") == (1, 0, 0, 1)
+    expect(lamp.locator(".stock-text")).to_have_text("1 of 1 left")
+    page.screenshot(path=screenshots / "5-expired.png", full_page=True)
+    assert errors == []
+
+
+def test_the_page_serves_its_assets_and_names_what_it_loads(
+    storefront: Storefront, browser: BrowserContext
+) -> None:
+    """The page loads nothing from outside the server (the network is closed) and labels every control."""
+    page = browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(storefront.url + "/")
+    expect(page.locator("#products")).to_have_attribute("aria-busy", "false")
+    assert requested, "the page made no requests"
+    assert all(url.startswith(storefront.url) or url.startswith("data:") for url in requested), requested
+    for control in page.locator("input, select").all():
+        if control.is_visible():
+            assert control.evaluate("el => el.labels.length") > 0, control.evaluate("el => el.outerHTML")
+    assert page.locator("html").get_attribute("lang") == "en"
