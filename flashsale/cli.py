@@ -38,6 +38,7 @@ def _register() -> None:
     from flashsale.commands import token
 
     main.add_command(token.token)
+    main.add_command(__import__("flashsale.commands.serve", fromlist=["serve"]).serve)
 
 
 _register()

@@ -1,0 +1,56 @@
+"""Reading a JSON request body: the content type, the size limit (also without Content-Length) and the
+Struct it must decode into. Every failure is a clear 4xx; nothing reaches the engine half-checked."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+
+from api.errors import ApiError, validation_error
+
+T = TypeVar("T")
+
+
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder(into: type[Any]) -> msgspec.json.Decoder[Any]:
+    decoder = _decoders.get(into)
+    if decoder is None:
+        decoder = _decoders[into] = msgspec.json.Decoder(into)
+    return decoder
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "PAYLOAD_TOO_LARGE", f"the request body is larger than {limit} bytes")
+
+
+async def read_json(request: Request, into: type[T], limit: int) -> T:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        message = "the request body must be JSON (Content-Type: application/json)"
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", message)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise validation_error("Content-Length must be a number of bytes")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    # Counted while reading: a chunked body has no Content-Length to trust.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    try:
+        decoded: T = _decoder(into).decode(body)
+    except msgspec.ValidationError as error:
+        raise validation_error(str(error)) from None
+    except msgspec.DecodeError as error:
+        raise validation_error(f"malformed JSON: {error}") from None
+    return decoded

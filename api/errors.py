@@ -1,0 +1,126 @@
+"""Every refusal of the API as one JSON shape, ``{error, message, status, path, timestamp}``.
+
+One function, ``error_response``, turns any exception into that shape: the engine's refusals by their
+stable code, the API's own (``ApiError``), Starlette's 404/405, Redis being unreachable (503), and
+anything unexpected (500, logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import msgspec
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.schemas import ErrorBody, OrderBody
+from engine import FlashSaleError
+
+log = logging.getLogger("flashsale.api")
+
+# The engine's refusal codes and their HTTP statuses (the design document's table, plus the engine's own).
+STATUS_BY_CODE: dict[str, int] = {
+    "OUT_OF_STOCK": 400,
+    "INVALID_QUANTITY": 400,
+    "INVALID_ARGUMENT": 400,
+    "FORBIDDEN": 403,
+    "SALE_NOT_ACTIVE": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_RESERVED": 409,
+    "ALREADY_PURCHASED": 409,
+    "CHECKOUT_IN_PROGRESS": 409,
+    "INVALID_STATE": 409,
+    "RESERVATION_EXPIRED": 410,
+}
+
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+_encoder = msgspec.json.Encoder()
+
+
+class ApiError(Exception):
+    """A refusal decided by the API layer itself (validation, auth, limits, payment)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        order: OrderBody | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.order = order
+
+
+def validation_error(message: str) -> ApiError:
+    return ApiError(400, "VALIDATION_ERROR", message)
+
+
+def render(
+    status: int,
+    code: str,
+    message: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    order: OrderBody | None = None,
+) -> Response:
+    body = ErrorBody(
+        error=code, message=message, status=status, path=path, timestamp=datetime.now(UTC), order=order
+    )
+    return Response(_encoder.encode(body), status, headers, media_type="application/json")
+
+
+async def error_response(request: Request, exc: Exception) -> Response:
+    """The one exception handler: any exception -> status + the error shape."""
+    path = request.url.path
+    if isinstance(exc, FlashSaleError):
+        return render(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, path)
+    if isinstance(exc, ApiError):
+        return render(exc.status, exc.code, exc.message, path, exc.headers, exc.order)
+    if isinstance(exc, HTTPException):
+        code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
+        return render(exc.status_code, code, str(exc.detail), path, dict(exc.headers or {}))
+    if isinstance(exc, RedisError):
+        log.warning("event=redis_unavailable path=%s error=%r", path, str(exc))
+        return render(503, "SERVICE_UNAVAILABLE", "the reservation store is unreachable, try again", path)
+    log.error("event=unhandled_error method=%s path=%s", request.method, path, exc_info=exc)
+    return render(500, "INTERNAL_ERROR", "unexpected error; it has been logged", path)
+
+
+class CatchAll:
+    """Turns an exception no handler claimed into the 500 error shape, logged once with its traceback.
+
+    (Starlette's own last-resort handler re-raises after answering, so the server would log it twice.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            response = await error_response(Request(scope), exc)
+            if started:  # too late for a clean answer; the server closes the connection
+                raise
+            await response(scope, receive, send)

@@ -1,0 +1,133 @@
+"""Prometheus metrics of the API: request latency by route template, reservations and checkouts by
+outcome, and, read from Redis at scrape time, stock per SKU and write-behind lag per partition.
+
+With several worker processes (``flashsale serve --workers N``), ``PROMETHEUS_MULTIPROC_DIR`` is set by
+the serve command and the counters and histograms of all workers are summed at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engine import AsyncEngine, Sale
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ApiMetrics:
+    """The metrics of one app. Each app has its own registry, so several apps can live in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.request_seconds = Histogram(
+            "flashsale_http_request_duration_seconds",
+            "HTTP request latency by method, route template and status",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.reservations = Counter(
+            "flashsale_reservations",
+            "Reservation attempts by outcome (created, or the refusal's error code)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.checkouts = Counter(
+            "flashsale_checkouts",
+            "Checkout attempts by outcome (confirmed, declined, or the refusal's error code)",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def exposition(self, sales: Iterable[Sale], lag: dict[int, int]) -> bytes:
+        """The text format for a scrape: this process's (or all workers') series, then live stock and lag."""
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            counted = generate_latest(merged)
+        else:
+            counted = generate_latest(self.registry)
+        live = CollectorRegistry()
+        live.register(_LiveState(list(sales), lag))
+        return counted + generate_latest(live)
+
+
+class _LiveState(Collector):
+    """Gauges read from Redis just before the scrape: there is nothing to keep in step between scrapes."""
+
+    def __init__(self, sales: list[Sale], lag: dict[int, int]) -> None:
+        self.sales = sales
+        self.lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        stock = GaugeMetricFamily(
+            "flashsale_stock_units",
+            "Units of a SKU by state (available, reserved, sold, total)",
+            labels=["sku", "state"],
+        )
+        paused = GaugeMetricFamily("flashsale_sale_paused", "1 when the SKU's sale is paused", labels=["sku"])
+        for sale in self.sales:
+            for state in ("available", "reserved", "sold", "total"):
+                stock.add_metric([sale.sku, state], getattr(sale, state))
+            paused.add_metric([sale.sku], int(sale.paused))
+        lag = GaugeMetricFamily(
+            "flashsale_writeback_lag_events",
+            "Events in a partition's stream not yet drained by the write-behind worker",
+            labels=["partition"],
+        )
+        for partition, events in sorted(self.lag.items()):
+            lag.add_metric([str(partition)], events)
+        yield stock
+        yield paused
+        yield lag
+
+
+async def stream_lengths(engine: AsyncEngine) -> dict[int, int]:
+    """Entries in each partition's event stream. The worker trims what both sinks have taken, so this is
+    the write-behind lag plus at most one untrimmed batch."""
+    pipe = engine.redis.pipeline(transaction=False)
+    partitions = engine.keys.all()
+    for partition in partitions:
+        pipe.xlen(partition.events())
+    lengths = await pipe.execute()
+    return {p.index: int(n) for p, n in zip(partitions, lengths, strict=True)}
+
+
+class RequestTimer:
+    """ASGI middleware: observes every HTTP request's latency, labelled by its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None)
+            # Unmatched paths share one label: a scanner must not create a series per URL it tries.
+            label = (template or "/") if route is not None else "unmatched"
+            self.metrics.request_seconds.labels(scope["method"], label, str(status)).observe(
+                time.perf_counter() - started
+            )

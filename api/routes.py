@@ -1,0 +1,249 @@
+"""Every endpoint of the API in one list, ``ENDPOINTS``: method, path, handler, types and who may call.
+
+Handlers are short: the decoded body and the caller come in, one engine call happens, a Struct goes out.
+``api.app`` turns each Endpoint into a Starlette Route; ``api.openapi`` documents the same list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api import schemas
+from api.auth import Caller
+from api.health import readiness
+from api.metrics import stream_lengths
+from api.schemas import (
+    Alive,
+    CheckoutRequest,
+    OrderBody,
+    Product,
+    Readiness,
+    ReservationBody,
+    ReservationRequest,
+    RestockRequest,
+    SaleRequest,
+)
+from engine import FlashSaleError, Forbidden, SaleSettings
+
+if TYPE_CHECKING:  # api.app imports this module
+    from api.app import Api
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request as a handler sees it."""
+
+    request: Request
+    caller: Caller | None
+    body: Any
+
+    @property
+    def user(self) -> str:
+        assert self.caller is not None, "an authenticated endpoint"
+        return self.caller.user
+
+    def param(self, name: str) -> str:
+        value: str = self.request.path_params[name]
+        return value
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.request.headers.get("idempotency-key")
+
+
+Handler = Callable[["Api", Call], Awaitable[Any]]
+Access = Literal["public", "user", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    access: Access = "user"
+    body: type[Any] | None = None
+    returns: Any = None
+    status: int = 200
+    errors: tuple[int, ...] = field(default=())
+
+    @property
+    def summary(self) -> str:
+        return (self.handler.__doc__ or "").strip()
+
+
+def _own(caller: Caller | None, owner: str, what: str) -> None:
+    """Users see only their own reservations and orders (403 otherwise); admins see all."""
+    if caller is not None and owner != caller.user and not caller.admin:
+        raise Forbidden(f"{what} belongs to another user")
+
+
+# -- catalog -----------------------------------------------------------------------------------------------
+async def list_products(api: Api, call: Call) -> list[Product]:
+    """All SKUs on sale with live stock."""
+    return [schemas.product(sale) for sale in await api.engine.list_sales()]
+
+
+async def get_product(api: Api, call: Call) -> Product:
+    """One SKU with live stock."""
+    return schemas.product(await api.engine.get_sale(call.param("skuId")))
+
+
+# -- reservations ------------------------------------------------------------------------------------------
+async def create_reservation(api: Api, call: Call) -> ReservationBody:
+    """Hold units of a SKU for the caller (Idempotency-Key honoured)."""
+    body: ReservationRequest = call.body
+    try:
+        reservation = await api.engine.reserve(
+            body.sku_id, call.user, body.quantity, idempotency_key=call.idempotency_key
+        )
+    except FlashSaleError as error:
+        api.metrics.reservations.labels(error.code).inc()
+        raise
+    api.metrics.reservations.labels("created").inc()
+    return schemas.reservation(reservation)
+
+
+async def get_reservation(api: Api, call: Call) -> ReservationBody:
+    """One of the caller's reservations."""
+    reservation = await api.engine.get_reservation(call.param("reservationId"))
+    _own(call.caller, reservation.user, f"reservation {reservation.id}")
+    return schemas.reservation(reservation)
+
+
+async def release_reservation(api: Api, call: Call) -> ReservationBody:
+    """Release one of the caller's reservations: its units go back on sale."""
+    return schemas.reservation(await api.engine.release(call.param("reservationId"), call.user))
+
+
+# -- orders ------------------------------------------------------------------------------------------------
+async def checkout(api: Api, call: Call) -> OrderBody:
+    """Pay for a reservation (Idempotency-Key honoured); 402 with the FAILED order when declined."""
+    return schemas.order(await api.checkout(call.user, call.body, call.idempotency_key))
+
+
+async def get_order(api: Api, call: Call) -> OrderBody:
+    """One of the caller's orders."""
+    order = await api.engine.get_order(call.param("orderId"))
+    _own(call.caller, order.user, f"order {order.id}")
+    return schemas.order(order)
+
+
+async def cancel_order(api: Api, call: Call) -> OrderBody:
+    """Cancel one of the caller's confirmed orders: its units go back on sale."""
+    return schemas.order(await api.engine.cancel_order(call.param("orderId"), call.user))
+
+
+# -- admin -------------------------------------------------------------------------------------------------
+async def put_sale(api: Api, call: Call) -> Product:
+    """Create a SKU's sale or change its settings (fields left out keep their value)."""
+    body: SaleRequest = call.body
+    settings = SaleSettings(
+        sku=call.param("skuId"),
+        name=body.name,
+        price_cents=None if body.price is None else schemas.cents(body.price),
+        flash_price_cents=None if body.flash_sale_price is None else schemas.cents(body.flash_sale_price),
+        total=body.total,
+        per_user_limit=body.per_user_limit,
+        starts_at=schemas.as_ms(body.starts_at),
+        ends_at=schemas.as_ms(body.ends_at),
+        reservation_ttl_ms=None
+        if body.reservation_ttl_seconds is None
+        else 1000 * body.reservation_ttl_seconds,
+        paused=body.paused,
+    )
+    return schemas.product(await api.engine.load_sale(settings))
+
+
+async def restock(api: Api, call: Call) -> Product:
+    """Add units to a sale, or take available ones away."""
+    body: RestockRequest = call.body
+    return schemas.product(await api.engine.restock(call.param("skuId"), body.delta))
+
+
+async def pause_sale(api: Api, call: Call) -> Product:
+    """Pause reservations of a SKU."""
+    return schemas.product(await api.engine.load_sale(SaleSettings(sku=call.param("skuId"), paused=True)))
+
+
+async def resume_sale(api: Api, call: Call) -> Product:
+    """Resume reservations of a SKU."""
+    return schemas.product(await api.engine.load_sale(SaleSettings(sku=call.param("skuId"), paused=False)))
+
+
+async def fulfil_order(api: Api, call: Call) -> OrderBody:
+    """Mark a confirmed order as shipped."""
+    return schemas.order(await api.engine.fulfil_order(call.param("orderId")))
+
+
+async def admin_cancel_order(api: Api, call: Call) -> OrderBody:
+    """Cancel any confirmed order."""
+    return schemas.order(await api.engine.cancel_order(call.param("orderId"), call.user, admin=True))
+
+
+# -- operations --------------------------------------------------------------------------------------------
+async def alive(api: Api, call: Call) -> Alive:
+    """The process is alive."""
+    return Alive(status="UP")
+
+
+async def ready(api: Api, call: Call) -> Readiness | Response:
+    """Redis, PostgreSQL and Kafka, each with its status; ready (200) when Redis answers, else 503."""
+    report = await readiness(api.engine, api.settings.database_url, api.settings.kafka_bootstrap)
+    if report.status != "UP":
+        return Response(msgspec.json.encode(report), 503, media_type="application/json")
+    return report
+
+
+async def metrics(api: Api, call: Call) -> Response:
+    """Prometheus metrics in the text format."""
+    text = api.metrics.exposition(await api.engine.list_sales(), await stream_lengths(api.engine))
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(api: Api, call: Call) -> Response:
+    """This document."""
+    return Response(api.openapi, media_type="application/json")
+
+
+V1 = "/api/v1"
+ADMIN = f"{V1}/admin"
+_USER = (401, 403, 404, 429)  # 403: another user's reservation or order
+_BODY = (400, 413, 415)
+_ADMIN = (401, 403, 404)
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", f"{V1}/products", list_products, "public", returns=list[Product]),
+    Endpoint("GET", f"{V1}/products/{{skuId}}", get_product, "public", returns=Product, errors=(404,)),
+    Endpoint("POST", f"{V1}/reservations", create_reservation, body=ReservationRequest,
+             returns=ReservationBody, status=201, errors=(*_BODY, *_USER, 409)),
+    Endpoint("GET", f"{V1}/reservations/{{reservationId}}", get_reservation, returns=ReservationBody,
+             errors=_USER),
+    Endpoint("DELETE", f"{V1}/reservations/{{reservationId}}", release_reservation, returns=ReservationBody,
+             errors=(*_USER, 409, 410)),
+    Endpoint("POST", f"{V1}/orders/checkout", checkout, body=CheckoutRequest, returns=OrderBody, status=201,
+             errors=(*_BODY, 402, *_USER, 409, 410, 502)),
+    Endpoint("GET", f"{V1}/orders/{{orderId}}", get_order, returns=OrderBody, errors=_USER),
+    Endpoint("POST", f"{V1}/orders/{{orderId}}/cancel", cancel_order, returns=OrderBody,
+             errors=(*_USER, 409)),
+    Endpoint("PUT", f"{ADMIN}/sales/{{skuId}}", put_sale, "admin", body=SaleRequest, returns=Product,
+             errors=(*_BODY, *_ADMIN)),
+    Endpoint("POST", f"{ADMIN}/sales/{{skuId}}/restock", restock, "admin", body=RestockRequest,
+             returns=Product, errors=(*_BODY, *_ADMIN)),
+    Endpoint("POST", f"{ADMIN}/sales/{{skuId}}/pause", pause_sale, "admin", returns=Product, errors=_ADMIN),
+    Endpoint("POST", f"{ADMIN}/sales/{{skuId}}/resume", resume_sale, "admin", returns=Product, errors=_ADMIN),
+    Endpoint("POST", f"{ADMIN}/orders/{{orderId}}/fulfil", fulfil_order, "admin", returns=OrderBody,
+             errors=(*_ADMIN, 409)),
+    Endpoint("POST", f"{ADMIN}/orders/{{orderId}}/cancel", admin_cancel_order, "admin", returns=OrderBody,
+             errors=(*_ADMIN, 409)),
+    Endpoint("GET", "/health", alive, "public", returns=Alive),
+    Endpoint("GET", "/health/ready", ready, "public", returns=Readiness, errors=(503,)),
+    Endpoint("GET", "/metrics", metrics, "public", errors=(503,)),
+    Endpoint("GET", "/openapi.json", openapi, "public"),
+]  # fmt: skip

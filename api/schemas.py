@@ -1,0 +1,218 @@
+"""The request and response types of the HTTP API: msgspec Structs with camelCase JSON names.
+
+The same Structs decode requests, encode responses and make the OpenAPI document (``api.openapi``).
+Money is a decimal string in the currency's major unit ("19.99"; the engine keeps integer cents);
+times are RFC 3339 UTC strings with milliseconds; a sale bound that is not set is null.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from engine import Order, OrderStatus, Reservation, ReservationStatus, Sale
+
+# Ids become parts of Redis key names: the engine's identifier rule.
+Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9\-_.@]{1,128}$", examples=["SKU-001"])]
+Money = Annotated[str, Meta(pattern=r"^\d{1,10}(\.\d{1,2})?$", examples=["19.99"])]
+Quantity = Annotated[int, Meta(ge=1, le=1_000_000)]
+PaymentMethod = Annotated[str, Meta(min_length=1, max_length=64, examples=["CREDIT_CARD"])]
+Timestamp = Annotated[datetime, Meta(tz=True)]
+
+_MONEY = re.compile(r"^(\d+)(?:\.(\d{1,2}))?$")
+
+
+class Request(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    """Base of request bodies: unknown fields are refused, not silently dropped."""
+
+
+class Response(msgspec.Struct, rename="camel", kw_only=True):
+    """Base of response bodies."""
+
+
+# -- requests ----------------------------------------------------------------------------------------------
+class ReservationRequest(Request):
+    sku_id: Identifier
+    quantity: Quantity = 1
+
+
+class CheckoutRequest(Request):
+    reservation_id: Annotated[str, Meta(min_length=1, max_length=200)]
+    payment_method: PaymentMethod
+    transaction_id: Annotated[str, Meta(max_length=128)] | None = None
+
+
+class SaleRequest(Request):
+    """Creates a SKU's sale or changes it; a field left out keeps its value. A new SKU needs ``total``."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    price: Money | None = None
+    flash_sale_price: Money | None = None
+    total: Annotated[int, Meta(ge=0, le=1_000_000_000)] | None = None
+    per_user_limit: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    starts_at: Timestamp | None = None
+    ends_at: Timestamp | None = None
+    reservation_ttl_seconds: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None
+    paused: bool | None = None
+
+
+class RestockRequest(Request):
+    """Units to add to (positive) or take from (negative) the sale's total; taken units must be available."""
+
+    delta: Annotated[int, Meta(ge=-1_000_000_000, le=1_000_000_000)]
+
+
+# -- responses ---------------------------------------------------------------------------------------------
+class Product(Response):
+    """A SKU on sale with its live counters (available + reserved + sold == total)."""
+
+    sku_id: str
+    name: str
+    price: Money
+    flash_sale_price: Money
+    total: int
+    available: int
+    reserved: int
+    sold: int
+    per_user_limit: int
+    starts_at: datetime | None
+    ends_at: datetime | None
+    reservation_ttl_seconds: float
+    paused: bool
+    updated_at: datetime
+
+
+class ReservationBody(Response):
+    id: str
+    sku_id: str
+    user_id: str
+    quantity: int
+    status: ReservationStatus
+    created_at: datetime
+    expires_at: datetime
+    order_id: str | None
+    ended_at: datetime | None
+
+
+class OrderBody(Response):
+    id: str
+    reservation_id: str
+    sku_id: str
+    user_id: str
+    quantity: int
+    unit_price: Money
+    total_price: Money
+    status: OrderStatus
+    payment_method: str
+    transaction_id: str | None
+    failure_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ErrorBody(Response, omit_defaults=True):
+    """The one error shape. ``order`` is present only on a declined checkout (402)."""
+
+    error: Annotated[str, Meta(examples=["OUT_OF_STOCK"])]
+    message: str
+    status: int
+    path: str
+    timestamp: datetime
+    order: OrderBody | None = None
+
+
+class Alive(Response):
+    status: Literal["UP"]
+
+
+class Component(Response):
+    status: Literal["UP", "DOWN", "NOT_CONFIGURED"]
+    detail: str
+
+
+class Readiness(Response):
+    """Ready when Redis answers; PostgreSQL and Kafka are reported but only Redis decides."""
+
+    status: Literal["UP", "DOWN"]
+    components: dict[str, Component]
+
+
+# -- conversions -------------------------------------------------------------------------------------------
+def moment(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def moment_or_none(ms: int | None) -> datetime | None:
+    return moment(ms) if ms else None
+
+
+def money(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+def cents(amount: str) -> int:
+    """ "19.9" -> 1990. The pattern of ``Money`` has already been checked by the decoder."""
+    match = _MONEY.match(amount)
+    if match is None:
+        raise ValueError(f"not an amount of money: {amount!r}")
+    whole, fraction = match.group(1), (match.group(2) or "").ljust(2, "0")
+    return int(whole) * 100 + int(fraction)
+
+
+def product(sale: Sale) -> Product:
+    return Product(
+        sku_id=sale.sku,
+        name=sale.name,
+        price=money(sale.price_cents),
+        flash_sale_price=money(sale.flash_price_cents),
+        total=sale.total,
+        available=sale.available,
+        reserved=sale.reserved,
+        sold=sale.sold,
+        per_user_limit=sale.per_user_limit,
+        starts_at=moment_or_none(sale.starts_at),
+        ends_at=moment_or_none(sale.ends_at),
+        reservation_ttl_seconds=sale.reservation_ttl_ms / 1000,
+        paused=sale.paused,
+        updated_at=moment(sale.updated_at),
+    )
+
+
+def reservation(r: Reservation) -> ReservationBody:
+    return ReservationBody(
+        id=r.id,
+        sku_id=r.sku,
+        user_id=r.user,
+        quantity=r.quantity,
+        status=r.status,
+        created_at=moment(r.created_at),
+        expires_at=moment(r.expires_at),
+        order_id=r.order_id,
+        ended_at=moment_or_none(r.ended_at),
+    )
+
+
+def order(o: Order) -> OrderBody:
+    return OrderBody(
+        id=o.id,
+        reservation_id=o.reservation_id,
+        sku_id=o.sku,
+        user_id=o.user,
+        quantity=o.quantity,
+        unit_price=money(o.unit_price_cents),
+        total_price=money(o.total_cents),
+        status=o.status,
+        payment_method=o.payment_method,
+        transaction_id=o.transaction_id or None,
+        failure_reason=o.failure_reason,
+        created_at=moment(o.created_at),
+        updated_at=moment(o.updated_at),
+    )
+
+
+def as_ms(at: datetime | None) -> int | None:
+    return None if at is None else int(at.timestamp() * 1000)
