@@ -1,0 +1,156 @@
+"""Two requests about the same reservation or order, at the same instant: exactly one outcome wins, the
+other gets a clear refusal, and the invariants hold after every round."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from functools import partial
+
+from engine_checks import check_invariants, event_types, run_together
+
+from engine import (
+    CheckoutInProgress,
+    Engine,
+    InvalidState,
+    Order,
+    OrderStatus,
+    Reservation,
+    ReservationExpired,
+    ReservationStatus,
+    SaleSettings,
+)
+
+ROUNDS = 30
+
+
+def test_checkout_racing_the_sweeper_at_the_deadline_has_exactly_one_outcome(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="RACE-1", total=ROUNDS, reservation_ttl_ms=1000))
+    holds = sorted((engine.reserve("RACE-1", f"user-{n}") for n in range(ROUNDS)), key=lambda r: r.expires_at)
+    partition = engine.keys.for_sku("RACE-1").index
+    stop = threading.Event()
+    swept: list[int] = []
+
+    def sweeper() -> None:
+        while not stop.is_set():
+            swept.append(engine.expire(partition))
+            time.sleep(0.001)  # leave the checkout thread the interpreter lock now and then
+
+    thread = threading.Thread(target=sweeper)
+    outcomes: list[Order | Exception] = []
+    time.sleep(max(0.0, holds[0].expires_at / 1000 - time.time() - 0.05))
+    thread.start()
+    try:
+        for i, hold in enumerate(holds):
+            # Each checkout lands within a few ms either side of its hold's deadline (Redis's clock is
+            # this machine's clock), while the sweeper runs flat out on the same partition.
+            time.sleep(max(0.0, (hold.expires_at + (i % 11) - 8) / 1000 - time.time()))
+            try:
+                outcomes.append(engine.begin_checkout(hold.id, hold.user, "card"))
+            except Exception as error:
+                outcomes.append(error)
+    finally:
+        stop.set()
+        thread.join()
+
+    orders = [o for o in outcomes if isinstance(o, Order)]
+    assert all(isinstance(o, Order | ReservationExpired) for o in outcomes), outcomes
+    for hold, outcome in zip(holds, outcomes, strict=True):
+        reservation = engine.get_reservation(hold.id)
+        if isinstance(outcome, Order):
+            assert outcome.status == OrderStatus.PENDING
+            assert reservation.status == ReservationStatus.RESERVED
+            assert reservation.order_id == outcome.id
+        else:
+            assert reservation.status == ReservationStatus.EXPIRED
+            assert reservation.order_id is None
+    expired = ROUNDS - len(orders)
+    # (Counters compare missing types as zero.)
+    assert event_types(engine) == Counter(
+        sale_loaded=1, reserved=ROUNDS, checkout_started=len(orders), expired=expired
+    )
+    print(f"checkout won {len(orders)}, expiry won {expired}, the sweeper ended {sum(swept)}")
+    assert sum(swept) <= expired
+    sale = engine.get_sale("RACE-1")
+    assert (sale.available, sale.reserved) == (expired, len(orders))
+    check_invariants(engine)
+    # The winners' payments still go through: the grace period protects them from the sweeper.
+    assert engine.expire_all() == 0
+    for order in orders:
+        engine.confirm(order.id, order.user, "tx")
+    assert engine.get_sale("RACE-1").sold == len(orders)
+    check_invariants(engine)
+
+
+def _hold(engine: Engine, sku: str, n: int) -> Reservation:
+    return engine.reserve(sku, f"user-{n}")
+
+
+def test_checkout_racing_release_of_the_same_reservation_has_exactly_one_outcome(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="RACE-2", total=ROUNDS))
+    checkouts = 0
+    for n in range(ROUNDS):
+        hold = _hold(engine, "RACE-2", n)
+        checkout, release = run_together(
+            partial(engine.begin_checkout, hold.id, hold.user, "card"),
+            partial(engine.release, hold.id, hold.user),
+        )
+        reservation = engine.get_reservation(hold.id)
+        if isinstance(checkout, Order):
+            checkouts += 1
+            assert type(release) is CheckoutInProgress, release
+            assert reservation.status == ReservationStatus.RESERVED
+            assert reservation.order_id == checkout.id
+        else:
+            assert type(checkout) is InvalidState, checkout
+            assert isinstance(release, Reservation)
+            assert release.status == ReservationStatus.CANCELLED
+            assert reservation.status == ReservationStatus.CANCELLED
+        check_invariants(engine)
+    types = event_types(engine)
+    assert (types["checkout_started"], types["released"]) == (checkouts, ROUNDS - checkouts)
+    sale = engine.get_sale("RACE-2")
+    assert (sale.reserved, sale.available) == (checkouts, ROUNDS - checkouts)
+
+
+def test_two_checkouts_of_one_reservation_make_exactly_one_pending_order(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="RACE-3", total=ROUNDS, flash_price_cents=999))
+    for n in range(ROUNDS):
+        hold = _hold(engine, "RACE-3", n)
+        first, second = run_together(
+            partial(engine.begin_checkout, hold.id, hold.user, "card", idempotency_key="tab-1"),
+            partial(engine.begin_checkout, hold.id, hold.user, "wallet", idempotency_key="tab-2"),
+        )
+        orders = [o for o in (first, second) if isinstance(o, Order)]
+        refusals = [o for o in (first, second) if not isinstance(o, Order)]
+        assert len(orders) == 1, (first, second)
+        assert [type(o) for o in refusals] == [CheckoutInProgress]
+        (order,) = orders
+        assert order.status == OrderStatus.PENDING
+        assert order.total_cents == 999
+        assert engine.get_reservation(hold.id).order_id == order.id
+        check_invariants(engine)
+    assert event_types(engine)["checkout_started"] == ROUNDS
+    assert engine.get_sale("RACE-3").reserved == ROUNDS  # one charge per hold, nothing sold twice
+
+
+def test_cancelling_one_order_twice_at_once_cancels_it_exactly_once(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="RACE-4", total=ROUNDS))
+    for n in range(ROUNDS):
+        hold = _hold(engine, "RACE-4", n)
+        order = engine.begin_checkout(hold.id, hold.user, "card")
+        engine.confirm(order.id, hold.user, f"tx-{n}")
+        by_user, by_admin = run_together(
+            partial(engine.cancel_order, order.id, hold.user),
+            partial(engine.cancel_order, order.id, "support", admin=True),
+        )
+        cancelled = [o for o in (by_user, by_admin) if isinstance(o, Order)]
+        assert len(cancelled) == 1, (by_user, by_admin)
+        assert cancelled[0].status == OrderStatus.CANCELLED
+        assert [type(o) for o in (by_user, by_admin) if not isinstance(o, Order)] == [InvalidState]
+        assert engine.user_counts("RACE-4", hold.user).purchased == 0
+        check_invariants(engine)
+    sale = engine.get_sale("RACE-4")
+    assert (sale.available, sale.reserved, sale.sold) == (ROUNDS, 0, 0)
+    assert event_types(engine)["order_cancelled"] == ROUNDS
