@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import re
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
-import uvicorn
 from playwright.sync_api import BrowserContext, Locator, Page, Playwright, expect, sync_playwright
 
-from api.app import create_app
 from engine import Engine, OrderStatus, ReservationStatus, SaleSettings
-from flashsale.commands.token import mint
-from flashsale.launcher import free_port, wait_for_port
-from flashsale.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -37,42 +31,24 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-JWT_SECRET = "storefront-test-secret-of-at-least-32-bytes"
 REPO = Path(__file__).resolve().parents[2]
 README_SCREENSHOT = REPO / "docs" / "storefront.png"
 HOUR_MS = 3_600_000
 
 
 # -- servers ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Storefront:
+class ApiServer(Protocol):
+    """What this file uses of tests/api/conftest.py's running server."""
+
     url: str
-    settings: Settings
+
+    def token(self, user: str, *, admin: bool = False, ttl_s: int = 3600) -> str: ...
 
 
 @pytest.fixture
-def storefront(redis_url: str) -> Iterator[Storefront]:
-    """The API app (which serves the page at /) under uvicorn in a thread, on a free loopback port."""
-    settings = Settings(redis_url=redis_url, jwt_secret=JWT_SECRET)
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="storefront-uvicorn", daemon=True)
-    thread.start()
-    try:
-        wait_for_port(port, timeout=20)
-        yield Storefront(url=f"http://127.0.0.1:{port}", settings=settings)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "uvicorn did not stop"
+def storefront(start_server: Callable[..., ApiServer]) -> ApiServer:
+    """The API app, which serves the page at /, under uvicorn on a free port (tests/api/conftest.py)."""
+    return start_server()
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +89,7 @@ class PageErrors(list[str]):
     """Uncaught script errors of a page; a test ends by asserting there were none."""
 
 
-def open_storefront(browser: BrowserContext, storefront: Storefront) -> tuple[Page, PageErrors]:
+def open_storefront(browser: BrowserContext, storefront: ApiServer) -> tuple[Page, PageErrors]:
     page = browser.new_page()
     errors = PageErrors()
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -121,10 +97,10 @@ def open_storefront(browser: BrowserContext, storefront: Storefront) -> tuple[Pa
     return page, errors
 
 
-def sign_in(page: Page, storefront: Storefront, user: str) -> None:
+def sign_in(page: Page, storefront: ApiServer, user: str) -> None:
     """Signs in through the page's token field with a token minted like ``flashsale token USER`` does."""
     page.get_by_text("I have a token").click()
-    page.get_by_label("Bearer token").fill(mint(storefront.settings, user))
+    page.get_by_label("Bearer token").fill(storefront.token(user))
     page.get_by_role("button", name="Use token").click()
     expect(page.locator("#account-name")).to_have_text(user)
 
@@ -145,7 +121,7 @@ def redis_now_ms(engine: Engine) -> int:
 
 # -- tests ------------------------------------------------------------------------------------------------
 def test_a_shopper_reserves_sees_the_hold_timer_pays_and_gets_a_confirmation(
-    storefront: Storefront, engine: Engine, browser: BrowserContext, screenshots: Path
+    storefront: ApiServer, engine: Engine, browser: BrowserContext, screenshots: Path
 ) -> None:
     now = redis_now_ms(engine)
     engine.load_sale(SaleSettings(
@@ -246,7 +222,7 @@ def test_a_shopper_reserves_sees_the_hold_timer_pays_and_gets_a_confirmation(
 
 
 def test_a_unit_sold_while_the_page_was_stale_and_a_hold_that_runs_out(
-    storefront: Storefront, engine: Engine, browser: BrowserContext, screenshots: Path
+    storefront: ApiServer, engine: Engine, browser: BrowserContext, screenshots: Path
 ) -> None:
     now = redis_now_ms(engine)
     engine.load_sale(SaleSettings(
@@ -292,7 +268,7 @@ def test_a_unit_sold_while_the_page_was_stale_and_a_hold_that_runs_out(
 
 
 def test_the_page_serves_its_assets_and_names_what_it_loads(
-    storefront: Storefront, browser: BrowserContext
+    storefront: ApiServer, browser: BrowserContext
 ) -> None:
     """The page loads nothing from outside the server (the network is closed) and labels every control."""
     page = browser.new_page()
