@@ -216,14 +216,15 @@
   // ---------------------------------------------------------------------------------------------------------------
   // Messages: one live region, so a screen reader hears each outcome once.
 
+  // The region stays in the page (empty when quiet): a live region that appears together with its text is
+  // not reliably announced.
   let statusTimer = 0;
   function announce(text, tone = "info", { sticky = false } = {}) {
     const box = $("#status");
-    box.hidden = false;
     box.dataset.tone = tone;
     box.textContent = text;
     clearTimeout(statusTimer);
-    if (!sticky) statusTimer = setTimeout(() => { box.hidden = true; box.textContent = ""; }, 12000);
+    if (!sticky) statusTimer = setTimeout(() => { box.textContent = ""; }, 12000);
   }
 
   /** What each refusal means to a shopper, and what they can do about it. */
@@ -335,7 +336,7 @@
     input.removeAttribute("aria-invalid");
     try {
       const answer = await api("POST", "/demo/token", { user }, { auth: false });
-      if (useToken(answer.token)) input.value = "";
+      if (useToken(String(pick(answer || {}, "token", "accessToken") ?? ""))) input.value = "";
     } catch (error) {
       if (error.status === 404 || error.status === 405) {
         $(".token-entry").open = true;
@@ -482,6 +483,13 @@
     if (live.length) {
       const ending = live.filter((p) => p.endsAt > 0).sort((a, b) => a.endsAt - b.endsAt)[0];
       const left = live.reduce((sum, p) => sum + p.available, 0);
+      const held = live.reduce((sum, p) => sum + p.reserved, 0);
+      if (left === 0 && !upcoming.length) {
+        clock.textContent = held
+          ? "Everything is sold out for now; units held by other shoppers come back if they do not pay."
+          : "Everything is sold out. Thank you for shopping.";
+        return;
+      }
       clock.textContent = `The sale is live: ${left} unit${left === 1 ? "" : "s"} left` +
         (ending ? `, ends in ${duration(ending.endsAt - now)}` : "") +
         (upcoming.length ? `; more items open in ${duration(upcoming[0].startsAt - now)}` : "");
@@ -526,7 +534,8 @@
   // Short polling: one GET a second while the page is visible, slower after a failure.
   function schedulePoll(delay) {
     clearTimeout(state.pollTimer);
-    state.pollTimer = setTimeout(poll, delay);
+    // A little jitter, so thousands of open pages do not poll in the same millisecond.
+    state.pollTimer = setTimeout(poll, delay ? delay * (0.9 + Math.random() * 0.2) : 0);
   }
   async function poll() {
     if (document.hidden) return; // visibilitychange starts it again
