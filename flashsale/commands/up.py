@@ -1,0 +1,68 @@
+"""``flashsale up``: run the whole stack on this machine (the library is flashsale.stack)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from flashsale.settings import Settings
+from flashsale.stack import DEMO_SALE, StackOptions, run
+
+
+@click.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep Redis (AOF), PostgreSQL, the JWT secret and logs here between runs "
+    "(default: FLASHSALE_DATA_DIR, else a temporary directory removed on stop).",
+)
+@click.option("--host", default=None, help="Interface the API listens on (default: FLASHSALE_HOST).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="API port; 0 picks a free one (default: FLASHSALE_PORT, or a free port if that one is taken).",
+)
+@click.option(
+    "--api-workers", type=click.IntRange(1, 64), default=None, help="uvicorn worker processes (default: 1)."
+)
+@click.option(
+    "--sale",
+    "sale_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Sale file to load instead of the demo sale (JSON or CSV, see `flashsale sale load --help`).",
+)
+@click.option("--no-demo", is_flag=True, help="Load no sale at start.")
+@click.option("--no-sweeper", is_flag=True, help="Run the worker without the reservation-expiry sweeper.")
+@click.pass_obj
+def up(
+    settings: Settings,
+    data_dir: Path | None,
+    host: str | None,
+    port: int | None,
+    api_workers: int | None,
+    sale_file: Path | None,
+    no_demo: bool,
+    no_sweeper: bool,
+) -> None:
+    """Start Redis, PostgreSQL, Kafka, the worker and the API with the storefront, all on this machine.
+
+    Each server comes from its FLASHSALE_* URL when set (FLASHSALE_REDIS_URL, FLASHSALE_DATABASE_URL,
+    FLASHSALE_KAFKA_BOOTSTRAP), else an embedded one is started from the pip-installed binaries. The
+    database is migrated, a demo sale is loaded (when Redis holds no sale yet), and the URLs are printed.
+    Ctrl-C or SIGTERM stops every process started here, in reverse order.
+    """
+    options = StackOptions(
+        data_dir=data_dir or settings.data_dir,
+        host=host or settings.host,
+        port=port,
+        api_workers=api_workers or settings.workers,
+        demo_sale=None if no_demo else (sale_file or DEMO_SALE),
+        sweeper=not no_sweeper,
+    )
+    sys.exit(run(settings, options, Console()))

@@ -1,0 +1,464 @@
+"""``flashsale up``: the whole stack on one machine, from nothing but Python.
+
+Order of start: Redis, PostgreSQL, Kafka (each the configured URL, else an embedded server from the
+launcher), the database migration, the demo sale, the write-behind worker (with the sweeper), the API with
+the storefront. Stop is the reverse; every process started here is stopped, and a child that dies stops the
+whole stack (a half-running stack would quietly stop draining or serving).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from rich.console import Console
+
+from flashsale import launcher
+from flashsale.settings import Settings
+
+log = logging.getLogger("flashsale.stack")
+
+DEMO_SALE = Path(__file__).with_name("demo_sale.json")
+JWT_SECRET_FILE = "jwt_secret"
+STOP_TIMEOUT_S = 20.0
+
+
+class StackError(RuntimeError):
+    """Starting the stack failed; the message is one sentence for the user."""
+
+
+class Shutdown(BaseException):
+    """A stop signal arrived (SIGINT/SIGTERM); unwinds start-up or the wait loop into a clean stop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def flashsale_command() -> list[str]:
+    """How to run this install's ``flashsale`` (the console script next to this Python, else via -c)."""
+    script = Path(sys.executable).with_name("flashsale")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-c", "from flashsale.cli import main; main()"]
+
+
+def printable_flashsale() -> str:
+    """``flashsale`` when that is what the user's PATH finds, else the full path of this install's script."""
+    command = flashsale_command()
+    if len(command) == 1 and shutil.which("flashsale") == command[0]:
+        return "flashsale"
+    return " ".join(command) if len(command) == 1 else "python -m flashsale.cli"
+
+
+@dataclass
+class Child:
+    """A process of the stack started here (the worker, the API), with its log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM, wait, then SIGKILL; the child runs in its own session, so its group goes with it."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("event=child_kill child=%s pid=%d reason=timeout", self.name, self.process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        # Grandchildren (uvicorn's workers) that outlived their parent are still in the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log_file.close()
+        return self.process.returncode
+
+    def last_lines(self, count: int = 12) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-count:])
+
+
+@dataclass
+class StackOptions:
+    data_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None
+    api_workers: int = 1
+    demo_sale: Path | None = DEMO_SALE
+    sweeper: bool = True
+
+
+@dataclass
+class Stack:
+    """The running stack: servers, children and where everything is."""
+
+    settings: Settings
+    options: StackOptions
+    console: Console
+    servers: list[launcher.ManagedServer] = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
+    run_dir: Path | None = None
+    endpoints: dict[str, str] = field(default_factory=dict)
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    # -- start ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.run_dir = self._make_run_dir()
+        redis_url = self.settings.redis_url or self._start_server("Redis", self._embedded_redis)
+        if self.settings.redis_url:
+            self._done("Redis", f"{redis_url} (configured)")
+        database_url = self.settings.database_url or self._start_server("PostgreSQL", self._embedded_postgres)
+        if self.settings.database_url:
+            self._done("PostgreSQL", f"{_redact(database_url)} (configured)")
+        kafka = self.settings.kafka_bootstrap or self._start_server("Kafka", self._embedded_kafka)
+        if self.settings.kafka_bootstrap:
+            self._done("Kafka", f"{kafka} (configured)")
+        port = self._api_port()
+        self.settings = msgspec_replace(
+            self.settings,
+            redis_url=redis_url,
+            database_url=database_url,
+            kafka_bootstrap=kafka,
+            jwt_secret=self._jwt_secret(),
+            host=self.options.host,
+            port=port,
+            workers=self.options.api_workers,
+        )
+        self.endpoints.update(redis=redis_url, postgres=database_url, kafka=kafka)
+
+        self._step("Migrating the database", lambda: self._run_once("migrate", ["db", "migrate"]))
+        if self.options.demo_sale is not None:
+            self._step("Loading the demo sale", self._load_demo_sale)
+        self._spawn("worker", ["worker"] if self.options.sweeper else ["worker", "--no-sweeper"])
+        api = self._spawn("api", ["serve"])
+        base = f"http://{_connectable(self.options.host)}:{port}"
+        self._step("Waiting for the API", lambda: self._wait_http(api, f"{base}/health", 90))
+        self.endpoints.update(storefront=f"{base}/", api=f"{base}/api/v1", metrics=f"{base}/metrics")
+        self.endpoints["ready"] = f"{base}/health/ready"
+
+    def _make_run_dir(self) -> Path:
+        if self.options.data_dir is not None:
+            self.options.data_dir.mkdir(parents=True, exist_ok=True)
+            return self.options.data_dir.resolve()
+        self._tmp = tempfile.TemporaryDirectory(prefix="flashsale-up-")
+        return Path(self._tmp.name)
+
+    def _data(self, name: str) -> Path | None:
+        return self.options.data_dir.resolve() / name if self.options.data_dir is not None else None
+
+    def _embedded_redis(self) -> tuple[launcher.ManagedServer, str, str]:
+        server = self._register(launcher.RedisServer(self._data("redis"))).start()
+        where = f"AOF in {self._data('redis')}" if self.options.data_dir else "in memory, discarded on stop"
+        return server, server.url, where
+
+    def _embedded_postgres(self) -> tuple[launcher.ManagedServer, str, str]:
+        server = self._register(launcher.PostgresServer(self._data("postgres"))).start()
+        where = (
+            f"data in {self._data('postgres')}" if self.options.data_dir else "temporary, discarded on stop"
+        )
+        return server, server.url, where
+
+    def _embedded_kafka(self) -> tuple[launcher.ManagedServer, str, str]:
+        broker = self._register(launcher.KafkaBroker()).start()
+        return broker, broker.bootstrap, "Kafka-compatible Tansu broker, topics in memory"
+
+    def _register(self, server: launcher.ManagedServer) -> Any:
+        # Registered before it starts: a stop signal during its start still stops it.
+        self.servers.append(server)
+        return server
+
+    def _start_server(self, title: str, start: Callable[[], tuple[launcher.ManagedServer, str, str]]) -> str:
+        with self.console.status(f"Starting {title}…"):
+            try:
+                _server, url, where = start()
+            except launcher.LaunchError as error:
+                raise StackError(f"{title} did not start: {error}") from None
+        self._done(title, f"{_redact(url)} ({where})")
+        return url
+
+    def _api_port(self) -> int:
+        wanted = self.options.port if self.options.port is not None else self.settings.port
+        if wanted == 0:
+            return launcher.free_port()
+        if _port_in_use(self.options.host, wanted):
+            if self.options.port is not None:
+                raise StackError(f"port {wanted} is already in use: pick another with --port")
+            chosen = launcher.free_port()
+            self.console.print(f"[yellow]Port {wanted} is in use; the API takes port {chosen} instead.[/]")
+            return chosen
+        return wanted
+
+    def _jwt_secret(self) -> str:
+        """The configured secret, else one kept in the data dir (tokens survive restarts), else a new one."""
+        if self.settings.jwt_secret:
+            self.endpoints["jwt_secret_from"] = "environment"
+            return self.settings.jwt_secret
+        assert self.run_dir is not None
+        path = self.run_dir / JWT_SECRET_FILE
+        if path.is_file() and path.read_text().strip():
+            secret = path.read_text().strip()
+        else:
+            secret = secrets.token_hex(32)
+            # Written with 0600 from the start: the secret signs every token of this stack.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secret + "\n")
+        self.endpoints["jwt_secret_from"] = str(path)
+        return secret
+
+    def _child_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
+        env.update(self.settings.as_env())
+        env.pop("FLASHSALE_DATA_DIR", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _log_file(self, name: str) -> tuple[Path, IO[bytes]]:
+        assert self.run_dir is not None
+        logs = self.run_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        path = logs / f"{name}.log"
+        return path, path.open("ab")
+
+    def _run_once(self, name: str, args: list[str]) -> None:
+        path, handle = self._log_file(name)
+        with handle:
+            result = subprocess.run(
+                [*flashsale_command(), *args],
+                env=self._child_env(),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=120,
+                check=False,
+            )
+        if result.returncode != 0:
+            tail = path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise StackError(f"`flashsale {' '.join(args)}` failed ({tail[0]}); full log: {path}")
+
+    def _load_demo_sale(self) -> None:
+        from engine import Engine
+        from flashsale.commands.sale import SaleFileError, load_sales, read_sale_file
+
+        assert self.options.demo_sale is not None
+        assert self.settings.redis_url is not None
+        engine = Engine.from_url(self.settings.redis_url, self.settings.engine_config(), max_connections=4)
+        try:
+            engine.load_scripts()
+            if engine.list_sales():
+                self.endpoints["demo_sale"] = "kept the sale already in Redis"
+                return
+            loaded = load_sales(engine, read_sale_file(self.options.demo_sale))
+            self.endpoints["demo_sale"] = f"{len(loaded)} SKUs from {self.options.demo_sale.name}"
+        except SaleFileError as error:
+            raise StackError(f"the demo sale did not load: {error}") from None
+        finally:
+            engine.close()
+
+    def _spawn(self, name: str, args: list[str]) -> Child:
+        path, handle = self._log_file(name)
+        process = subprocess.Popen(
+            [*flashsale_command(), *args],
+            env=self._child_env(),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # Its own session: a terminal's Ctrl-C reaches only `up`, which stops children in order.
+            start_new_session=True,
+        )
+        child = Child(name, process, path, handle)
+        self.children.append(child)
+        log.info("event=child_started child=%s pid=%d log=%s", name, process.pid, path)
+        return child
+
+    def _wait_http(self, child: Child, url: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not child.alive():
+                raise StackError(
+                    f"the {child.name} exited with code {child.process.returncode} while starting; "
+                    f"its log: {child.log_path}\n{child.last_lines()}"
+                )
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(url, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.2)
+        raise StackError(
+            f"the {child.name} did not answer {url} within {timeout_s:.0f}s; log: {child.log_path}"
+        )
+
+    def _step(self, title: str, action: Callable[[], None]) -> None:
+        with self.console.status(f"{title}…"):
+            action()
+        self._done(title.removeprefix("Waiting for the ").removeprefix("Loading the "), "done")
+
+    def _done(self, title: str, detail: str) -> None:
+        self.console.print(f"[green]✓[/] {title:<22} {detail}")
+
+    # -- run ------------------------------------------------------------------------------------------------
+    def wait(self) -> Child:
+        """Blocks until a stop signal (raises Shutdown) or a child dies (returns it)."""
+        while True:
+            for child in self.children:
+                if not child.alive():
+                    return child
+            time.sleep(0.25)
+
+    # -- stop -----------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stops everything started here, newest first. Safe to call twice or half way through start."""
+        for child in reversed(self.children):
+            with self.console.status(f"Stopping the {child.name}…"):
+                code = child.stop()
+            self.console.print(f"[dim]■ stopped {child.name} (exit {code})[/]")
+        self.children.clear()
+        for server in reversed(self.servers):
+            with self.console.status(f"Stopping {server.name}…"):
+                server.stop()
+            self.console.print(f"[dim]■ stopped {server.name}[/]")
+        self.servers.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def summary(self) -> list[str]:
+        """Where everything is, and how to get a token."""
+        token_env = ""
+        source = self.endpoints.get("jwt_secret_from", "environment")
+        if source != "environment":
+            token_env = f'FLASHSALE_JWT_SECRET="$(cat {source})" '
+        token = f"{token_env}{printable_flashsale()} token alice"
+        lines = [
+            f"Storefront   {self.endpoints['storefront']}",
+            f"API          {self.endpoints['api']}   (e.g. {self.endpoints['api']}/products)",
+            f"Metrics      {self.endpoints['metrics']}",
+            f"Readiness    {self.endpoints['ready']}",
+            f"Token        {token}",
+            f"Redis        {self.endpoints['redis']}",
+            f"PostgreSQL   {self.endpoints['postgres']}",
+            f"Kafka        {self.endpoints['kafka']}",
+        ]
+        if "demo_sale" in self.endpoints:
+            lines.append(f"Demo sale    {self.endpoints['demo_sale']}")
+        lines.append(f"Logs         {self.run_dir}/logs/  (api.log, worker.log, migrate.log)")
+        return lines
+
+
+def msgspec_replace(settings: Settings, **changes: object) -> Settings:
+    import msgspec
+
+    return msgspec.structs.replace(settings, **changes)
+
+
+def _redact(url: str) -> str:
+    """A URL fit for the terminal: the password (if any) replaced by ***."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    if ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    return f"{scheme}://{credentials}@{host}"
+
+
+def _connectable(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.3)
+        return probe.connect_ex((_connectable(host), port)) == 0
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Shutdown in the main thread while inside; the old handlers come back after."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Shutdown(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def stop_signals_ignored() -> Iterator[None]:
+    """While stopping: a second Ctrl-C must not abandon half-stopped children (stop is bounded anyway)."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def run(settings: Settings, options: StackOptions, console: Console) -> int:
+    """Starts the stack, prints where everything is, waits for a stop signal or a dead child, stops all.
+
+    Returns the exit code: 0 after a stop signal, 1 when the stack failed to start or a child died.
+    """
+    stack = Stack(settings, options, console)
+    code = 0
+    try:
+        with stop_signals_raise():
+            try:
+                stack.start()
+                console.print()
+                console.rule("[bold]flashsale is running[/] — Ctrl-C stops everything")
+                for line in stack.summary():
+                    console.print(line, highlight=False, soft_wrap=True)
+                console.rule()
+                dead = stack.wait()
+                console.print(
+                    f"[red]✗ the {dead.name} exited with code {dead.process.returncode}; "
+                    f"stopping the stack.[/] Last lines of {dead.log_path}:\n{dead.last_lines()}",
+                    highlight=False,
+                )
+                code = 1
+            except Shutdown as signalled:
+                console.print(f"\n{signalled.args[0]} received: stopping everything…")
+            except StackError as error:
+                console.print(f"[red]✗ {error}[/]", highlight=False)
+                code = 1
+    finally:
+        with stop_signals_ignored():
+            stack.stop()
+    if code == 0:
+        console.print("[green]Stopped; nothing left running.[/]")
+    return code
