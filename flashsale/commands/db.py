@@ -1,0 +1,50 @@
+"""``flashsale db migrate`` / ``flashsale db status``: the PostgreSQL schema (sql/migrations)."""
+
+from __future__ import annotations
+
+import click
+import psycopg
+
+from flashsale.settings import Settings
+
+
+def _url(settings: Settings) -> str:
+    if not settings.database_url:
+        raise click.ClickException("FLASHSALE_DATABASE_URL is not set")
+    return settings.database_url
+
+
+@click.group()
+def db() -> None:
+    """PostgreSQL schema: apply and inspect migrations."""
+
+
+@db.command()
+@click.pass_obj
+def migrate(settings: Settings) -> None:
+    """Apply the migrations not applied yet (safe to run again)."""
+    from writeback.database import migrate as apply_migrations
+
+    try:
+        applied = apply_migrations(_url(settings))
+    except psycopg.Error as error:
+        raise click.ClickException(f"migration failed: {error}") from None
+    for migration in applied:
+        click.echo(f"applied {migration.version:04d}_{migration.name}")
+    if not applied:
+        click.echo("database is up to date")
+
+
+@db.command()
+@click.pass_obj
+def status(settings: Settings) -> None:
+    """List migrations and whether each is applied."""
+    from writeback.database import applied_migrations, migrations
+
+    try:
+        done = dict(applied_migrations(_url(settings)))
+    except psycopg.Error as error:
+        raise click.ClickException(f"cannot read migrations: {error}") from None
+    for migration in migrations():
+        mark = "applied" if migration.version in done else "pending"
+        click.echo(f"{mark:8} {migration.version:04d}_{migration.name}")

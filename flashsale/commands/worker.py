@@ -1,0 +1,71 @@
+"""``flashsale worker``: runs the write-behind worker until SIGTERM; ``flashsale worker lag``: its lag."""
+
+from __future__ import annotations
+
+import click
+import redis
+
+from flashsale.settings import Settings
+
+
+@click.group(invoke_without_command=True)
+@click.option("--worker-id", default=None, help="Name in leases and logs (default: host-pid-random).")
+@click.option("--no-sweep", is_flag=True, help="Do not run the reservation expiry sweeper.")
+@click.option("--no-trim", is_flag=True, help="Keep the streams whole (no XTRIM) e.g. to replay them later.")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=None, help="Events per batch.")
+@click.option("--lease-ms", type=click.IntRange(500, 600_000), default=None, help="Partition lease length.")
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    worker_id: str | None,
+    no_sweep: bool,
+    no_trim: bool,
+    batch_size: int | None,
+    lease_ms: int | None,
+) -> None:
+    """Drain the Redis streams into PostgreSQL and Kafka (needs FLASHSALE_REDIS_URL, _DATABASE_URL and
+    _KAFKA_BOOTSTRAP). Several workers split the partitions; stop with SIGTERM or Ctrl-C."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from writeback.worker import WorkerOptions, run_until_signalled
+
+    settings: Settings = ctx.obj
+    options = WorkerOptions(
+        worker_id=worker_id, sweep=not no_sweep, trim=not no_trim, batch_size=batch_size, lease_ms=lease_ms
+    )
+    try:
+        run_until_signalled(settings, options)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@worker.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@click.pass_obj
+def lag(settings: Settings, as_json: bool) -> None:
+    """Events not yet in PostgreSQL and Kafka, per partition, and the age of the oldest."""
+    import msgspec
+
+    from writeback.lag import read_lag, total_lag
+
+    if not settings.redis_url:
+        raise click.ClickException("FLASHSALE_REDIS_URL is not set")
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        lags = read_lag(client, settings)
+    except redis.RedisError as error:
+        raise click.ClickException(f"cannot read lag from Redis: {error}") from None
+    finally:
+        client.close()
+    total = total_lag(lags)
+    if as_json:
+        click.echo(msgspec.json.encode({"partitions": lags, "pending": total.pending,
+                                        "oldest_age_ms": total.oldest_age_ms}))  # fmt: skip
+        return
+    click.echo(f"{'partition':>9} {'pending':>9} {'oldest ms':>10}  {'owner':<28} applied / published")
+    for row in lags:
+        click.echo(
+            f"{row.partition:>9} {row.pending:>9} {row.oldest_age_ms:>10}  {row.owner or '-':<28} "
+            f"{row.applied_id} / {row.published_id}"
+        )
+    click.echo(f"{'total':>9} {total.pending:>9} {total.oldest_age_ms:>10}")

@@ -1,0 +1,187 @@
+-- Named queries, loaded by name from Python (writeback.database.Queries), procrastinate-style:
+-- a "-- name: <name> --" line, a one-line description, then the statement.
+-- Batch statements take one array per column and unnest them: one round trip per statement, any batch size.
+
+-- name: ensure_offset --
+-- Creates a partition's offset row if missing and returns how far the stream has been applied.
+WITH created AS (
+  INSERT INTO stream_offsets (partition) VALUES (%(partition)s)
+  ON CONFLICT (partition) DO NOTHING
+  RETURNING applied_id
+)
+SELECT applied_id FROM created
+UNION ALL
+SELECT applied_id FROM stream_offsets WHERE partition = %(partition)s;
+
+-- name: advance_offset --
+-- Moves a partition's applied offset forward only if nobody else moved it (locks the row for the batch).
+UPDATE stream_offsets
+SET applied_id = %(applied_id)s, applied_events = applied_events + %(events)s, updated_at = now()
+WHERE partition = %(partition)s AND applied_id = %(expected_id)s
+RETURNING applied_id;
+
+-- name: read_offsets --
+-- Every partition's applied offset.
+SELECT partition, applied_id, applied_events, updated_at FROM stream_offsets ORDER BY partition;
+
+-- name: upsert_products --
+-- Creates or updates products from their latest sale settings (sale_loaded events).
+INSERT INTO products (
+  sku_id, name, base_price_cents, flash_sale_price_cents, total_inventory, per_user_limit,
+  starts_at, ends_at, reservation_ttl_ms, is_active, created_at, updated_at
+)
+SELECT u.sku_id, u.name, u.price_cents, u.flash_price_cents, u.total, u.per_user_limit,
+       ms_to_timestamptz(NULLIF(u.starts_at, 0)), ms_to_timestamptz(NULLIF(u.ends_at, 0)),
+       u.reservation_ttl_ms, NOT u.paused, ms_to_timestamptz(u.at), ms_to_timestamptz(u.at)
+FROM unnest(
+  %(sku_id)s::text[], %(name)s::text[], %(price_cents)s::bigint[], %(flash_price_cents)s::bigint[],
+  %(total)s::integer[], %(per_user_limit)s::integer[], %(starts_at)s::bigint[], %(ends_at)s::bigint[],
+  %(reservation_ttl_ms)s::bigint[], %(paused)s::boolean[], %(at)s::bigint[]
+) AS u(sku_id, name, price_cents, flash_price_cents, total, per_user_limit, starts_at, ends_at,
+       reservation_ttl_ms, paused, at)
+ON CONFLICT (sku_id) DO UPDATE SET
+  name = EXCLUDED.name,
+  base_price_cents = EXCLUDED.base_price_cents,
+  flash_sale_price_cents = EXCLUDED.flash_sale_price_cents,
+  total_inventory = EXCLUDED.total_inventory,
+  per_user_limit = EXCLUDED.per_user_limit,
+  starts_at = EXCLUDED.starts_at,
+  ends_at = EXCLUDED.ends_at,
+  reservation_ttl_ms = EXCLUDED.reservation_ttl_ms,
+  is_active = EXCLUDED.is_active,
+  updated_at = EXCLUDED.updated_at;
+
+-- name: update_product_totals --
+-- Sets the units on sale of products restocked without new settings (restocked events).
+UPDATE products AS p
+SET total_inventory = u.total, updated_at = ms_to_timestamptz(u.at)
+FROM unnest(%(sku_id)s::text[], %(total)s::integer[], %(at)s::bigint[]) AS u(sku_id, total, at)
+WHERE p.sku_id = u.sku_id
+RETURNING p.sku_id;
+
+-- name: create_inventory --
+-- Gives new products an inventory row with zero counts; their deltas are applied next.
+INSERT INTO inventory (sku_id, total_count, reserved_count, sold_count, available_count, updated_at)
+SELECT u.sku_id, 0, 0, 0, 0, ms_to_timestamptz(u.at)
+FROM unnest(%(sku_id)s::text[], %(at)s::bigint[]) AS u(sku_id, at)
+ON CONFLICT (sku_id) DO NOTHING;
+
+-- name: lock_inventory --
+-- Locks the inventory rows a batch touches, in sku order so that concurrent batches cannot deadlock.
+SELECT sku_id FROM inventory WHERE sku_id = ANY(%(sku_id)s::text[]) ORDER BY sku_id FOR UPDATE;
+
+-- name: apply_inventory_deltas --
+-- Adds a batch's summed counter changes per SKU; version counts the events applied.
+UPDATE inventory AS i SET
+  available_count = i.available_count + u.da,
+  reserved_count = i.reserved_count + u.dr,
+  sold_count = i.sold_count + u.ds,
+  total_count = i.total_count + u.dt,
+  version = i.version + u.events,
+  updated_at = ms_to_timestamptz(u.at)
+FROM unnest(
+  %(sku_id)s::text[], %(da)s::integer[], %(dr)s::integer[], %(ds)s::integer[], %(dt)s::integer[],
+  %(events)s::integer[], %(at)s::bigint[]
+) AS u(sku_id, da, dr, ds, dt, events, at)
+WHERE i.sku_id = u.sku_id
+RETURNING i.sku_id;
+
+-- name: insert_reservations --
+-- Inserts reservations created in this batch, in the state the batch left them.
+INSERT INTO reservations (
+  reservation_id, user_id, sku_id, quantity, status, order_id, created_at, expires_at, confirmed_at,
+  ended_at, updated_at
+)
+SELECT u.reservation_id, u.user_id, u.sku_id, u.quantity, u.status::reservation_status, u.order_id,
+       ms_to_timestamptz(u.created_at), ms_to_timestamptz(u.expires_at), ms_to_timestamptz(u.confirmed_at),
+       ms_to_timestamptz(u.ended_at), ms_to_timestamptz(u.updated_at)
+FROM unnest(
+  %(reservation_id)s::text[], %(user_id)s::text[], %(sku_id)s::text[], %(quantity)s::integer[],
+  %(status)s::text[], %(order_id)s::text[], %(created_at)s::bigint[], %(expires_at)s::bigint[],
+  %(confirmed_at)s::bigint[], %(ended_at)s::bigint[], %(updated_at)s::bigint[]
+) AS u(reservation_id, user_id, sku_id, quantity, status, order_id, created_at, expires_at,
+       confirmed_at, ended_at, updated_at);
+
+-- name: update_reservations --
+-- Applies a batch's changes to reservations created earlier (NULL keeps a column; order_id_set clears or sets).
+UPDATE reservations AS r SET
+  status = COALESCE(u.status::reservation_status, r.status),
+  order_id = CASE WHEN u.order_id_set THEN u.order_id ELSE r.order_id END,
+  confirmed_at = COALESCE(ms_to_timestamptz(u.confirmed_at), r.confirmed_at),
+  ended_at = COALESCE(ms_to_timestamptz(u.ended_at), r.ended_at),
+  updated_at = ms_to_timestamptz(u.updated_at)
+FROM unnest(
+  %(reservation_id)s::text[], %(status)s::text[], %(order_id)s::text[], %(order_id_set)s::boolean[],
+  %(confirmed_at)s::bigint[], %(ended_at)s::bigint[], %(updated_at)s::bigint[]
+) AS u(reservation_id, status, order_id, order_id_set, confirmed_at, ended_at, updated_at)
+WHERE r.reservation_id = u.reservation_id
+RETURNING r.reservation_id;
+
+-- name: insert_orders --
+-- Inserts orders created in this batch, in the state the batch left them.
+INSERT INTO orders (
+  order_id, reservation_id, user_id, sku_id, quantity, unit_price_cents, total_price_cents, status,
+  payment_method, transaction_id, failure_reason, created_at, updated_at
+)
+SELECT u.order_id, u.reservation_id, u.user_id, u.sku_id, u.quantity, u.unit_price_cents,
+       u.total_price_cents, u.status::order_status, u.payment_method, u.transaction_id, u.failure_reason,
+       ms_to_timestamptz(u.created_at), ms_to_timestamptz(u.updated_at)
+FROM unnest(
+  %(order_id)s::text[], %(reservation_id)s::text[], %(user_id)s::text[], %(sku_id)s::text[],
+  %(quantity)s::integer[], %(unit_price_cents)s::bigint[], %(total_price_cents)s::bigint[],
+  %(status)s::text[], %(payment_method)s::text[], %(transaction_id)s::text[], %(failure_reason)s::text[],
+  %(created_at)s::bigint[], %(updated_at)s::bigint[]
+) AS u(order_id, reservation_id, user_id, sku_id, quantity, unit_price_cents, total_price_cents, status,
+       payment_method, transaction_id, failure_reason, created_at, updated_at);
+
+-- name: update_orders --
+-- Applies a batch's changes to orders created earlier (NULL keeps a column).
+UPDATE orders AS o SET
+  status = COALESCE(u.status::order_status, o.status),
+  transaction_id = COALESCE(u.transaction_id, o.transaction_id),
+  failure_reason = COALESCE(u.failure_reason, o.failure_reason),
+  updated_at = ms_to_timestamptz(u.updated_at)
+FROM unnest(
+  %(order_id)s::text[], %(status)s::text[], %(transaction_id)s::text[], %(failure_reason)s::text[],
+  %(updated_at)s::bigint[]
+) AS u(order_id, status, transaction_id, failure_reason, updated_at)
+WHERE o.order_id = u.order_id
+RETURNING o.order_id;
+
+-- name: inventory_rows --
+-- Every SKU's counters, for reconciliation against Redis.
+SELECT sku_id, total_count, available_count, reserved_count, sold_count, version,
+       (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms
+FROM inventory ORDER BY sku_id;
+
+-- name: create_migrations_table --
+-- The record of applied migrations (created before the first migration runs).
+CREATE TABLE IF NOT EXISTS schema_migrations (
+  version     integer PRIMARY KEY,
+  name        text NOT NULL,
+  applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations --
+-- Version and name of every applied migration.
+SELECT version, name FROM schema_migrations ORDER BY version;
+
+-- name: record_migration --
+-- Marks a migration as applied (in the migration's own transaction).
+INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: lock_migrations --
+-- Serialises concurrent `flashsale db migrate` runs (session-level advisory lock).
+SELECT pg_advisory_lock(%(lock)s);
+
+-- name: unlock_migrations --
+-- Releases the migration lock.
+SELECT pg_advisory_unlock(%(lock)s);
+
+-- name: migrations_table_exists --
+-- Whether the database was ever migrated.
+SELECT to_regclass('schema_migrations') IS NOT NULL;
+
+-- name: delete_all_rows --
+-- Empties every table but the migrations record (tests, and rebuilding PostgreSQL from the streams).
+TRUNCATE orders, reservations, inventory, products, stream_offsets;

@@ -1,0 +1,26 @@
+"""Write-behind: drains the engine's Redis streams into PostgreSQL (exactly once in effect) and Kafka."""
+
+from writeback.lag import PartitionLag, read_lag, read_lag_async, total_lag
+from writeback.worker import (
+    Worker,
+    WorkerOptions,
+    WorkerStats,
+    WorkerThread,
+    run_until_signalled,
+    spawn_worker,
+    wait_drained,
+)
+
+__all__ = [
+    "PartitionLag",
+    "Worker",
+    "WorkerOptions",
+    "WorkerStats",
+    "WorkerThread",
+    "read_lag",
+    "read_lag_async",
+    "run_until_signalled",
+    "spawn_worker",
+    "total_lag",
+    "wait_drained",
+]

@@ -1,0 +1,141 @@
+"""Publishes events to Kafka with an idempotent producer (acks=all), keyed by SKU, and waits for delivery.
+
+Delivery reports arrive on a background thread that polls the producer; ``publish`` returns once every
+message of the batch is acknowledged by the broker (the worker trims the stream only after that), and
+raises if any was not, so the caller publishes the batch again: at least once, in order per SKU (the
+idempotent producer keeps order within a Kafka partition across its own retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from engine.events import Event
+from writeback.messages import Topics, messages
+
+log = logging.getLogger("flashsale.writeback.kafka")
+
+
+class PublishFailed(RuntimeError):
+    """Some messages of a batch were not acknowledged; the batch must be published again."""
+
+
+def producer_config(bootstrap: str, message_timeout_ms: int) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.messages": 500_000,
+        "message.timeout.ms": message_timeout_ms,
+        # The Java client's partitioner: the same SKU lands on the same partition as for JVM producers.
+        "partitioner": "murmur2_random",
+        "client.id": "flashsale-writeback",
+    }
+
+
+def ensure_topics(
+    bootstrap: str, wanted: Sequence[tuple[str, int]], *, replication: int = -1, timeout_s: float = 10.0
+) -> None:
+    """Creates the topics that do not exist yet; replication -1 takes the broker's default."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = admin.list_topics(timeout=timeout_s).topics
+    missing = [NewTopic(name, partitions, replication) for name, partitions in wanted if name not in existing]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+            log.info("event=topic_created topic=%s", name)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+class _Delivery:
+    """Counts the acknowledgements of one batch and resolves a future when all are in."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expected: int) -> None:
+        self.loop = loop
+        self.pending = expected
+        self.errors: list[str] = []
+        self.done: asyncio.Future[None] = loop.create_future()
+        self._lock = threading.Lock()
+
+    def report(self, error: KafkaError | None, _message: Any) -> None:
+        with self._lock:
+            if error is not None and len(self.errors) < 5:
+                self.errors.append(str(error))
+            self.pending -= 1
+            finished = self.pending == 0
+        if finished:
+            self.loop.call_soon_threadsafe(self._finish)
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class Publisher:
+    """One idempotent producer shared by all partitions of a worker."""
+
+    def __init__(self, bootstrap: str, topics: Topics, *, message_timeout_ms: int = 30_000) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.message_timeout_ms = message_timeout_ms
+        self._producer = Producer(producer_config(bootstrap, message_timeout_ms), logger=log)
+        self._running = True
+        self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while self._running:
+            self._producer.poll(0.05)
+
+    async def publish(self, events: Sequence[Event]) -> int:
+        """Sends every event to its topics and waits until the broker acknowledged all; returns the count."""
+        loop = asyncio.get_running_loop()
+        outgoing = [
+            (topic, event.sku, body) for event in events for topic, body in messages(event, self.topics)
+        ]
+        if not outgoing:
+            return 0
+        delivery = _Delivery(loop, len(outgoing))
+        produce = self._producer.produce
+        for topic, key, body in outgoing:
+            while True:
+                try:
+                    produce(topic, body, key, on_delivery=delivery.report)
+                    break
+                except BufferError:
+                    # The local queue is full (broker slow or away): let deliveries drain, then go on.
+                    await asyncio.sleep(0.05)
+                except KafkaException as error:
+                    # A fatal producer error (e.g. the idempotence sequence was broken): start over.
+                    delivery.report(error.args[0], None)
+                    break
+        await delivery.done
+        if delivery.errors:
+            raise PublishFailed("; ".join(delivery.errors))
+        return len(outgoing)
+
+    def fatal(self) -> bool:
+        """Whether the producer hit a fatal error and must be replaced."""
+        try:
+            self._producer.poll(0)
+        except KafkaException as error:
+            return bool(error.args[0].fatal())
+        return False
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._running = False
+        self._poller.join(timeout=2)
+        self._producer.flush(timeout_s)

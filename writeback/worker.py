@@ -1,0 +1,572 @@
+"""The write-behind worker: drains each partition's Redis stream into PostgreSQL and Kafka.
+
+Per partition it holds (one task per leased partition):
+
+    loop:  XRANGE the next batch after min(applied, published)
+           PostgreSQL: one transaction for the events after `applied` (writeback.postgres)
+           Kafka: publish the events after `published`, wait for every acknowledgement (writeback.kafka)
+           record both ids in Redis, XTRIM MINID below the lesser of the two
+
+``applied`` is read from PostgreSQL (stored in the same transaction as the rows, so exact); ``published``
+from Redis (written after the broker acknowledged, so a crash can only make it lag: events are then
+published again, never skipped). A sink that is down is retried with growing backoff while the other
+keeps its place; the hot path never waits on any of this.
+
+Library use (tests, bench, ``flashsale up``)::
+
+    worker = Worker(settings, WorkerOptions(sweep=False))
+    await worker.run()                    # until worker.stop()
+    # or, from sync code, on a background thread:
+    with WorkerThread(settings) as worker:
+        worker.wait_drained(timeout_s=30)  # True once every stream is fully in PostgreSQL and Kafka
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
+from engine import AsyncEngine
+from engine.events import Event, parse_entry
+from engine.keys import Keyspace
+from flashsale.settings import Settings
+from writeback import keys
+from writeback.batch import Batch, stream_id_key
+from writeback.kafka import Publisher, ensure_topics
+from writeback.lag import read_lag, read_lag_async, total_lag
+from writeback.leases import Leases
+from writeback.messages import Topics
+from writeback.postgres import apply_batch, ensure_offset, unapplied
+
+log = logging.getLogger("flashsale.writeback")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """Knobs of one worker; None means the value from Settings."""
+
+    worker_id: str | None = None  # default: <hostname>-<pid>-<random>
+    sweep: bool = True  # run the expiry sweeper on the partitions this worker holds
+    trim: bool = True  # trim streams below what both sinks took (off: keep the whole log, e.g. to replay)
+    batch_size: int | None = None  # Settings.worker_batch_size
+    lease_ms: int | None = None  # Settings.worker_lease_ms
+    idle_poll_ms: int = 50  # how often an empty stream is looked at again
+    retry_max_s: float = 5.0  # ceiling of the backoff while a sink is down
+    message_timeout_ms: int = 30_000  # Kafka: a message not acknowledged by then fails and is sent again
+    create_topics: bool = True
+    topic_replication: int = -1  # -1: the broker's default
+    postgres_pool_size: int = 4
+    stop_timeout_s: float = 10.0  # on stop: how long a batch in flight may take before it is abandoned
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    applied_events: int = 0  # events committed to PostgreSQL
+    published_events: int = 0  # events acknowledged by Kafka
+    published_messages: int = 0  # Kafka messages (an event goes to one to three topics)
+    batches: int = 0
+    expired: int = 0  # reservations the sweeper ended
+    sink_failures: dict[str, int] = field(default_factory=lambda: {"postgres": 0, "kafka": 0})
+
+
+@dataclass(slots=True)
+class _PostgresAttempt:
+    applied: str
+    pending: list[Event]
+    failed: bool = False
+
+
+class _Abandon(Exception):
+    """The partition's batch is given up: the worker stops or lost the lease. Nothing half-done remains."""
+
+
+def _next_id(stream_id: str) -> str:
+    ms, seq = stream_id_key(stream_id)
+    return f"{ms}-{seq + 1}"
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, settings: Settings, options: WorkerOptions | None = None) -> None:
+        if not settings.redis_url or not settings.database_url or not settings.kafka_bootstrap:
+            raise ValueError(
+                "the worker needs FLASHSALE_REDIS_URL, FLASHSALE_DATABASE_URL and FLASHSALE_KAFKA_BOOTSTRAP"
+            )
+        self.settings = settings
+        self.options = options or WorkerOptions()
+        self.worker_id = self.options.worker_id or _default_worker_id()
+        self.batch_size = self.options.batch_size or settings.worker_batch_size
+        self.lease_ms = self.options.lease_ms or settings.worker_lease_ms
+        self.keyspace = Keyspace(settings.partitions, settings.key_prefix)
+        self.topics = Topics(settings.topic_reservations, settings.topic_orders, settings.topic_inventory)
+        self.stats = WorkerStats()
+        self._owned: dict[int, asyncio.Task[None]] = {}
+        self._leaving: set[int] = set()
+        self._stopping: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._topics_ready = False
+        self._publisher_lock = asyncio.Lock()
+        self.started = threading.Event()
+
+    # -- public -------------------------------------------------------------------------------------------
+    @property
+    def owned_partitions(self) -> frozenset[int]:
+        """Partitions this worker holds the lease of right now."""
+        return frozenset(p for p in self._owned if p not in self._leaving)
+
+    def stop(self) -> None:
+        """Asks the worker to stop (safe from any thread or a signal handler); run() returns soon after."""
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            loop.call_soon_threadsafe(stopping.set)
+
+    async def run(self) -> None:
+        """Runs until stop(): holds leases, drains partitions, sweeps expiries. Releases everything after."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self.redis = aioredis.Redis.from_url(
+            str(self.settings.redis_url), decode_responses=True, max_connections=64
+        )
+        self.leases = Leases(self.redis, self.keyspace, self.worker_id, self.lease_ms)
+        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            str(self.settings.database_url),
+            min_size=1,
+            max_size=self.options.postgres_pool_size,
+            open=False,
+            timeout=5.0,
+            reconnect_timeout=0,  # keep trying to reconnect for as long as PostgreSQL is away
+            kwargs={"connect_timeout": 5},
+        )
+        await self.pool.open(wait=False)
+        self.publisher = Publisher(
+            str(self.settings.kafka_bootstrap),
+            self.topics,
+            message_timeout_ms=self.options.message_timeout_ms,
+        )
+        self.engine = AsyncEngine.from_url(str(self.settings.redis_url), self.settings.engine_config())
+        log.info(
+            "event=worker_started worker=%s partitions=%d batch_size=%d lease_ms=%d sweep=%s trim=%s",
+            self.worker_id, self.keyspace.partitions, self.batch_size, self.lease_ms,
+            self.options.sweep, self.options.trim,
+        )  # fmt: skip
+        background = [asyncio.create_task(self._lease_loop(), name="leases")]
+        if self.options.sweep:
+            background.append(asyncio.create_task(self._sweep_loop(), name="sweeper"))
+        self.started.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self._shutdown(background)
+
+    # -- leases -------------------------------------------------------------------------------------------
+    async def _lease_loop(self) -> None:
+        assert self._stopping is not None
+        interval = self.lease_ms / 3000
+        last_lag_log = 0.0
+        while not self._stopping.is_set():
+            try:
+                await self._rebalance()
+                if time.monotonic() - last_lag_log > 10:
+                    last_lag_log = time.monotonic()
+                    await self._log_lag()
+            except (redis.RedisError, OSError) as error:
+                log.warning("event=lease_round_failed worker=%s error=%r", self.worker_id, str(error))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+
+    async def _rebalance(self) -> None:
+        live = await self.leases.heartbeat(set(self.owned_partitions))
+        held = set(self._owned)
+        kept = await self.leases.renew(held)
+        for p in held - kept:
+            log.warning("event=lease_lost worker=%s partition=%d", self.worker_id, p)
+            self._leaving.add(p)
+        share = self.leases.fair_share(live)
+        active = sorted(self.owned_partitions)
+        for p in active[share:]:
+            # More than our share: hand the surplus over once its batch in flight is done.
+            log.info(
+                "event=partition_handover worker=%s partition=%d live_workers=%d", self.worker_id, p, live
+            )
+            self._leaving.add(p)
+        for p in await self.leases.acquire(set(self._owned), share):
+            log.info("event=partition_acquired worker=%s partition=%d", self.worker_id, p)
+            self._owned[p] = asyncio.create_task(self._drain_partition(p), name=f"drain-{p}")
+
+    async def _log_lag(self) -> None:
+        lags = await read_lag_async(self.redis, self.settings)
+        mine = [lag for lag in lags if lag.partition in self._owned]
+        total = total_lag(mine)
+        if total.pending:
+            log.info(
+                "event=lag worker=%s partitions=%d pending=%d oldest_age_ms=%d",
+                self.worker_id, len(mine), total.pending, total.oldest_age_ms,
+            )  # fmt: skip
+
+    def _holds(self, partition: int) -> bool:
+        assert self._stopping is not None
+        return not self._stopping.is_set() and partition in self._owned and partition not in self._leaving
+
+    # -- draining -----------------------------------------------------------------------------------------
+    async def _drain_partition(self, p: int) -> None:
+        partition = self.keyspace.partition(p)
+        stream = partition.events()
+        try:
+            applied = await self._retry("postgres", p, lambda: self._read_applied(p))
+            published = str(await self.redis.hget(keys.progress(partition), "published") or "0-0")
+            log.info(
+                "event=partition_resumed worker=%s partition=%d applied=%s published=%s",
+                self.worker_id, p, applied, published,
+            )  # fmt: skip
+            while self._holds(p):
+                cursor = min(applied, published, key=stream_id_key)
+                start = "-" if cursor == "0-0" else f"({cursor}"
+                entries: Any = await self.redis.xrange(stream, start, "+", count=self.batch_size)
+                if not entries:
+                    await self._idle()
+                    continue
+                events = [parse_entry(p, stream_id, fields) for stream_id, fields in entries]
+                applied = await self._to_postgres(p, events, applied)
+                published = await self._to_kafka(p, events, published)
+                self.stats.batches += 1
+                await self._record(p, applied, published)
+        except _Abandon:
+            log.info("event=batch_abandoned worker=%s partition=%d", self.worker_id, p)
+        except (redis.RedisError, OSError) as error:
+            # Redis itself is away: give the partition up; the lease loop takes it again when Redis is back.
+            log.error("event=partition_failed worker=%s partition=%d error=%r", self.worker_id, p, str(error))
+            await asyncio.sleep(1)
+        except Exception:
+            log.exception("event=partition_crashed worker=%s partition=%d", self.worker_id, p)
+            await asyncio.sleep(1)
+        finally:
+            self._owned.pop(p, None)
+            self._leaving.discard(p)
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self.leases.release(p)
+            log.info("event=partition_released worker=%s partition=%d", self.worker_id, p)
+
+    async def _idle(self) -> None:
+        assert self._stopping is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.options.idle_poll_ms / 1000)
+
+    async def _read_applied(self, p: int) -> str:
+        async with self.pool.connection() as conn:
+            return await ensure_offset(conn, p)
+
+    async def _to_postgres(self, p: int, events: list[Event], applied: str) -> str:
+        pending = unapplied(events, applied)
+        if not pending:
+            return applied
+        state = _PostgresAttempt(applied, pending)
+
+        async def attempt() -> str:
+            async with self.pool.connection() as conn:
+                if state.failed:
+                    # After a failure, PostgreSQL's own offset decides what is left to apply.
+                    stored = await ensure_offset(conn, p)
+                    if stream_id_key(stored) > stream_id_key(state.applied):
+                        state.applied, state.pending = stored, unapplied(state.pending, stored)
+                    if not state.pending:
+                        return state.applied
+                try:
+                    return await apply_batch(conn, Batch.fold(p, state.pending), state.applied)
+                except BaseException:
+                    state.failed = True
+                    raise
+
+        new_applied = await self._retry("postgres", p, attempt)
+        self.stats.applied_events += len(unapplied(pending, applied))
+        return new_applied
+
+    async def _to_kafka(self, p: int, events: list[Event], published: str) -> str:
+        pending = unapplied(events, published)
+        if not pending:
+            return published
+
+        async def attempt() -> int:
+            await self._ensure_publisher()
+            return await self.publisher.publish(pending)
+
+        sent = await self._retry("kafka", p, attempt)
+        self.stats.published_messages += sent
+        self.stats.published_events += len(pending)
+        return pending[-1].stream_id
+
+    def _new_publisher(self) -> Publisher:
+        bootstrap, timeout = str(self.settings.kafka_bootstrap), self.options.message_timeout_ms
+        return Publisher(bootstrap, self.topics, message_timeout_ms=timeout)
+
+    async def _ensure_publisher(self) -> None:
+        async with self._publisher_lock:
+            if self.publisher.fatal():
+                log.error("event=kafka_producer_fatal worker=%s action=replace", self.worker_id)
+                old, self.publisher = (
+                    self.publisher,
+                    Publisher(
+                        str(self.settings.kafka_bootstrap),
+                        self.topics,
+                        message_timeout_ms=self.options.message_timeout_ms,
+                    ),
+                )
+                await asyncio.to_thread(old.close, 1.0)
+            if self.options.create_topics and not self._topics_ready:
+                s = self.settings
+                wanted = [
+                    (s.topic_reservations, s.topic_reservations_partitions),
+                    (s.topic_inventory, s.topic_inventory_partitions),
+                    (s.topic_orders, s.topic_orders_partitions),
+                ]
+                await asyncio.to_thread(
+                    ensure_topics, str(s.kafka_bootstrap), wanted, replication=self.options.topic_replication
+                )
+                self._topics_ready = True
+
+    async def _record(self, p: int, applied: str, published: str) -> None:
+        partition = self.keyspace.partition(p)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(
+            keys.progress(partition),
+            mapping={
+                "applied": applied,
+                "published": published,
+                "owner": self.worker_id,
+                "updated_at": int(time.time() * 1000),
+            },
+        )
+        if self.options.trim:
+            floor = min(applied, published, key=stream_id_key)
+            pipe.xtrim(partition.events(), minid=_next_id(floor), approximate=False)
+        await pipe.execute()
+
+    async def _retry(self, sink: str, p: int, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Runs ``attempt`` until it succeeds, backing off while the sink is down; gives up (_Abandon) when
+        the worker stops or loses the partition."""
+        failures = 0
+
+        def give_up(state: RetryCallState) -> bool:
+            return not self._holds(p)
+
+        def before_sleep(state: RetryCallState) -> None:
+            nonlocal failures
+            failures += 1
+            self.stats.sink_failures[sink] += 1
+            error = state.outcome.exception() if state.outcome else None
+            level = logging.WARNING if failures < 5 else logging.ERROR
+            log.log(
+                level,
+                "event=sink_unavailable sink=%s worker=%s partition=%d attempt=%d retry_in_s=%.2f error=%r",
+                sink, self.worker_id, p, state.attempt_number,
+                state.next_action.sleep if state.next_action else 0.0, str(error)[:300],
+            )  # fmt: skip
+
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(initial=0.05, max=self.options.retry_max_s),
+            stop=give_up,
+            retry=retry_if_exception_type(Exception),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+        async def call() -> T:
+            # tenacity treats a lambda returning a coroutine as sync: await it here explicitly.
+            return await attempt()
+
+        try:
+            result: T = await retrying(call)
+        except Exception as error:
+            if not self._holds(p):
+                raise _Abandon from error
+            raise
+        if failures:
+            log.info(
+                "event=sink_recovered sink=%s worker=%s partition=%d failed_attempts=%d",
+                sink, self.worker_id, p, failures,
+            )  # fmt: skip
+        return result
+
+    # -- expiry sweeper -----------------------------------------------------------------------------------
+    async def _sweep_loop(self) -> None:
+        assert self._stopping is not None
+        interval = self.settings.sweep_interval_ms / 1000
+        while not self._stopping.is_set():
+            try:
+                for p in sorted(self.owned_partitions):
+                    while True:
+                        ended = await self.engine.expire(p, self.settings.sweep_batch)
+                        self.stats.expired += ended
+                        if ended < self.settings.sweep_batch:
+                            break
+            except (redis.RedisError, OSError) as error:
+                log.warning("event=sweep_failed worker=%s error=%r", self.worker_id, str(error))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+
+    # -- stopping -----------------------------------------------------------------------------------------
+    async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:
+        log.info("event=worker_stopping worker=%s partitions=%d", self.worker_id, len(self._owned))
+        drains = list(self._owned.values())
+        # Drain tasks finish the batch in flight (a sink that is down makes them abandon it instead).
+        _done, late = await asyncio.wait(drains + background, timeout=self.options.stop_timeout_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        for p in list(self._owned):
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self.leases.release(p)
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self.leases.leave()
+        await asyncio.to_thread(self.publisher.close, 5.0)
+        await self.pool.close()
+        await self.engine.close()
+        await self.redis.aclose()
+        log.info(
+            "event=worker_stopped worker=%s applied_events=%d published_events=%d batches=%d",
+            self.worker_id, self.stats.applied_events, self.stats.published_events, self.stats.batches,
+        )  # fmt: skip
+
+
+def run_until_signalled(settings: Settings, options: WorkerOptions | None = None) -> None:
+    """Runs a worker in this process until SIGTERM or SIGINT (the `flashsale worker` command)."""
+    worker = Worker(settings, options)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())
+
+
+class WorkerThread:
+    """A worker on a background thread with its own event loop, for sync callers (tests, bench, `up`)."""
+
+    def __init__(self, settings: Settings, options: WorkerOptions | None = None) -> None:
+        self.settings = settings
+        self.worker = Worker(settings, options)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> WorkerThread:
+        def target() -> None:
+            try:
+                asyncio.run(self.worker.run())
+            except BaseException as error:  # surfaced by stop()
+                self._error = error
+                self.worker.started.set()
+
+        self._thread = threading.Thread(target=target, name=f"worker-{self.worker.worker_id}", daemon=True)
+        self._thread.start()
+        self.worker.started.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.worker.stop()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+    def wait_drained(self, timeout_s: float = 60.0, poll_s: float = 0.05) -> bool:
+        """Waits until no partition has pending events; False on timeout."""
+        return wait_drained(self.settings, timeout_s=timeout_s, poll_s=poll_s)
+
+    @property
+    def owned_partitions(self) -> frozenset[int]:
+        return self.worker.owned_partitions
+
+    @property
+    def stats(self) -> WorkerStats:
+        return self.worker.stats
+
+    def __enter__(self) -> WorkerThread:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def wait_drained(settings: Settings, *, timeout_s: float = 60.0, poll_s: float = 0.05) -> bool:
+    """Waits until every partition's stream is fully in PostgreSQL and Kafka (by the workers' records)."""
+    client = redis.Redis.from_url(str(settings.redis_url))
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if total_lag(read_lag(client, settings)).pending == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll_s)
+    finally:
+        client.close()
+
+
+def worker_command(options: WorkerOptions | None = None) -> list[str]:
+    """The command line of a worker subprocess (``python -m writeback``) with these options."""
+    o = options or WorkerOptions()
+    args = [sys.executable, "-m", "writeback"]
+    if o.worker_id:
+        args += ["--worker-id", o.worker_id]
+    if not o.sweep:
+        args.append("--no-sweep")
+    if not o.trim:
+        args.append("--no-trim")
+    if o.batch_size:
+        args += ["--batch-size", str(o.batch_size)]
+    if o.lease_ms:
+        args += ["--lease-ms", str(o.lease_ms)]
+    return args
+
+
+def spawn_worker(
+    settings: Settings, options: WorkerOptions | None = None, *, log_path: Path | None = None
+) -> Any:
+    """Starts a worker as a subprocess (environment from ``settings``); returns its Popen."""
+    import subprocess
+
+    env = {**os.environ, **settings.as_env()}
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(worker_command(options), env=env, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log_path:
+            out.close()  # type: ignore[union-attr]
+
+
+__all__ = [
+    "Worker",
+    "WorkerOptions",
+    "WorkerStats",
+    "WorkerThread",
+    "run_until_signalled",
+    "spawn_worker",
+    "wait_drained",
+    "worker_command",
+]
