@@ -39,6 +39,8 @@ def _register() -> None:
 
     main.add_command(token.token)
     main.add_command(__import__("flashsale.commands.serve", fromlist=["serve"]).serve)
+    main.add_command(__import__("flashsale.commands.db", fromlist=["db"]).db)
+    main.add_command(__import__("flashsale.commands.worker", fromlist=["worker"]).worker)
     main.add_command(__import__("flashsale.commands.up", fromlist=["up"]).up)
     main.add_command(__import__("flashsale.commands.sale", fromlist=["sale"]).sale)
     main.add_command(__import__("flashsale.commands.reconcile", fromlist=["reconcile"]).reconcile)
