@@ -1,5 +1,6 @@
 """Prometheus metrics of the API: request latency by route template, reservations and checkouts by
-outcome, and, read from Redis at scrape time, stock per SKU and write-behind lag per partition.
+outcome, and, read from Redis at scrape time, stock per SKU and write-behind lag per partition (the
+worker's own figures, ``writeback.lag``).
 
 With several worker processes (``flashsale serve --workers N``), ``PROMETHEUS_MULTIPROC_DIR`` is set by
 the serve command and the counters and histograms of all workers are summed at scrape time.
@@ -17,7 +18,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import AsyncEngine, Sale
+from engine import Sale
+from writeback.lag import PartitionLag
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -47,7 +49,7 @@ class ApiMetrics:
             registry=self.registry,
         )
 
-    def exposition(self, sales: Iterable[Sale], lag: dict[int, int]) -> bytes:
+    def exposition(self, sales: Iterable[Sale], lags: Iterable[PartitionLag]) -> bytes:
         """The text format for a scrape: this process's (or all workers') series, then live stock and lag."""
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             merged = CollectorRegistry()
@@ -56,16 +58,16 @@ class ApiMetrics:
         else:
             counted = generate_latest(self.registry)
         live = CollectorRegistry()
-        live.register(_LiveState(list(sales), lag))
+        live.register(_LiveState(list(sales), list(lags)))
         return counted + generate_latest(live)
 
 
 class _LiveState(Collector):
     """Gauges read from Redis just before the scrape: there is nothing to keep in step between scrapes."""
 
-    def __init__(self, sales: list[Sale], lag: dict[int, int]) -> None:
+    def __init__(self, sales: list[Sale], lags: list[PartitionLag]) -> None:
         self.sales = sales
-        self.lag = lag
+        self.lags = lags
 
     def collect(self) -> Iterator[Metric]:
         stock = GaugeMetricFamily(
@@ -78,27 +80,23 @@ class _LiveState(Collector):
             for state in ("available", "reserved", "sold", "total"):
                 stock.add_metric([sale.sku, state], getattr(sale, state))
             paused.add_metric([sale.sku], int(sale.paused))
-        lag = GaugeMetricFamily(
+        pending = GaugeMetricFamily(
             "flashsale_writeback_lag_events",
-            "Events in a partition's stream not yet drained by the write-behind worker",
+            "Events of a partition's stream that PostgreSQL or Kafka has not taken yet",
             labels=["partition"],
         )
-        for partition, events in sorted(self.lag.items()):
-            lag.add_metric([str(partition)], events)
+        age = GaugeMetricFamily(
+            "flashsale_writeback_lag_seconds",
+            "How long the oldest of those events has waited (0 when none)",
+            labels=["partition"],
+        )
+        for lag in self.lags:
+            pending.add_metric([str(lag.partition)], lag.pending)
+            age.add_metric([str(lag.partition)], lag.oldest_age_ms / 1000)
         yield stock
         yield paused
-        yield lag
-
-
-async def stream_lengths(engine: AsyncEngine) -> dict[int, int]:
-    """Entries in each partition's event stream. The worker trims what both sinks have taken, so this is
-    the write-behind lag plus at most one untrimmed batch."""
-    pipe = engine.redis.pipeline(transaction=False)
-    partitions = engine.keys.all()
-    for partition in partitions:
-        pipe.xlen(partition.events())
-    lengths = await pipe.execute()
-    return {p.index: int(n) for p, n in zip(partitions, lengths, strict=True)}
+        yield pending
+        yield age
 
 
 class RequestTimer:

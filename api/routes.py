@@ -18,7 +18,6 @@ from starlette.responses import Response
 from api import schemas
 from api.auth import Caller
 from api.health import readiness
-from api.metrics import stream_lengths
 from api.schemas import (
     Alive,
     CheckoutRequest,
@@ -31,6 +30,7 @@ from api.schemas import (
     SaleRequest,
 )
 from engine import FlashSaleError, Forbidden, SaleSettings
+from writeback.lag import read_lag_async
 
 if TYPE_CHECKING:  # api.app imports this module
     from api.app import Api
@@ -203,7 +203,8 @@ async def ready(api: Api, call: Call) -> Readiness | Response:
 
 async def metrics(api: Api, call: Call) -> Response:
     """Prometheus metrics in the text format."""
-    text = api.metrics.exposition(await api.engine.list_sales(), await stream_lengths(api.engine))
+    lags = await read_lag_async(api.engine.redis, api.settings)
+    text = api.metrics.exposition(await api.engine.list_sales(), lags)
     return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
