@@ -495,7 +495,10 @@
         (upcoming.length ? `; more items open in ${duration(upcoming[0].startsAt - now)}` : "");
       return;
     }
-    clock.textContent = "The sale has ended. Thank you for shopping.";
+    const paused = products.some((p) => phase(p, now) === "paused");
+    clock.textContent = paused
+      ? "The sale is paused. Holds stay valid; stock opens again when it resumes."
+      : "The sale has ended. Thank you for shopping.";
   }
 
   async function refreshProducts() {

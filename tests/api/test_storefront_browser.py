@@ -295,3 +295,62 @@ def test_the_page_serves_its_assets_and_names_what_it_loads(
         if control.is_visible():
             assert control.evaluate("el => el.labels.length") > 0, control.evaluate("el => el.outerHTML")
     assert page.locator("html").get_attribute("lang") == "en"
+
+
+def test_the_countdown_opens_the_sale_and_refusals_read_as_plain_messages(
+    storefront: ApiServer, engine: Engine, browser: BrowserContext, screenshots: Path
+) -> None:
+    now = redis_now_ms(engine)
+    engine.load_sale(SaleSettings(
+        sku="SKU-MUG", name="Mighty Mug", price_cents=2_000, flash_price_cents=900, total=10,
+        per_user_limit=2, starts_at=now + 6_000, reservation_ttl_ms=300_000,
+    ))  # fmt: skip
+    page, errors = open_storefront(browser, storefront)
+    sign_in(page, storefront, "frank")
+    mug = card(page, "SKU-MUG")
+
+    # The countdown to the sale's start; at zero the page opens the item without a reload.
+    expect(mug.locator(".product-badge")).to_have_text(re.compile(r"^Starts in 00:0[1-6]$"))
+    expect(page.locator("#sale-clock")).to_have_text(re.compile(r"^The sale starts in 00:0[1-6]$"))
+    expect(mug.get_by_role("button", name="Not open yet: Mighty Mug")).to_be_disabled()
+    expect(mug.locator(".product-badge")).to_have_text("On sale now", timeout=9_000)
+    reserve_mug = mug.get_by_role("button", name="Reserve: Mighty Mug")
+    expect(reserve_mug).to_be_enabled()
+
+    # Hold 1 of the 2 allowed; asking for 2 more passes the limit: the engine refuses, nothing changes.
+    mug.get_by_label("Quantity").select_option("1")
+    reserve_mug.click()
+    expect(page.locator(".hold .hold-title")).to_have_text("1 × Mighty Mug")
+    assert counters(engine, "SKU-MUG") == (9, 1, 0, 10)
+    mug.get_by_label("Quantity").select_option("2")
+    reserve_mug.click()
+    expect(page.get_by_role("status")).to_have_text(
+        "You already hold Mighty Mug. Check out or release that hold before reserving more."
+    )
+    assert counters(engine, "SKU-MUG") == (9, 1, 0, 10)
+    assert engine.user_counts("SKU-MUG", "frank").held == 1
+
+    # The sale is paused while the page has not seen it yet: the refusal says the sale is not open.
+    page.route(re.compile(r"/api/v1/products$"), lambda route: route.abort())
+    expect(page.locator("#connection")).to_be_visible()
+    engine.load_sale(SaleSettings(sku="SKU-MUG", paused=True))
+    mug.get_by_label("Quantity").select_option("1")
+    reserve_mug.click()
+    expect(page.get_by_role("status")).to_have_text("The sale for Mighty Mug is not open right now.")
+    assert counters(engine, "SKU-MUG") == (9, 1, 0, 10)
+    page.unroute(re.compile(r"/api/v1/products$"))
+    expect(mug.locator(".product-badge")).to_have_text("Sale paused", timeout=10_000)
+    expect(mug.get_by_role("button", name="Paused: Mighty Mug")).to_be_disabled()
+    expect(page.locator("#sale-clock")).to_have_text(re.compile("^The sale is paused"))
+    page.screenshot(path=screenshots / "6-paused.png", full_page=True)
+
+    # Releasing the hold gives the unit back at once.
+    page.locator(".hold").get_by_role("button", name="Release hold").click()
+    expect(page.get_by_role("status")).to_have_text(
+        "Released your hold on Mighty Mug; the units are back on sale."
+    )
+    expect(page.locator(".hold")).to_have_count(0)
+    assert counters(engine, "SKU-MUG") == (10, 0, 0, 10)
+    assert engine.user_counts("SKU-MUG", "frank").held == 0
+    expect(mug.locator(".stock-text")).to_have_text("10 of 10 left")
+    assert errors == []
