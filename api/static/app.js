@@ -13,7 +13,9 @@
   const CURRENCY = document.querySelector('meta[name="flashsale-currency"]')?.content || "USD";
   const POLL_MS = 1000;
   const POLL_BACKOFF_MS = 4000;
-  const STORE = { token: "flashsale.token", holds: "flashsale.holds", orders: "flashsale.orders" };
+  // localStorage keys; holds and orders are kept per shopper, so signing in again brings them back.
+  const STORE = { token: "flashsale.token", holds: (user) => `flashsale.holds.${user}`,
+    orders: (user) => `flashsale.orders.${user}` };
   // The simulated gateway's methods (api/payments.py); TEST_DECLINE is a valid method that is always declined.
   const PAYMENT_METHODS = [
     { id: "CREDIT_CARD", label: "Credit card" },
@@ -43,71 +45,55 @@
   const $ = (selector, root = document) => root.querySelector(selector);
 
   // ---------------------------------------------------------------------------------------------------------------
-  // The API's shapes, read in one place: the rest of the page uses these normalised objects.
+  // The API's shapes (api/schemas.py: camelCase, money as decimal strings, times as RFC 3339 strings or null),
+  // read in one place: the rest of the page uses these objects, with integer cents and ms since the epoch.
 
-  const pick = (obj, ...names) => {
-    for (const name of names) if (obj[name] !== undefined && obj[name] !== null) return obj[name];
-    return undefined;
-  };
-
-  /** A time as ms since the epoch: the API may send ms numbers or ISO strings; 0/absent means "no bound". */
+  /** "2026-11-25T14:00:00.000Z" -> ms since the epoch; null (no bound) -> 0. */
   const toMs = (value) => {
-    if (value === undefined || value === null || value === "") return 0;
-    if (typeof value === "number") return value;
-    const n = Number(value);
-    if (Number.isFinite(n)) return n;
-    const parsed = Date.parse(value);
+    const parsed = value ? Date.parse(value) : NaN;
     return Number.isFinite(parsed) ? parsed : 0;
   };
 
-  const toInt = (value, fallback = 0) => {
-    const n = Number(value);
-    return Number.isFinite(n) ? n : fallback;
-  };
-
-  /** Money: the API sends decimal strings in the major unit ("19.99"); the page counts integer cents. */
+  /** "19.99" -> 1999 (the schema's Money pattern: digits, then at most two decimals). */
   const toCents = (value) => {
-    if (value === undefined || value === null || value === "") return 0;
-    const match = /^(\d+)(?:\.(\d{1,2}))?$/.exec(String(value).trim());
-    if (match) return Number(match[1]) * 100 + Number((match[2] || "").padEnd(2, "0"));
-    const n = Number(value);
-    return Number.isFinite(n) ? Math.round(n * 100) : 0;
+    const match = /^(\d+)(?:\.(\d{1,2}))?$/.exec(String(value ?? ""));
+    return match ? Number(match[1]) * 100 + Number((match[2] || "").padEnd(2, "0")) : 0;
   };
 
   const readProduct = (p) => ({
-    skuId: String(pick(p, "skuId", "sku")),
-    name: String(pick(p, "name") ?? pick(p, "skuId", "sku")),
-    priceCents: toCents(pick(p, "price")),
-    flashCents: toCents(pick(p, "flashSalePrice")),
-    total: toInt(pick(p, "total")),
-    available: toInt(pick(p, "available")),
-    reserved: toInt(pick(p, "reserved")),
-    sold: toInt(pick(p, "sold")),
-    perUserLimit: Math.max(1, toInt(pick(p, "perUserLimit"), 1)),
-    startsAt: toMs(pick(p, "startsAt", "saleStartsAt")),
-    endsAt: toMs(pick(p, "endsAt", "saleEndsAt")),
-    paused: Boolean(pick(p, "paused")),
+    skuId: String(p.skuId),
+    name: String(p.name || p.skuId),
+    priceCents: toCents(p.price),
+    flashCents: toCents(p.flashSalePrice),
+    total: Number(p.total) || 0,
+    available: Number(p.available) || 0,
+    reserved: Number(p.reserved) || 0,
+    sold: Number(p.sold) || 0,
+    perUserLimit: Math.max(1, Number(p.perUserLimit) || 1),
+    startsAt: toMs(p.startsAt),
+    endsAt: toMs(p.endsAt),
+    paused: p.paused === true,
   });
 
   const readReservation = (r) => ({
     id: String(r.id),
-    skuId: String(pick(r, "skuId", "sku")),
-    quantity: toInt(r.quantity, 1),
+    skuId: String(r.skuId),
+    quantity: Number(r.quantity) || 1,
     status: String(r.status),
-    createdAt: toMs(pick(r, "createdAt")),
-    expiresAt: toMs(pick(r, "expiresAt")),
-    orderId: pick(r, "orderId") ?? null,
+    createdAt: toMs(r.createdAt),
+    expiresAt: toMs(r.expiresAt),
+    orderId: r.orderId ?? null,
   });
 
   const readOrder = (o) => ({
     id: String(o.id),
-    reservationId: String(pick(o, "reservationId") ?? ""),
-    skuId: String(pick(o, "skuId", "sku") ?? ""),
-    quantity: toInt(o.quantity, 1),
-    totalCents: toCents(pick(o, "totalPrice")),
+    reservationId: String(o.reservationId ?? ""),
+    skuId: String(o.skuId ?? ""),
+    quantity: Number(o.quantity) || 1,
+    totalCents: toCents(o.totalPrice),
     status: String(o.status),
-    paymentMethod: String(pick(o, "paymentMethod") ?? ""),
-    failureReason: pick(o, "failureReason") ?? null,
+    paymentMethod: String(o.paymentMethod ?? ""),
+    failureReason: o.failureReason ?? null,
   });
 
   // ---------------------------------------------------------------------------------------------------------------
@@ -247,14 +233,19 @@
       case "CHECKOUT_IN_PROGRESS":
         return `A payment for your hold on ${name} is already being processed. Please wait a moment.`;
       case "PAYMENT_DECLINED":
-      case "PAYMENT_FAILED":
         return `Payment declined for ${name}. Your hold is kept; try another payment method before the timer runs out.`;
+      case "PAYMENT_GATEWAY_ERROR":
+        return `The payment service failed and nothing was charged. Your hold on ${name} is kept; please try again.`;
+      case "INVALID_STATE":
+        return `That is no longer possible for ${name}: it was paid for, released or cancelled already.`;
+      case "FORBIDDEN":
+        return "That belongs to another shopper.";
       case "UNAUTHORIZED":
-      case "INVALID_TOKEN":
         return "Your sign-in is missing or has expired. Please sign in again.";
       case "RATE_LIMITED":
-      case "TOO_MANY_REQUESTS":
         return "Too many requests. Please wait a second and try again.";
+      case "SERVICE_UNAVAILABLE":
+        return "The shop is busy right now. Please try again in a moment.";
       case "NOT_FOUND":
         return context.notFound || `${name} was not found.`;
       case "NETWORK":
@@ -294,30 +285,37 @@
       announce("Your sign-in has expired. Please sign in again.", "warning");
       return false;
     }
-    if (state.user && state.user !== claims.sub) forgetShopper();
+    const user = String(claims.sub);
     state.token = token;
-    state.user = String(claims.sub);
     localStorage.setItem(STORE.token, token);
+    if (state.user !== user) {
+      state.user = user;
+      recallShopper();
+    }
     renderAccount();
     if (!quiet) announce(`Signed in as ${state.user}.`, "success");
     renderAllProducts();
     return true;
   }
 
-  function forgetShopper() {
+  /** The signed-in shopper's holds and orders from localStorage; the server then confirms each hold. */
+  function recallShopper() {
     state.holds.clear();
     state.orders.clear();
-    saveHolds();
-    saveOrders();
+    if (state.user) {
+      for (const hold of load(STORE.holds(state.user))) if (hold?.id) state.holds.set(hold.id, hold);
+      for (const order of load(STORE.orders(state.user))) if (order?.id) state.orders.set(order.id, order);
+    }
     renderHolds();
     renderOrders();
+    if (state.holds.size) restoreHolds();
   }
 
   function signOut({ quiet = false } = {}) {
     state.token = null;
     state.user = null;
     localStorage.removeItem(STORE.token);
-    forgetShopper();
+    recallShopper();
     renderAccount();
     renderAllProducts();
     if (!quiet) announce("Signed out.", "info");
@@ -336,7 +334,7 @@
     input.removeAttribute("aria-invalid");
     try {
       const answer = await api("POST", "/demo/token", { user }, { auth: false });
-      if (useToken(String(pick(answer || {}, "token", "accessToken") ?? ""))) input.value = "";
+      if (useToken(String(answer?.token ?? ""))) input.value = "";
     } catch (error) {
       if (error.status === 404 || error.status === 405) {
         $(".token-entry").open = true;
@@ -615,8 +613,6 @@
       const answer = await api("POST", "/orders/checkout", { reservationId: hold.id, paymentMethod },
         { idempotencyKey: newKey() });
       const order = readOrder(answer);
-      if (!order.skuId) order.skuId = hold.skuId;
-      if (order.status === "FAILED") throw new ApiError("PAYMENT_DECLINED", order.failureReason || "declined", 402);
       state.orders.set(order.id, order);
       saveOrders();
       holdEnded(hold, null);
@@ -625,10 +621,11 @@
         `Your order number is ${order.id}.`, "success", { sticky: true });
       $(`[data-order="${CSS.escape(order.id)}"] .order-title`)?.focus();
     } catch (error) {
+      // A decline (402) or a gateway failure (502) leaves the hold as it was: the shopper may pay again.
       if (error.code === "RESERVATION_EXPIRED" || error.code === "NOT_FOUND") {
         holdEnded(hold, explain({ code: "RESERVATION_EXPIRED" }, { skuId: hold.skuId }));
-      } else if (isDecline(error)) {
-        announce(explain({ code: "PAYMENT_DECLINED" }, { skuId: hold.skuId }), "error", { sticky: true });
+      } else if (error.code === "INVALID_STATE") {
+        holdEnded(hold, explain(error, { skuId: hold.skuId }));
       } else {
         refuse(error, { skuId: hold.skuId });
       }
@@ -638,11 +635,6 @@
       refreshProducts();
     }
   }
-
-  /** A refused payment: the gateway's decline code, or a 402, or an error body that carries the FAILED order. */
-  const isDecline = (error) =>
-    error.code === "PAYMENT_DECLINED" || error.code === "PAYMENT_FAILED" || error.status === 402 ||
-    error.body?.order?.status === "FAILED";
 
   function createHoldCard(hold) {
     const node = $("#hold-template").content.firstElementChild.cloneNode(true);
@@ -809,8 +801,9 @@
   // ---------------------------------------------------------------------------------------------------------------
   // Storage
 
-  const saveHolds = () => localStorage.setItem(STORE.holds, JSON.stringify([...state.holds.values()]));
-  const saveOrders = () => localStorage.setItem(STORE.orders, JSON.stringify([...state.orders.values()]));
+  const save = (key, values) => { if (state.user) localStorage.setItem(key(state.user), JSON.stringify(values)); };
+  const saveHolds = () => save(STORE.holds, [...state.holds.values()]);
+  const saveOrders = () => save(STORE.orders, [...state.orders.values()]);
   const load = (name) => {
     try {
       const value = JSON.parse(localStorage.getItem(name) || "[]");
@@ -833,10 +826,7 @@
     document.addEventListener("visibilitychange", () => { if (!document.hidden) schedulePoll(0); });
 
     const token = localStorage.getItem(STORE.token);
-    if (token && useToken(token, { quiet: true })) {
-      for (const hold of load(STORE.holds)) if (hold?.id) state.holds.set(hold.id, hold);
-      for (const order of load(STORE.orders)) if (order?.id) state.orders.set(order.id, order);
-    }
+    if (token) useToken(token, { quiet: true });
     renderAccount();
     renderHolds();
     renderOrders();
@@ -845,7 +835,6 @@
       renderOrders();
       schedulePoll(POLL_MS);
     });
-    if (state.holds.size) restoreHolds();
     // One clock for the countdowns, independent of the network.
     setInterval(() => {
       tickHolds();

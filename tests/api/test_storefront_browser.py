@@ -322,6 +322,10 @@ def test_the_countdown_opens_the_sale_and_refusals_read_as_plain_messages(
     reserve_mug.click()
     expect(page.locator(".hold .hold-title")).to_have_text("1 × Mighty Mug")
     assert counters(engine, "SKU-MUG") == (9, 1, 0, 10)
+    page.reload()  # the token and the hold survive a reload; the server confirms the hold is still open
+    expect(page.locator("#account-name")).to_have_text("frank")
+    expect(page.locator(".hold .hold-title")).to_have_text("1 × Mighty Mug")
+    expect(page.locator(".hold .hold-timer")).to_have_text(re.compile(r"^0[45]:\d\d$"))
     mug.get_by_label("Quantity").select_option("2")
     reserve_mug.click()
     expect(page.get_by_role("status")).to_have_text(
