@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from engine import AsyncEngine, Engine, EngineConfig
-from flashsale.launcher import RedisServer
+from flashsale.launcher import KafkaBroker, PostgresServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +48,38 @@ async def async_engine(redis_url: str, engine_config: EngineConfig) -> AsyncIter
     await e.load_scripts()
     yield e
     await e.close()
+
+
+# -- PostgreSQL and Kafka (write-behind) -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def _migrated_database(postgres_server: PostgresServer) -> str:
+    from writeback.database import migrate
+
+    migrate(postgres_server.url)
+    return postgres_server.url
+
+
+@pytest.fixture
+def database_url(_migrated_database: str) -> str:
+    """The session's database with every migration applied and every table emptied for this test."""
+    import psycopg
+
+    from writeback.database import queries
+
+    with psycopg.connect(_migrated_database, autocommit=True) as conn:
+        conn.execute(queries()["delete_all_rows"])
+    return _migrated_database
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    with KafkaBroker() as broker:
+        yield broker

@@ -71,10 +71,12 @@ async def apply_batch(conn: AsyncConnection[Any], batch: Batch, expected_id: str
         if inventory:
             await conn.execute(q["lock_inventory"], {"sku_id": inventory["sku_id"]})
         await run("apply_inventory_deltas", inventory, expect_rows=True)
-        await run("insert_reservations", batch.new_reservation_rows())
+        # Earlier rows change before new ones arrive: an order that failed in this batch must be FAILED
+        # before its reservation's next order is inserted (one live order per reservation).
         await run("update_reservations", batch.changed_reservation_rows(), expect_rows=True)
-        await run("insert_orders", batch.new_order_rows())
+        await run("insert_reservations", batch.new_reservation_rows())
         await run("update_orders", batch.changed_order_rows(), expect_rows=True)
+        await run("insert_orders", batch.new_order_rows())
         await pipeline.sync()
         if await offset.fetchone() is None:
             raise OffsetMoved(f"partition {batch.partition}: offset is no longer {expected_id}")

@@ -384,7 +384,7 @@ class Worker:
             )  # fmt: skip
 
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.05, max=self.options.retry_max_s),
+            wait=wait_exponential_jitter(multiplier=0.05, max=self.options.retry_max_s, jitter=0.05),
             stop=give_up,
             retry=retry_if_exception_type(Exception),
             before_sleep=before_sleep,

@@ -1,0 +1,105 @@
+"""Once drained, PostgreSQL and Kafka hold exactly what Redis did, and a replay of the log changes nothing."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import redis
+from writeback_checks import (
+    Shop,
+    all_events,
+    assert_kafka_holds_every_event,
+    assert_postgres_equals_redis,
+    postgres_snapshot,
+)
+
+from engine import Engine, SaleSettings
+from flashsale.settings import Settings
+from writeback import WorkerOptions, WorkerThread, read_lag, total_lag
+from writeback.keys import progress
+
+
+def test_after_a_burst_postgres_and_kafka_equal_redis(engine: Engine, settings: Settings, shop: Shop) -> None:
+    shop.open()
+    with WorkerThread(settings, WorkerOptions(trim=False, sweep=False)) as worker:
+        shop.burst(customers=900, threads=6)
+        assert worker.wait_drained(timeout_s=60)
+    events = all_events(engine)
+    assert len(events) > 2000
+    assert {e.type for e in events} >= {
+        "sale_loaded", "reserved", "released", "checkout_started", "checkout_failed", "confirmed",
+        "order_cancelled", "order_fulfilled", "restocked",
+    }  # fmt: skip
+    assert_postgres_equals_redis(engine, str(settings.database_url), shop)
+    assert_kafka_holds_every_event(settings, events, exactly_once=True)
+    with psycopg.connect(str(settings.database_url)) as conn:
+        applied = sum(row[0] for row in conn.execute("SELECT applied_events FROM stream_offsets"))
+        versions = sum(row[0] for row in conn.execute("SELECT version FROM inventory"))
+    assert applied == len(events)
+    assert versions == sum(1 for e in events if e.da or e.dr or e.ds or e.dt or e.type == "sale_loaded")
+
+
+def test_the_sweeper_expires_holds_and_postgres_follows(
+    engine: Engine, settings: Settings, shop: Shop
+) -> None:
+    shop.open(ttl_ms=1000)
+    holds = [engine.reserve(shop.skus[i % 3], f"late-{i}") for i in range(12)]
+    shop.reservations.update(r.id for r in holds)
+    time.sleep(1.1)  # past every deadline: only the sweeper can end them now (nobody calls reserve)
+    with WorkerThread(settings, WorkerOptions()) as worker:
+        deadline = time.monotonic() + 10
+        while worker.stats.expired < len(holds) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.stats.expired == len(holds)
+        assert worker.wait_drained(timeout_s=30)
+    assert {engine.get_reservation(r.id).status.value for r in holds} == {"EXPIRED"}
+    assert_postgres_equals_redis(engine, str(settings.database_url), shop)
+    client = redis.Redis.from_url(str(settings.redis_url))
+    # Trimmed below what both sinks took: nothing is left in the streams.
+    assert sum(client.xlen(engine.keys.partition(p).events()) for p in range(16)) == 0
+    client.close()
+
+
+def test_replaying_every_stream_from_the_start_changes_nothing(
+    engine: Engine, settings: Settings, shop: Shop
+) -> None:
+    shop.open()
+    options = WorkerOptions(trim=False, sweep=False)
+    with WorkerThread(settings, options) as worker:
+        shop.burst(customers=300, threads=3)
+        assert worker.wait_drained(timeout_s=60)
+    before = postgres_snapshot(str(settings.database_url))
+    events = all_events(engine)
+
+    # Forget what the sinks took, as if Redis's records were lost: the worker reads every stream again.
+    client = redis.Redis.from_url(str(settings.redis_url))
+    for p in range(settings.partitions):
+        client.delete(progress(engine.keys.partition(p)))
+    assert total_lag(read_lag(client, settings)).pending == len(events)
+    with WorkerThread(settings, options) as worker:
+        assert worker.wait_drained(timeout_s=60)
+        assert worker.stats.applied_events == 0
+        assert worker.stats.published_events == len(events)
+    client.close()
+
+    assert postgres_snapshot(str(settings.database_url)) == before
+    # Kafka got everything a second time (at least once); consumers drop repeats by event id.
+    assert_kafka_holds_every_event(settings, events, exactly_once=False)
+
+
+def test_a_sale_loaded_before_the_worker_ran_becomes_a_product(engine: Engine, settings: Settings) -> None:
+    engine.load_sale(
+        SaleSettings(sku="LAMP", name="Desk lamp", total=3, price_cents=5000, flash_price_cents=2500)
+    )
+    engine.load_sale(SaleSettings(sku="LAMP", paused=True, starts_at=1_000, ends_at=9_000_000_000_000))
+    engine.restock("LAMP", 7)
+    with WorkerThread(settings, WorkerOptions(sweep=False)) as worker:
+        assert worker.wait_drained(timeout_s=30)
+    with psycopg.connect(str(settings.database_url)) as conn:
+        row = conn.execute(
+            "SELECT p.name, p.base_price_cents, p.flash_sale_price_cents, p.total_inventory, p.is_active, "
+            "(extract(epoch FROM p.starts_at) * 1000)::bigint, i.total_count, i.available_count, i.version "
+            "FROM products p JOIN inventory i USING (sku_id) WHERE sku_id = 'LAMP'"
+        ).fetchone()
+    assert row == ("Desk lamp", 5000, 2500, 10, False, 1000, 10, 10, 3)
