@@ -79,22 +79,27 @@ class Child:
         return self.process.poll() is None
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM, wait, then SIGKILL; the child runs in its own session, so its group goes with it."""
+        """SIGTERM to the child (it stops its own workers), wait, then SIGKILL to its whole process group:
+        it runs in a session of its own, so nothing it started outlives it."""
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 log.warning("event=child_kill child=%s pid=%d reason=timeout", self.name, self.process.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        # Grandchildren (uvicorn's workers) that outlived their parent are still in the group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
         self.log_file.close()
         return self.process.returncode
+
+    def exit_description(self) -> str:
+        code = self.process.returncode
+        if code is not None and code < 0:
+            # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
+            return f"by {signal.Signals(-code).name}"
+        return f"with code {code}"
 
     def last_lines(self, count: int = 12) -> str:
         try:
@@ -152,15 +157,16 @@ class Stack:
         )
         self.endpoints.update(redis=redis_url, postgres=database_url, kafka=kafka)
 
-        self._step("Migrating the database", lambda: self._run_once("migrate", ["db", "migrate"]))
+        self._step("Database", "migrating", lambda: self._run_once("migrate", ["db", "migrate"]))
         if self.options.demo_sale is not None:
-            self._step("Loading the demo sale", self._load_demo_sale)
-        self._spawn("worker", ["worker"] if self.options.sweeper else ["worker", "--no-sweeper"])
+            self._step("Sale", "loading", self._load_demo_sale)
+        self._spawn("worker", ["worker"] if self.options.sweeper else ["worker", "--no-sweep"])
         api = self._spawn("api", ["serve"])
         base = f"http://{_connectable(self.options.host)}:{port}"
-        self._step("Waiting for the API", lambda: self._wait_http(api, f"{base}/health", 90))
+        self._step("API", "waiting for", lambda: self._wait_http(api, f"{base}/health", 90))
         self.endpoints.update(storefront=f"{base}/", api=f"{base}/api/v1", metrics=f"{base}/metrics")
         self.endpoints["ready"] = f"{base}/health/ready"
+        self.endpoints["step_detail"] = f"{base} ({self.options.api_workers} worker process(es))"
 
     def _make_run_dir(self) -> Path:
         if self.options.data_dir is not None:
@@ -247,6 +253,7 @@ class Stack:
         return path, path.open("ab")
 
     def _run_once(self, name: str, args: list[str]) -> None:
+        """Runs a flashsale command to completion (the migration); its output goes to its log file."""
         path, handle = self._log_file(name)
         with handle:
             result = subprocess.run(
@@ -261,21 +268,27 @@ class Stack:
         if result.returncode != 0:
             tail = path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise StackError(f"`flashsale {' '.join(args)}` failed ({tail[0]}); full log: {path}")
+        self.endpoints["step_detail"] = "migrated"
 
     def _load_demo_sale(self) -> None:
         from engine import Engine
-        from flashsale.commands.sale import SaleFileError, load_sales, read_sale_file
+        from flashsale.commands.sale import SaleFileError, load_sales, read_sale_file, redis_now_ms
 
         assert self.options.demo_sale is not None
         assert self.settings.redis_url is not None
         engine = Engine.from_url(self.settings.redis_url, self.settings.engine_config(), max_connections=4)
         try:
             engine.load_scripts()
-            if engine.list_sales():
-                self.endpoints["demo_sale"] = "kept the sale already in Redis"
-                return
-            loaded = load_sales(engine, read_sale_file(self.options.demo_sale))
-            self.endpoints["demo_sale"] = f"{len(loaded)} SKUs from {self.options.demo_sale.name}"
+            existing = engine.list_sales()
+            if existing:
+                # A kept data dir: the sale (and its holds and orders) carries on where it stopped.
+                detail = f"kept the {len(existing)} SKU(s) already in Redis"
+            else:
+                loaded = load_sales(engine, read_sale_file(self.options.demo_sale))
+                now_ms = redis_now_ms(engine)
+                upcoming = sum(1 for sale in loaded if sale.starts_at > now_ms)
+                detail = f"{len(loaded)} SKUs from {self.options.demo_sale.name} ({upcoming} starting soon)"
+            self.endpoints["demo_sale"] = self.endpoints["step_detail"] = detail
         except SaleFileError as error:
             raise StackError(f"the demo sale did not load: {error}") from None
         finally:
@@ -316,10 +329,10 @@ class Stack:
             f"the {child.name} did not answer {url} within {timeout_s:.0f}s; log: {child.log_path}"
         )
 
-    def _step(self, title: str, action: Callable[[], None]) -> None:
-        with self.console.status(f"{title}…"):
+    def _step(self, title: str, doing: str, action: Callable[[], None]) -> None:
+        with self.console.status(f"{doing.capitalize()} the {title.lower()}…"):
             action()
-        self._done(title.removeprefix("Waiting for the ").removeprefix("Loading the "), "done")
+        self._done(title, self.endpoints.pop("step_detail", "ready"))
 
     def _done(self, title: str, detail: str) -> None:
         self.console.print(f"[green]✓[/] {title:<22} {detail}")
@@ -338,8 +351,8 @@ class Stack:
         """Stops everything started here, newest first. Safe to call twice or half way through start."""
         for child in reversed(self.children):
             with self.console.status(f"Stopping the {child.name}…"):
-                code = child.stop()
-            self.console.print(f"[dim]■ stopped {child.name} (exit {code})[/]")
+                child.stop()
+            self.console.print(f"[dim]■ stopped the {child.name} (ended {child.exit_description()})[/]")
         self.children.clear()
         for server in reversed(self.servers):
             with self.console.status(f"Stopping {server.name}…"):
@@ -446,7 +459,7 @@ def run(settings: Settings, options: StackOptions, console: Console) -> int:
                 console.rule()
                 dead = stack.wait()
                 console.print(
-                    f"[red]✗ the {dead.name} exited with code {dead.process.returncode}; "
+                    f"[red]✗ the {dead.name} ended {dead.exit_description()}; "
                     f"stopping the stack.[/] Last lines of {dead.log_path}:\n{dead.last_lines()}",
                     highlight=False,
                 )

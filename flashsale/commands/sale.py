@@ -286,11 +286,13 @@ def load(settings: Settings, file: Path) -> None:
 
 
 def status_table(engine: Engine, lag_by_partition: dict[int, tuple[int, float]] | None) -> Table:
+    """One row per SKU; ``lag_by_partition`` maps a partition to (events pending, age of the oldest in s)."""
     now_ms = redis_now_ms(engine)
     table = Table(title="flash sale status", title_justify="left")
     for column in ("SKU", "name", "price", "window", "total", "available", "reserved", "sold", "holds"):
         table.add_column(column, justify="right" if column not in ("SKU", "name", "window") else "left")
     table.add_column("write-behind lag", justify="right")
+    table.columns[0].no_wrap = True
     for sale_ in engine.list_sales():
         partition = engine.keys.for_sku(sale_.sku)
         holds = int(engine.redis.zcard(partition.holds(sale_.sku)))
@@ -317,10 +319,19 @@ def status_table(engine: Engine, lag_by_partition: dict[int, tuple[int, float]] 
 @sale.command("status")
 @click.pass_obj
 def status(settings: Settings) -> None:
-    """Show each SKU: total, available, reserved, sold, active holds and write-behind lag."""
+    """Show each SKU: total, available, reserved, sold, active holds and write-behind lag.
+
+    The lag is that of the SKU's partition stream: events PostgreSQL or Kafka has not taken yet, and how
+    long the oldest has waited.
+    """
+    from writeback.lag import read_lag
+
     engine = engine_for(settings)
     try:
-        table = status_table(engine, None)
+        lags = {
+            lag.partition: (lag.pending, lag.oldest_age_ms / 1000) for lag in read_lag(engine.redis, settings)
+        }
+        table = status_table(engine, lags)
     except redis.RedisError as error:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -57,6 +58,10 @@ def up(
     database is migrated, a demo sale is loaded (when Redis holds no sale yet), and the URLs are printed.
     Ctrl-C or SIGTERM stops every process started here, in reverse order.
     """
+    if settings.log_level.upper() != "DEBUG":
+        # The progress lines say what these would; their key=value events stay in the children's logs.
+        for name in ("flashsale.launcher", "flashsale.stack"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     options = StackOptions(
         data_dir=data_dir or settings.data_dir,
         host=host or settings.host,
@@ -65,4 +70,4 @@ def up(
         demo_sale=None if no_demo else (sale_file or DEMO_SALE),
         sweeper=not no_sweeper,
     )
-    sys.exit(run(settings, options, Console()))
+    sys.exit(run(settings, options, Console(soft_wrap=True, highlight=False)))

@@ -1,0 +1,259 @@
+"""`flashsale up` as a new user runs it: a subprocess in an empty directory, no FLASHSALE_* set.
+
+It must start every server, serve the storefront and the API, carry a reservation and a checkout into
+PostgreSQL and Kafka, and leave no process behind on SIGTERM or when one of its children dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+FLASHSALE = Path(sys.executable).with_name("flashsale")
+START_TIMEOUT_S = 120
+
+
+@dataclass
+class RunningStack:
+    process: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT_S) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        for line in self.lines:
+            if match := re.search(pattern, line):
+                return match
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.lines.append(line)
+            if match := re.search(pattern, line):
+                return match
+        raise AssertionError(f"no line matching {pattern!r}; output so far:\n" + "\n".join(self.lines))
+
+    def value(self, label: str) -> str:
+        return self.wait_for(rf"^{label}\s+(\S.*)$").group(1).strip()
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def finish(self, timeout: float = 90) -> int:
+        code = self.process.wait(timeout=timeout)
+        while True:
+            try:
+                line = self._queue.get(timeout=2)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+        return code
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
+    env["COLUMNS"] = "200"  # one line per printed URL
+    return env
+
+
+@pytest.fixture
+def start_up(tmp_path: Path) -> Iterator[Callable[..., RunningStack]]:
+    started: list[RunningStack] = []
+
+    def start(*args: str) -> RunningStack:
+        process = subprocess.Popen(
+            [str(FLASHSALE), "up", "--port", "0", *args],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        stack = RunningStack(process)
+        started.append(stack)
+        return stack
+
+    yield start
+    for stack in started:  # a failed test must not leave a stack running for the next one
+        if stack.process.poll() is None:
+            for child in stack.descendants():
+                child.kill()
+            stack.process.kill()
+            stack.process.wait()
+
+
+def assert_all_gone(pids: list[psutil.Process]) -> None:
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.2)
+    assert not alive, f"still running after stop: {[(p.pid, p.name()) for p in alive]}"
+
+
+def mint_token(stack: RunningStack, cwd: Path) -> str:
+    command = stack.value("Token")
+    assert command.endswith(" token alice")
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def kafka_messages(
+    bootstrap: str, topic: str, partitions: int, wanted: Callable[[dict[str, Any]], bool], expected: int
+) -> list[dict[str, Any]]:
+    """The matching messages of a topic, read with assign() (no consumer-group join to wait for)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-up", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(found) < expected and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            body = json.loads(message.value())
+            if wanted(body):
+                found.append(body)
+    finally:
+        consumer.close()
+    return found
+
+
+def test_up_from_an_empty_directory_serves_a_sale_end_to_end_and_stops_clean(
+    start_up: Callable[..., RunningStack], tmp_path: Path
+) -> None:
+    stack = start_up()
+    storefront = stack.value("Storefront")
+    api = stack.value("API").split()[0]
+    database_url = stack.value("PostgreSQL")
+    bootstrap = stack.value("Kafka")
+    stack.wait_for(r"^Logs\s")
+    children = stack.descendants()
+    names = {p.name() for p in children}
+    assert {"redis-server", "postgres", "tansu"} <= names, names
+    assert sum(1 for p in children if "flashsale" in " ".join(p.cmdline())) >= 2  # worker and API
+
+    page = httpx.get(storefront, timeout=10)
+    assert page.status_code == 200
+    assert "<html" in page.text.lower()
+    products = httpx.get(f"{api}/products", timeout=10).json()
+    assert {p["skuId"] for p in products} >= {"SKU-PS5-SLIM", "SKU-SWITCH-OLED"}
+    upcoming = next(p for p in products if p["skuId"] == "SKU-SWITCH-OLED")
+    assert upcoming["startsAt"] > next(p for p in products if p["skuId"] == "SKU-PS5-SLIM")["startsAt"]
+
+    headers = {"Authorization": f"Bearer {mint_token(stack, tmp_path)}"}
+    hold = httpx.post(f"{api}/reservations", json={"skuId": "SKU-PS5-SLIM", "quantity": 1}, headers=headers)
+    assert hold.status_code == 201, hold.text
+    reservation_id = hold.json()["id"]
+    order = httpx.post(
+        f"{api}/orders/checkout",
+        json={"reservationId": reservation_id, "paymentMethod": "CREDIT_CARD"},
+        headers=headers,
+        timeout=30,
+    )
+    assert order.status_code == 201, order.text
+    order_id = order.json()["id"]
+    assert order.json()["status"] == "CONFIRMED"
+
+    # The worker carries both into PostgreSQL ...
+    deadline = time.monotonic() + 30
+    with psycopg.connect(database_url) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT r.status::text, o.status::text, i.sold_count FROM reservations r "
+                "JOIN orders o USING (reservation_id) JOIN inventory i ON i.sku_id = r.sku_id "
+                "WHERE r.reservation_id = %s",
+                (reservation_id,),
+            ).fetchone()
+            conn.commit()
+            if row == ("CONFIRMED", "CONFIRMED", 1) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert row == ("CONFIRMED", "CONFIRMED", 1)
+    # ... and into Kafka, keyed by SKU.
+    reservation_events = kafka_messages(
+        bootstrap, "flash-sale-reservations", 10, lambda m: m.get("reservation_id") == reservation_id, 2
+    )
+    assert [m["type"] for m in reservation_events] == ["reserved", "confirmed"]
+    order_events = kafka_messages(
+        bootstrap, "flash-sale-orders", 5, lambda m: m.get("order_id") == order_id, 2
+    )
+    assert [m["type"] for m in order_events] == ["checkout_started", "confirmed"]
+
+    stack.process.send_signal(signal.SIGTERM)
+    assert stack.finish() == 0, "\n".join(stack.lines)
+    assert "nothing left running" in stack.lines[-1]
+    assert_all_gone(children)
+
+
+def test_a_dying_child_stops_the_whole_stack(start_up: Callable[..., RunningStack]) -> None:
+    stack = start_up("--no-demo")
+    stack.wait_for(r"^Logs\s")
+    children = stack.descendants()
+    worker = next(p for p in children if p.cmdline()[-1:] == ["worker"])
+    worker.send_signal(signal.SIGKILL)
+    assert stack.finish() == 1
+    output = "\n".join(stack.lines)
+    assert "the worker ended by SIGKILL; stopping the stack" in output
+    assert_all_gone(children)
+
+
+def test_data_dir_keeps_the_sale_and_the_token_secret_between_runs(
+    start_up: Callable[..., RunningStack], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    first = start_up("--data-dir", str(data))
+    api = first.value("API").split()[0]
+    token = mint_token(first, tmp_path)
+    headers = {"Authorization": f"Bearer {token}"}
+    hold = httpx.post(f"{api}/reservations", json={"skuId": "SKU-KINDLE-PW", "quantity": 2}, headers=headers)
+    assert hold.status_code == 201, hold.text
+    first.process.send_signal(signal.SIGTERM)
+    assert first.finish() == 0
+    assert (data / "redis" / "appendonly.aof").exists() or (data / "redis" / "appendonlydir").is_dir()
+
+    second = start_up("--data-dir", str(data))
+    assert "kept the 5 SKU(s) already in Redis" in second.value("Demo sale")
+    api = second.value("API").split()[0]
+    # The same token still verifies, and the hold made before the restart is still there.
+    kept = httpx.get(f"{api}/reservations/{hold.json()['id']}", headers=headers, timeout=10)
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["status"] == "RESERVED"
+    kindle = next(p for p in httpx.get(f"{api}/products").json() if p["skuId"] == "SKU-KINDLE-PW")
+    assert (kindle["available"], kindle["reserved"]) == (498, 2)
+    second.process.send_signal(signal.SIGTERM)
+    assert second.finish() == 0
