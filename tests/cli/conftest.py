@@ -1,39 +1,16 @@
-"""Fixtures of the CLI tests: a migrated PostgreSQL per test, and draining the streams the worker's way."""
+"""CLI test fixtures: drain the streams into PostgreSQL the worker's way (servers: tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
 
 from engine import Engine
-from flashsale.launcher import PostgresServer
 from writeback.batch import Batch
-from writeback.database import migrate
 from writeback.postgres import apply_batch, ensure_offset, unapplied
-
-
-@pytest.fixture(scope="session")
-def cli_postgres() -> Iterator[PostgresServer]:
-    with PostgresServer() as server:
-        yield server
-
-
-@pytest.fixture
-def migrated_database_url(cli_postgres: PostgresServer) -> Iterator[str]:
-    """A fresh database with every migration applied, dropped after the test."""
-    name = f"cli_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(cli_postgres.url_for("postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = cli_postgres.url_for(name)
-    migrate(url)
-    yield url
-    with psycopg.connect(cli_postgres.url_for("postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
 
 Drain = Callable[[Engine, str], int]
 

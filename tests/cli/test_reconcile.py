@@ -21,12 +21,12 @@ SKUS = ("SKU-TV-55", "SKU-PHONE-X", "SKU-MUG")
 
 
 @pytest.fixture
-def env(redis_url: str, migrated_database_url: str) -> dict[str, str]:
-    return {"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": migrated_database_url}
+def env(redis_url: str, database_url: str) -> dict[str, str]:
+    return {"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": database_url}
 
 
 @pytest.fixture
-def busy_sale(engine: Engine, migrated_database_url: str, drain: Drain) -> Engine:
+def busy_sale(engine: Engine, database_url: str, drain: Drain) -> Engine:
     """Three SKUs after a mixed burst, drained into PostgreSQL, then a few more changes left unapplied."""
     now = int(engine.redis.time()[0]) * 1000
     for i, sku in enumerate(SKUS):
@@ -59,7 +59,7 @@ def busy_sale(engine: Engine, migrated_database_url: str, drain: Drain) -> Engin
     cancelled = engine.begin_checkout(engine.reserve(SKUS[0], "canceller").id, "canceller", "card")
     engine.confirm(cancelled.id, "canceller")
     engine.cancel_order(cancelled.id, "canceller")
-    assert drain(engine, migrated_database_url) > 30
+    assert drain(engine, database_url) > 30
     # Not drained: the worker has not seen these yet.
     hold = engine.reserve(SKUS[1], "late1")
     engine.confirm(engine.begin_checkout(hold.id, "late1", "card").id, "late1")
@@ -146,12 +146,12 @@ def test_drift_in_redis_is_found_and_rebuilt_from_postgres(busy_sale: Engine, en
 
 
 def test_redis_lost_entirely_is_rebuilt_and_keeps_serving(
-    busy_sale: Engine, env: dict[str, str], migrated_database_url: str, drain: Drain
+    busy_sale: Engine, env: dict[str, str], database_url: str, drain: Drain
 ) -> None:
-    drain(busy_sale, migrated_database_url)
+    drain(busy_sale, database_url)
     before = counters(busy_sale)
     open_hold = busy_sale.reserve("SKU-PHONE-X", "survivor")
-    drain(busy_sale, migrated_database_url)
+    drain(busy_sale, database_url)
     busy_sale.redis.flushall()
 
     assert reconcile(env).exit_code == 1
@@ -166,15 +166,15 @@ def test_redis_lost_entirely_is_rebuilt_and_keeps_serving(
     order = busy_sale.begin_checkout(open_hold.id, "survivor", "card")
     assert busy_sale.confirm(order.id, "survivor").status == "CONFIRMED"
     assert busy_sale.user_counts("SKU-PHONE-X", "survivor").purchased == 1
-    drain(busy_sale, migrated_database_url)
+    drain(busy_sale, database_url)
     assert report(env)["ok"] is True
 
 
 def test_drift_in_postgres_is_found_and_redriven_from_the_stream(
-    busy_sale: Engine, env: dict[str, str], migrated_database_url: str, drain: Drain
+    busy_sale: Engine, env: dict[str, str], database_url: str, drain: Drain
 ) -> None:
-    before = pg_counters(migrated_database_url)
-    with psycopg.connect(migrated_database_url) as conn:
+    before = pg_counters(database_url)
+    with psycopg.connect(database_url) as conn:
         conn.execute(
             "UPDATE inventory SET sold_count = sold_count + 1, available_count = available_count - 1 "
             "WHERE sku_id = 'SKU-PHONE-X'"
@@ -195,16 +195,16 @@ def test_drift_in_postgres_is_found_and_redriven_from_the_stream(
 
     repaired = reconcile(env, "--repair", "postgres-from-stream", "--yes")
     assert repaired.exit_code == 0, repaired.output
-    assert pg_counters(migrated_database_url) == before
+    assert pg_counters(database_url) == before
     assert report(env)["ok"] is True
     # PostgreSQL is again the applied prefix: once the worker applies the rest it equals Redis.
-    drain(busy_sale, migrated_database_url)
-    assert pg_counters(migrated_database_url) == counters(busy_sale)
+    drain(busy_sale, database_url)
+    assert pg_counters(database_url) == counters(busy_sale)
 
 
 @pytest.mark.parametrize("direction", ["redis-from-postgres", "postgres-from-stream"])
 def test_a_lost_stream_entry_is_found_and_either_repair_settles_it(
-    busy_sale: Engine, env: dict[str, str], migrated_database_url: str, drain: Drain, direction: str
+    busy_sale: Engine, env: dict[str, str], database_url: str, drain: Drain, direction: str
 ) -> None:
     hold = busy_sale.reserve("SKU-TV-55", "ghost")
     partition = Keyspace(busy_sale.config.partitions, busy_sale.config.prefix).for_sku("SKU-TV-55")
@@ -221,29 +221,29 @@ def test_a_lost_stream_entry_is_found_and_either_repair_settles_it(
 
     assert reconcile(env, "--repair", direction, "--yes").exit_code == 0
     assert report(env)["ok"] is True
-    drain(busy_sale, migrated_database_url)
+    drain(busy_sale, database_url)
     assert report(env)["ok"] is True
-    assert pg_counters(migrated_database_url) == counters(busy_sale)
+    assert pg_counters(database_url) == counters(busy_sale)
     held = busy_sale.user_counts("SKU-TV-55", "ghost").held
     # Rebuilding Redis forgets the hold the log lost; re-driving PostgreSQL keeps it on both sides.
     assert held == (0 if direction == "redis-from-postgres" else 1)
 
 
 def test_a_repair_shows_its_plan_and_changes_nothing_when_declined(
-    busy_sale: Engine, env: dict[str, str], migrated_database_url: str
+    busy_sale: Engine, env: dict[str, str], database_url: str
 ) -> None:
-    with psycopg.connect(migrated_database_url) as conn:
+    with psycopg.connect(database_url) as conn:
         conn.execute(
             "UPDATE inventory SET reserved_count = reserved_count + 2, available_count = available_count - 2 "
             "WHERE sku_id = 'SKU-MUG'"
         )
-    drifted = pg_counters(migrated_database_url)
+    drifted = pg_counters(database_url)
     result = reconcile(env, "--repair", "postgres-from-stream", input="n\n")
     assert result.exit_code == 1
     assert "SKU-MUG: inventory total=20" in result.output
     assert "Apply these changes to PostgreSQL?" in result.output
     assert "nothing was changed" in result.output
-    assert pg_counters(migrated_database_url) == drifted
+    assert pg_counters(database_url) == drifted
 
 
 def test_reconcile_without_configuration_says_what_is_missing() -> None:
