@@ -426,7 +426,10 @@
     $(".product-limit", card).textContent = `Limit ${product.perUserLimit} per shopper`;
 
     const select = $(".quantity", card);
-    const most = Math.min(product.perUserLimit, 10);
+    // The page knows the shopper's own holds here; the server stays the judge of the limit (ALREADY_RESERVED).
+    const held = [...state.holds.values()].filter((h) => h.skuId === product.skuId).reduce((n, h) => n + h.quantity, 0);
+    const holdsAll = held >= product.perUserLimit;
+    const most = Math.max(1, Math.min(product.perUserLimit - held, 10));
     if (select.options.length !== most) {
       const chosen = select.value;
       select.replaceChildren(...Array.from({ length: most }, (_, i) => new Option(String(i + 1), String(i + 1))));
@@ -435,9 +438,6 @@
 
     const button = $(".reserve-button", card);
     const busy = state.busy.has(`reserve:${product.skuId}`);
-    // The page knows the shopper's own holds; the server stays the judge of the limit (ALREADY_RESERVED).
-    const held = [...state.holds.values()].filter((h) => h.skuId === product.skuId).reduce((n, h) => n + h.quantity, 0);
-    const holdsAll = held >= product.perUserLimit;
     button.disabled = p !== "live" || busy || holdsAll;
     button.textContent = busy ? "Reserving…" : holdsAll && p === "live" ? "Held for you" : {
       live: state.token ? "Reserve" : "Sign in to reserve",

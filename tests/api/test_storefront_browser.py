@@ -317,7 +317,7 @@ def test_the_countdown_opens_the_sale_and_refusals_read_as_plain_messages(
     reserve_mug = mug.get_by_role("button", name="Reserve: Mighty Mug")
     expect(reserve_mug).to_be_enabled()
 
-    # Hold 1 of the 2 allowed; asking for 2 more passes the limit: the engine refuses, nothing changes.
+    # Hold 1 of the 2 allowed: the page then offers only 1 more.
     mug.get_by_label("Quantity").select_option("1")
     reserve_mug.click()
     expect(page.locator(".hold .hold-title")).to_have_text("1 × Mighty Mug")
@@ -326,35 +326,38 @@ def test_the_countdown_opens_the_sale_and_refusals_read_as_plain_messages(
     expect(page.locator("#account-name")).to_have_text("frank")
     expect(page.locator(".hold .hold-title")).to_have_text("1 × Mighty Mug")
     expect(page.locator(".hold .hold-timer")).to_have_text(re.compile(r"^0[45]:\d\d$"))
-    mug.get_by_label("Quantity").select_option("2")
+    expect(mug.get_by_label("Quantity")).to_be_hidden()
+    expect(reserve_mug).to_be_enabled()
+
+    # Frank takes his second unit on another device; this page's next reserve passes the limit: refused.
+    engine.reserve("SKU-MUG", "frank")
     reserve_mug.click()
     expect(page.get_by_role("status")).to_have_text(
         "You already hold Mighty Mug. Check out or release that hold before reserving more."
     )
-    assert counters(engine, "SKU-MUG") == (9, 1, 0, 10)
-    assert engine.user_counts("SKU-MUG", "frank").held == 1
+    assert counters(engine, "SKU-MUG") == (8, 2, 0, 10)
+    assert engine.user_counts("SKU-MUG", "frank").held == 2
 
     # The sale is paused while the page has not seen it yet: the refusal says the sale is not open.
     page.route(re.compile(r"/api/v1/products$"), lambda route: route.abort())
     expect(page.locator("#connection")).to_be_visible()
     engine.load_sale(SaleSettings(sku="SKU-MUG", paused=True))
-    mug.get_by_label("Quantity").select_option("1")
     reserve_mug.click()
     expect(page.get_by_role("status")).to_have_text("The sale for Mighty Mug is not open right now.")
-    assert counters(engine, "SKU-MUG") == (9, 1, 0, 10)
+    assert counters(engine, "SKU-MUG") == (8, 2, 0, 10)
     page.unroute(re.compile(r"/api/v1/products$"))
     expect(mug.locator(".product-badge")).to_have_text("Sale paused", timeout=10_000)
     expect(mug.get_by_role("button", name="Paused: Mighty Mug")).to_be_disabled()
     expect(page.locator("#sale-clock")).to_have_text(re.compile("^The sale is paused"))
     page.screenshot(path=screenshots / "6-paused.png", full_page=True)
 
-    # Releasing the hold gives the unit back at once.
+    # Releasing this page's hold gives its unit back at once (the other device's hold stays).
     page.locator(".hold").get_by_role("button", name="Release hold").click()
     expect(page.get_by_role("status")).to_have_text(
         "Released your hold on Mighty Mug; the units are back on sale."
     )
     expect(page.locator(".hold")).to_have_count(0)
-    assert counters(engine, "SKU-MUG") == (10, 0, 0, 10)
-    assert engine.user_counts("SKU-MUG", "frank").held == 0
-    expect(mug.locator(".stock-text")).to_have_text("10 of 10 left")
+    assert counters(engine, "SKU-MUG") == (9, 1, 0, 10)
+    assert engine.user_counts("SKU-MUG", "frank").held == 1
+    expect(mug.locator(".stock-text")).to_have_text("9 of 10 left · 1 on hold")
     assert errors == []
