@@ -49,8 +49,9 @@ class ApiMetrics:
             registry=self.registry,
         )
 
-    def exposition(self, sales: Iterable[Sale], lags: Iterable[PartitionLag]) -> bytes:
-        """The text format for a scrape: this process's (or all workers') series, then live stock and lag."""
+    def exposition(self, sales: Iterable[Sale] | None, lags: Iterable[PartitionLag]) -> bytes:
+        """The text format for a scrape: this process's (or all workers') series, then live stock and lag
+        (``sales`` None: Redis did not answer, flashsale_redis_up is 0 and there is no stock to show)."""
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             merged = CollectorRegistry()
             MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
@@ -58,18 +59,21 @@ class ApiMetrics:
         else:
             counted = generate_latest(self.registry)
         live = CollectorRegistry()
-        live.register(_LiveState(list(sales), list(lags)))
+        live.register(_LiveState(sales, list(lags)))
         return counted + generate_latest(live)
 
 
 class _LiveState(Collector):
     """Gauges read from Redis just before the scrape: there is nothing to keep in step between scrapes."""
 
-    def __init__(self, sales: list[Sale], lags: list[PartitionLag]) -> None:
-        self.sales = sales
+    def __init__(self, sales: Iterable[Sale] | None, lags: list[PartitionLag]) -> None:
+        self.redis_up = sales is not None
+        self.sales = list(sales or ())
         self.lags = lags
 
     def collect(self) -> Iterator[Metric]:
+        up = int(self.redis_up)
+        yield GaugeMetricFamily("flashsale_redis_up", "1 when Redis answered the scrape", value=up)
         stock = GaugeMetricFamily(
             "flashsale_stock_units",
             "Units of a SKU by state (available, reserved, sold, total)",

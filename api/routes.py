@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -203,9 +204,12 @@ async def ready(api: Api, call: Call) -> Readiness | Response:
 
 async def metrics(api: Api, call: Call) -> Response:
     """Prometheus metrics in the text format."""
-    lags = await read_lag_async(api.engine.redis, api.settings)
-    text = api.metrics.exposition(await api.engine.list_sales(), lags)
-    return Response(text, media_type=CONTENT_TYPE_LATEST)
+    try:
+        lags = await read_lag_async(api.engine.redis, api.settings)
+        sales = await api.engine.list_sales()
+    except RedisError:  # still answer: the request counters are what shows an outage
+        return Response(api.metrics.exposition(None, ()), media_type=CONTENT_TYPE_LATEST)
+    return Response(api.metrics.exposition(sales, lags), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(api: Api, call: Call) -> Response:

@@ -154,6 +154,11 @@ def test_redis_down_is_503_not_500(start_server: Callable[..., ApiServer]) -> No
         assert ready.status_code == 503
         assert ready.json()["components"]["redis"]["status"] == "DOWN"
         assert http.get("/health").status_code == 200
+        # The scrape still answers, so the outage shows in the error rate and flashsale_redis_up.
+        metrics = http.get("/metrics")
+        assert metrics.status_code == 200
+        assert "flashsale_redis_up 0.0" in metrics.text
+        assert 'route="/api/v1/products",status="503"' in metrics.text
 
 
 class BrokenGateway(SimulatedGateway):

@@ -106,6 +106,7 @@ def test_metrics_count_requests_by_route_template_outcomes_stock_and_write_behin
     assert value("flashsale_checkouts_total", outcome="declined") == 1
     assert value("flashsale_checkouts_total", outcome="confirmed") == 1
 
+    assert value("flashsale_redis_up") == 1
     sale = engine.get_sale(SKU)
     for state in ("available", "reserved", "sold", "total"):
         assert value("flashsale_stock_units", sku=SKU, state=state) == getattr(sale, state)
