@@ -230,6 +230,18 @@ def test_a_shopper_reserves_sees_the_hold_timer_pays_and_gets_a_confirmation(
     assert counters(engine, "SKU-PHONE") == (4, 0, 1, 5)
     assert engine.user_counts("SKU-PHONE", "alice").purchased == 1
 
+    # Cancelling the order (after the browser's "are you sure?") returns the unit and frees the limit.
+    page.once("dialog", lambda dialog: dialog.accept())
+    confirmation.get_by_role("button", name="Cancel order").click()
+    expect(page.get_by_role("status")).to_have_text(
+        f"Order {order_id} is cancelled; the units are back on sale."
+    )
+    expect(confirmation.locator(".order-status")).to_have_text("CANCELLED")
+    assert engine.get_order(order_id).status == OrderStatus.CANCELLED
+    assert counters(engine, "SKU-PHONE") == (5, 0, 0, 5)
+    assert engine.user_counts("SKU-PHONE", "alice").purchased == 0
+    expect(phone.locator(".stock-text")).to_have_text("5 of 5 left")
+
     for shot in ("1-hold.png", "2-declined.png", "3-confirmed.png"):
         assert (screenshots / shot).stat().st_size > 10_000
     assert errors == []
