@@ -53,7 +53,7 @@ def _no_progress(phase: str, done: int, total: int) -> None:
 
 @cache
 def queries() -> Queries:
-    return Queries(Path(__file__).with_suffix(".sql").read_text())
+    return Queries(Path(__file__).with_name("queries.sql").read_text())
 
 
 class ReconcileError(RuntimeError):

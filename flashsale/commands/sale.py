@@ -24,12 +24,14 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+import psycopg
 import redis
 from rich.console import Console
 from rich.table import Table
@@ -40,12 +42,22 @@ from engine.models import Sale, SaleSettings
 from engine.operations import identifier
 from flashsale.settings import Settings
 
+if TYPE_CHECKING:
+    from writeback.database import Queries
+
 _RELATIVE = re.compile(r"now\s*(?:(?P<sign>[+-])\s*(?P<amount>\d+)\s*(?P<unit>ms|s|m|h|d))?", re.I)
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_QUERIES = Path(__file__).resolve().parents[1] / "queries.sql"
 _FIELDS = {
     "sku", "name", "price", "price_cents", "flash_price", "flash_price_cents", "stock", "total",
     "per_user_limit", "starts_at", "ends_at", "reservation_ttl_s", "reservation_ttl_ms", "paused",
 }  # fmt: skip
+
+
+def _queries() -> Queries:
+    from writeback.database import Queries
+
+    return Queries(_QUERIES.read_text())
 
 
 class SaleFileError(ValueError):
@@ -144,6 +156,11 @@ def sale_settings(record: dict[str, Any], now_ms: int) -> SaleSettings:
             identifier(sku, "sku")
         except FlashSaleError as error:
             raise SaleFileError(str(error)) from None
+
+        for pair in (("price", "price_cents"), ("flash_price", "flash_price_cents"), ("stock", "total"),
+                     ("reservation_ttl_s", "reservation_ttl_ms")):  # fmt: skip
+            if all(record.get(name) not in (None, "") for name in pair):
+                raise SaleFileError(f"give {pair[0]} or {pair[1]}, not both")
 
         def pick(*names: str) -> Any:
             for name in names:
@@ -260,15 +277,43 @@ def sale() -> None:
     """Load a sale's SKUs and watch their stock."""
 
 
+def products_in_postgres(database_url: str, loaded: list[Sale]) -> set[str]:
+    """The loaded SKUs whose product row already carries the loaded settings (the worker applied them)."""
+    with psycopg.connect(database_url, connect_timeout=5) as conn:
+        rows = conn.execute(_queries()["sale_products"], {"sku": [sale.sku for sale in loaded]}).fetchall()
+    wanted = {(s.sku, s.name, s.flash_price_cents, s.total) for s in loaded}
+    return {row[0] for row in rows if tuple(row) in wanted}
+
+
+def wait_for_postgres(database_url: str, loaded: list[Sale], timeout_s: float) -> set[str]:
+    """Waits until the worker has written every loaded SKU to PostgreSQL, or the timeout; returns those in."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        present = products_in_postgres(database_url, loaded)
+        if len(present) == len(loaded) or time.monotonic() >= deadline:
+            return present
+        time.sleep(0.2)
+
+
 @sale.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0, 600),
+    default=15,
+    show_default=True,
+    help="Seconds to wait for the write-behind worker to write the SKUs to PostgreSQL "
+    "(only with FLASHSALE_DATABASE_URL; 0: do not wait).",
+)
 @click.pass_obj
-def load(settings: Settings, file: Path) -> None:
+def load(settings: Settings, file: Path, wait_s: float) -> None:
     """Put the SKUs of FILE (JSON or CSV) on sale, or change their settings.
 
     Each SKU goes into Redis through the engine's load_sale script; its sale_loaded event carries it to
-    PostgreSQL's products and inventory rows through the write-behind worker. Every SKU is checked first:
-    a bad file changes nothing.
+    PostgreSQL's products and inventory rows through the write-behind worker (the same path as every
+    other change, so PostgreSQL stays an exact prefix of the log). Every SKU is checked first: a bad file
+    changes nothing.
     """
     engine = engine_for(settings)
     try:
@@ -282,7 +327,22 @@ def load(settings: Settings, file: Path) -> None:
     finally:
         engine.close()
     console = Console()
-    console.print(f"Loaded {len(loaded)} SKU(s) from {file}: {', '.join(s.sku for s in loaded)}")
+    console.print(f"Loaded {len(loaded)} SKU(s) into Redis from {file}: {', '.join(s.sku for s in loaded)}")
+    if not settings.database_url or wait_s == 0:
+        return
+    try:
+        with console.status("Waiting for the worker to write them to PostgreSQL…"):
+            present = wait_for_postgres(settings.database_url, loaded, wait_s)
+    except psycopg.Error as error:
+        raise click.ClickException(f"cannot read products from PostgreSQL: {error}") from None
+    if len(present) == len(loaded):
+        console.print(f"PostgreSQL has all {len(loaded)} product(s) (written by the write-behind worker).")
+    else:
+        missing = sorted({s.sku for s in loaded} - present)
+        raise click.ClickException(
+            f"loaded into Redis, but after {wait_s:g}s PostgreSQL still lacks {', '.join(missing)}: "
+            "is `flashsale worker` running? (it applies them when it runs; nothing is lost)"
+        )
 
 
 def status_table(engine: Engine, lag_by_partition: dict[int, tuple[int, float]] | None) -> Table:

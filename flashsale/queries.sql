@@ -1,6 +1,7 @@
--- Named queries of `flashsale reconcile` (flashsale/reconcile.py), in the format of sql/queries.sql:
+-- Named queries of the CLI (`flashsale reconcile` in flashsale/reconcile.py, `flashsale sale load`), in the
+-- format of sql/queries.sql (loaded with writeback.database.Queries):
 -- a "-- name: <name> --" line, a one-line description, then the statement. Times come back as ms since
--- the epoch, the unit of Redis and of the events.
+-- the epoch, the unit of Redis and of the events. The tables are the worker's (sql/migrations).
 
 -- name: reconcile_offsets --
 -- How far the write-behind worker has applied each partition's stream.
@@ -100,3 +101,7 @@ INSERT INTO orders (
 ON CONFLICT (order_id) DO UPDATE SET
   status = EXCLUDED.status, transaction_id = EXCLUDED.transaction_id,
   failure_reason = EXCLUDED.failure_reason, updated_at = GREATEST(orders.created_at, now());
+
+-- name: sale_products --
+-- The settings of the given products that `flashsale sale load` compares with what it loaded.
+SELECT sku_id, name, flash_sale_price_cents, total_inventory FROM products WHERE sku_id = ANY(%(sku)s::text[]);
