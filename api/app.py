@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from api import openapi
 from api.auth import Authenticator
 from api.checkout import Checkout
+from api.coalescing import SingleFlight
 from api.decoding import read_json
 from api.errors import ApiError, CatchAll, error_response
 from api.metrics import ApiMetrics, RequestTimer
@@ -51,6 +52,7 @@ class Api:
     limiter: UserRateLimiter
     metrics: ApiMetrics
     checkout: Checkout
+    reads: SingleFlight
     openapi: bytes
 
 
@@ -109,6 +111,7 @@ def create_app(
             limiter=UserRateLimiter(settings.user_rate_limit_per_s, settings.user_rate_burst),
             metrics=metrics,
             checkout=Checkout(live, gateway or SimulatedGateway(), metrics),
+            reads=SingleFlight(),
             openapi=msgspec.json.encode(openapi.build(ENDPOINTS)),
         )
         log.info("event=api_started pid=%d redis_pool=%d", os.getpid(), settings.redis_max_connections)

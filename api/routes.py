@@ -88,12 +88,13 @@ def _own(caller: Caller | None, owner: str, what: str) -> None:
 # -- catalog -----------------------------------------------------------------------------------------------
 async def list_products(api: Api, call: Call) -> list[Product]:
     """All SKUs on sale with live stock."""
-    return [schemas.product(sale) for sale in await api.engine.list_sales()]
+    return [schemas.product(sale) for sale in await api.reads("catalog", api.engine.list_sales)]
 
 
 async def get_product(api: Api, call: Call) -> Product:
     """One SKU with live stock."""
-    return schemas.product(await api.engine.get_sale(call.param("skuId")))
+    sku = call.param("skuId")
+    return schemas.product(await api.reads(("sale", sku), lambda: api.engine.get_sale(sku)))
 
 
 # -- reservations ------------------------------------------------------------------------------------------
