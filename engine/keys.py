@@ -18,7 +18,7 @@ Reservation and order ids carry their partition (``rsv_3_…``, ``ord_3_…``), 
 
 from __future__ import annotations
 
-import uuid
+import os
 import zlib
 from dataclasses import dataclass
 
@@ -100,8 +100,9 @@ class Keyspace:
 
 
 def new_reservation_id(partition: Partition) -> str:
-    return f"rsv_{partition.index}_{uuid.uuid4().hex}"
+    # 128 random bits as 32 hex digits, like uuid4().hex but without building a UUID object (hot path).
+    return f"rsv_{partition.index}_{os.urandom(16).hex()}"
 
 
 def new_order_id(partition: Partition) -> str:
-    return f"ord_{partition.index}_{uuid.uuid4().hex}"
+    return f"ord_{partition.index}_{os.urandom(16).hex()}"
