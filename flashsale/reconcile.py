@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import redis
 from psycopg.rows import dict_row
 
 from engine import Engine
 from engine.events import Counters, Event, parse_entry
 from engine.keys import Partition
-from writeback.batch import Batch
+from writeback.batch import Batch, stream_id_key
 from writeback.database import Queries
 
 log = logging.getLogger("flashsale.reconcile")
@@ -781,6 +782,7 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
         log.info("event=redis_rebuilt sku=%s holds=%d orders=%d", t.sku, len(t.holds), len(t.orders))
     for oid in plan.stale_orders:
         engine.redis.delete(_order_key(engine, oid))
+    raise_stream_floors(engine, snap.postgres.offsets)
     for sku in plan.orphans:
         p = keys.for_sku(sku)
         pipe = engine.redis.pipeline(transaction=True)
@@ -791,6 +793,30 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
         pipe.srem(p.catalog(), sku)
         pipe.execute()
         log.info("event=redis_orphan_removed sku=%s", sku)
+
+
+def raise_stream_floors(engine: Engine, offsets: dict[int, str]) -> None:
+    """Makes every partition stream's next id larger than what PostgreSQL applied.
+
+    A Redis rebuilt after a loss may have an empty stream, or a clock behind the old server's: new events
+    would then get ids at or below PostgreSQL's applied offset and the worker would skip them as already
+    applied. XSETID moves the stream's last id up without adding an entry (a stream is created for it
+    through a throwaway consumer group, since XSETID needs an existing key).
+    """
+    for partition, applied in offsets.items():
+        if applied == "0-0" or partition >= engine.config.partitions:
+            continue
+        stream = engine.keys.partition(partition).events()
+        try:
+            last = str(engine.redis.xinfo_stream(stream)["last-generated-id"])
+        except redis.ResponseError:
+            last = "0-0"
+        if stream_id_key(last) >= stream_id_key(applied):
+            continue
+        engine.redis.xgroup_create(stream, "reconcile-floor", id="$", mkstream=True)
+        engine.redis.xgroup_destroy(stream, "reconcile-floor")
+        engine.redis.execute_command("XSETID", stream, applied)  # type: ignore[no-untyped-call]
+        log.info("event=stream_floor_raised partition=%d last_id=%s", partition, applied)
 
 
 # -- repair: PostgreSQL from the log (Redis's state minus the unapplied events) -----------------------------

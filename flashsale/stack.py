@@ -304,6 +304,7 @@ class Stack:
             stdin=subprocess.DEVNULL,
             # Its own session: a terminal's Ctrl-C reaches only `up`, which stops children in order.
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         child = Child(name, process, path, handle)
         self.children.append(child)
@@ -384,6 +385,15 @@ class Stack:
             lines.append(f"Demo sale    {self.endpoints['demo_sale']}")
         lines.append(f"Logs         {self.run_dir}/logs/  (api.log, worker.log, migrate.log)")
         return lines
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if `up` itself dies without stopping it (e.g. SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def msgspec_replace(settings: Settings, **changes: object) -> Settings:

@@ -173,6 +173,14 @@ def _repair(
     console: Console,
 ) -> rc.Report:
     assert settings.database_url is not None
+    from writeback.lag import read_lag
+
+    owners = sorted({lag.owner for lag in read_lag(engine.redis, settings) if lag.owner})
+    if owners:
+        raise click.ClickException(
+            f"write-behind worker(s) {', '.join(owners)} hold partition leases: stop them (and the API) "
+            "before a repair, which must not race live changes"
+        )
     plan: rc.RedisPlan | rc.PostgresPlan
     if direction == "redis-from-postgres":
         plan = rc.plan_redis_from_postgres(snap, settings.payment_grace_ms)

@@ -162,6 +162,15 @@ def test_redis_lost_entirely_is_rebuilt_and_keeps_serving(
     assert {k: v for k, v in after.items() if k != "SKU-PHONE-X"} == {
         k: v for k, v in before.items() if k != "SKU-PHONE-X"
     }
+    # Every stream's next id is past what PostgreSQL applied, or the worker would skip new events.
+    with psycopg.connect(database_url) as conn:
+        offsets = dict(conn.execute("SELECT partition, applied_id FROM stream_offsets").fetchall())
+    assert any(applied != "0-0" for applied in offsets.values())
+    for partition, applied in offsets.items():
+        if applied != "0-0":
+            info = busy_sale.redis.xinfo_stream(busy_sale.keys.partition(partition).events())
+            assert info["last-generated-id"] == applied
+            assert info["length"] == 0
     # The rebuilt hold is a real one: its owner can pay for it, and the per-user limit still holds.
     order = busy_sale.begin_checkout(open_hold.id, "survivor", "card")
     assert busy_sale.confirm(order.id, "survivor").status == "CONFIRMED"
@@ -252,3 +261,16 @@ def test_reconcile_without_configuration_says_what_is_missing() -> None:
     )
     assert result.exit_code == 2
     assert "FLASHSALE_REDIS_URL is not set" in result.output
+
+
+def test_a_repair_refuses_while_a_worker_holds_leases(busy_sale: Engine, env: dict[str, str]) -> None:
+    from writeback import keys as writeback_keys
+
+    busy_sale.redis.set(writeback_keys.lease(busy_sale.keys.partition(3)), "worker-on-host-a", px=60_000)
+    sold = busy_sale.get_sale("SKU-MUG").sold
+    busy_sale.redis.hincrby(busy_sale.keys.for_sku("SKU-MUG").sku("SKU-MUG"), "sold", 1)
+    result = reconcile(env, "--repair", "redis-from-postgres", "--yes")
+    assert result.exit_code == 1
+    assert "worker(s) worker-on-host-a hold partition leases: stop them" in result.output
+    assert busy_sale.get_sale("SKU-MUG").sold == sold + 1  # the drift is still there: nothing was repaired
+    assert report(env)["ok"] is False
