@@ -190,3 +190,51 @@ def test_releasing_a_reservation_while_its_payment_is_in_flight_is_refused(
     assert (status, body["error"]) == (409, "CHECKOUT_IN_PROGRESS")
     assert paid == 201
     assert engine.get_reservation(rid).status == "CONFIRMED"
+
+
+class HeldGateway(SimulatedGateway):
+    """Approves, but only when the test lets the charge finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charging = threading.Event()
+        self.proceed = threading.Event()
+
+    async def charge(
+        self, *, order_id: str, amount_cents: int, method: str, transaction_id: str | None
+    ) -> Charge:
+        self.charging.set()
+        await asyncio.to_thread(self.proceed.wait, 20)
+        return await super().charge(
+            order_id=order_id, amount_cents=amount_cents, method=method, transaction_id=transaction_id
+        )
+
+
+def test_a_payment_that_outlives_its_hold_is_refunded_and_the_order_stays_failed(
+    start_server: Callable[..., ApiServer], load_sale: Callable[..., Sale], engine: Engine
+) -> None:
+    gateway = HeldGateway()
+    api = start_server(gateway, payment_grace_ms=0)  # the hold is not extended while paying
+    load_sale(reservation_ttl_ms=1000)
+    rid = engine.reserve(SKU, "alice").id
+
+    async def pay_too_late() -> tuple[int, dict[str, Any]]:
+        async with aiohttp.ClientSession(api.url, headers=api.auth("alice")) as session:
+            body = {"reservationId": rid, "paymentMethod": "CREDIT_CARD"}
+            paying = asyncio.ensure_future(session.post(f"{V1}/orders/checkout", json=body))
+            assert await asyncio.to_thread(gateway.charging.wait, 10)
+            await asyncio.sleep(1.1)
+            assert await asyncio.to_thread(engine.expire_all) == 1  # the sweeper's turn
+            gateway.proceed.set()
+            async with await paying as response:
+                return response.status, await response.json()
+
+    status, body = asyncio.run(pay_too_late())
+    assert (status, body["error"]) == (409, "INVALID_STATE")
+    assert [charge.order_id for charge in gateway.refunds] == list(gateway.charges)
+    reservation = engine.get_reservation(rid)
+    assert reservation.status == "EXPIRED"
+    assert reservation.order_id is not None
+    assert engine.get_order(reservation.order_id).status == "FAILED"
+    sale = engine.get_sale(SKU)
+    assert (sale.available, sale.reserved, sale.sold) == (10, 0, 0)
