@@ -238,3 +238,29 @@ def test_a_payment_that_outlives_its_hold_is_refunded_and_the_order_stays_failed
     assert engine.get_order(reservation.order_id).status == "FAILED"
     sale = engine.get_sale(SKU)
     assert (sale.available, sale.reserved, sale.sold) == (10, 0, 0)
+
+
+def test_concurrent_repeats_with_one_idempotency_key_share_one_order_and_one_charge(
+    start_server: Callable[..., ApiServer], load_sale: Callable[..., Sale], engine: Engine
+) -> None:
+    api = start_server(SimulatedGateway(delay_s=0.3))
+    load_sale()
+    rid = engine.reserve(SKU, "alice").id
+
+    async def repeat() -> list[tuple[int, dict[str, Any]]]:
+        headers = {**api.auth("alice"), "Idempotency-Key": "pay-once"}
+        body = {"reservationId": rid, "paymentMethod": "CREDIT_CARD"}
+        async with aiohttp.ClientSession(api.url, headers=headers) as session:
+
+            async def one() -> tuple[int, dict[str, Any]]:
+                async with session.post(f"{V1}/orders/checkout", json=body) as response:
+                    return response.status, await response.json()
+
+            return await asyncio.gather(*(one() for _ in range(3)))
+
+    answers = asyncio.run(repeat())
+    assert [status for status, _ in answers] == [201, 201, 201], answers
+    assert len({body["id"] for _, body in answers}) == 1
+    assert {body["status"] for _, body in answers} == {"CONFIRMED"}
+    assert charges(api) == 1
+    assert engine.get_sale(SKU).sold == 1
