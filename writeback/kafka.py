@@ -91,10 +91,19 @@ class Publisher:
         self.bootstrap = bootstrap
         self.topics = topics
         self.message_timeout_ms = message_timeout_ms
-        self._producer = Producer(producer_config(bootstrap, message_timeout_ms), logger=log)
+        config = {**producer_config(bootstrap, message_timeout_ms), "error_cb": self._on_error}
+        self._producer = Producer(config, logger=log)
+        # Set when the producer can no longer be trusted (fatal error, or a batch that timed out, after
+        # which some brokers fence the producer id): the worker then replaces it.
+        self.broken = False
         self._running = True
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.broken = True
+        log.warning("event=kafka_client_error fatal=%s error=%r", error.fatal(), str(error))
 
     def _poll(self) -> None:
         while self._running:
@@ -124,18 +133,14 @@ class Publisher:
                     break
         await delivery.done
         if delivery.errors:
+            self.broken = True
             raise PublishFailed("; ".join(delivery.errors))
         return len(outgoing)
 
-    def fatal(self) -> bool:
-        """Whether the producer hit a fatal error and must be replaced."""
-        try:
-            self._producer.poll(0)
-        except KafkaException as error:
-            return bool(error.args[0].fatal())
-        return False
-
     def close(self, timeout_s: float = 5.0) -> None:
+        """Delivers what is queued (up to ``timeout_s``), then stops; a broken producer drops its queue."""
         self._running = False
         self._poller.join(timeout=2)
+        if self.broken:
+            self._producer.purge()
         self._producer.flush(timeout_s)

@@ -322,16 +322,10 @@ class Worker:
 
     async def _ensure_publisher(self) -> None:
         async with self._publisher_lock:
-            if self.publisher.fatal():
-                log.error("event=kafka_producer_fatal worker=%s action=replace", self.worker_id)
-                old, self.publisher = (
-                    self.publisher,
-                    Publisher(
-                        str(self.settings.kafka_bootstrap),
-                        self.topics,
-                        message_timeout_ms=self.options.message_timeout_ms,
-                    ),
-                )
+            if self.publisher.broken:
+                # Other partitions' sends on the old producer fail with it and are published again.
+                log.warning("event=kafka_producer_replaced worker=%s", self.worker_id)
+                old, self.publisher = self.publisher, self._new_publisher()
                 await asyncio.to_thread(old.close, 1.0)
             if self.options.create_topics and not self._topics_ready:
                 s = self.settings

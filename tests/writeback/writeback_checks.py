@@ -101,8 +101,9 @@ class Shop:
         for w in workers:
             w.join()
 
-    def keep_busy(self, stop: threading.Event, seed: int = 7) -> threading.Thread:
-        """Background load until ``stop`` is set; every call must keep succeeding (hot path never waits)."""
+    def keep_busy(self, stop: threading.Event, seed: int = 7, pace_s: float = 0.003) -> threading.Thread:
+        """Background load until ``stop`` is set, one visit per ``pace_s`` at most (the machine is shared);
+        every call must keep succeeding (the hot path never waits on the worker)."""
 
         def run() -> None:
             rng = random.Random(seed)
@@ -110,6 +111,7 @@ class Shop:
             while not stop.is_set():
                 self.customer(f"bg{seed}-{i}", rng)
                 i += 1
+                time.sleep(pace_s)
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
