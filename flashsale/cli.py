@@ -44,6 +44,7 @@ def _register() -> None:
     main.add_command(__import__("flashsale.commands.up", fromlist=["up"]).up)
     main.add_command(__import__("flashsale.commands.sale", fromlist=["sale"]).sale)
     main.add_command(__import__("flashsale.commands.reconcile", fromlist=["reconcile"]).reconcile)
+    main.add_command(__import__("flashsale.commands.bench", fromlist=["bench"]).bench)
 
 
 _register()

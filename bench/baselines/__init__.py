@@ -1,0 +1,1 @@
+"""Baselines flashsale is measured against, each a faithful implementation of another design."""

@@ -1,0 +1,92 @@
+"""``flashsale bench SCENARIO`` / ``python -m bench SCENARIO``: one command per scenario.
+
+Each run starts its own servers through the project's launcher unless URLs are given, finishes in a bounded
+time (``--quick``: under a minute), writes ``bench/results/<scenario>.{json,md,png}`` and exits non-zero
+when a correctness check failed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench.options import Options, default_loop
+from bench.report import RESULTS_DIR
+
+# Scenario name -> module in bench/scenarios with run_scenario(Options) -> Report. Imported when run, so
+# `flashsale --help` does not pay for numpy and matplotlib.
+SCENARIOS = {
+    "hot-sku": ("hot_sku", "1+2: one hot SKU at engine level, 10 → 10,000 clients, with the ceilings."),
+    "baseline": ("baseline", "3: flashsale side by side with the design document's locking design."),
+    "many-skus": ("many_skus", "4: 1,000 SKUs, uniform and Zipf-skewed traffic."),
+    "http": ("http", "5: POST /reservations end to end through `flashsale serve`, driven by wrk."),
+    "write-behind": ("write_behind", "6: write-behind drain rate and lag under a steady reserve load."),
+    "full-sale": ("full_sale", "7: a whole sale: reserve, 70% checkout, 20% release, 10% expire."),
+}
+
+
+def _common(command: Callable[..., Any]) -> Callable[..., Any]:
+    decorators = [
+        click.option("--quick", is_flag=True, help="A short run (under a minute), as CI's smoke test uses."),
+        click.option("--redis-url", default=None, help="Use this Redis instead of starting one."),
+        click.option("--database-url", default=None, help="Use this PostgreSQL instead of starting one."),
+        click.option(
+            "--results-dir",
+            type=click.Path(path_type=Path),
+            default=RESULTS_DIR,
+            show_default=True,
+            help="Where the JSON, Markdown and PNG files go.",
+        ),
+        click.option(
+            "--loop",
+            type=click.Choice(["uvloop", "asyncio"]),
+            default=default_loop(),
+            show_default=True,
+            help="The event loop the clients run on.",
+        ),
+        click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
+    ]
+    for decorate in reversed(decorators):
+        command = decorate(command)
+    return command
+
+
+def _run(name: str, **raw: Any) -> None:
+    options = Options(
+        quick=raw["quick"],
+        redis_url=raw["redis_url"],
+        database_url=raw["database_url"],
+        results_dir=raw["results_dir"],
+        loop=raw["loop"],
+        plots=not raw["no_plots"],
+    )
+    module = importlib.import_module(f"bench.scenarios.{SCENARIOS[name][0]}")
+    report = module.run_scenario(options)
+    json_path, md_path = report.write(options.results_dir)
+    click.echo(md_path.read_text())
+    click.echo(f"wrote {json_path} and {md_path}", err=True)
+    if not report.passed:
+        click.echo("a correctness check FAILED (see above)", err=True)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def bench() -> None:
+    """Benchmarks: each scenario side by side with its ceiling or baseline, results in bench/results/."""
+
+
+def _add(name: str, help_text: str) -> None:
+    @_common
+    def command(**raw: Any) -> None:
+        _run(name, **raw)
+
+    bench.add_command(click.command(name=name, help=help_text)(command))
+
+
+for _name, (_module, _help) in SCENARIOS.items():
+    _add(_name, _help)

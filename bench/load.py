@@ -1,0 +1,102 @@
+"""The load loop: N concurrent asyncio clients sharing a budget of attempts, each one timed.
+
+Every attempt is one call of ``attempt(i)`` (i is unique, so each attempt can be its own user); a client
+starts its next attempt as soon as its previous one answered (a closed loop, like people pressing "buy").
+An attempt's outcome is ``"ok"`` or the engine's error code; anything else is counted by exception type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from bench.stats import Latencies
+from engine import AsyncEngine
+
+T = TypeVar("T")
+
+Attempt = Callable[[int], Awaitable[object]]
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    attempts: int
+    seconds: float
+    client_cpu_s: float
+    outcomes: Counter[str] = field(default_factory=Counter)
+    latencies: Latencies = field(default_factory=Latencies)
+
+    @property
+    def rate(self) -> float:
+        return self.attempts / self.seconds if self.seconds else 0.0
+
+    @property
+    def successes(self) -> int:
+        return self.outcomes.get("ok", 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "clients": self.clients,
+            "attempts": self.attempts,
+            "seconds": round(self.seconds, 3),
+            "attempts_per_s": round(self.rate, 1),
+            "client_cpu_s": round(self.client_cpu_s, 2),
+            "outcomes": dict(self.outcomes),
+            "latency": self.latencies.summary(),
+        }
+
+
+async def drive(clients: int, attempts: int, attempt: Attempt, *, max_seconds: float) -> LoadResult:
+    """Runs ``attempts`` attempts over ``clients`` concurrent clients, or fewer if ``max_seconds`` passes."""
+    numbers = itertools.count()
+    latencies = Latencies()
+    outcomes: Counter[str] = Counter()
+    deadline = time.perf_counter() + max_seconds
+    clock = time.perf_counter_ns
+
+    async def client() -> None:
+        for i in numbers:
+            if i >= attempts or time.perf_counter() > deadline:
+                return
+            start = clock()
+            try:
+                await attempt(i)
+                outcome = "ok"
+            except Exception as error:  # every refusal is an outcome to count, not a failure of the run
+                outcome = getattr(error, "code", None) or f"error:{type(error).__name__}"
+            latencies.add(clock() - start)
+            outcomes[outcome] += 1
+
+    cpu = time.process_time()
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    seconds = time.perf_counter() - started
+    return LoadResult(clients, len(latencies), seconds, time.process_time() - cpu, outcomes, latencies)
+
+
+def async_engine(url: str, max_batch: int = 256, max_inflight: int = 4) -> AsyncEngine:
+    """The asyncio engine as an application would build it, with the auto-pipeline's knobs exposed."""
+    # from_url builds the client exactly as the engine wants it (no redis-py retries, decoded replies);
+    # its own pipeline has sent nothing, so building a second engine on that client costs nothing.
+    client = AsyncEngine.from_url(url, max_connections=64).redis
+    return AsyncEngine(client, max_batch=max_batch, max_inflight=max_inflight)
+
+
+async def warm_up(engine: AsyncEngine, clients: int, sku: str) -> None:
+    """Opens the connections and wakes the code paths before the clock starts (no-op calls: no state)."""
+    await drive(clients, max(2 * clients, 2000), lambda i: engine.noop(sku), max_seconds=10)
+
+
+def run(coroutine: Coroutine[Any, Any, T], loop: str) -> T:
+    """Runs a scenario on the chosen event loop ("uvloop" as uvicorn runs the API, or plain "asyncio")."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)

@@ -1,0 +1,26 @@
+"""What every scenario is told: where the servers are, how long it may run, where results go."""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.report import RESULTS_DIR
+
+
+def default_loop() -> str:
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    redis_url: str | None = None
+    database_url: str | None = None
+    results_dir: Path = RESULTS_DIR
+    loop: str = field(default_factory=default_loop)
+    plots: bool = True
+    # Unique per run, so a scenario pointed at a shared server never touches another run's keys.
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])

@@ -1,0 +1,197 @@
+"""Scenario 3: flashsale side by side with the design document's locking design, same load, same servers.
+
+At each concurrency level both systems get the same hot SKU (S units), the same budget of attempts (each a
+distinct user) and the same time cap, against the same Redis; the baseline also uses PostgreSQL (started by
+the launcher). Reported: attempts/s and p99 of each, and the flashsale/baseline ratios. Checks: each system
+hands out exactly S units and its counters add up (flashsale: Redis; baseline: the inventory row, the
+reservation rows and the Redis stock counter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+
+from bench import plots
+from bench.baselines.locking import LockingReservations
+from bench.checks import invariant_1, sku_counters
+from bench.load import LoadResult, async_engine, drive, run, warm_up
+from bench.options import Options
+from bench.report import Report
+from bench.servers import redis_version, running
+from engine import SaleSettings
+
+
+@dataclass
+class Settings:
+    clients: list[int]
+    units: int
+    attempts: int
+    max_seconds: float
+    postgres_pool: int
+    loop: str
+
+    @classmethod
+    def for_run(cls, options: Options) -> Settings:
+        if options.quick:
+            return cls([10, 1000], 100, 20_000, 5.0, 16, options.loop)
+        return cls([10, 100, 1000, 10_000], 1000, 50_000, 15.0, 16, options.loop)
+
+
+def _row(system: str, r: LoadResult) -> list[Any]:
+    lat = r.latencies.summary()
+    return [
+        system,
+        r.clients,
+        r.attempts,
+        r.successes,
+        round(r.rate),
+        lat["p50_ms"],
+        lat["p99_ms"],
+        round(r.client_cpu_s, 1),
+    ]
+
+
+async def _runs(
+    redis_url: str, database_url: str, s: Settings, run_id: str, report: Report
+) -> dict[str, Any]:
+    engine = async_engine(redis_url)
+    await engine.load_scripts()
+    await LockingReservations.create_schema(database_url)
+    pool = AsyncConnectionPool(
+        database_url, min_size=s.postgres_pool, max_size=s.postgres_pool, open=False, timeout=600
+    )
+    await pool.open(wait=True)
+    # Waits for a free connection like a servlet thread waits on its pool (a plain pool would refuse).
+    plain_redis = aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(
+            redis_url, decode_responses=True, max_connections=64, timeout=600
+        )
+    )
+    baseline = LockingReservations(plain_redis, pool)
+    out: dict[str, Any] = {"flashsale": [], "baseline": [], "cdf": {}}
+    rows: list[list[Any]] = []
+    try:
+        for clients in s.clients:
+            sku = f"base-{run_id}-{clients}"
+            await engine.load_sale(SaleSettings(sku=sku, total=s.units, reservation_ttl_ms=600_000))
+            await warm_up(engine, clients, sku)
+            flash = await drive(
+                clients,
+                s.attempts,
+                lambda i, sku=sku: engine.reserve(sku, f"u{i}"),
+                max_seconds=s.max_seconds,
+            )
+            counters = await sku_counters(engine, sku)
+            ok, detail = invariant_1(counters)
+            report.check(
+                f"flashsale {clients} clients: exactly {s.units} units reserved, invariant 1",
+                ok and flash.successes == s.units == counters["reserved"],
+                f"{flash.successes} successes; {detail}",
+            )
+
+            await baseline.create_sale(sku, s.units)
+            base = await drive(
+                clients,
+                s.attempts,
+                lambda i, sku=sku: baseline.reserve(sku, f"u{i}"),
+                max_seconds=s.max_seconds,
+            )
+            inv = await baseline.inventory(sku)
+            stock = int(await plain_redis.get(f"stock:{sku}") or 0)
+            adds_up = (
+                inv["available"] + inv["reserved"] + inv["sold"] == inv["total"] and min(inv.values()) >= 0
+            )
+            sold_out = base.successes == s.units == inv["reserved"] == inv["reservation_rows"]
+            report.check(
+                f"baseline {clients} clients: exactly {s.units} units reserved, counts add up",
+                adds_up and (sold_out or base.attempts < 2 * s.units) and stock == inv["available"],
+                f"{base.successes} successes in {base.attempts} attempts; {inv}; redis stock {stock}",
+            )
+            report.check(
+                f"baseline {clients} clients: sold out within the time cap",
+                base.successes == s.units,
+                f"{base.attempts} attempts in {base.seconds:.1f} s",
+            )
+            for name, r in (("flashsale", flash), ("baseline", base)):
+                refusals = {k: v for k, v in r.outcomes.items() if k != "ok"}
+                report.check(
+                    f"{name} {clients} clients: every refusal is OUT_OF_STOCK",
+                    set(refusals) <= {"OUT_OF_STOCK"},
+                    str(refusals),
+                )
+                out[name].append({**r.as_dict(), "sku": sku})
+                out["cdf"][f"{name}, {clients} clients"] = r.latencies.cdf()
+                rows.append(_row(name, r))
+    finally:
+        await engine.close()
+        await pool.close()
+        await plain_redis.aclose()
+    out["rows"] = rows
+    return out
+
+
+def run_scenario(options: Options) -> Report:
+    s = Settings.for_run(options)
+    report = Report("baseline", asdict(s))
+    with running(options.redis_url, postgres=True, database_url=options.database_url) as servers:
+        assert servers.database_url is not None
+        report.servers["redis"] = redis_version(servers.redis_url)
+        figures = run(_runs(servers.redis_url, servers.database_url, s, options.run_id, report), s.loop)
+    report.figures = figures
+    report.table(
+        f"Hot SKU, {s.units:,} units, {s.attempts:,} attempts or {s.max_seconds:.0f} s per system and level",
+        ["system", "clients", "attempts", "successes", "attempts/s", "p50 ms", "p99 ms", "client CPU s"],
+        figures["rows"],
+    )
+    ratio_rows = []
+    for flash, base in zip(figures["flashsale"], figures["baseline"], strict=True):
+        speedup = flash["attempts_per_s"] / base["attempts_per_s"] if base["attempts_per_s"] else 0.0
+        p99 = flash["latency"]["p99_ms"] / base["latency"]["p99_ms"] if base["latency"]["p99_ms"] else 0.0
+        ratio_rows.append([flash["clients"], round(speedup, 1), round(p99, 3)])
+    report.table(
+        "flashsale / baseline", ["clients", "throughput ratio", "p99 ratio (lower is better)"], ratio_rows
+    )
+    headline = next((r for r in ratio_rows if r[0] == 1000), ratio_rows[-1])
+    flash = next(f for f in figures["flashsale"] if f["clients"] == headline[0])
+    base = next(b for b in figures["baseline"] if b["clients"] == headline[0])
+    report.ratio(
+        f"throughput flashsale / baseline at {headline[0]} clients",
+        flash["attempts_per_s"],
+        base["attempts_per_s"],
+        "≥ 30",
+        headline[1] >= 30,
+    )
+    report.ratio(
+        f"p99 flashsale / baseline at {headline[0]} clients",
+        flash["latency"]["p99_ms"],
+        base["latency"]["p99_ms"],
+        "≤ 0.1",
+        headline[2] <= 0.1,
+    )
+    report.notes.append(
+        f"baseline: PostgreSQL pool of {s.postgres_pool} connections (Spring Boot's HikariCP default is 10); "
+        "the Kafka publish of the design's step 6 is left out, which flatters the baseline. flashsale's "
+        "write-behind worker is not running here (scenario write-behind measures it)."
+    )
+    if options.plots:
+        report.plots.append(
+            plots.by_concurrency(
+                {"flashsale": figures["flashsale"], "baseline (design document)": figures["baseline"]},
+                "Hot SKU: flashsale vs the design document's locking design",
+                options.results_dir,
+                "baseline-concurrency.png",
+            )
+        )
+        report.plots.append(
+            plots.latency_cdf(
+                {k: v for k, v in figures["cdf"].items() if k.endswith(f" {headline[0]} clients")},
+                f"Reserve latency at {headline[0]} clients",
+                options.results_dir,
+                "baseline-latency-cdf.png",
+            )
+        )
+    return report

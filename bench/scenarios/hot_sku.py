@@ -1,0 +1,280 @@
+"""Scenarios 1 and 2: one hot SKU at engine level, then the ceilings in the same run.
+
+1. N concurrent asyncio clients (10 → 10,000) race for S units of one SKU through ``AsyncEngine.reserve``,
+   each attempt a distinct user, many more attempts than units. Checks: exactly S succeed, every other
+   attempt is OUT_OF_STOCK, invariant 1 holds and the stream's events replay to the SKU's counters.
+2. Ceilings: the no-op script through the same client (what one EVALSHA costs through it), the real
+   reserve script through the same client on a SKU with stock enough for every call (full work each time),
+   and ``redis-benchmark`` running that same reserve script and the no-op by EVALSHA, pipelined — the
+   server's own ceiling for this work, with no Python in the way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench import ceilings, plots
+from bench.checks import invariant_1, replayed_counters, sku_counters
+from bench.load import LoadResult, async_engine, drive, run, warm_up
+from bench.options import Options
+from bench.report import Report
+from bench.servers import redis_cpu_seconds, redis_version, running
+from engine import AsyncEngine, SaleSettings
+
+
+@dataclass
+class Settings:
+    clients: list[int]
+    units: int
+    attempts: int
+    max_seconds: float
+    ceiling_clients: int
+    ceiling_attempts: int
+    benchmark_requests: int
+    benchmark_clients: int
+    benchmark_pipeline: int
+    max_batch: int
+    max_inflight: int
+    loop: str
+
+    @classmethod
+    def for_run(cls, options: Options) -> Settings:
+        if options.quick:
+            return cls([10, 1000], 200, 30_000, 8.0, 1000, 30_000, 100_000, 50, 16, 256, 4, options.loop)
+        return cls(
+            [10, 100, 1000, 10_000], 1000, 100_000, 20.0, 1000, 100_000, 300_000, 50, 16, 256, 4, options.loop
+        )
+
+
+BIG_STOCK = 100_000_000
+
+
+def _level_row(result: LoadResult, redis_cpu: float) -> list[Any]:
+    lat = result.latencies.summary()
+    return [
+        result.clients,
+        result.attempts,
+        result.successes,
+        round(result.rate),
+        lat["p50_ms"],
+        lat["p99_ms"],
+        lat["p99_9_ms"],
+        round(result.client_cpu_s, 1),
+        round(redis_cpu, 1),
+    ]
+
+
+async def _engine_runs(url: str, s: Settings, run_id: str, report: Report) -> dict[str, Any]:
+    engine = async_engine(url, s.max_batch, s.max_inflight)
+    await engine.load_scripts()
+    out: dict[str, Any] = {"levels": [], "cdf": {}}
+    rows = []
+    try:
+        for clients in s.clients:
+            sku = f"hot-{run_id}-{clients}"
+            await engine.load_sale(
+                SaleSettings(
+                    sku=sku, name="Hot SKU", total=s.units, per_user_limit=1, reservation_ttl_ms=600_000
+                )
+            )
+            await warm_up(engine, clients, sku)
+            cpu = redis_cpu_seconds(url)
+            result = await drive(
+                clients,
+                s.attempts,
+                lambda i, sku=sku: engine.reserve(sku, f"u{i}"),
+                max_seconds=s.max_seconds,
+            )
+            redis_cpu = redis_cpu_seconds(url) - cpu
+            counters = await sku_counters(engine, sku)
+            replayed = (await replayed_counters(engine, {sku})).get(sku)
+            level = {
+                **result.as_dict(),
+                "sku": sku,
+                "units": s.units,
+                "redis_cpu_s": round(redis_cpu, 2),
+                "counters": counters,
+                "replayed": replayed,
+            }
+            out["levels"].append(level)
+            out["cdf"][str(clients)] = result.latencies.cdf()
+            rows.append(_level_row(result, redis_cpu))
+            label = f"{clients} clients"
+            enough = result.attempts >= 2 * s.units
+            report.check(
+                f"{label}: successes == units",
+                enough and result.successes == s.units,
+                f"{result.successes} of {s.units} units in {result.attempts} attempts",
+            )
+            refusals = {k: v for k, v in result.outcomes.items() if k != "ok"}
+            report.check(
+                f"{label}: every refusal is OUT_OF_STOCK", set(refusals) <= {"OUT_OF_STOCK"}, str(refusals)
+            )
+            ok, detail = invariant_1(counters)
+            report.check(f"{label}: invariant 1", ok and counters["reserved"] == s.units, detail)
+            report.check(
+                f"{label}: stream replays to the counters", replayed == counters, f"replayed {replayed}"
+            )
+
+        # Scenario 2 through the same client: the no-op, then the reserve script doing its full work.
+        noop_sku = f"noop-{run_id}"
+        await engine.load_sale(SaleSettings(sku=noop_sku, total=1))
+        noop = await drive(
+            s.ceiling_clients, s.ceiling_attempts, lambda i: engine.noop(noop_sku), max_seconds=s.max_seconds
+        )
+        big = f"stock-{run_id}"
+        await engine.load_sale(
+            SaleSettings(sku=big, total=BIG_STOCK, per_user_limit=1_000_000, reservation_ttl_ms=3_600_000)
+        )
+        full = await drive(
+            s.ceiling_clients,
+            s.ceiling_attempts,
+            lambda i: engine.reserve(big, f"f{i}"),
+            max_seconds=s.max_seconds,
+        )
+        report.check(
+            "ceiling runs: every call answered without error",
+            noop.outcomes.keys() <= {"ok"} and full.outcomes.keys() <= {"ok"},
+            f"noop {dict(noop.outcomes)} reserve {dict(full.outcomes)}",
+        )
+        out["client_noop"] = noop.as_dict()
+        out["client_reserve_full"] = full.as_dict()
+        out["rows"] = rows
+        out["big_sku"] = big
+        out["big_sku_keys"], out["big_sku_args"] = _benchmark_call(engine, big)
+        out["reserve_sha"] = engine.scripts["reserve"].sha
+        out["noop_sha"] = engine.scripts["noop"].sha
+        out["noop_key"] = engine.keys.for_sku(noop_sku).sku(noop_sku)
+    finally:
+        await engine.close()
+    return out
+
+
+def _benchmark_call(engine: AsyncEngine, sku: str) -> tuple[list[str], list[str]]:
+    """The reserve script's KEYS and ARGV for redis-benchmark: a fresh user and reservation id per call."""
+    call = engine.ops.reserve(sku, "u__rand_int__", 1, None)
+    rid = str(call.args[3])
+    keys = [k.replace(rid, "rsv_b___rand_int__") for k in call.keys]
+    args = [str(a).replace(rid, "rsv_b___rand_int__") for a in call.args]
+    return keys, args
+
+
+def run_scenario(options: Options) -> Report:
+    s = Settings.for_run(options)
+    report = Report("hot-sku", asdict(s))
+    with running(options.redis_url) as servers:
+        report.servers["redis"] = redis_version(servers.redis_url)
+        figures = run(_engine_runs(servers.redis_url, s, options.run_id, report), s.loop)
+        binary = ceilings.find_redis_benchmark()
+        if binary is None:
+            report.notes.append(
+                f"redis-benchmark not found, server ceilings not measured: {ceilings.INSTALL_HINT}"
+            )
+        else:
+            figures["redis_benchmark_reserve"] = ceilings.redis_benchmark(
+                binary,
+                servers.redis_url,
+                [
+                    "EVALSHA",
+                    figures["reserve_sha"],
+                    str(len(figures["big_sku_keys"])),
+                    *figures["big_sku_keys"],
+                    *figures["big_sku_args"],
+                ],
+                requests=s.benchmark_requests,
+                clients=s.benchmark_clients,
+                pipeline=s.benchmark_pipeline,
+            )
+            figures["redis_benchmark_noop"] = ceilings.redis_benchmark(
+                binary,
+                servers.redis_url,
+                ["EVALSHA", figures["noop_sha"], "1", figures["noop_key"]],
+                requests=s.benchmark_requests * 4,
+                clients=s.benchmark_clients,
+                pipeline=s.benchmark_pipeline,
+            )
+    report.figures = figures
+    _summarise(report, figures, s)
+    if options.plots:
+        report.plots += plots.hot_sku(figures, options.results_dir)
+    return report
+
+
+def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
+    levels = f["levels"]
+    best = max(levels, key=lambda level: level["attempts_per_s"])
+    noop = f["client_noop"]["attempts_per_s"]
+    full = f["client_reserve_full"]["attempts_per_s"]
+    report.table(
+        f"Hot SKU: {s.units:,} units, up to {s.attempts:,} attempts per level (each a distinct user)",
+        [
+            "clients",
+            "attempts",
+            "successes",
+            "attempts/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "client CPU s",
+            "redis CPU s",
+        ],
+        f["rows"],
+    )
+    rows = [
+        [
+            "hot SKU reserve (best level, mostly OUT_OF_STOCK)",
+            f"engine, {best['clients']} clients",
+            round(best["attempts_per_s"]),
+            best["latency"]["p99_ms"],
+        ],
+        [
+            "no-op script",
+            f"engine, {s.ceiling_clients} clients",
+            round(noop),
+            f["client_noop"]["latency"]["p99_ms"],
+        ],
+        [
+            "reserve, full work every call",
+            f"engine, {s.ceiling_clients} clients",
+            round(full),
+            f["client_reserve_full"]["latency"]["p99_ms"],
+        ],
+    ]
+    rb = f.get("redis_benchmark_reserve")
+    rb_noop = f.get("redis_benchmark_noop")
+    if rb and rb_noop:
+        rows += [
+            [
+                "reserve, full work every call",
+                f"redis-benchmark -c {rb['clients']} -P {rb['pipeline']}",
+                round(rb["rate_per_s"]),
+                rb["p99_ms"],
+            ],
+            [
+                "no-op script",
+                f"redis-benchmark -c {rb_noop['clients']} -P {rb_noop['pipeline']}",
+                round(rb_noop["rate_per_s"]),
+                rb_noop["p99_ms"],
+            ],
+        ]
+    report.table("Ceilings, same run, same server", ["what", "through", "calls/s", "p99 ms"], rows)
+    hot = best["attempts_per_s"]
+    report.ratio(
+        "hot-SKU reserve attempts / no-op, same client (issue 2)",
+        hot,
+        noop,
+        "≥ 0.5",
+        hot / noop >= 0.5 if noop else None,
+    )
+    if rb and rb_noop:
+        report.ratio(
+            "engine reserve (full work) / redis-benchmark reserve, same script (issue 6)",
+            full,
+            rb["rate_per_s"],
+            "≥ 0.6",
+            full / rb["rate_per_s"] >= 0.6,
+        )
+        report.ratio("engine hot-SKU attempts / redis-benchmark reserve (full work)", hot, rb["rate_per_s"])
+        report.ratio("engine no-op / redis-benchmark no-op", noop, rb_noop["rate_per_s"])
+    report.ratio("engine reserve (full work) / engine no-op", full, noop)
