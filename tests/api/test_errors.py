@@ -125,7 +125,7 @@ def test_a_missing_or_bad_token_is_401_with_a_bearer_challenge(
 def test_a_user_over_the_request_rate_gets_429_with_retry_after_and_others_are_unaffected(
     start_server: Callable[..., ApiServer], load_sale: Callable[..., Sale]
 ) -> None:
-    api = start_server(user_rate_limit_per_s=0.5, user_rate_burst=3)
+    api = start_server(user_rate_limit_per_s=0.1, user_rate_burst=3)  # a token per 10 s: no refill mid-test
     load_sale()
     with api.client() as http:
         answers = [http.get(f"{V1}/reservations/rsv_0_x", headers=api.auth("greedy")) for _ in range(5)]
