@@ -116,6 +116,7 @@ class StackOptions:
     port: int | None = None
     api_workers: int = 1
     demo_sale: Path | None = DEMO_SALE
+    reload_sale: bool = False  # load demo_sale even when Redis already holds a sale (an explicit --sale)
     sweeper: bool = True
 
 
@@ -271,7 +272,10 @@ class Stack:
         self.endpoints["step_detail"] = "migrated"
 
     def _load_demo_sale(self) -> None:
+        import redis
+
         from engine import Engine
+        from engine.errors import FlashSaleError
         from flashsale.commands.sale import SaleFileError, load_sales, read_sale_file, redis_now_ms
 
         assert self.options.demo_sale is not None
@@ -280,7 +284,7 @@ class Stack:
         try:
             engine.load_scripts()
             existing = engine.list_sales()
-            if existing:
+            if existing and not self.options.reload_sale:
                 # A kept data dir: the sale (and its holds and orders) carries on where it stopped.
                 detail = f"kept the {len(existing)} SKU(s) already in Redis"
             else:
@@ -289,8 +293,10 @@ class Stack:
                 upcoming = sum(1 for sale in loaded if sale.starts_at > now_ms)
                 detail = f"{len(loaded)} SKUs from {self.options.demo_sale.name} ({upcoming} starting soon)"
             self.endpoints["demo_sale"] = self.endpoints["step_detail"] = detail
-        except SaleFileError as error:
-            raise StackError(f"the demo sale did not load: {error}") from None
+        except (SaleFileError, FlashSaleError) as error:
+            raise StackError(f"the sale did not load: {error}") from None
+        except redis.RedisError as error:
+            raise StackError(f"cannot reach Redis at {self.settings.redis_url}: {error}") from None
         finally:
             engine.close()
 
@@ -479,9 +485,16 @@ def run(settings: Settings, options: StackOptions, console: Console) -> int:
             except StackError as error:
                 console.print(f"[red]✗ {error}[/]", highlight=False)
                 code = 1
+            except Exception as error:  # one sentence for the user (traceback at DEBUG), then a clean stop
+                log.debug("event=stack_failed", exc_info=True)
+                console.print(
+                    f"[red]✗ flashsale up failed: {type(error).__name__}: {error}[/]", highlight=False
+                )
+                code = 1
     finally:
         with stop_signals_ignored():
             stack.stop()
-    if code == 0:
-        console.print("[green]Stopped; nothing left running.[/]")
+    console.print(
+        "Stopped; nothing left running." if code == 0 else "Stopped what had started; nothing left running."
+    )
     return code

@@ -68,6 +68,7 @@ def up(
         port=port,
         api_workers=api_workers or settings.workers,
         demo_sale=None if no_demo else (sale_file or DEMO_SALE),
+        reload_sale=sale_file is not None,
         sweeper=not no_sweeper,
     )
     sys.exit(run(settings, options, Console(soft_wrap=True, highlight=False)))

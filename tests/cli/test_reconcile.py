@@ -274,3 +274,28 @@ def test_a_repair_refuses_while_a_worker_holds_leases(busy_sale: Engine, env: di
     assert "worker(s) worker-on-host-a hold partition leases: stop them" in result.output
     assert busy_sale.get_sale("SKU-MUG").sold == sold + 1  # the drift is still there: nothing was repaired
     assert report(env)["ok"] is False
+
+
+def test_a_large_sale_reconciles_with_progress_reported(
+    engine: Engine, database_url: str, drain: Drain
+) -> None:
+    from flashsale import reconcile as rc
+
+    now = int(engine.redis.time()[0]) * 1000
+    engine.load_sale(SaleSettings(sku="SKU-BIG", name="Big", total=5_000, starts_at=now - 1_000))
+    pipe = engine.redis.pipeline(transaction=False)
+    calls = [engine.ops.reserve("SKU-BIG", f"shopper{n}", 1, None) for n in range(2_500)]
+    for call in calls:
+        pipe.evalsha(engine.scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
+    assert all(isinstance(reply, list) for reply in pipe.execute())
+    drain(engine, database_url)
+
+    seen: dict[str, tuple[int, int]] = {}
+    report = rc.reconcile(
+        engine, database_url, lambda phase, done, total: seen.__setitem__(phase, (done, total))
+    )
+    assert report.ok, report.drifts[:5]
+    assert seen["partitions"] == (engine.config.partitions, engine.config.partitions)
+    assert seen["reservations"] == (2_500, 2_500)
+    big = next(view for view in report.skus if view.sku == "SKU-BIG")
+    assert (big.holds, big.redis.reserved if big.redis else None) == (2_500, 2_500)

@@ -26,6 +26,8 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from flashsale.launcher import KafkaBroker
+
 FLASHSALE = Path(sys.executable).with_name("flashsale")
 START_TIMEOUT_S = 120
 
@@ -91,11 +93,11 @@ def clean_env() -> dict[str, str]:
 def start_up(tmp_path: Path) -> Iterator[Callable[..., RunningStack]]:
     started: list[RunningStack] = []
 
-    def start(*args: str) -> RunningStack:
+    def start(*args: str, env: dict[str, str] | None = None) -> RunningStack:
         process = subprocess.Popen(
             [str(FLASHSALE), "up", "--port", "0", *args],
             cwd=tmp_path,
-            env=clean_env(),
+            env={**clean_env(), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -257,3 +259,46 @@ def test_data_dir_keeps_the_sale_and_the_token_secret_between_runs(
     assert (kindle["available"], kindle["reserved"]) == (498, 2)
     second.process.send_signal(signal.SIGTERM)
     assert second.finish() == 0
+
+
+def test_configured_servers_are_used_and_left_running(
+    start_up: Callable[..., RunningStack], redis_url: str, database_url: str
+) -> None:
+    with KafkaBroker() as broker:
+        configured = {
+            "FLASHSALE_REDIS_URL": redis_url,
+            "FLASHSALE_DATABASE_URL": database_url,
+            "FLASHSALE_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "FLASHSALE_JWT_SECRET": "configured-secret-for-this-test",
+        }
+        stack = start_up(env=configured)
+        stack.wait_for(r"^Logs\s")
+        output = "\n".join(stack.lines)
+        assert f"Redis                  {redis_url} (configured)" in output
+        assert f"Kafka                  {broker.bootstrap} (configured)" in output
+        # The secret comes from the environment: the printed command needs nothing else.
+        assert re.match(r"^\S*flashsale token alice$", stack.value("Token"))
+        children = stack.descendants()
+        assert not {"redis-server", "postgres", "tansu"} & {p.name() for p in children}
+        assert httpx.get(stack.value("Storefront"), timeout=10).status_code == 200
+        stack.process.send_signal(signal.SIGTERM)
+        assert stack.finish() == 0
+        assert_all_gone(children)
+        assert broker.process is not None
+        assert broker.process.poll() is None
+    with psycopg.connect(database_url) as conn:  # the worker carried the demo sale into this database
+        assert conn.execute("SELECT count(*) FROM products").fetchone() == (5,)
+
+
+def test_an_unreachable_configured_server_is_one_sentence_and_nothing_is_left(
+    start_up: Callable[..., RunningStack],
+) -> None:
+    stack = start_up("--no-demo", env={"FLASHSALE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    stack.wait_for(r"^✓ Kafka")
+    children = stack.descendants()
+    assert stack.finish() == 1
+    output = "\n".join(stack.lines)
+    assert "✗ `flashsale db migrate` failed (" in output
+    assert "Traceback" not in output
+    assert stack.lines[-1] == "Stopped what had started; nothing left running."
+    assert_all_gone(children)
