@@ -21,7 +21,9 @@ Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9\-_.@]{1,128}$", examples=
 Money = Annotated[str, Meta(pattern=r"^\d{1,10}(\.\d{1,2})?$", examples=["19.99"])]
 Quantity = Annotated[int, Meta(ge=1, le=1_000_000)]
 PaymentMethod = Annotated[str, Meta(min_length=1, max_length=64, examples=["CREDIT_CARD"])]
-Timestamp = Annotated[datetime, Meta(tz=True)]
+Timestamp = Annotated[datetime, Meta(tz=True, extra_json_schema={"format": "date-time"})]
+# An answer's time: RFC 3339 in UTC ("2026-11-25T14:00:00.123000Z").
+Moment = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
 
 _MONEY = re.compile(r"^(\d+)(?:\.(\d{1,2}))?$")
 
@@ -79,11 +81,11 @@ class Product(Response):
     reserved: int
     sold: int
     per_user_limit: int
-    starts_at: datetime | None
-    ends_at: datetime | None
+    starts_at: Moment | None
+    ends_at: Moment | None
     reservation_ttl_seconds: float
     paused: bool
-    updated_at: datetime
+    updated_at: Moment
 
 
 class ReservationBody(Response):
@@ -92,10 +94,10 @@ class ReservationBody(Response):
     user_id: str
     quantity: int
     status: ReservationStatus
-    created_at: datetime
-    expires_at: datetime
+    created_at: Moment
+    expires_at: Moment
     order_id: str | None
-    ended_at: datetime | None
+    ended_at: Moment | None
 
 
 class OrderBody(Response):
@@ -110,8 +112,8 @@ class OrderBody(Response):
     payment_method: str
     transaction_id: str | None
     failure_reason: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: Moment
+    updated_at: Moment
 
 
 class ErrorBody(Response, omit_defaults=True):
@@ -121,7 +123,7 @@ class ErrorBody(Response, omit_defaults=True):
     message: str
     status: int
     path: str
-    timestamp: datetime
+    timestamp: Moment
     order: OrderBody | None = None
 
 
