@@ -50,6 +50,7 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
             help="The event loop the clients run on.",
         ),
         click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
+        click.option("--no-redis-benchmark", is_flag=True, help="Skip the redis-benchmark ceilings."),
     ]
     for decorate in reversed(decorators):
         command = decorate(command)
@@ -64,9 +65,12 @@ def _run(name: str, **raw: Any) -> None:
         results_dir=raw["results_dir"],
         loop=raw["loop"],
         plots=not raw["no_plots"],
+        redis_benchmark=not raw["no_redis_benchmark"],
     )
     module = importlib.import_module(f"bench.scenarios.{SCENARIOS[name][0]}")
     report = module.run_scenario(options)
+    arguments = sys.argv[sys.argv.index(name) + 1 :] if name in sys.argv else []
+    report.command = " ".join([click.get_current_context().command_path, *arguments])
     json_path, md_path = report.write(options.results_dir)
     click.echo(md_path.read_text())
     click.echo(f"wrote {json_path} and {md_path}", err=True)

@@ -22,5 +22,7 @@ class Options:
     results_dir: Path = RESULTS_DIR
     loop: str = field(default_factory=default_loop)
     plots: bool = True
+    # redis-benchmark (Debian's redis-tools) for the server's own ceiling; off in CI's smoke test.
+    redis_benchmark: bool = True
     # Unique per run, so a scenario pointed at a shared server never touches another run's keys.
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])

@@ -38,6 +38,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     servers: dict[str, str] = field(default_factory=dict)
+    command: str = ""
 
     def ratio(
         self,
@@ -67,7 +68,7 @@ class Report:
         finished = time.time()
         data = {
             "scenario": self.scenario,
-            "command": " ".join(["flashsale bench", *sys.argv[1:]]) if sys.argv else "",
+            "command": self.command,
             "started_at": _iso(self.started_at),
             "duration_s": round(finished - self.started_at, 1),
             "git_commit": git_commit(),

@@ -166,8 +166,10 @@ def run_scenario(options: Options) -> Report:
     with running(options.redis_url) as servers:
         report.servers["redis"] = redis_version(servers.redis_url)
         figures = run(_engine_runs(servers.redis_url, s, options.run_id, report), s.loop)
-        binary = ceilings.find_redis_benchmark()
-        if binary is None:
+        binary = ceilings.find_redis_benchmark() if options.redis_benchmark else None
+        if not options.redis_benchmark:
+            report.notes.append("redis-benchmark ceilings skipped (--no-redis-benchmark)")
+        elif binary is None:
             report.notes.append(
                 f"redis-benchmark not found, server ceilings not measured: {ceilings.INSTALL_HINT}"
             )

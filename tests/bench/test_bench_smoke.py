@@ -1,0 +1,70 @@
+"""CI's smoke test of the benchmark harness: scenarios 1+2 (hot SKU with ceilings) and 3 (the locking
+baseline) in quick mode against servers started by the project's launcher. It asserts the scenarios'
+correctness checks (exact successes, invariants), never their speed: speed is what bench/ reports.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.checks import invariant_1
+from bench.options import Options
+from bench.scenarios import baseline, hot_sku
+from flashsale.launcher import PostgresServer, RedisServer
+
+
+def _checks(report_checks: list[dict[str, object]], needle: str) -> list[dict[str, object]]:
+    return [c for c in report_checks if needle in str(c["name"])]
+
+
+def test_invariant_check_catches_counters_that_do_not_add_up() -> None:
+    assert invariant_1({"total": 10, "available": 3, "reserved": 7, "sold": 0})[0]
+    assert not invariant_1({"total": 10, "available": 4, "reserved": 7, "sold": 0})[0]
+    assert not invariant_1({"total": 10, "available": -1, "reserved": 11, "sold": 0})[0]
+
+
+def test_hot_sku_quick_hands_out_exactly_the_units_and_keeps_invariants(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    options = Options(
+        quick=True, redis_url=redis_server.url, results_dir=tmp_path, plots=False, redis_benchmark=False
+    )
+    report = hot_sku.run_scenario(options)
+    json_path, md_path = report.write(tmp_path)
+
+    assert report.passed, [c for c in report.checks if not c["passed"]]
+    levels = report.figures["levels"]
+    assert [level["clients"] for level in levels] == hot_sku.Settings.for_run(options).clients
+    for level in levels:
+        assert level["outcomes"]["ok"] == level["units"]
+        assert level["outcomes"]["ok"] + level["outcomes"]["OUT_OF_STOCK"] == level["attempts"]
+        assert level["counters"]["reserved"] == level["units"]
+        assert level["counters"]["available"] == 0
+        assert level["replayed"] == level["counters"]
+    assert len(_checks(report.checks, "successes == units")) == len(levels)
+    data = json.loads(json_path.read_text())
+    assert data["machine"]["cores"]
+    assert data["figures"]["client_noop"]["attempts_per_s"] > 0
+    assert "| clients |" in md_path.read_text()
+
+
+def test_baseline_quick_both_systems_hand_out_exactly_the_units(
+    redis_server: RedisServer, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    options = Options(
+        quick=True,
+        redis_url=redis_server.url,
+        database_url=postgres_server.url,
+        results_dir=tmp_path,
+        plots=False,
+    )
+    report = baseline.run_scenario(options)
+
+    assert report.passed, [c for c in report.checks if not c["passed"]]
+    units = baseline.Settings.for_run(options).units
+    for system in ("flashsale", "baseline"):
+        for level in report.figures[system]:
+            assert level["outcomes"]["ok"] == units, (system, level["outcomes"])
+            assert set(level["outcomes"]) <= {"ok", "OUT_OF_STOCK"}
+    assert len(_checks(report.checks, "baseline")) >= 3 * len(report.figures["baseline"])
