@@ -314,6 +314,17 @@ def load(settings: Settings, file: Path, wait_s: float) -> None:
     PostgreSQL's products and inventory rows through the write-behind worker (the same path as every
     other change, so PostgreSQL stays an exact prefix of the log). Every SKU is checked first: a bad file
     changes nothing.
+
+    \b
+    Fields per SKU (JSON: a list, or {"defaults": {...}, "skus": [...]}; CSV: a header row):
+      sku                         required; letters, digits, -_.@
+      name                        what shoppers see
+      price, flash_price          "129.99" (or price_cents, flash_price_cents)
+      stock                       units on sale (required for a new SKU)
+      per_user_limit              units one user may hold + buy (default 1)
+      starts_at, ends_at          ISO 8601 with zone, ms since epoch, or now, now+10m, now-1h
+      reservation_ttl_s           how long a hold lasts (or reservation_ttl_ms)
+      paused                      true / false
     """
     engine = engine_for(settings)
     try:
