@@ -141,6 +141,8 @@ def test_redis_keeps_an_append_only_file_synced_every_second(compose: dict[str, 
     assert command[command.index("--appendfsync") + 1] == "everysec"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert any(v.endswith(":/data") for v in compose["services"]["redis"]["volumes"])
+    # A Redis still loading its AOF answers PING with LOADING: only PONG counts as healthy.
+    assert "PONG" in " ".join(compose["services"]["redis"]["healthcheck"]["test"])
 
 
 def test_kafka_runs_in_kraft_mode(compose: dict[str, Any]) -> None:
