@@ -17,10 +17,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import click
 import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
+from flashsale.cli import main
 from flashsale.settings import PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,3 +173,57 @@ def test_the_dockerfile_installs_the_project_editable_on_python_311_slim() -> No
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".env"} <= set(ignored)
     assert not {"lua", "sql", "engine", "flashsale"} & set(ignored)
+
+
+def resolve(argv: list[str]) -> click.Command:
+    """The click command an argv like ["flashsale", "db", "migrate"] runs; fails on an unknown one."""
+    assert argv[0] == "flashsale"
+    command: click.Command = main
+    for word in argv[1:]:
+        if word.startswith("-"):
+            names = {name for param in command.params for name in getattr(param, "opts", [])}
+            assert word in names, f"{' '.join(argv)}: {word} is not an option of {command.name}"
+            continue
+        assert isinstance(command, click.Group), f"{' '.join(argv)}: {command.name} takes no subcommand"
+        assert word in command.commands, f"{' '.join(argv)}: no command {word!r}"
+        command = command.commands[word]
+    return command
+
+
+def test_every_flashsale_command_in_the_stack_exists(compose: dict[str, Any]) -> None:
+    for name in ("migrate", "api", "worker"):
+        resolve(compose["services"][name]["command"])
+    worker_check = compose["services"]["worker"]["healthcheck"]["test"][1]
+    lag_command = worker_check.split("|")[0].split()
+    assert resolve(lag_command).name == "lag"
+    with pytest.raises(AssertionError, match="no command 'wokrer'"):
+        resolve(["flashsale", "wokrer"])
+
+
+def test_the_worker_health_check_passes_only_while_every_partition_has_a_lease_holder(
+    compose: dict[str, Any], redis_url: str
+) -> None:
+    import redis
+
+    from engine.keys import Keyspace
+    from writeback import keys as writeback_keys
+
+    check = compose["services"]["worker"]["healthcheck"]["test"]
+    assert check[0] == "CMD-SHELL"
+    bin_dir = str(Path(sys.executable).parent)  # `flashsale` and `python`, as on the image's PATH
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FLASHSALE_REDIS_URL": redis_url}
+
+    def healthy() -> bool:
+        return (
+            subprocess.run(["sh", "-c", check[1]], env=env, capture_output=True, timeout=60).returncode == 0
+        )
+
+    assert not healthy()
+    client = redis.Redis.from_url(redis_url)
+    partitions = Keyspace().all()
+    for partition in partitions[:-1]:
+        client.set(writeback_keys.lease(partition), "worker-a", px=60_000)
+    assert not healthy()  # one partition drains nowhere
+    client.set(writeback_keys.lease(partitions[-1]), "worker-b", px=60_000)
+    assert healthy()
+    client.close()
