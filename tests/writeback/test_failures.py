@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 from writeback_checks import Shop, all_events, assert_kafka_holds_every_event, assert_postgres_equals_redis
@@ -35,6 +36,12 @@ def _pending(settings: Settings) -> int:
         client.close()
 
 
+def _applied_in_postgres(settings: Settings) -> int:
+    with psycopg.connect(str(settings.database_url)) as conn:
+        row = conn.execute("SELECT coalesce(sum(applied_events), 0) FROM stream_offsets").fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_worker_killed_mid_batch_again_and_again_loses_and_repeats_nothing(
     engine: Engine, settings: Settings, shop: Shop, stop_load: threading.Event, tmp_path: Path
 ) -> None:
@@ -42,14 +49,21 @@ def test_worker_killed_mid_batch_again_and_again_loses_and_repeats_nothing(
     load = [shop.keep_busy(stop_load, seed=s) for s in (1, 2)]
     options = WorkerOptions(batch_size=40, sweep=False, trim=False)
     rng = random.Random(3)
-    for round_ in range(4):
+    applied = [_applied_in_postgres(settings)]
+    for round_ in range(3):
         worker = spawn_worker(settings, options, log_path=tmp_path / f"worker-{round_}.log")
         try:
-            # Kill once it is busy: events pending and batches going into PostgreSQL.
-            time.sleep(1.5 + rng.random())
+            # Kill once it is busy (its batches are reaching PostgreSQL), at a random moment of its work.
+            deadline = time.monotonic() + 15
+            while _applied_in_postgres(settings) == applied[-1]:
+                assert time.monotonic() < deadline, "the restarted worker never applied a batch"
+                time.sleep(0.02)
+            time.sleep(0.2 + 0.5 * rng.random())
         finally:
             worker.send_signal(signal.SIGKILL)
             worker.wait(10)
+        applied.append(_applied_in_postgres(settings))
+    assert applied == sorted(set(applied)), f"every worker must apply batches before its kill: {applied}"
     stop_load.set()
     for thread in load:
         thread.join(10)
