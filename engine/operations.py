@@ -107,7 +107,9 @@ class Operations:
                 p.events(),
                 p.user(sku, user),
                 p.reservation(rid),
-                p.idempotency("reserve", user, idempotency_key),
+                # A key is scoped to its SKU (reservation, order below), never to the partition a
+                # hash happens to put it in: reusing a key for another SKU is a new request.
+                p.idempotency(f"reserve:{sku}", user, idempotency_key),
             ),
             (
                 p.tag,
@@ -134,7 +136,7 @@ class Operations:
                 p.events(),
                 p.deadlines(),
                 p.order(order_id),
-                p.idempotency("checkout", user, idempotency_key),
+                p.idempotency(f"checkout:{reservation_id}", user, idempotency_key),
             ),
             (
                 p.tag,
@@ -155,7 +157,7 @@ class Operations:
         identifier(user, "user id")
         return Call(
             "confirm",
-            (p.order(order_id), p.events(), p.idempotency("confirm", user, idempotency_key)),
+            (p.order(order_id), p.events(), p.idempotency(f"confirm:{order_id}", user, idempotency_key)),
             (p.tag, user, transaction_id, self._idempotency_ttl(idempotency_key), order_id),
             _order,
         )

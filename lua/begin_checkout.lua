@@ -8,7 +8,7 @@
     KEYS[2] partition stream     fs:{pN}:events
     KEYS[3] partition deadlines  fs:{pN}:deadlines
     KEYS[4] new order            fs:{pN}:order:<order id>
-    KEYS[5] idempotency record   fs:{pN}:idem:checkout:<user>:<key>   (unused when ARGV[5] is 0)
+    KEYS[5] idempotency record   fs:{pN}:idem:checkout:<reservation id>:<user>:<key>   (unused when ARGV[5] is 0)
     ARGV[1] key prefix of the partition  fs:{pN}:
     ARGV[2] user id              the caller; must own the reservation
     ARGV[3] new order id
@@ -18,7 +18,7 @@
     ARGV[7] reservation id
   Output:
     the order as a flat field/value array (status PENDING)
-    a repeat with the same idempotency key returns the first answer, refusal included
+    a repeat with the same idempotency key (same user and reservation) returns the first answer, refusal included
     error INVALID_ARGUMENT     malformed payment method (nothing written)
     error NOT_FOUND            no such reservation (nothing written)
     error FORBIDDEN            the reservation is another user's (nothing written)

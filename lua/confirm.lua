@@ -5,7 +5,7 @@
   Input:
     KEYS[1] order                fs:{pN}:order:<order id>
     KEYS[2] partition stream     fs:{pN}:events
-    KEYS[3] idempotency record   fs:{pN}:idem:confirm:<user>:<key>   (unused when ARGV[4] is 0)
+    KEYS[3] idempotency record   fs:{pN}:idem:confirm:<order id>:<user>:<key>   (unused when ARGV[4] is 0)
     ARGV[1] key prefix of the partition  fs:{pN}:
     ARGV[2] user id              the caller; must own the order
     ARGV[3] payment transaction id   0..128 characters
@@ -13,7 +13,7 @@
     ARGV[5] order id
   Output:
     the order as a flat field/value array (status CONFIRMED)
-    a repeat with the same idempotency key returns the first answer, refusal included
+    a repeat with the same idempotency key (same user and order) returns the first answer, refusal included
     error INVALID_ARGUMENT  transaction id too long (nothing written)
     error NOT_FOUND         no such order (nothing written)
     error FORBIDDEN         the order is another user's (nothing written)

@@ -10,7 +10,7 @@
     KEYS[4] partition stream     fs:{pN}:events
     KEYS[5] user's counts        fs:{pN}:user:<sku>:<user>   hash held, purchased
     KEYS[6] new reservation      fs:{pN}:res:<reservation id>
-    KEYS[7] idempotency record   fs:{pN}:idem:reserve:<user>:<key>   (unused when ARGV[5] is 0)
+    KEYS[7] idempotency record   fs:{pN}:idem:reserve:<sku>:<user>:<key>   (unused when ARGV[5] is 0)
     ARGV[1] key prefix of the partition  fs:{pN}:
     ARGV[2] user id
     ARGV[3] quantity             integer 1..1,000,000
@@ -20,7 +20,7 @@
     ARGV[7] lazy expiry bound    how many due holds of this SKU to end first
   Output:
     the reservation as a flat field/value array (id, sku, user, quantity, status, created_at, expires_at)
-    a repeat with the same idempotency key returns the first answer, refusal included
+    a repeat with the same idempotency key (same user and SKU) returns the first answer, refusal included
     error INVALID_ARGUMENT | INVALID_QUANTITY   malformed input (nothing written)
     error NOT_FOUND          no sale for this SKU (nothing written)
     error SALE_NOT_ACTIVE    paused, not started or ended (nothing written)

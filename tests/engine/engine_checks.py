@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
 
-from engine import Engine, Event, Partition, partition_of, replay
+from engine import Engine, Event, partition_of, replay
+from engine.events import parse_entry
 
 T = TypeVar("T")
 
@@ -55,48 +57,99 @@ def stream_lengths(engine: Engine) -> list[int]:
     return [engine.redis.xlen(p.events()) for p in engine.keys.all()]
 
 
-def all_events(engine: Engine) -> list[Event]:
-    """Every event of every partition stream, each partition in stream order."""
-    return [event for p in range(engine.config.partitions) for event in engine.read_events(p)]
+def all_events(engine: Engine, partitions: Iterable[int] | None = None) -> list[Event]:
+    """Every event of every (or the given) partition streams, each partition in stream order."""
+    chosen = range(engine.config.partitions) if partitions is None else partitions
+    return [event for p in chosen for event in engine.read_events(p)]
 
 
 def event_types(engine: Engine) -> Counter[str]:
     return Counter(event.type for event in all_events(engine))
 
 
-def _scan(client: redis.Redis, pattern: str) -> list[str]:
-    return sorted(client.scan_iter(match=pattern, count=1000))
+@dataclass
+class PartitionState:
+    """Everything one partition holds in Redis, read in two round trips."""
+
+    index: int
+    sales: dict[str, dict[str, str]] = field(default_factory=dict)
+    catalog: set[str] = field(default_factory=set)
+    holds: dict[str, dict[str, float]] = field(default_factory=dict)
+    deadlines: dict[str, float] = field(default_factory=dict)
+    users: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    reservations: dict[str, dict[str, str]] = field(default_factory=dict)
+    orders: dict[str, dict[str, str]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
 
 
-def _suffix(key: str, prefix: str) -> str:
-    assert key.startswith(prefix), (key, prefix)
-    return key[len(prefix) :]
+def read_partition(engine: Engine, index: int) -> PartitionState:
+    p = engine.keys.partition(index)
+    keys = sorted(engine.redis.keys(p.tag + "*"))  # fine on a test's small keyspace
+    pipe = engine.redis.pipeline(transaction=False)
+    kinds = []
+    for key in keys:
+        kind = key[len(p.tag) :].split(":", 1)[0]
+        kinds.append(kind)
+        if kind in ("sku", "user", "res", "order"):
+            pipe.hgetall(key)
+        elif kind in ("holds", "deadlines"):
+            pipe.zrange(key, 0, -1, withscores=True)
+        elif kind == "skus":
+            pipe.smembers(key)
+        elif kind == "events":
+            pipe.xrange(key)
+        else:
+            pipe.type(key)
+    state = PartitionState(index)
+    for key, kind, value in zip(keys, kinds, pipe.execute(), strict=True):
+        name = key[len(p.tag) + len(kind) + 1 :]
+        if kind == "sku":
+            state.sales[name] = value
+        elif kind == "user":
+            sku, _, user = name.partition(":")
+            state.users[(sku, user)] = value
+        elif kind == "res":
+            state.reservations[name] = value
+        elif kind == "order":
+            state.orders[name] = value
+        elif kind == "holds":
+            state.holds[name] = dict(value)
+        elif kind == "deadlines":
+            state.deadlines = dict(value)
+        elif kind == "skus":
+            state.catalog = set(value)
+        elif kind == "events":
+            state.events = [parse_entry(index, stream_id, fields) for stream_id, fields in value]
+        else:
+            assert kind == "idem", f"unexpected key {key} ({value})"
+    return state
 
 
-def check_invariants(engine: Engine) -> None:
+def check_invariants(engine: Engine, partitions: Iterable[int] | None = None) -> None:
     """Invariants 1-3 of ARCHITECTURE.md, plus the agreement of every derived structure with the entities
     (counters == sums over reservations and orders, deadline sets == active holds, stream replay ==
-    counters with no counter ever negative along the way). Raises AssertionError naming what broke."""
-    r = engine.redis
-    for p in engine.keys.all():
-        _check_partition(engine, r, p)
-    _check_replay(engine)
+    counters with no counter ever negative along the way). Raises AssertionError naming what broke.
+    Only the given partitions when some are named (the others must then be of no interest)."""
+    for index in range(engine.config.partitions) if partitions is None else partitions:
+        state = read_partition(engine, index)
+        check_partition(state)
 
 
-def _check_partition(engine: Engine, r: redis.Redis, p: Partition) -> None:
-    sku_prefix = p.sku("")
-    sales = {_suffix(k, sku_prefix): r.hgetall(k) for k in _scan(r, p.sku("*"))}
-    res_prefix = p.reservation("")
-    reservations = {_suffix(k, res_prefix): r.hgetall(k) for k in _scan(r, p.reservation("*"))}
-    order_prefix = p.order("")
-    orders = {_suffix(k, order_prefix): r.hgetall(k) for k in _scan(r, p.order("*"))}
-    user_prefix = p.user("", "")[:-1]  # "fs:{pN}:user:"
-    users: dict[tuple[str, str], dict[str, str]] = {}
-    for key in _scan(r, p.user("*", "*")):
-        sku, _, user = _suffix(key, user_prefix).partition(":")
-        users[(sku, user)] = r.hgetall(key)
-    deadlines = dict(r.zrange(p.deadlines(), 0, -1, withscores=True))
-    assert set(r.smembers(p.catalog())) == set(sales), f"catalog of partition {p.index} != its sku hashes"
+def check_partition(state: PartitionState) -> None:
+    """The checks of check_invariants on one partition's snapshot."""
+    _check_entities(state)
+    _check_replay(state)
+
+
+def _check_entities(state: PartitionState) -> None:
+    sales, reservations, orders, users, deadlines = (
+        state.sales,
+        state.reservations,
+        state.orders,
+        state.users,
+        state.deadlines,
+    )
+    assert state.catalog == set(sales), f"catalog of partition {state.index} != its sku hashes"
 
     reserved_by_sku: dict[str, int] = defaultdict(int)
     held: dict[tuple[str, str], int] = defaultdict(int)
@@ -107,8 +160,8 @@ def _check_partition(engine: Engine, r: redis.Redis, p: Partition) -> None:
     for rid, res in reservations.items():
         status, sku, user, qty = res["status"], res["sku"], res["user"], int(res["quantity"])
         assert status in RESERVATION_STATUSES, (rid, res)
-        assert rid.startswith(f"rsv_{p.index}_"), rid
-        holds = dict(r.zrange(p.holds(sku), 0, -1, withscores=True))
+        assert rid.startswith(f"rsv_{state.index}_"), rid
+        holds = state.holds.get(sku, {})
         if status == "RESERVED":
             reserved_by_sku[sku] += qty
             held[(sku, user)] += qty
@@ -167,27 +220,23 @@ def _check_partition(engine: Engine, r: redis.Redis, p: Partition) -> None:
         assert h + b <= limit, f"invariant 2 broken for {key}: {h} + {b} > {limit}"
 
 
-def _check_replay(engine: Engine) -> None:
-    events = all_events(engine)
+def _check_replay(state: PartitionState) -> None:
     running: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for event in events:
+    for event in state.events:
         c = running[event.sku]
         c[0] += event.da
         c[1] += event.dr
         c[2] += event.ds
         c[3] += event.dt
         assert min(c) >= 0, f"replay goes negative for {event.sku} at event {event.id}: {c}"
-    replayed = replay(events)
-    sales = {sale.sku: sale for sale in engine.list_sales()}
-    assert set(replayed) == set(sales)
-    for sku, sale in sales.items():
+    replayed = replay(state.events)
+    assert set(replayed) == set(state.sales), "the stream's SKUs != the partition's sales"
+    for sku, sale in state.sales.items():
         c = replayed[sku]
-        assert (c.available, c.reserved, c.sold, c.total) == (
-            sale.available,
-            sale.reserved,
-            sale.sold,
-            sale.total,
-        ), f"replay of the streams != counters in Redis for {sku}"
+        counters = tuple(int(sale[f]) for f in ("available", "reserved", "sold", "total"))
+        assert (c.available, c.reserved, c.sold, c.total) == counters, (
+            f"replay != counters in Redis for {sku}"
+        )
 
 
 def run_together(*calls: Callable[[], T]) -> list[T | BaseException]:

@@ -1,0 +1,532 @@
+"""Random sequences of every engine operation against a small pure-Python model of the rules.
+
+After every step Redis must equal the model: each SKU's counters and settings, each user's held and
+purchased units, each reservation's and order's status, and the number of events of each type (every state
+change emits exactly one). Time is real: holds last 1 second (the shortest TTL a sale may have) and one
+rule waits for the earliest deadline to pass, so the sweeper, lazy expiry in reserve, and abandoned
+checkouts all happen through the scripts themselves. The model judges expiry against Redis's clock read
+just before each call; a call is only made when no deadline falls within a safety margin of that instant,
+so whether a hold had lapsed when the script ran is never a guess.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import hypothesis.strategies as st
+import pytest
+from engine_checks import check_partition, read_partition, sku_in_partition
+from hypothesis import HealthCheck, Phase, assume, settings
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from engine import (
+    Engine,
+    EngineConfig,
+    FlashSaleError,
+    Order,
+    Reservation,
+    Sale,
+    SaleSettings,
+    UserCounts,
+    partition_of,
+)
+from engine.models import from_hash
+
+TTL_MS = 1000
+GRACE_MS = 200
+MARGIN_MS = 80  # no deadline may fall this close after the clock reading a call is judged by
+LIMITS = {"SM-A": 1, "SM-B": 2, sku_in_partition(partition_of("SM-A", 16), stem="SM-A"): 2}
+SKUS = sorted(LIMITS)
+PARTITIONS = sorted({partition_of(sku, 16) for sku in SKUS})
+USERS = ("u1", "u2", "u3")
+KEYS = (None, None, "k1", "k2")
+
+
+@dataclass
+class SkuModel:
+    limit: int
+    total: int = 0
+    available: int = 0
+    reserved: int = 0
+    sold: int = 0
+    paused: bool = False
+
+
+@dataclass
+class HoldModel:
+    id: str
+    sku: str
+    user: str
+    quantity: int
+    expires_at: int
+    status: str = "RESERVED"
+    order_id: str | None = None
+    pay_until: int | None = None
+
+    @property
+    def paying(self) -> bool:
+        return self.status == "RESERVED" and self.pay_until is not None
+
+    @property
+    def deadline(self) -> int:
+        return self.pay_until if self.paying and self.pay_until is not None else self.expires_at
+
+
+@dataclass
+class OrderModel:
+    id: str
+    reservation_id: str
+    sku: str
+    user: str
+    quantity: int
+    status: str = "PENDING"
+
+
+@dataclass
+class Model:
+    """The rules of ARCHITECTURE.md and the script headers, written plainly."""
+
+    skus: dict[str, SkuModel] = field(default_factory=dict)
+    held: Counter[tuple[str, str]] = field(default_factory=Counter)
+    purchased: Counter[tuple[str, str]] = field(default_factory=Counter)
+    holds: dict[str, HoldModel] = field(default_factory=dict)
+    orders: dict[str, OrderModel] = field(default_factory=dict)
+    events: Counter[str] = field(default_factory=Counter)
+    # First answers by (operation, sku/reservation/order, user, idempotency key): an entity or an error code.
+    answers: dict[tuple[str, str, str, str], object] = field(default_factory=dict)
+
+    def active(self) -> list[HoldModel]:
+        return [h for h in self.holds.values() if h.status == "RESERVED"]
+
+    def end_hold(self, hold: HoldModel, status: str, kind: str) -> None:
+        sku = self.skus[hold.sku]
+        sku.reserved -= hold.quantity
+        sku.available += hold.quantity
+        self.held[(hold.sku, hold.user)] -= hold.quantity
+        if hold.paying and hold.order_id is not None:
+            self.orders[hold.order_id].status = "FAILED"  # an abandoned payment
+        hold.status = status
+        hold.pay_until = None
+        self.events[kind] += 1
+
+    def expire_due(self, holds: list[HoldModel], now: int, limit: int) -> int:
+        due = sorted((h for h in holds if h.deadline <= now), key=lambda h: (h.deadline, h.id))[:limit]
+        for hold in due:
+            self.end_hold(hold, "EXPIRED", "expired")
+        return len(due)
+
+
+def _code(call: object) -> object:
+    """Runs a call; its result, or the code of the engine refusal it raised."""
+    assert callable(call)
+    try:
+        return call()
+    except FlashSaleError as error:
+        return error.code
+
+
+@pytest.mark.slow
+def test_random_operation_sequences_keep_redis_equal_to_the_model(redis_url: str) -> None:
+    engine = Engine.from_url(redis_url, EngineConfig(payment_grace_ms=GRACE_MS), max_connections=4)
+    engine.load_scripts()
+    try:
+        run_state_machine_as_test(
+            lambda: EngineMatchesModel(engine),
+            settings=settings(
+                max_examples=25,
+                stateful_step_count=50,
+                deadline=None,
+                database=None,
+                phases=(Phase.explicit, Phase.reuse, Phase.generate),
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
+    finally:
+        engine.close()
+
+
+class EngineMatchesModel(RuleBasedStateMachine):
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        engine.redis.flushall()  # a fresh keyspace per example (the scripts stay loaded)
+        self.model = Model()
+        self.waited = False
+
+    # -- time ---------------------------------------------------------------------------------------------
+    def _clock(self) -> int:
+        seconds, micros = self.engine.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def _settled_clock(self) -> int:
+        """Redis's time, read when no active deadline lies just ahead of it (waiting a little if one does)."""
+        while True:
+            now = self._clock()
+            near = [h.deadline for h in self.model.active() if now < h.deadline <= now + MARGIN_MS]
+            if not near:
+                return now
+            time.sleep((max(near) - now + 2) / 1000)
+
+    def _timed(self, call: object) -> tuple[int, object]:
+        """Runs a call that judges deadlines; the clock reading it is judged by, and its outcome."""
+        now = self._settled_clock()
+        deadlines = [h.deadline for h in self.model.active()]
+        outcome = _code(call)
+        after = self._clock()
+        # A call slower than the margin makes a lapse ambiguous: drop the example rather than guess.
+        assume(not any(now < d <= after for d in deadlines))
+        return now, outcome
+
+    @precondition(lambda self: not self.waited and bool(self.model.active()))
+    @rule()
+    def time_passes_until_the_first_hold_lapses(self) -> None:
+        import sys
+
+        print("WAIT", file=sys.stderr)
+        self.waited = True
+        first = min(h.deadline for h in self.model.active())
+        time.sleep(max(0, first - self._clock() + 5) / 1000)
+
+    # -- sales --------------------------------------------------------------------------------------------
+    @initialize(
+        totals=st.lists(st.integers(1, 4), min_size=len(SKUS), max_size=len(SKUS)),
+        may_wait=st.booleans(),
+    )
+    def open_the_sales(self, totals: list[int], may_wait: bool) -> None:
+        # Waiting for a deadline costs up to a second of real time: only some examples may do it once.
+        self.waited = not may_wait
+        for sku, total in zip(SKUS, totals, strict=True):
+            self._load_sale(sku, total, paused=False)
+
+    # One rule for both ways of changing stock, so they do not crowd out the holds and orders.
+    @rule(
+        sku=st.sampled_from(SKUS),
+        restock=st.booleans(),
+        amount=st.integers(-3, 4).filter(bool),
+        paused=st.sampled_from([False, False, False, True]),
+    )
+    def load_sale_or_restock(self, sku: str, restock: bool, amount: int, paused: bool) -> None:
+        if restock:
+            self._restock(sku, amount)
+        else:
+            self._load_sale(sku, max(0, amount), paused)
+
+    def _load_sale(self, sku: str, total: int, paused: bool) -> None:
+        m = self.model
+        settings_ = SaleSettings(
+            sku=sku, total=total, per_user_limit=LIMITS[sku], reservation_ttl_ms=TTL_MS, paused=paused
+        )
+        outcome = _code(lambda: self.engine.load_sale(settings_))
+        current = m.skus.get(sku) or SkuModel(LIMITS[sku])
+        if total < current.reserved + current.sold:
+            assert outcome == "INVALID_QUANTITY"
+            return
+        assert not isinstance(outcome, str), outcome
+        current.available += total - current.total
+        current.total = total
+        current.paused = paused
+        m.skus[sku] = current
+        m.events["sale_loaded"] += 1
+
+    def _restock(self, sku: str, delta: int) -> None:
+        m = self.model
+        outcome = _code(lambda: self.engine.restock(sku, delta))
+        current = m.skus.get(sku)
+        if current is None:
+            assert outcome == "NOT_FOUND"
+        elif current.available + delta < 0:
+            assert outcome == "INVALID_QUANTITY"
+        else:
+            assert not isinstance(outcome, str), outcome
+            current.available += delta
+            current.total += delta
+            m.events["restocked"] += 1
+
+    # -- holds --------------------------------------------------------------------------------------------
+    @rule(
+        sku=st.sampled_from(SKUS),
+        user=st.sampled_from(USERS),
+        quantity=st.sampled_from([1, 1, 2, 3]),
+        key=st.sampled_from(KEYS),
+    )
+    def reserve(self, sku: str, user: str, quantity: int, key: str | None) -> None:
+        m = self.model
+        now, outcome = self._timed(lambda: self.engine.reserve(sku, user, quantity, idempotency_key=key))
+        if key is not None and ("reserve", sku, user, key) in m.answers:
+            assert outcome == m.answers[("reserve", sku, user, key)]
+            return
+        expected = self._judge_reserve(sku, user, quantity, now)
+        if expected is None:
+            assert isinstance(outcome, Reservation), outcome
+            assert (outcome.sku, outcome.user, outcome.quantity, outcome.status) == (
+                sku,
+                user,
+                quantity,
+                "RESERVED",
+            )
+            assert outcome.expires_at == outcome.created_at + TTL_MS
+            assert now <= outcome.created_at
+            s = m.skus[sku]
+            s.available -= quantity
+            s.reserved += quantity
+            m.held[(sku, user)] += quantity
+            m.holds[outcome.id] = HoldModel(outcome.id, sku, user, quantity, outcome.expires_at)
+            m.events["reserved"] += 1
+        else:
+            assert outcome == expected
+        if key is not None and expected != "NOT_FOUND":
+            m.answers[("reserve", sku, user, key)] = outcome
+
+    def _judge_reserve(self, sku: str, user: str, quantity: int, now: int) -> str | None:
+        """The refusal reserve must give (None: success), applying the lazy expiry it does first."""
+        m = self.model
+        sale = m.skus.get(sku)
+        if sale is None:
+            return "NOT_FOUND"
+        if quantity > sale.limit:
+            return "INVALID_QUANTITY"
+        if sale.paused:
+            return "SALE_NOT_ACTIVE"
+        m.expire_due([h for h in m.active() if h.sku == sku], now, 16)
+        held, bought = m.held[(sku, user)], m.purchased[(sku, user)]
+        if held + bought + quantity > sale.limit:
+            return "ALREADY_RESERVED" if held > 0 else "ALREADY_PURCHASED"
+        if sale.available < quantity:
+            return "OUT_OF_STOCK"
+        return None
+
+    # Every draw below has the same shape whatever the state: what the state is depends on real time
+    # and on ids Redis's caller minted, and Hypothesis must be able to replay the same draws.
+    @staticmethod
+    def _pick(data: st.DataObject, preferred: list[str], everything: list[str], label: str) -> str:
+        """Mostly one of the preferred ids, sometimes any; ids in order of creation."""
+        prefer = data.draw(st.sampled_from([True, True, True, False]), label=f"{label} preferred")
+        index = data.draw(st.integers(0, 63), label=f"{label} index")
+        pool = preferred if prefer and preferred else everything
+        return pool[index % len(pool)]
+
+    def _pick_hold(self, data: st.DataObject) -> HoldModel:
+        """Mostly an active hold, sometimes any reservation (ended ones must be refused)."""
+        m = self.model
+        return m.holds[self._pick(data, [h.id for h in m.active()], list(m.holds), "reservation")]
+
+    def _caller(self, data: st.DataObject, owner: str) -> str:
+        """Mostly the owner, sometimes another user."""
+        other = next(u for u in USERS if u != owner)
+        return owner if data.draw(st.integers(0, 3), label="caller") < 3 else other
+
+    @precondition(lambda self: bool(self.model.holds))
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        m = self.model
+        hold = self._pick_hold(data)
+        user = self._caller(data, hold.user)
+        now, outcome = self._timed(lambda: self.engine.release(hold.id, user))
+        if user != hold.user:
+            assert outcome == "FORBIDDEN"
+        elif hold.status == "EXPIRED":
+            assert outcome == "RESERVATION_EXPIRED"
+        elif hold.status != "RESERVED":
+            assert outcome == "INVALID_STATE"
+        elif hold.paying:
+            assert outcome == "CHECKOUT_IN_PROGRESS"
+        elif now >= hold.expires_at:
+            assert outcome == "RESERVATION_EXPIRED"
+            m.end_hold(hold, "EXPIRED", "expired")
+        else:
+            assert isinstance(outcome, Reservation), outcome
+            assert outcome.status == "CANCELLED"
+            m.end_hold(hold, "CANCELLED", "released")
+
+    @rule(sku=st.sampled_from(SKUS), limit=st.integers(1, 3))
+    def expire(self, sku: str, limit: int) -> None:
+        m = self.model
+        partition = partition_of(sku, self.engine.config.partitions)
+        now, outcome = self._timed(lambda: self.engine.expire(partition, limit))
+        in_partition = [
+            h for h in m.active() if partition_of(h.sku, self.engine.config.partitions) == partition
+        ]
+        assert outcome == m.expire_due(in_partition, now, limit)
+
+    # -- checkout and orders ------------------------------------------------------------------------------
+    @precondition(lambda self: bool(self.model.holds))
+    @rule(data=st.data(), key=st.sampled_from(KEYS))
+    def begin_checkout(self, data: st.DataObject, key: str | None) -> None:
+        m = self.model
+        hold = self._pick_hold(data)
+        user = self._caller(data, hold.user)
+        now, outcome = self._timed(
+            lambda: self.engine.begin_checkout(hold.id, user, "card", idempotency_key=key)
+        )
+        if key is not None and ("checkout", hold.id, user, key) in m.answers:
+            assert outcome == m.answers[("checkout", hold.id, user, key)]
+            return
+        if user != hold.user:
+            assert outcome == "FORBIDDEN"
+            return
+        if hold.status == "EXPIRED":
+            expected: str | None = "RESERVATION_EXPIRED"
+        elif hold.status != "RESERVED":
+            expected = "INVALID_STATE"
+        elif hold.paying:
+            expected = "CHECKOUT_IN_PROGRESS"
+        elif now >= hold.expires_at:
+            expected = "RESERVATION_EXPIRED"
+            m.end_hold(hold, "EXPIRED", "expired")
+        else:
+            expected = None
+        if expected is None:
+            assert isinstance(outcome, Order), outcome
+            assert (outcome.status, outcome.reservation_id, outcome.quantity) == (
+                "PENDING",
+                hold.id,
+                hold.quantity,
+            )
+            hold.order_id = outcome.id
+            hold.pay_until = max(hold.expires_at, outcome.created_at + GRACE_MS)
+            m.orders[outcome.id] = OrderModel(outcome.id, hold.id, hold.sku, hold.user, hold.quantity)
+            m.events["checkout_started"] += 1
+        else:
+            assert outcome == expected
+        if key is not None:
+            m.answers[("checkout", hold.id, user, key)] = outcome
+
+    def _pick_order(self, data: st.DataObject) -> OrderModel:
+        """Mostly an order that can still change (PENDING, CONFIRMED), sometimes any."""
+        m = self.model
+        open_ = [o.id for o in m.orders.values() if o.status in ("PENDING", "CONFIRMED")]
+        return m.orders[self._pick(data, open_, list(m.orders), "order")]
+
+    @precondition(lambda self: bool(self.model.orders))
+    @rule(data=st.data(), key=st.sampled_from(KEYS))
+    def confirm(self, data: st.DataObject, key: str | None) -> None:
+        m = self.model
+        order = self._pick_order(data)
+        user = self._caller(data, order.user)
+        outcome = _code(lambda: self.engine.confirm(order.id, user, "tx", idempotency_key=key))
+        if key is not None and ("confirm", order.id, user, key) in m.answers:
+            assert outcome == m.answers[("confirm", order.id, user, key)]
+            return
+        if user != order.user:
+            assert outcome == "FORBIDDEN"
+            return
+        if order.status != "PENDING":
+            assert outcome == "INVALID_STATE"
+        else:
+            assert isinstance(outcome, Order), outcome
+            assert outcome.status == "CONFIRMED"
+            hold = m.holds[order.reservation_id]
+            hold.status = "CONFIRMED"
+            hold.pay_until = None
+            order.status = "CONFIRMED"
+            s = m.skus[order.sku]
+            s.reserved -= order.quantity
+            s.sold += order.quantity
+            m.held[(order.sku, order.user)] -= order.quantity
+            m.purchased[(order.sku, order.user)] += order.quantity
+            m.events["confirmed"] += 1
+        if key is not None:
+            m.answers[("confirm", order.id, user, key)] = outcome
+
+    @precondition(lambda self: bool(self.model.orders))
+    @rule(data=st.data())
+    def fail_checkout(self, data: st.DataObject) -> None:
+        m = self.model
+        order = self._pick_order(data)
+        user = self._caller(data, order.user)
+        outcome = _code(lambda: self.engine.fail_checkout(order.id, user, "PAYMENT_DECLINED"))
+        if user != order.user:
+            assert outcome == "FORBIDDEN"
+        elif order.status != "PENDING":
+            assert outcome == "INVALID_STATE"
+        else:
+            assert isinstance(outcome, Order), outcome
+            assert (outcome.status, outcome.failure_reason) == ("FAILED", "PAYMENT_DECLINED")
+            order.status = "FAILED"
+            hold = m.holds[order.reservation_id]
+            hold.order_id = None  # the hold is plainly RESERVED again, until its own deadline
+            hold.pay_until = None
+            m.events["checkout_failed"] += 1
+
+    @precondition(lambda self: bool(self.model.orders))
+    @rule(data=st.data(), admin=st.booleans())
+    def cancel_order(self, data: st.DataObject, admin: bool) -> None:
+        m = self.model
+        order = self._pick_order(data)
+        user = self._caller(data, order.user)
+        outcome = _code(lambda: self.engine.cancel_order(order.id, user, admin=admin))
+        if user != order.user and not admin:
+            assert outcome == "FORBIDDEN"
+        elif order.status == "PENDING":
+            assert outcome == "CHECKOUT_IN_PROGRESS"
+        elif order.status != "CONFIRMED":
+            assert outcome == "INVALID_STATE"
+        else:
+            assert isinstance(outcome, Order), outcome
+            assert outcome.status == "CANCELLED"
+            order.status = "CANCELLED"
+            s = m.skus[order.sku]
+            s.sold -= order.quantity
+            s.available += order.quantity
+            m.purchased[(order.sku, order.user)] -= order.quantity
+            m.events["order_cancelled"] += 1
+
+    @precondition(lambda self: bool(self.model.orders))
+    @rule(data=st.data())
+    def fulfil_order(self, data: st.DataObject) -> None:
+        order = self._pick_order(data)
+        outcome = _code(lambda: self.engine.fulfil_order(order.id))
+        if order.status != "CONFIRMED":
+            assert outcome == "INVALID_STATE"
+        else:
+            assert isinstance(outcome, Order), outcome
+            assert outcome.status == "FULFILLED"
+            order.status = "FULFILLED"
+            self.model.events["order_fulfilled"] += 1
+
+    # -- after every step ---------------------------------------------------------------------------------
+    @invariant()
+    def redis_equals_the_model(self) -> None:
+        m = self.model
+        states = [read_partition(self.engine, p) for p in PARTITIONS]
+        sales = {sku: sale for state in states for sku, sale in state.sales.items()}
+        assert set(sales) == set(m.skus)
+        for sku, expected in m.skus.items():
+            sale = from_hash(sales[sku], Sale)
+            assert (sale.total, sale.available, sale.reserved, sale.sold) == (
+                expected.total,
+                expected.available,
+                expected.reserved,
+                expected.sold,
+            ), sku
+            assert sale.available + sale.reserved + sale.sold == sale.total  # invariant 1
+            assert min(sale.available, sale.reserved, sale.sold) >= 0
+            assert (sale.paused, sale.per_user_limit) == (expected.paused, expected.limit)
+        users = {key: counts for state in states for key, counts in state.users.items()}
+        for sku in m.skus:
+            for user in USERS:
+                counts = from_hash(users.get((sku, user), {}), UserCounts)
+                assert (counts.held, counts.purchased) == (m.held[(sku, user)], m.purchased[(sku, user)])
+        reservations = {rid: r for state in states for rid, r in state.reservations.items()}
+        assert set(reservations) == set(m.holds)
+        for hold in m.holds.values():
+            stored = reservations[hold.id]
+            assert (stored["status"], stored.get("order_id")) == (hold.status, hold.order_id), hold
+        orders = {oid: o for state in states for oid, o in state.orders.items()}
+        assert set(orders) == set(m.orders)
+        for order in m.orders.values():
+            assert orders[order.id]["status"] == order.status, order
+        # Exactly one event per state change; the full cross-check (entities, deadline sets, stream
+        # replay == counters, never negative) runs on the same snapshot.
+        assert Counter(e.type for state in states for e in state.events) == m.events
+        for state in states:
+            check_partition(state)
