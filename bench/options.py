@@ -19,6 +19,7 @@ class Options:
     quick: bool = False
     redis_url: str | None = None
     database_url: str | None = None
+    kafka_bootstrap: str | None = None
     results_dir: Path = RESULTS_DIR
     loop: str = field(default_factory=default_loop)
     plots: bool = True

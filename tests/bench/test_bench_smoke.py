@@ -1,6 +1,7 @@
-"""CI's smoke test of the benchmark harness: scenarios 1+2 (hot SKU with ceilings) and 3 (the locking
-baseline) in quick mode against servers started by the project's launcher. It asserts the scenarios'
-correctness checks (exact successes, invariants), never their speed: speed is what bench/ reports.
+"""CI's smoke test of the benchmark harness: scenarios 1+2 (hot SKU with ceilings), 3 (the locking
+baseline) and 7 (a full sale with the write-behind worker, then reconcile) in quick mode against servers
+started by the project's launcher. It asserts the scenarios' correctness checks (exact successes,
+invariants, no drift), never their speed: speed is what bench/ reports.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from bench.checks import invariant_1
 from bench.options import Options
-from bench.scenarios import baseline, hot_sku
-from flashsale.launcher import PostgresServer, RedisServer
+from bench.scenarios import baseline, full_sale, hot_sku
+from flashsale.launcher import KafkaBroker, PostgresServer, RedisServer
 
 
 def _checks(report_checks: list[dict[str, object]], needle: str) -> list[dict[str, object]]:
@@ -68,3 +69,25 @@ def test_baseline_quick_both_systems_hand_out_exactly_the_units(
             assert level["outcomes"]["ok"] == units, (system, level["outcomes"])
             assert set(level["outcomes"]) <= {"ok", "OUT_OF_STOCK"}
     assert len(_checks(report.checks, "baseline")) >= 3 * len(report.figures["baseline"])
+
+
+def test_full_sale_quick_ends_with_no_drift(
+    redis_url: str, database_url: str, kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    options = Options(
+        quick=True,
+        redis_url=redis_url,
+        database_url=database_url,
+        kafka_bootstrap=kafka_broker.bootstrap,
+        results_dir=tmp_path,
+        plots=False,
+    )
+    report = full_sale.run_scenario(options)
+
+    assert report.passed, [c for c in report.checks if not c["passed"]]
+    f = report.figures
+    assert f["reconcile"]["exit_code"] == 0
+    assert f["reconcile"]["report"]["drift_count"] == 0
+    assert f["sold"] == f["checkouts"] > 0
+    assert f["reservations"] == f["checkouts"] + f["releases"] + f["left_to_expire"]
+    assert f["left_to_expire"] > 0
