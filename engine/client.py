@@ -62,6 +62,10 @@ class _Common:
             raise NotFound(f"no order {order_id!r}")
         return p.order(order_id)
 
+    def _user_key(self, sku: str, user: str) -> str:
+        p = self.keys.for_sku(identifier(sku, "sku"))
+        return p.user(sku, identifier(user, "user id"))
+
     @staticmethod
     def _entity(fields: Mapping[Any, Any], into: type[T], what: str) -> T:
         if not fields:
@@ -177,7 +181,7 @@ class Engine(_Common):
         return self._entity(self.redis.hgetall(self._order_key(order_id)), Order, f"order {order_id!r}")
 
     def user_counts(self, sku: str, user: str) -> UserCounts:
-        fields = self.redis.hgetall(self.keys.for_sku(sku).user(sku, user))
+        fields = self.redis.hgetall(self._user_key(sku, user))
         return from_hash(fields, UserCounts)
 
     def read_events(self, partition: int, after: str = "-", count: int | None = None) -> list[Event]:
@@ -319,7 +323,7 @@ class AsyncEngine(_Common):
         return self._entity(await self.redis.hgetall(self._order_key(order_id)), Order, f"order {order_id!r}")
 
     async def user_counts(self, sku: str, user: str) -> UserCounts:
-        fields = await self.redis.hgetall(self.keys.for_sku(sku).user(sku, user))
+        fields = await self.redis.hgetall(self._user_key(sku, user))
         return from_hash(fields, UserCounts)
 
     async def read_events(self, partition: int, after: str = "-", count: int | None = None) -> list[Event]:

@@ -43,6 +43,14 @@ def identifier(value: str, what: str) -> str:
     return value
 
 
+def text(value: str, what: str) -> str:
+    """A free-text argument (payment method, reason, ...): its length is the script's to judge, but it
+    must be text, or redis-py would fail to send it instead of the engine refusing it."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be text")
+    return value
+
+
 def _reservation(reply: Any) -> Reservation:
     return from_pairs(reply, Reservation)
 
@@ -142,7 +150,7 @@ class Operations:
                 p.tag,
                 user,
                 order_id,
-                payment_method,
+                text(payment_method, "payment method"),
                 self._idempotency_ttl(idempotency_key),
                 self.config.payment_grace_ms,
                 reservation_id,
@@ -158,14 +166,25 @@ class Operations:
         return Call(
             "confirm",
             (p.order(order_id), p.events(), p.idempotency(f"confirm:{order_id}", user, idempotency_key)),
-            (p.tag, user, transaction_id, self._idempotency_ttl(idempotency_key), order_id),
+            (
+                p.tag,
+                user,
+                text(transaction_id, "transaction id"),
+                self._idempotency_ttl(idempotency_key),
+                order_id,
+            ),
             _order,
         )
 
     def fail_checkout(self, order_id: str, user: str, reason: str) -> Call[Order]:
         p = self._partition_of_order(order_id)
         identifier(user, "user id")
-        return Call("fail_checkout", (p.order(order_id), p.events()), (p.tag, user, reason, order_id), _order)
+        return Call(
+            "fail_checkout",
+            (p.order(order_id), p.events()),
+            (p.tag, user, text(reason, "reason"), order_id),
+            _order,
+        )
 
     def release(self, reservation_id: str, user: str) -> Call[Reservation]:
         p = self._partition_of_reservation(reservation_id)
