@@ -93,7 +93,7 @@ def clean_env() -> dict[str, str]:
 def start_up(tmp_path: Path) -> Iterator[Callable[..., RunningStack]]:
     started: list[RunningStack] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> RunningStack:
+    def start(*args: str, env: dict[str, str] | None = None, own_group: bool = False) -> RunningStack:
         process = subprocess.Popen(
             [str(FLASHSALE), "up", "--port", "0", *args],
             cwd=tmp_path,
@@ -101,6 +101,8 @@ def start_up(tmp_path: Path) -> Iterator[Callable[..., RunningStack]]:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # Its own process group, as in a terminal, so a test can send the group a Ctrl-C.
+            start_new_session=own_group,
         )
         stack = RunningStack(process)
         started.append(stack)
@@ -219,6 +221,17 @@ def test_up_from_an_empty_directory_serves_a_sale_end_to_end_and_stops_clean(
     stack.process.send_signal(signal.SIGTERM)
     assert stack.finish() == 0, "\n".join(stack.lines)
     assert "nothing left running" in stack.lines[-1]
+    assert_all_gone(children)
+
+
+def test_ctrl_c_to_the_terminal_group_stops_everything(start_up: Callable[..., RunningStack]) -> None:
+    stack = start_up("--no-demo", own_group=True)
+    stack.wait_for(r"^Logs\s")
+    children = stack.descendants()
+    os.killpg(stack.process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C: the whole group
+    assert stack.finish() == 0
+    assert "SIGINT received: stopping everything" in "\n".join(stack.lines)
+    assert stack.lines[-1] == "Stopped; nothing left running."
     assert_all_gone(children)
 
 
