@@ -34,23 +34,21 @@ def sku_in_partition(partition: int, partitions: int = 16, stem: str = "SKU") ->
 
 def keyspace(client: redis.Redis) -> dict[str, Any]:
     """Every key with its type and full content: equal pictures mean nothing was written."""
-    picture: dict[str, Any] = {}
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        if kind == "hash":
-            value: Any = client.hgetall(key)
-        elif kind == "string":
-            value = client.get(key)
-        elif kind == "set":
-            value = sorted(client.smembers(key))
-        elif kind == "zset":
-            value = client.zrange(key, 0, -1, withscores=True)
-        elif kind == "stream":
-            value = (client.xlen(key), client.xrange(key))
-        else:
-            value = kind
-        picture[key] = (kind, value)
-    return picture
+    keys = sorted(client.scan_iter(count=1000))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.type(key)
+    kinds = pipe.execute()
+    read = {
+        "hash": pipe.hgetall,
+        "string": pipe.get,
+        "set": pipe.smembers,
+        "zset": lambda k: pipe.zrange(k, 0, -1, withscores=True),
+        "stream": pipe.xrange,
+    }
+    for key, kind in zip(keys, kinds, strict=True):
+        read.get(kind, pipe.type)(key)
+    return {key: (kind, value) for key, kind, value in zip(keys, kinds, pipe.execute(), strict=True)}
 
 
 def stream_lengths(engine: Engine) -> list[int]:
