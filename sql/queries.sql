@@ -1,6 +1,7 @@
 -- Named queries, loaded by name from Python (writeback.database.Queries), procrastinate-style:
 -- a "-- name: <name> --" line, a one-line description, then the statement.
 -- Batch statements take one array per column and unnest them: one round trip per statement, any batch size.
+-- Their arrays are bound in binary (%(name)b): no per-element quoting, which otherwise costs a third of the CPU.
 
 -- name: ensure_offset --
 -- Creates a partition's offset row if missing and returns how far the stream has been applied.
@@ -34,9 +35,9 @@ SELECT u.sku_id, u.name, u.price_cents, u.flash_price_cents, u.total, u.per_user
        ms_to_timestamptz(NULLIF(u.starts_at, 0)), ms_to_timestamptz(NULLIF(u.ends_at, 0)),
        u.reservation_ttl_ms, NOT u.paused, ms_to_timestamptz(u.at), ms_to_timestamptz(u.at)
 FROM unnest(
-  %(sku_id)s::text[], %(name)s::text[], %(price_cents)s::bigint[], %(flash_price_cents)s::bigint[],
-  %(total)s::integer[], %(per_user_limit)s::integer[], %(starts_at)s::bigint[], %(ends_at)s::bigint[],
-  %(reservation_ttl_ms)s::bigint[], %(paused)s::boolean[], %(at)s::bigint[]
+  %(sku_id)b::text[], %(name)b::text[], %(price_cents)b::bigint[], %(flash_price_cents)b::bigint[],
+  %(total)b::integer[], %(per_user_limit)b::integer[], %(starts_at)b::bigint[], %(ends_at)b::bigint[],
+  %(reservation_ttl_ms)b::bigint[], %(paused)b::boolean[], %(at)b::bigint[]
 ) AS u(sku_id, name, price_cents, flash_price_cents, total, per_user_limit, starts_at, ends_at,
        reservation_ttl_ms, paused, at)
 ON CONFLICT (sku_id) DO UPDATE SET
@@ -55,7 +56,7 @@ ON CONFLICT (sku_id) DO UPDATE SET
 -- Sets the units on sale of products restocked without new settings (restocked events).
 UPDATE products AS p
 SET total_inventory = u.total, updated_at = ms_to_timestamptz(u.at)
-FROM unnest(%(sku_id)s::text[], %(total)s::integer[], %(at)s::bigint[]) AS u(sku_id, total, at)
+FROM unnest(%(sku_id)b::text[], %(total)b::integer[], %(at)b::bigint[]) AS u(sku_id, total, at)
 WHERE p.sku_id = u.sku_id
 RETURNING p.sku_id;
 
@@ -63,12 +64,12 @@ RETURNING p.sku_id;
 -- Gives new products an inventory row with zero counts; their deltas are applied next.
 INSERT INTO inventory (sku_id, total_count, reserved_count, sold_count, available_count, updated_at)
 SELECT u.sku_id, 0, 0, 0, 0, ms_to_timestamptz(u.at)
-FROM unnest(%(sku_id)s::text[], %(at)s::bigint[]) AS u(sku_id, at)
+FROM unnest(%(sku_id)b::text[], %(at)b::bigint[]) AS u(sku_id, at)
 ON CONFLICT (sku_id) DO NOTHING;
 
 -- name: lock_inventory --
 -- Locks the inventory rows a batch touches, in sku order so that concurrent batches cannot deadlock.
-SELECT sku_id FROM inventory WHERE sku_id = ANY(%(sku_id)s::text[]) ORDER BY sku_id FOR UPDATE;
+SELECT sku_id FROM inventory WHERE sku_id = ANY(%(sku_id)b::text[]) ORDER BY sku_id FOR UPDATE;
 
 -- name: apply_inventory_deltas --
 -- Adds a batch's summed counter changes per SKU; version counts the events applied.
@@ -80,8 +81,8 @@ UPDATE inventory AS i SET
   version = i.version + u.events,
   updated_at = ms_to_timestamptz(u.at)
 FROM unnest(
-  %(sku_id)s::text[], %(da)s::integer[], %(dr)s::integer[], %(ds)s::integer[], %(dt)s::integer[],
-  %(events)s::integer[], %(at)s::bigint[]
+  %(sku_id)b::text[], %(da)b::integer[], %(dr)b::integer[], %(ds)b::integer[], %(dt)b::integer[],
+  %(events)b::integer[], %(at)b::bigint[]
 ) AS u(sku_id, da, dr, ds, dt, events, at)
 WHERE i.sku_id = u.sku_id
 RETURNING i.sku_id;
@@ -96,9 +97,9 @@ SELECT u.reservation_id, u.user_id, u.sku_id, u.quantity, u.status::reservation_
        ms_to_timestamptz(u.created_at), ms_to_timestamptz(u.expires_at), ms_to_timestamptz(u.confirmed_at),
        ms_to_timestamptz(u.ended_at), ms_to_timestamptz(u.updated_at)
 FROM unnest(
-  %(reservation_id)s::text[], %(user_id)s::text[], %(sku_id)s::text[], %(quantity)s::integer[],
-  %(status)s::text[], %(order_id)s::text[], %(created_at)s::bigint[], %(expires_at)s::bigint[],
-  %(confirmed_at)s::bigint[], %(ended_at)s::bigint[], %(updated_at)s::bigint[]
+  %(reservation_id)b::text[], %(user_id)b::text[], %(sku_id)b::text[], %(quantity)b::integer[],
+  %(status)b::text[], %(order_id)b::text[], %(created_at)b::bigint[], %(expires_at)b::bigint[],
+  %(confirmed_at)b::bigint[], %(ended_at)b::bigint[], %(updated_at)b::bigint[]
 ) AS u(reservation_id, user_id, sku_id, quantity, status, order_id, created_at, expires_at,
        confirmed_at, ended_at, updated_at);
 
@@ -111,8 +112,8 @@ UPDATE reservations AS r SET
   ended_at = COALESCE(ms_to_timestamptz(u.ended_at), r.ended_at),
   updated_at = ms_to_timestamptz(u.updated_at)
 FROM unnest(
-  %(reservation_id)s::text[], %(status)s::text[], %(order_id)s::text[], %(order_id_set)s::boolean[],
-  %(confirmed_at)s::bigint[], %(ended_at)s::bigint[], %(updated_at)s::bigint[]
+  %(reservation_id)b::text[], %(status)b::text[], %(order_id)b::text[], %(order_id_set)b::boolean[],
+  %(confirmed_at)b::bigint[], %(ended_at)b::bigint[], %(updated_at)b::bigint[]
 ) AS u(reservation_id, status, order_id, order_id_set, confirmed_at, ended_at, updated_at)
 WHERE r.reservation_id = u.reservation_id
 RETURNING r.reservation_id;
@@ -127,10 +128,10 @@ SELECT u.order_id, u.reservation_id, u.user_id, u.sku_id, u.quantity, u.unit_pri
        u.total_price_cents, u.status::order_status, u.payment_method, u.transaction_id, u.failure_reason,
        ms_to_timestamptz(u.created_at), ms_to_timestamptz(u.updated_at)
 FROM unnest(
-  %(order_id)s::text[], %(reservation_id)s::text[], %(user_id)s::text[], %(sku_id)s::text[],
-  %(quantity)s::integer[], %(unit_price_cents)s::bigint[], %(total_price_cents)s::bigint[],
-  %(status)s::text[], %(payment_method)s::text[], %(transaction_id)s::text[], %(failure_reason)s::text[],
-  %(created_at)s::bigint[], %(updated_at)s::bigint[]
+  %(order_id)b::text[], %(reservation_id)b::text[], %(user_id)b::text[], %(sku_id)b::text[],
+  %(quantity)b::integer[], %(unit_price_cents)b::bigint[], %(total_price_cents)b::bigint[],
+  %(status)b::text[], %(payment_method)b::text[], %(transaction_id)b::text[], %(failure_reason)b::text[],
+  %(created_at)b::bigint[], %(updated_at)b::bigint[]
 ) AS u(order_id, reservation_id, user_id, sku_id, quantity, unit_price_cents, total_price_cents, status,
        payment_method, transaction_id, failure_reason, created_at, updated_at);
 
@@ -142,8 +143,8 @@ UPDATE orders AS o SET
   failure_reason = COALESCE(u.failure_reason, o.failure_reason),
   updated_at = ms_to_timestamptz(u.updated_at)
 FROM unnest(
-  %(order_id)s::text[], %(status)s::text[], %(transaction_id)s::text[], %(failure_reason)s::text[],
-  %(updated_at)s::bigint[]
+  %(order_id)b::text[], %(status)b::text[], %(transaction_id)b::text[], %(failure_reason)b::text[],
+  %(updated_at)b::bigint[]
 ) AS u(order_id, status, transaction_id, failure_reason, updated_at)
 WHERE o.order_id = u.order_id
 RETURNING o.order_id;

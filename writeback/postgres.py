@@ -39,6 +39,8 @@ async def ensure_offset(conn: AsyncConnection[Any], partition: int) -> str:
 def unapplied(events: list[Event], applied_id: str) -> list[Event]:
     """The events after the applied offset: anything at or below it was applied already."""
     floor = stream_id_key(applied_id)
+    if not events or stream_id_key(events[0].stream_id) > floor:
+        return events  # the usual case: the batch starts after the offset
     return [e for e in events if stream_id_key(e.stream_id) > floor]
 
 
