@@ -85,14 +85,20 @@ def hot_sku(figures: dict[str, Any], results_dir: Path) -> list[str]:
 
 
 def over_time(
-    series: dict[str, list[tuple[float, float]]], ylabel: str, title: str, results_dir: Path, name: str
+    panels: dict[str, list[tuple[float, float]]],
+    title: str,
+    results_dir: Path,
+    name: str,
+    marker: float | None,
 ) -> str:
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for label, points in series.items():
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=label)
-    ax.set_xlabel("seconds since the load started")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
+    """One panel per series (their units differ) on a shared time axis; ``marker``: a moment to show."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels) + 0.6), sharex=True, squeeze=False)
+    for ax, (label, points) in zip(axes[:, 0], panels.items(), strict=True):
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=COLOURS["flashsale"])
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        if marker is not None:
+            ax.axvline(marker, color="grey", linestyle="--", linewidth=1)
+    axes[-1, 0].set_xlabel("seconds since the load started (dashed: load stops)")
+    fig.suptitle(title)
     return _save(fig, results_dir, name)
