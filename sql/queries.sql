@@ -33,13 +33,13 @@ INSERT INTO products (
 )
 SELECT u.sku_id, u.name, u.price_cents, u.flash_price_cents, u.total, u.per_user_limit,
        ms_to_timestamptz(NULLIF(u.starts_at, 0)), ms_to_timestamptz(NULLIF(u.ends_at, 0)),
-       u.reservation_ttl_ms, NOT u.paused, ms_to_timestamptz(u.at), ms_to_timestamptz(u.at)
+       u.reservation_ttl_ms, NOT u.paused, ms_to_timestamptz(u.created_at), ms_to_timestamptz(u.at)
 FROM unnest(
   %(sku_id)b::text[], %(name)b::text[], %(price_cents)b::bigint[], %(flash_price_cents)b::bigint[],
   %(total)b::integer[], %(per_user_limit)b::integer[], %(starts_at)b::bigint[], %(ends_at)b::bigint[],
-  %(reservation_ttl_ms)b::bigint[], %(paused)b::boolean[], %(at)b::bigint[]
+  %(reservation_ttl_ms)b::bigint[], %(paused)b::boolean[], %(at)b::bigint[], %(created_at)b::bigint[]
 ) AS u(sku_id, name, price_cents, flash_price_cents, total, per_user_limit, starts_at, ends_at,
-       reservation_ttl_ms, paused, at)
+       reservation_ttl_ms, paused, at, created_at)
 ON CONFLICT (sku_id) DO UPDATE SET
   name = EXCLUDED.name,
   base_price_cents = EXCLUDED.base_price_cents,

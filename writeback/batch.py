@@ -43,7 +43,8 @@ class ProductSettings:
     ends_at: int
     reservation_ttl_ms: int
     paused: bool
-    at: int
+    at: int  # the last change
+    created_at: int  # the first sale_loaded of this batch (used only if the product is new)
 
 
 @dataclass(slots=True)
@@ -145,6 +146,7 @@ class Batch:
 
     def _sale_loaded(self, e: Event) -> None:
         self.product_totals.pop(e.sku, None)
+        earlier = self.products.get(e.sku)
         self.products[e.sku] = ProductSettings(
             sku=e.sku,
             name=_required(e, "name"),
@@ -157,6 +159,7 @@ class Batch:
             reservation_ttl_ms=_required(e, "reservation_ttl_ms"),
             paused=bool(e.paused),
             at=e.at,
+            created_at=earlier.created_at if earlier else e.at,
         )
 
     def _restocked(self, e: Event) -> None:
@@ -247,6 +250,7 @@ class Batch:
                     "reservation_ttl_ms": p.reservation_ttl_ms,
                     "paused": p.paused,
                     "at": p.at,
+                    "created_at": p.created_at,
                 }
                 for p in self.products.values()
             ]
