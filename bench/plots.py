@@ -102,3 +102,24 @@ def over_time(
     axes[-1, 0].set_xlabel("seconds since the load started (dashed: load stops)")
     fig.suptitle(title)
     return _save(fig, results_dir, name)
+
+
+def bars(rates: dict[str, float], p99s: dict[str, float], title: str, results_dir: Path, name: str) -> str:
+    """Requests per second and p99 latency per run, side by side."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    labels = list(rates)
+    left.bar(labels, [rates[k] for k in labels], color=COLOURS["flashsale"])
+    left.set_ylabel("requests per second")
+    right.bar(labels, [p99s[k] for k in labels], color=COLOURS["baseline"])
+    right.set_ylabel("p99 latency (ms)")
+    for ax, values in ((left, rates), (right, p99s)):
+        ax.grid(True, axis="y", alpha=0.3)
+        for i, k in enumerate(labels):
+            ax.annotate(
+                f"{values[k]:,.1f}" if values[k] < 100 else f"{values[k]:,.0f}",
+                (i, values[k]),
+                ha="center",
+                va="bottom",
+            )
+    fig.suptitle(title)
+    return _save(fig, results_dir, name)
