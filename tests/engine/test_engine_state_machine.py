@@ -142,9 +142,12 @@ def test_random_operation_sequences_keep_redis_equal_to_the_model(redis_url: str
         run_state_machine_as_test(
             lambda: EngineMatchesModel(engine),
             settings=settings(
-                max_examples=25,
-                stateful_step_count=50,
+                max_examples=30,
+                stateful_step_count=40,
                 deadline=None,
+                # No shrinking and no example database: outcomes depend on real time, so a replay may
+                # take another path, and shrinking would blow the suite's time budget. A failure prints
+                # its whole sequence of steps, with the draws, which is enough to reproduce it by hand.
                 database=None,
                 phases=(Phase.explicit, Phase.reuse, Phase.generate),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -189,9 +192,6 @@ class EngineMatchesModel(RuleBasedStateMachine):
     @precondition(lambda self: not self.waited and bool(self.model.active()))
     @rule()
     def time_passes_until_the_first_hold_lapses(self) -> None:
-        import sys
-
-        print("WAIT", file=sys.stderr)
         self.waited = True
         first = min(h.deadline for h in self.model.active())
         time.sleep(max(0, first - self._clock() + 5) / 1000)
@@ -199,11 +199,11 @@ class EngineMatchesModel(RuleBasedStateMachine):
     # -- sales --------------------------------------------------------------------------------------------
     @initialize(
         totals=st.lists(st.integers(1, 4), min_size=len(SKUS), max_size=len(SKUS)),
-        may_wait=st.booleans(),
+        never_wait=st.booleans(),
     )
-    def open_the_sales(self, totals: list[int], may_wait: bool) -> None:
-        # Waiting for a deadline costs up to a second of real time: only some examples may do it once.
-        self.waited = not may_wait
+    def open_the_sales(self, totals: list[int], never_wait: bool) -> None:
+        # Waiting for a deadline costs up to a second of real time: only some examples may do it, once.
+        self.waited = never_wait
         for sku, total in zip(SKUS, totals, strict=True):
             self._load_sale(sku, total, paused=False)
 
@@ -212,7 +212,7 @@ class EngineMatchesModel(RuleBasedStateMachine):
         sku=st.sampled_from(SKUS),
         restock=st.booleans(),
         amount=st.integers(-3, 4).filter(bool),
-        paused=st.sampled_from([False, False, False, True]),
+        paused=st.sampled_from([False] * 7 + [True]),
     )
     def load_sale_or_restock(self, sku: str, restock: bool, amount: int, paused: bool) -> None:
         if restock:
