@@ -54,12 +54,13 @@ class Settings:
     pace_ms: int
     paced_seconds: int
     tokens: int
+    server_workers: int
 
     @classmethod
     def for_run(cls, options: Options) -> Settings:
         if options.quick:
-            return cls(500, 128, 2, 5, 50, 10, 5, 60_000)
-        return cls(1000, 256, 2, 15, 50, 10, 15, 200_000)
+            return cls(500, 128, 2, 5, 50, 10, 5, 60_000, 2)
+        return cls(1000, 256, 2, 15, 50, 10, 15, 200_000, 2)
 
 
 def find_wrk() -> str | None:
@@ -74,17 +75,23 @@ def find_wrk() -> str | None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a live process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of a live process and its children (uvicorn's workers), from /proc (Linux)."""
+    total = 0.0
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += _cpu_seconds(int(child))
+    return total
 
 
 @contextlib.contextmanager
-def _serve(settings: FlashsaleSettings) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def _serve(settings: FlashsaleSettings, workers: int = 1) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     env = {**os.environ, **settings.as_env(), "FLASHSALE_PORT": str(port)}
     process = subprocess.Popen(
-        [*FLASHSALE, "--log-level", "WARNING", "serve", "--port", str(port)],
+        [*FLASHSALE, "--log-level", "WARNING", "serve", "--port", str(port), "--workers", str(workers)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -183,7 +190,7 @@ def run_scenario(options: Options) -> Report:
             "".join(mint(settings, f"w{options.run_id}-{i}", ttl_s=3600) + "\n" for i in range(s.tokens))
         )
         figures: dict[str, Any] = {}
-        with _serve(settings) as (url, server):
+        with _serve(settings, s.server_workers) as (url, server):
             for name, sku, connections, pace, seconds in (
                 ("saturation", hot, s.connections, 0, s.seconds),
                 ("paced", stock, s.paced_connections, s.pace_ms, s.paced_seconds),
@@ -256,7 +263,7 @@ def run_scenario(options: Options) -> Report:
         for name, f in figures.items()
     ]
     report.table(
-        f"POST /api/v1/reservations through `flashsale serve` (1 uvicorn worker), wrk -t {s.threads}",
+        f"POST /api/v1/reservations, `flashsale serve --workers {s.server_workers}`, wrk -t {s.threads}",
         [
             "run",
             "connections",
