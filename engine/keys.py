@@ -10,7 +10,9 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
     fs:{p3}:user:<sku>:<user>      hash   held, purchased (the per-user limit)
     fs:{p3}:res:<reservation id>   hash   one reservation
     fs:{p3}:order:<order id>       hash   one order
-    fs:{p3}:idem:<op>:<user>:<key> string first answer of an idempotent call
+    fs:{p3}:idem:<op>:<scope>:<user>:<key>
+                                   string first answer of an idempotent call; scope: the SKU (reserve),
+                                          reservation (checkout) or order (confirm) it was about
     fs:{p3}:events                 stream every state change of the partition, in order
 
 Reservation and order ids carry their partition (``rsv_3_…``, ``ord_3_…``), so a lookup by id needs no index.
