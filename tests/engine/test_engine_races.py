@@ -6,7 +6,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
+from typing import TypeVar
 
 from engine_checks import check_invariants, event_types, run_together
 
@@ -23,36 +25,50 @@ from engine import (
 )
 
 ROUNDS = 30
+T = TypeVar("T")
 
 
-def test_checkout_racing_the_sweeper_at_the_deadline_has_exactly_one_outcome(engine: Engine) -> None:
-    engine.load_sale(SaleSettings(sku="RACE-1", total=ROUNDS, reservation_ttl_ms=1000))
-    holds = sorted((engine.reserve("RACE-1", f"user-{n}") for n in range(ROUNDS)), key=lambda r: r.expires_at)
-    partition = engine.keys.for_sku("RACE-1").index
+def _at_each_deadline(
+    engine: Engine, sku: str, deadlines: list[int], act: Callable[[int], T]
+) -> tuple[list[T | Exception], int]:
+    """Calls act(i) within a few ms either side of deadline i (Redis's clock is this machine's clock)
+    while a sweeper runs flat out on the SKU's partition. Each outcome, and how many holds the sweeper
+    ended."""
+    partition = engine.keys.for_sku(sku).index
     stop = threading.Event()
     swept: list[int] = []
 
     def sweeper() -> None:
         while not stop.is_set():
             swept.append(engine.expire(partition))
-            time.sleep(0.001)  # leave the checkout thread the interpreter lock now and then
+            time.sleep(0.001)  # leave the other thread the interpreter lock now and then
 
     thread = threading.Thread(target=sweeper)
-    outcomes: list[Order | Exception] = []
-    time.sleep(max(0.0, holds[0].expires_at / 1000 - time.time() - 0.05))
+    outcomes: list[T | Exception] = []
+    time.sleep(max(0.0, deadlines[0] / 1000 - time.time() - 0.05))
     thread.start()
     try:
-        for i, hold in enumerate(holds):
-            # Each checkout lands within a few ms either side of its hold's deadline (Redis's clock is
-            # this machine's clock), while the sweeper runs flat out on the same partition.
-            time.sleep(max(0.0, (hold.expires_at + (i % 11) - 8) / 1000 - time.time()))
+        for i, deadline in enumerate(deadlines):
+            time.sleep(max(0.0, (deadline + (i % 11) - 8) / 1000 - time.time()))
             try:
-                outcomes.append(engine.begin_checkout(hold.id, hold.user, "card"))
+                outcomes.append(act(i))
             except Exception as error:
                 outcomes.append(error)
     finally:
         stop.set()
         thread.join()
+    return outcomes, sum(swept)
+
+
+def test_checkout_racing_the_sweeper_at_the_deadline_has_exactly_one_outcome(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="RACE-1", total=ROUNDS, reservation_ttl_ms=1000))
+    holds = sorted((engine.reserve("RACE-1", f"user-{n}") for n in range(ROUNDS)), key=lambda r: r.expires_at)
+    outcomes, swept = _at_each_deadline(
+        engine,
+        "RACE-1",
+        [h.expires_at for h in holds],
+        lambda i: engine.begin_checkout(holds[i].id, holds[i].user, "card"),
+    )
 
     orders = [o for o in outcomes if isinstance(o, Order)]
     assert all(isinstance(o, Order | ReservationExpired) for o in outcomes), outcomes
@@ -70,8 +86,8 @@ def test_checkout_racing_the_sweeper_at_the_deadline_has_exactly_one_outcome(eng
     assert event_types(engine) == Counter(
         sale_loaded=1, reserved=ROUNDS, checkout_started=len(orders), expired=expired
     )
-    print(f"checkout won {len(orders)}, expiry won {expired}, the sweeper ended {sum(swept)}")
-    assert sum(swept) <= expired
+    print(f"checkout won {len(orders)}, expiry won {expired}, the sweeper ended {swept}")
+    assert swept <= expired
     sale = engine.get_sale("RACE-1")
     assert (sale.available, sale.reserved) == (expired, len(orders))
     check_invariants(engine)
@@ -154,3 +170,46 @@ def test_cancelling_one_order_twice_at_once_cancels_it_exactly_once(engine: Engi
     sale = engine.get_sale("RACE-4")
     assert (sale.available, sale.reserved, sale.sold) == (ROUNDS, 0, 0)
     assert event_types(engine)["order_cancelled"] == ROUNDS
+
+
+def test_a_payment_confirmed_as_its_abandoned_checkout_times_out_has_exactly_one_outcome(
+    graceless_engine: Engine,
+) -> None:
+    # No grace: a checkout's hold lapses at its own deadline, so confirm and the sweeper meet there.
+    engine = graceless_engine
+    engine.load_sale(SaleSettings(sku="RACE-5", total=ROUNDS, reservation_ttl_ms=1000))
+    holds = [engine.reserve("RACE-5", f"user-{n}") for n in range(ROUNDS)]
+    orders = sorted(
+        (engine.begin_checkout(h.id, h.user, "card") for h in holds),
+        key=lambda o: next(h.expires_at for h in holds if h.id == o.reservation_id),
+    )
+    deadlines = [engine.get_reservation(o.reservation_id).expires_at for o in orders]
+    outcomes, swept = _at_each_deadline(
+        engine, "RACE-5", deadlines, lambda i: engine.confirm(orders[i].id, orders[i].user, f"tx-{i}")
+    )
+    swept += engine.expire_all()  # whatever the sweeper had not reached yet
+
+    assert all(isinstance(o, Order | InvalidState) for o in outcomes), outcomes
+    confirmed = 0
+    for order, outcome in zip(orders, outcomes, strict=True):
+        stored = engine.get_order(order.id)
+        reservation = engine.get_reservation(order.reservation_id)
+        if isinstance(outcome, Order):
+            confirmed += 1
+            assert (outcome.status, stored.status) == (OrderStatus.CONFIRMED, OrderStatus.CONFIRMED)
+            assert reservation.status == ReservationStatus.CONFIRMED
+        else:
+            assert (stored.status, stored.failure_reason) == (OrderStatus.FAILED, "CHECKOUT_TIMEOUT")
+            assert reservation.status == ReservationStatus.EXPIRED
+    print(f"payment won {confirmed}, the timeout won {ROUNDS - confirmed}")
+    assert swept == ROUNDS - confirmed
+    assert event_types(engine) == Counter(
+        sale_loaded=1,
+        reserved=ROUNDS,
+        checkout_started=ROUNDS,
+        confirmed=confirmed,
+        expired=ROUNDS - confirmed,
+    )
+    sale = engine.get_sale("RACE-5")
+    assert (sale.available, sale.reserved, sale.sold) == (ROUNDS - confirmed, 0, confirmed)
+    check_invariants(engine)
