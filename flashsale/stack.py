@@ -160,14 +160,13 @@ class Stack:
 
         self._step("Database", "migrating", lambda: self._run_once("migrate", ["db", "migrate"]))
         if self.options.demo_sale is not None:
-            self._step("Sale", "loading", self._load_demo_sale)
+            self.endpoints["demo_sale"] = self._step("Sale", "loading", self._load_demo_sale)
         self._spawn("worker", ["worker"] if self.options.sweeper else ["worker", "--no-sweep"])
         api = self._spawn("api", ["serve"])
         base = f"http://{_connectable(self.options.host)}:{port}"
         self._step("API", "waiting for", lambda: self._wait_http(api, f"{base}/health", 90))
         self.endpoints.update(storefront=f"{base}/", api=f"{base}/api/v1", metrics=f"{base}/metrics")
         self.endpoints["ready"] = f"{base}/health/ready"
-        self.endpoints["step_detail"] = f"{base} ({self.options.api_workers} worker process(es))"
 
     def _make_run_dir(self) -> Path:
         if self.options.data_dir is not None:
@@ -253,7 +252,7 @@ class Stack:
         path = logs / f"{name}.log"
         return path, path.open("ab")
 
-    def _run_once(self, name: str, args: list[str]) -> None:
+    def _run_once(self, name: str, args: list[str]) -> str:
         """Runs a flashsale command to completion (the migration); its output goes to its log file."""
         path, handle = self._log_file(name)
         with handle:
@@ -269,9 +268,9 @@ class Stack:
         if result.returncode != 0:
             tail = path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise StackError(f"`flashsale {' '.join(args)}` failed ({tail[0]}); full log: {path}")
-        self.endpoints["step_detail"] = "migrated"
+        return "migrated"
 
-    def _load_demo_sale(self) -> None:
+    def _load_demo_sale(self) -> str:
         import redis
 
         from engine import Engine
@@ -292,7 +291,7 @@ class Stack:
                 now_ms = redis_now_ms(engine)
                 upcoming = sum(1 for sale in loaded if sale.starts_at > now_ms)
                 detail = f"{len(loaded)} SKUs from {self.options.demo_sale.name} ({upcoming} starting soon)"
-            self.endpoints["demo_sale"] = self.endpoints["step_detail"] = detail
+            return detail
         except (SaleFileError, FlashSaleError) as error:
             raise StackError(f"the sale did not load: {error}") from None
         except redis.RedisError as error:
@@ -317,7 +316,7 @@ class Stack:
         log.info("event=child_started child=%s pid=%d log=%s", name, process.pid, path)
         return child
 
-    def _wait_http(self, child: Child, url: str, timeout_s: float) -> None:
+    def _wait_http(self, child: Child, url: str, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not child.alive():
@@ -330,16 +329,18 @@ class Stack:
                 urllib.request.urlopen(url, timeout=2) as response,
             ):
                 if response.status == 200:
-                    return
+                    return f"answering {url}"
             time.sleep(0.2)
         raise StackError(
             f"the {child.name} did not answer {url} within {timeout_s:.0f}s; log: {child.log_path}"
         )
 
-    def _step(self, title: str, doing: str, action: Callable[[], None]) -> None:
+    def _step(self, title: str, doing: str, action: Callable[[], str]) -> str:
+        """Runs one start-up step under a spinner, then prints its outcome on a ✓ line."""
         with self.console.status(f"{doing.capitalize()} the {title.lower()}…"):
-            action()
-        self._done(title, self.endpoints.pop("step_detail", "ready"))
+            detail = action()
+        self._done(title, detail)
+        return detail
 
     def _done(self, title: str, detail: str) -> None:
         self.console.print(f"[green]✓[/] {title:<22} {detail}")
@@ -384,7 +385,7 @@ class Stack:
             f"Readiness    {self.endpoints['ready']}",
             f"Token        {token}",
             f"Redis        {self.endpoints['redis']}",
-            f"PostgreSQL   {self.endpoints['postgres']}",
+            f"PostgreSQL   {_redact(self.endpoints['postgres'])}",
             f"Kafka        {self.endpoints['kafka']}",
         ]
         if "demo_sale" in self.endpoints:

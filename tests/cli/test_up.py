@@ -10,9 +10,11 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -157,6 +159,18 @@ def kafka_messages(
     return found
 
 
+def wait_for_count(database_url: str, query: str, expected: int, timeout_s: float = 30) -> int:
+    """Polls a count(*) query until it reaches ``expected`` or the timeout; returns the last count."""
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(query).fetchone()
+            count = int(row[0]) if row else 0
+            if count >= expected or time.monotonic() > deadline:
+                return count
+            time.sleep(0.2)
+
+
 def test_up_from_an_empty_directory_serves_a_sale_end_to_end_and_stops_clean(
     start_up: Callable[..., RunningStack], tmp_path: Path
 ) -> None:
@@ -247,10 +261,19 @@ def test_a_dying_child_stops_the_whole_stack(start_up: Callable[..., RunningStac
     assert_all_gone(children)
 
 
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: when we run as root, PostgreSQL runs as an unprivileged user who must
+    # traverse the path, and a concurrent pytest session resets pytest-of-root/ to mode 0700.
+    path = Path(tempfile.mkdtemp(prefix="flashsale-test-data-"))
+    yield path / "data"
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_data_dir_keeps_the_sale_and_the_token_secret_between_runs(
-    start_up: Callable[..., RunningStack], tmp_path: Path
+    start_up: Callable[..., RunningStack], tmp_path: Path, data_dir: Path
 ) -> None:
-    data = tmp_path / "data"
+    data = data_dir
     first = start_up("--data-dir", str(data))
     api = first.value("API").split()[0]
     token = mint_token(first, tmp_path)
@@ -294,13 +317,13 @@ def test_configured_servers_are_used_and_left_running(
         children = stack.descendants()
         assert not {"redis-server", "postgres", "tansu"} & {p.name() for p in children}
         assert httpx.get(stack.value("Storefront"), timeout=10).status_code == 200
+        # The worker carries the demo sale into the configured database.
+        assert wait_for_count(database_url, "SELECT count(*) FROM products", 5) == 5
         stack.process.send_signal(signal.SIGTERM)
         assert stack.finish() == 0
         assert_all_gone(children)
         assert broker.process is not None
         assert broker.process.poll() is None
-    with psycopg.connect(database_url) as conn:  # the worker carried the demo sale into this database
-        assert conn.execute("SELECT count(*) FROM products").fetchone() == (5,)
 
 
 def test_an_unreachable_configured_server_is_one_sentence_and_nothing_is_left(
