@@ -139,8 +139,7 @@ def create_app(
 
 
 def app_from_env() -> Starlette:
-    """Factory for uvicorn: settings from FLASHSALE_* variables; FLASHSALE_PAYMENT_DELAY_MS slows the
-    simulated payment gateway (for demos and load tests)."""
+    """Factory for uvicorn: settings from FLASHSALE_* variables (FLASHSALE_PAYMENT_DELAY_MS slows the
+    simulated payment gateway, for demos and load tests)."""
     settings = Settings.from_env()
-    delay_ms = float(os.environ.get("FLASHSALE_PAYMENT_DELAY_MS") or 0)
-    return create_app(settings, gateway=SimulatedGateway(delay_s=delay_ms / 1000))
+    return create_app(settings, gateway=SimulatedGateway(delay_s=settings.payment_delay_ms / 1000))

@@ -42,6 +42,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_body_bytes: int = 16 * 1024
     user_rate_limit_per_s: float = 20.0
     user_rate_burst: int = 40
+    payment_delay_ms: float = 0.0  # how slow the simulated payment gateway answers (demos, load tests)
 
     # Kafka topics (names and partition counts as in the design document)
     topic_reservations: str = "flash-sale-reservations"
