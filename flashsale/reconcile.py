@@ -303,14 +303,6 @@ def _fmt(c: Counters | None) -> str:
     return " ".join(f"{n}={getattr(c, n)}" for n in COUNTERS)
 
 
-def _add_up(c: Counters) -> bool:
-    return c.available + c.reserved + c.sold == c.total
-
-
-def _negative(c: Counters) -> list[str]:
-    return [n for n in COUNTERS if getattr(c, n) < 0]
-
-
 def open_holds_after(pg: PostgresState, events: list[Event]) -> dict[str, str]:
     """PostgreSQL's open holds (id -> sku) carried forward through the unapplied events."""
     holds = {rid: str(r["sku_id"]) for rid, r in pg.open_reservations.items()}
@@ -324,30 +316,27 @@ def open_holds_after(pg: PostgresState, events: list[Event]) -> dict[str, str]:
     return holds
 
 
-def check(snap: Snapshot) -> Report:
-    r, pg = snap.redis, snap.postgres
-    drifts: list[Drift] = []
-    unapplied = r.unapplied_events()
-    deltas: dict[str, Counters] = defaultdict(Counters)
-    event_counts: dict[str, int] = defaultdict(int)
-    for e in unapplied:
-        deltas[e.sku].apply(e)
-        event_counts[e.sku] += 1
+@dataclass(slots=True)
+class _Tally:
+    """What the rows of one store add up to, per SKU and per (SKU, user)."""
 
-    pg_reserved: dict[str, int] = defaultdict(int)
-    for row in pg.open_reservations.values():
-        pg_reserved[row["sku_id"]] += int(row["quantity"])
-    pg_sold: dict[str, int] = defaultdict(int)
-    pg_user: dict[tuple[str, str], int] = defaultdict(int)
-    for row in pg.open_reservations.values():
-        pg_user[(row["sku_id"], row["user_id"])] += int(row["quantity"])
-    for row in pg.orders.values():
-        if row["status"] in COUNTED_ORDERS:
-            pg_sold[row["sku_id"]] += int(row["quantity"])
-            pg_user[(row["sku_id"], row["user_id"])] += int(row["quantity"])
+    reserved: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    sold: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    held: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    bought: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
 
-    redis_held: dict[tuple[str, str], int] = defaultdict(int)
-    redis_reserved: dict[str, int] = defaultdict(int)
+    def hold(self, sku: str, user: str, quantity: int) -> None:
+        self.reserved[sku] += quantity
+        self.held[sku][user] += quantity
+
+    def order(self, sku: str, user: str, quantity: int, status: str) -> None:
+        if status in COUNTED_ORDERS:
+            self.sold[sku] += quantity
+            self.bought[sku][user] += quantity
+
+
+def _redis_tally(r: RedisState, drifts: list[Drift]) -> _Tally:
+    tally = _Tally()
     for sku, holds in r.holds.items():
         for rid in holds:
             res = r.reservations.get(rid)
@@ -355,128 +344,123 @@ def check(snap: Snapshot) -> Report:
                 status = "missing" if res is None else f"{res.get('status')} for {res.get('sku')}"
                 drifts.append(Drift(sku, "open_hold_has_reservation", "redis", f"{rid} RESERVED", status))
                 continue
-            redis_reserved[sku] += int(res["quantity"])
-            redis_held[(sku, res["user"])] += int(res["quantity"])
-    redis_sold: dict[str, int] = defaultdict(int)
-    redis_bought: dict[tuple[str, str], int] = defaultdict(int)
+            tally.hold(sku, res["user"], int(res["quantity"]))
     for order in r.orders.values():
-        if order.get("status") in COUNTED_ORDERS:
-            redis_sold[order["sku"]] += int(order["quantity"])
-            redis_bought[(order["sku"], order["user"])] += int(order["quantity"])
+        tally.order(order["sku"], order["user"], int(order["quantity"]), str(order.get("status")))
+    return tally
 
-    skus = sorted(set(r.sales) | set(pg.products) | set(deltas))
-    views: list[SkuView] = []
-    for sku in skus:
-        before = len(drifts)
-        sale = r.sales.get(sku)
-        product = pg.products.get(sku)
-        redis_c = _counters(sale)
-        pg_c = _counters(
-            {n: product[f"{n}_count"] for n in COUNTERS}
-            if product and product["total_count"] is not None
-            else None
+
+def _postgres_tally(pg: PostgresState) -> _Tally:
+    tally = _Tally()
+    for row in pg.open_reservations.values():
+        tally.hold(row["sku_id"], row["user_id"], int(row["quantity"]))
+    for row in pg.orders.values():
+        tally.order(row["sku_id"], row["user_id"], int(row["quantity"]), row["status"])
+    return tally
+
+
+def _counter_checks(sku: str, where: str, c: Counters | None, tally: _Tally) -> list[Drift]:
+    """Invariant 1 in one store, and its rows agreeing with its counters."""
+    if c is None:
+        return []
+    found = []
+    if c.available + c.reserved + c.sold != c.total:
+        found.append(Drift(sku, "counts_add_up", where, "available+reserved+sold == total", _fmt(c)))
+    if any(getattr(c, n) < 0 for n in COUNTERS):
+        found.append(Drift(sku, "nothing_negative", where, "all >= 0", _fmt(c)))
+    if tally.reserved.get(sku, 0) != c.reserved:
+        found.append(
+            Drift(sku, "open_holds_match_reserved", where, str(c.reserved), str(tally.reserved.get(sku, 0)))
         )
+    if tally.sold.get(sku, 0) != c.sold:
+        found.append(Drift(sku, "orders_match_sold", where, str(c.sold), str(tally.sold.get(sku, 0))))
+    return found
+
+
+def _redis_user_checks(
+    sku: str, limit: int, counts: dict[str, tuple[int, int]], tally: _Tally
+) -> list[Drift]:
+    """Invariant 2 in Redis: each user's held + purchased within the limit, and equal to their rows."""
+    found = []
+    held_rows, bought_rows = tally.held.get(sku, {}), tally.bought.get(sku, {})
+    for user in sorted(set(counts) | set(held_rows) | set(bought_rows)):
+        held, purchased = counts.get(user, (0, 0))
+        actual = f"held={held} purchased={purchased}"
+        if held < 0 or purchased < 0:
+            found.append(Drift(sku, "nothing_negative", "redis", f"user {user} held, purchased >= 0", actual))
+        if held + purchased > limit:
+            found.append(Drift(sku, "per_user_limit", "redis", f"user {user} <= {limit}", actual))
+        want = (held_rows.get(user, 0), bought_rows.get(user, 0))
+        if (held, purchased) != want:
+            expected = f"user {user} held={want[0]} purchased={want[1]}"
+            found.append(Drift(sku, "user_counts_match_rows", "redis", expected, actual))
+    return found
+
+
+def _postgres_user_checks(sku: str, limit: int, tally: _Tally) -> list[Drift]:
+    """Invariant 2 in PostgreSQL: open holds + counted orders per user within the limit."""
+    units: dict[str, int] = defaultdict(int)
+    for rows in (tally.held.get(sku, {}), tally.bought.get(sku, {})):
+        for user, quantity in rows.items():
+            units[user] += quantity
+    return [
+        Drift(sku, "per_user_limit", "postgres", f"user {user} <= {limit}", str(total))
+        for user, total in sorted(units.items())
+        if total > limit
+    ]
+
+
+def _hold_agreement(pg: PostgresState, r: RedisState, unapplied: list[Event]) -> list[Drift]:
+    """PostgreSQL's open holds, carried through the unapplied events, must be exactly Redis's."""
+    carried = open_holds_after(pg, unapplied)
+    in_redis = {rid: sku for sku, holds in r.holds.items() for rid in holds}
+    return [
+        Drift(
+            carried.get(rid) or in_redis[rid],
+            "open_holds_agree",
+            "log",
+            f"{rid} {'open' if rid in carried else 'not open'} (PostgreSQL + unapplied)",
+            "open in Redis" if rid in in_redis else "not open in Redis",
+        )
+        for rid in sorted(set(carried) ^ set(in_redis))
+    ]
+
+
+def check(snap: Snapshot) -> Report:
+    """Every invariant of ARCHITECTURE.md that the two stores and the stream can show, per SKU."""
+    r, pg = snap.redis, snap.postgres
+    unapplied = r.unapplied_events()
+    deltas: dict[str, Counters] = defaultdict(Counters)
+    event_counts: dict[str, int] = defaultdict(int)
+    for e in unapplied:
+        deltas[e.sku].apply(e)
+        event_counts[e.sku] += 1
+    drifts: list[Drift] = []
+    redis_tally, pg_tally = _redis_tally(r, drifts), _postgres_tally(pg)
+    user_counts: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
+    for (sku, user), counts in r.users.items():
+        user_counts[sku][user] = counts
+
+    views: list[SkuView] = []
+    for sku in sorted(set(r.sales) | set(pg.products) | set(deltas)):
+        sale, product = r.sales.get(sku), pg.products.get(sku)
+        redis_c = _counters(sale)
+        pg_c = _counters({n: product[f"{n}_count"] for n in COUNTERS} if product else None)
         delta = deltas.get(sku, Counters())
-
-        for where, c in (("redis", redis_c), ("postgres", pg_c)):
-            if c is None:
-                continue
-            if not _add_up(c):
-                drifts.append(Drift(sku, "counts_add_up", where, "available+reserved+sold == total", _fmt(c)))
-            if _negative(c):
-                drifts.append(Drift(sku, "nothing_negative", where, "all >= 0", _fmt(c)))
-
+        found = _counter_checks(sku, "redis", redis_c, redis_tally)
+        found += _counter_checks(sku, "postgres", pg_c, pg_tally)
         # Invariant 5: PostgreSQL + unapplied events == Redis.
-        expected = Counters() if pg_c is None else Counters(**{n: getattr(pg_c, n) for n in COUNTERS})
-        for n in COUNTERS:
-            setattr(expected, n, getattr(expected, n) + getattr(delta, n))
-        if redis_c is None:
-            if pg_c is not None or event_counts.get(sku):
-                drifts.append(
-                    Drift(sku, "postgres_plus_unapplied_equals_redis", "log", _fmt(expected), "missing")
-                )
-        elif _fmt(expected) != _fmt(redis_c):
-            drifts.append(
+        expected = Counters(**{n: (getattr(pg_c, n) if pg_c else 0) + getattr(delta, n) for n in COUNTERS})
+        if _fmt(expected) != _fmt(redis_c):
+            found.append(
                 Drift(sku, "postgres_plus_unapplied_equals_redis", "log", _fmt(expected), _fmt(redis_c))
             )
-
-        if redis_c is not None:
-            if redis_reserved.get(sku, 0) != redis_c.reserved:
-                drifts.append(
-                    Drift(
-                        sku,
-                        "open_holds_match_reserved",
-                        "redis",
-                        str(redis_c.reserved),
-                        str(redis_reserved.get(sku, 0)),
-                    )
-                )
-            if redis_sold.get(sku, 0) != redis_c.sold:
-                drifts.append(
-                    Drift(sku, "orders_match_sold", "redis", str(redis_c.sold), str(redis_sold.get(sku, 0)))
-                )
-        if pg_c is not None:
-            if pg_reserved.get(sku, 0) != pg_c.reserved:
-                drifts.append(
-                    Drift(
-                        sku,
-                        "open_holds_match_reserved",
-                        "postgres",
-                        str(pg_c.reserved),
-                        str(pg_reserved.get(sku, 0)),
-                    )
-                )
-            if pg_sold.get(sku, 0) != pg_c.sold:
-                drifts.append(
-                    Drift(sku, "orders_match_sold", "postgres", str(pg_c.sold), str(pg_sold.get(sku, 0)))
-                )
-
         if sale is not None:
             limit = int(sale.get("per_user_limit", 1))
-            users = {user for (s, user) in r.users if s == sku}
-            users |= {user for (s, user) in redis_held if s == sku}
-            users |= {user for (s, user) in redis_bought if s == sku}
-            for user in sorted(users):
-                held, purchased = r.users.get((sku, user), (0, 0))
-                if held < 0 or purchased < 0:
-                    drifts.append(
-                        Drift(
-                            sku,
-                            "nothing_negative",
-                            "redis",
-                            f"user {user} held, purchased >= 0",
-                            f"held={held} purchased={purchased}",
-                        )
-                    )
-                if held + purchased > limit:
-                    drifts.append(
-                        Drift(
-                            sku,
-                            "per_user_limit",
-                            "redis",
-                            f"user {user} <= {limit}",
-                            f"held={held} purchased={purchased}",
-                        )
-                    )
-                want = (redis_held.get((sku, user), 0), redis_bought.get((sku, user), 0))
-                if (held, purchased) != want:
-                    drifts.append(
-                        Drift(
-                            sku,
-                            "user_counts_match_rows",
-                            "redis",
-                            f"user {user} held={want[0]} purchased={want[1]}",
-                            f"held={held} purchased={purchased}",
-                        )
-                    )
+            found += _redis_user_checks(sku, limit, user_counts.get(sku, {}), redis_tally)
         if product is not None:
-            limit = int(product["per_user_limit"])
-            for (s, user), units in sorted(pg_user.items()):
-                if s == sku and units > limit:
-                    drifts.append(
-                        Drift(sku, "per_user_limit", "postgres", f"user {user} <= {limit}", str(units))
-                    )
-
+            found += _postgres_user_checks(sku, int(product["per_user_limit"]), pg_tally)
+        drifts += found
         views.append(
             SkuView(
                 sku=sku,
@@ -485,27 +469,19 @@ def check(snap: Snapshot) -> Report:
                 unapplied=delta,
                 unapplied_events=event_counts.get(sku, 0),
                 holds=len(r.holds.get(sku, {})),
+                drift=len(found),
             )
         )
-        views[-1].drift = len(drifts) - before
 
-    # Open holds: PostgreSQL's, carried through the unapplied events, must be exactly Redis's.
-    carried = open_holds_after(pg, unapplied)
-    in_redis = {rid: sku for sku, holds in r.holds.items() for rid in holds}
-    by_sku: dict[str, SkuView] = {v.sku: v for v in views}
-    for rid in sorted(set(carried) ^ set(in_redis)):
-        sku = carried.get(rid) or in_redis[rid]
-        drifts.append(
-            Drift(
-                sku,
-                "open_holds_agree",
-                "log",
-                f"{rid} {'open' if rid in carried else 'not open'} (PostgreSQL + unapplied)",
-                "open in Redis" if rid in in_redis else "not open in Redis",
-            )
-        )
-        if sku in by_sku:
-            by_sku[sku].drift += 1
+    by_sku = {view.sku: view for view in views}
+    for drift in _hold_agreement(pg, r, unapplied):
+        drifts.append(drift)
+        if drift.sku in by_sku:
+            by_sku[drift.sku].drift += 1
+    # A missing hold record is found before the per-SKU loop; count it on its SKU's row too.
+    for drift in drifts:
+        if drift.check == "open_hold_has_reservation" and drift.sku in by_sku:
+            by_sku[drift.sku].drift += 1
     return Report(views, drifts, dict(pg.offsets), len(unapplied))
 
 
@@ -756,6 +732,8 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
         if old_holds:
             pipe.zrem(p.deadlines(), *old_holds)
         for rid in plan.stale_holds.get(t.sku, []):
+            if rid not in snap.redis.reservations:
+                continue  # only a dangling id in the hold sets, which are rewritten below
             # A hold Redis had open and the log does not: closed, kept readable like any ended hold.
             pipe.hset(
                 p.reservation(rid), mapping={"status": "CANCELLED", "ended_at": int(t.sale["updated_at"])}

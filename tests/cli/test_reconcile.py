@@ -124,6 +124,9 @@ def test_drift_in_redis_is_found_and_rebuilt_from_postgres(busy_sale: Engine, en
     busy_sale.redis.hincrby(sku_key, "available", 3)  # units out of nowhere
     user_key = busy_sale.keys.for_sku("SKU-MUG").user("SKU-MUG", "user2")
     busy_sale.redis.hset(user_key, "purchased", 5)  # past the per-user limit of 2
+    phone = busy_sale.keys.for_sku("SKU-PHONE-X")
+    dangling = f"rsv_{phone.index}_dangling"
+    busy_sale.redis.zadd(phone.holds("SKU-PHONE-X"), {dangling: 1})  # a hold with no record
 
     result = reconcile(env)
     assert result.exit_code == 1
@@ -135,13 +138,18 @@ def test_drift_in_redis_is_found_and_rebuilt_from_postgres(busy_sale: Engine, en
     assert {("per_user_limit", "redis"), ("user_counts_match_rows", "redis")} <= checks_for(
         document, "SKU-MUG"
     )
-    assert checks_for(document, "SKU-PHONE-X") == set()
+    assert checks_for(document, "SKU-PHONE-X") == {
+        ("open_hold_has_reservation", "redis"),
+        ("open_holds_agree", "log"),
+    }
 
     repaired = reconcile(env, "--repair", "redis-from-postgres", "--yes")
     assert repaired.exit_code == 0, repaired.output
     assert "SKU-TV-55: counters total=25 available=" in repaired.output
     assert counters(busy_sale) == before
     assert busy_sale.user_counts("SKU-MUG", "user2").purchased == 0
+    assert busy_sale.redis.zscore(phone.holds("SKU-PHONE-X"), dangling) is None
+    assert not busy_sale.redis.exists(phone.reservation(dangling))
     assert report(env)["ok"] is True
 
 
