@@ -826,6 +826,11 @@ def _ms(value: Any) -> int | None:
 
 
 def plan_postgres_from_stream(snap: Snapshot) -> PostgresPlan:
+    """PostgreSQL's rows as the applied prefix of the log: Redis's state minus the unapplied events.
+
+    Counters: Redis's minus the unapplied deltas. Reservation and order rows: as Redis has them, except
+    the rows the unapplied events will write anyway (the worker writes those when it applies them).
+    """
     r, pg = snap.redis, snap.postgres
     unapplied = r.unapplied_events()
     touched_reservations: set[str] = set()
@@ -846,7 +851,9 @@ def plan_postgres_from_stream(snap: Snapshot) -> PostgresPlan:
     plan = PostgresPlan({}, {}, [], [], [])
     for sku, sale in sorted(r.sales.items()):
         redis_c = _counters(sale)
-        assert redis_c is not None
+        if redis_c is None:
+            plan.unrepairable.append(f"{sku}: Redis's sale record lacks counters (use redis-from-postgres)")
+            continue
         delta = deltas.get(sku, Counters())
         target = Counters(**{n: getattr(redis_c, n) - getattr(delta, n) for n in COUNTERS})
         product = pg.products.get(sku)
