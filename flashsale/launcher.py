@@ -438,4 +438,13 @@ class KafkaBroker(ManagedServer):
 
     def stop(self) -> None:
         self.resume()
+        if self.process is not None and self.process.poll() is None:
+            # Topics live in memory only, so there is nothing to save: Tansu's graceful stop waits 5 s
+            # for connected clients to leave; give it half a second.
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         super().stop()

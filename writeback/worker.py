@@ -9,8 +9,9 @@ Per partition it holds (one task per leased partition):
 
 ``applied`` is read from PostgreSQL (stored in the same transaction as the rows, so exact); ``published``
 from Redis (written after the broker acknowledged, so a crash can only make it lag: events are then
-published again, never skipped). A sink that is down is retried with growing backoff while the other
-keeps its place; the hot path never waits on any of this.
+published again, never skipped). While a sink is down the partition waits on it, retrying with growing
+backoff (PostgreSQL first, then Kafka, per batch), so the lag grows and nothing is skipped; the hot path
+never waits on any of this.
 
 Library use (tests, bench, ``flashsale up``)::
 
