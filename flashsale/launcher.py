@@ -167,10 +167,20 @@ def find_postgres_bin() -> Path:
         bundled = Path(spec.origin).parent / "pginstall" / "bin"
         if (bundled / "postgres").is_file():
             return bundled
+    # The machine's own: pg_ctl on PATH is often a symlink or a wrapper script (Debian's pg_wrapper), so
+    # also ask pg_config and look in the versioned directories Debian and Ubuntu use.
+    candidates: list[Path] = []
     pg_ctl = shutil.which("pg_ctl")
     if pg_ctl:
-        # pg_ctl on PATH is often a wrapper script; the real binaries sit next to the resolved target.
-        directory = Path(pg_ctl).resolve().parent
+        candidates.append(Path(pg_ctl).resolve().parent)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            bindir = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=5)
+            candidates.append(Path(bindir.stdout.strip()))
+    versions = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
+    candidates += sorted(versions, key=lambda p: int(p.parent.name), reverse=True)
+    for directory in candidates:
         if (directory / "postgres").is_file() and (directory / "initdb").is_file():
             return directory
     raise LaunchError(
