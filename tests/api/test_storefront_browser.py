@@ -295,10 +295,11 @@ def test_a_unit_sold_while_the_page_was_stale_and_a_hold_that_runs_out(
     assert errors == []
 
 
-def test_the_page_serves_its_assets_and_names_what_it_loads(
+def test_the_page_loads_only_its_own_assets_labels_its_controls_and_guides_sign_in(
     storefront: ApiServer, browser: BrowserContext
 ) -> None:
-    """The page loads nothing from outside the server (the network is closed) and labels every control."""
+    """Nothing is loaded from outside the server (the network is closed); every control has a label; a
+    server without demo sign-in (the default) makes the page ask for a token instead."""
     page = browser.new_page()
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
@@ -306,10 +307,18 @@ def test_the_page_serves_its_assets_and_names_what_it_loads(
     expect(page.locator("#products")).to_have_attribute("aria-busy", "false")
     assert requested, "the page made no requests"
     assert all(url.startswith(storefront.url) or url.startswith("data:") for url in requested), requested
+    assert page.locator("html").get_attribute("lang") == "en"
+
+    page.get_by_label("Shopper name").fill("not a name!")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_label("Shopper name")).to_have_attribute("aria-invalid", "true")
+    page.get_by_label("Shopper name").fill("grace")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("status")).to_have_text(re.compile("^Demo sign-in is off on this server"))
+    expect(page.get_by_label("Bearer token")).to_be_focused()
     for control in page.locator("input, select").all():
         if control.is_visible():
             assert control.evaluate("el => el.labels.length") > 0, control.evaluate("el => el.outerHTML")
-    assert page.locator("html").get_attribute("lang") == "en"
 
 
 def test_the_countdown_opens_the_sale_and_refusals_read_as_plain_messages(
