@@ -23,7 +23,6 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -48,6 +47,8 @@ LIMITS = {"SM-A": 1, "SM-B": 2, sku_in_partition(partition_of("SM-A", 16), stem=
 SKUS = sorted(LIMITS)
 PARTITIONS = sorted({partition_of(sku, 16) for sku in SKUS})
 USERS = ("u1", "u2", "u3")
+UNKNOWN_RESERVATION = f"rsv_{PARTITIONS[0]}_{'0' * 32}"
+UNKNOWN_ORDER = f"ord_{PARTITIONS[0]}_{'0' * 32}"
 KEYS = (None, None, "k1", "k2")
 
 
@@ -189,9 +190,10 @@ class EngineMatchesModel(RuleBasedStateMachine):
         assume(not any(now < d <= after for d in deadlines))
         return now, outcome
 
-    @precondition(lambda self: not self.waited and bool(self.model.active()))
     @rule()
     def time_passes_until_the_first_hold_lapses(self) -> None:
+        if self.waited or not self.model.active():
+            return
         self.waited = True
         first = min(h.deadline for h in self.model.active())
         time.sleep(max(0, first - self._clock() + 5) / 1000)
@@ -304,32 +306,36 @@ class EngineMatchesModel(RuleBasedStateMachine):
             return "OUT_OF_STOCK"
         return None
 
-    # Every draw below has the same shape whatever the state: what the state is depends on real time
-    # and on ids Redis's caller minted, and Hypothesis must be able to replay the same draws.
+    # Every draw has the same shape whatever the state, and no rule has a precondition: the state
+    # depends on real time and on ids the engine minted, and Hypothesis must be able to walk the same
+    # draws again. A rule with nothing to act on calls the engine with an id no one minted instead.
     @staticmethod
-    def _pick(data: st.DataObject, preferred: list[str], everything: list[str], label: str) -> str:
-        """Mostly one of the preferred ids, sometimes any; ids in order of creation."""
+    def _pick(data: st.DataObject, preferred: list[str], everything: list[str], label: str) -> str | None:
+        """Mostly one of the preferred ids, sometimes any; ids in order of creation; None if none."""
         prefer = data.draw(st.sampled_from([True, True, True, False]), label=f"{label} preferred")
         index = data.draw(st.integers(0, 63), label=f"{label} index")
         pool = preferred if prefer and preferred else everything
-        return pool[index % len(pool)]
+        return pool[index % len(pool)] if pool else None
 
-    def _pick_hold(self, data: st.DataObject) -> HoldModel:
+    def _pick_hold(self, data: st.DataObject) -> HoldModel | None:
         """Mostly an active hold, sometimes any reservation (ended ones must be refused)."""
         m = self.model
-        return m.holds[self._pick(data, [h.id for h in m.active()], list(m.holds), "reservation")]
+        rid = self._pick(data, [h.id for h in m.active()], list(m.holds), "reservation")
+        return None if rid is None else m.holds[rid]
 
     def _caller(self, data: st.DataObject, owner: str) -> str:
         """Mostly the owner, sometimes another user."""
         other = next(u for u in USERS if u != owner)
         return owner if data.draw(st.integers(0, 3), label="caller") < 3 else other
 
-    @precondition(lambda self: bool(self.model.holds))
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
         m = self.model
         hold = self._pick_hold(data)
-        user = self._caller(data, hold.user)
+        user = self._caller(data, hold.user if hold else USERS[0])
+        if hold is None:  # nothing reserved yet: an id no one minted
+            assert _code(lambda: self.engine.release(UNKNOWN_RESERVATION, user)) == "NOT_FOUND"
+            return
         now, outcome = self._timed(lambda: self.engine.release(hold.id, user))
         if user != hold.user:
             assert outcome == "FORBIDDEN"
@@ -358,12 +364,14 @@ class EngineMatchesModel(RuleBasedStateMachine):
         assert outcome == m.expire_due(in_partition, now, limit)
 
     # -- checkout and orders ------------------------------------------------------------------------------
-    @precondition(lambda self: bool(self.model.holds))
     @rule(data=st.data(), key=st.sampled_from(KEYS))
     def begin_checkout(self, data: st.DataObject, key: str | None) -> None:
         m = self.model
         hold = self._pick_hold(data)
-        user = self._caller(data, hold.user)
+        user = self._caller(data, hold.user if hold else USERS[0])
+        if hold is None:  # nothing reserved yet: an id no one minted
+            assert _code(lambda: self.engine.begin_checkout(UNKNOWN_RESERVATION, user, "card")) == "NOT_FOUND"
+            return
         now, outcome = self._timed(
             lambda: self.engine.begin_checkout(hold.id, user, "card", idempotency_key=key)
         )
@@ -400,18 +408,21 @@ class EngineMatchesModel(RuleBasedStateMachine):
         if key is not None:
             m.answers[("checkout", hold.id, user, key)] = outcome
 
-    def _pick_order(self, data: st.DataObject) -> OrderModel:
+    def _pick_order(self, data: st.DataObject) -> OrderModel | None:
         """Mostly an order that can still change (PENDING, CONFIRMED), sometimes any."""
         m = self.model
         open_ = [o.id for o in m.orders.values() if o.status in ("PENDING", "CONFIRMED")]
-        return m.orders[self._pick(data, open_, list(m.orders), "order")]
+        oid = self._pick(data, open_, list(m.orders), "order")
+        return None if oid is None else m.orders[oid]
 
-    @precondition(lambda self: bool(self.model.orders))
     @rule(data=st.data(), key=st.sampled_from(KEYS))
     def confirm(self, data: st.DataObject, key: str | None) -> None:
         m = self.model
         order = self._pick_order(data)
-        user = self._caller(data, order.user)
+        user = self._caller(data, order.user if order else USERS[0])
+        if order is None:  # no order yet: an id no one minted
+            assert _code(lambda: self.engine.confirm(UNKNOWN_ORDER, user, "tx")) == "NOT_FOUND"
+            return
         outcome = _code(lambda: self.engine.confirm(order.id, user, "tx", idempotency_key=key))
         if key is not None and ("confirm", order.id, user, key) in m.answers:
             assert outcome == m.answers[("confirm", order.id, user, key)]
@@ -437,12 +448,17 @@ class EngineMatchesModel(RuleBasedStateMachine):
         if key is not None:
             m.answers[("confirm", order.id, user, key)] = outcome
 
-    @precondition(lambda self: bool(self.model.orders))
     @rule(data=st.data())
     def fail_checkout(self, data: st.DataObject) -> None:
         m = self.model
         order = self._pick_order(data)
-        user = self._caller(data, order.user)
+        user = self._caller(data, order.user if order else USERS[0])
+        if order is None:  # no order yet: an id no one minted
+            assert (
+                _code(lambda: self.engine.fail_checkout(UNKNOWN_ORDER, user, "PAYMENT_DECLINED"))
+                == "NOT_FOUND"
+            )
+            return
         outcome = _code(lambda: self.engine.fail_checkout(order.id, user, "PAYMENT_DECLINED"))
         if user != order.user:
             assert outcome == "FORBIDDEN"
@@ -457,12 +473,14 @@ class EngineMatchesModel(RuleBasedStateMachine):
             hold.pay_until = None
             m.events["checkout_failed"] += 1
 
-    @precondition(lambda self: bool(self.model.orders))
     @rule(data=st.data(), admin=st.booleans())
     def cancel_order(self, data: st.DataObject, admin: bool) -> None:
         m = self.model
         order = self._pick_order(data)
-        user = self._caller(data, order.user)
+        user = self._caller(data, order.user if order else USERS[0])
+        if order is None:  # no order yet: an id no one minted
+            assert _code(lambda: self.engine.cancel_order(UNKNOWN_ORDER, user, admin=admin)) == "NOT_FOUND"
+            return
         outcome = _code(lambda: self.engine.cancel_order(order.id, user, admin=admin))
         if user != order.user and not admin:
             assert outcome == "FORBIDDEN"
@@ -480,10 +498,12 @@ class EngineMatchesModel(RuleBasedStateMachine):
             m.purchased[(order.sku, order.user)] -= order.quantity
             m.events["order_cancelled"] += 1
 
-    @precondition(lambda self: bool(self.model.orders))
     @rule(data=st.data())
     def fulfil_order(self, data: st.DataObject) -> None:
         order = self._pick_order(data)
+        if order is None:  # no order yet: an id no one minted
+            assert _code(lambda: self.engine.fulfil_order(UNKNOWN_ORDER)) == "NOT_FOUND"
+            return
         outcome = _code(lambda: self.engine.fulfil_order(order.id))
         if order.status != "CONFIRMED":
             assert outcome == "INVALID_STATE"
