@@ -42,7 +42,7 @@ def _applied_in_postgres(settings: Settings) -> int:
     return int(row[0]) if row else 0
 
 
-def test_worker_killed_mid_batch_again_and_again_loses_and_repeats_nothing(
+def test_worker_killed_or_stopped_mid_batch_again_and_again_loses_and_repeats_nothing(
     engine: Engine, settings: Settings, shop: Shop, stop_load: threading.Event, tmp_path: Path
 ) -> None:
     shop.open(total=5000)
@@ -64,6 +64,17 @@ def test_worker_killed_mid_batch_again_and_again_loses_and_repeats_nothing(
             worker.wait(10)
         applied.append(_applied_in_postgres(settings))
     assert applied == sorted(set(applied)), f"every worker must apply batches before its kill: {applied}"
+
+    # SIGTERM in the middle of the same load: the batch in flight finishes and the worker exits cleanly.
+    log = tmp_path / "worker-terminated.log"
+    worker = spawn_worker(settings, options, log_path=log)
+    deadline = time.monotonic() + 15
+    while _applied_in_postgres(settings) == applied[-1]:
+        assert time.monotonic() < deadline, "the restarted worker never applied a batch"
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert "event=worker_stopped" in log.read_text()
     stop_load.set()
     for thread in load:
         thread.join(10)
