@@ -18,6 +18,7 @@ from rich.table import Table
 
 from engine import Engine
 from flashsale import reconcile as rc
+from flashsale.commands.sale import table_console
 from flashsale.settings import Settings
 
 
@@ -132,7 +133,7 @@ def reconcile(settings: Settings, as_json: bool, repair: str | None, yes: bool) 
         raise CannotRun("FLASHSALE_REDIS_URL is not set: point it at the Redis to check")
     if not settings.database_url:
         raise CannotRun("FLASHSALE_DATABASE_URL is not set: point it at the PostgreSQL to check")
-    console = Console(stderr=as_json)
+    console = table_console(stderr=as_json)
     engine = Engine.from_url(settings.redis_url, settings.engine_config(), max_connections=8)
     try:
         snap = _run_check(engine, settings.database_url, console, show_progress=not as_json)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 import time
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -258,6 +259,13 @@ def engine_for(settings: Settings) -> Engine:
     return Engine.from_url(url, settings.engine_config(), max_connections=8)
 
 
+def table_console(*, stderr: bool = False) -> Console:
+    """A console for tables: the terminal's width, or 120 columns when writing to a pipe or a file
+    (rich's 80 would cut the counters short)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 120)
+
+
 def _money(cents: int) -> str:
     return f"{cents / 100:,.2f}"
 
@@ -407,4 +415,4 @@ def status(settings: Settings) -> None:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
     finally:
         engine.close()
-    Console().print(table)
+    table_console().print(table)
