@@ -27,6 +27,7 @@ from typing import Any
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -144,19 +145,15 @@ class AutoPipeline:
     async def _round_trip(connection: AbstractConnection, commands: list[bytes]) -> list[Any]:
         """Writes the commands as one pipeline and reads one reply (or error reply) per command."""
         await connection.send_packed_command(b"".join(commands), check_health=False)
-        replies: list[Any] = []
         # One deadline for the whole batch (the connection's socket timeout) rather than a timer per reply.
         try:
             async with asyncio.timeout(connection.socket_timeout):
-                for _ in commands:
-                    try:
-                        replies.append(await connection.read_response(timeout=math.inf))
-                    except ResponseError as error:  # an error reply: this call's own answer
-                        # Without its traceback (this frame, whose `replies` holds it): no cycle to collect.
-                        replies.append(error.with_traceback(None))
+                stream = getattr(connection, "_reader", None)
+                if isinstance(stream, asyncio.StreamReader):
+                    return await _read_replies(stream, connection, len(commands))
+                return await _read_replies_through_redis_py(connection, len(commands))
         except TimeoutError:
             raise RedisTimeoutError(f"no reply within {connection.socket_timeout}s") from None
-        return replies
 
     @staticmethod
     def _fail(batch: list[_Pending], error: BaseException) -> None:
@@ -170,3 +167,50 @@ class AutoPipeline:
         idle, self._idle = self._idle, []
         for connection in idle:
             await self._redis.connection_pool.release(connection)
+
+
+def _error_reply(message: str) -> ResponseError:
+    # The same classes redis-py's parser gives; the message whole, so engine.errors can read its code.
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    return ResponseError(message)
+
+
+async def _read_replies(
+    stream: asyncio.StreamReader, connection: AbstractConnection, count: int
+) -> list[Any]:
+    """Reads ``count`` replies straight off the connection's socket stream with a hiredis reader.
+
+    redis-py's per-reply path costs three coroutines, a timeout check and an exception per error reply;
+    here a socket read yields every complete reply in it, parsed in C. Safe because this sender owns the
+    connection until all its replies are read, so redis-py's own parser has nothing buffered meanwhile.
+    """
+    encoder = connection.encoder
+    reader = (
+        hiredis.Reader(replyError=_error_reply, encoding=encoder.encoding, errors=encoder.encoding_errors)
+        if encoder.decode_responses
+        else hiredis.Reader(replyError=_error_reply)
+    )
+    replies: list[Any] = []
+    while len(replies) < count:
+        data = await stream.read(65536)
+        if not data:
+            raise RedisConnectionError("Connection closed by server.")
+        reader.feed(data)
+        while (reply := reader.gets()) is not False:
+            replies.append(reply)
+    if len(replies) != count:
+        raise RedisConnectionError(f"{len(replies)} replies to {count} commands")
+    return replies
+
+
+async def _read_replies_through_redis_py(connection: AbstractConnection, count: int) -> list[Any]:
+    """The same through redis-py's public reader (a redis-py whose connection has no stream reader)."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(await connection.read_response(timeout=math.inf))
+        except ResponseError as error:  # an error reply: this call's own answer
+            # Without its traceback (this frame, whose `replies` holds it): no cycle to collect.
+            replies.append(error.with_traceback(None))
+    return replies
