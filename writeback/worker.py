@@ -237,6 +237,7 @@ class Worker:
         try:
             applied = await self._retry("postgres", p, lambda: self._read_applied(p))
             published = str(await self.redis.hget(keys.progress(partition), "published") or "0-0")
+            await self._check_stream_not_behind(p, applied)
             log.info(
                 "event=partition_resumed worker=%s partition=%d applied=%s published=%s",
                 self.worker_id, p, applied, published,
@@ -268,6 +269,22 @@ class Worker:
             with contextlib.suppress(redis.RedisError, OSError):
                 await self.leases.release(p)
             log.info("event=partition_released worker=%s partition=%d", self.worker_id, p)
+
+    async def _check_stream_not_behind(self, p: int, applied: str) -> None:
+        """Warns when PostgreSQL has applied ids the stream never reached: Redis lost data (restarted
+        without AOF, or restored from an older snapshot), so its counters may now be behind PostgreSQL."""
+        try:
+            info = await self.redis.xinfo_stream(self.keyspace.partition(p).events())
+            last = str(info.get("last-generated-id") or "0-0")
+        except redis.ResponseError:
+            last = "0-0"  # no stream at all
+        if stream_id_key(last) < stream_id_key(applied):
+            log.error(
+                "event=stream_behind_postgres worker=%s partition=%d stream_last_id=%s applied=%s "
+                "hint=%r",
+                self.worker_id, p, last, applied,
+                "Redis lost events PostgreSQL has: compare with `flashsale reconcile` and rebuild Redis",
+            )  # fmt: skip
 
     async def _idle(self) -> None:
         assert self._stopping is not None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 
 import psycopg
+import pytest
 import redis
 from writeback_checks import (
     Shop,
@@ -103,3 +106,22 @@ def test_a_sale_loaded_before_the_worker_ran_becomes_a_product(engine: Engine, s
             "FROM products p JOIN inventory i USING (sku_id) WHERE sku_id = 'LAMP'"
         ).fetchone()
     assert row == ("Desk lamp", 5000, 2500, 10, False, 1000, 10, 10, 3)
+
+
+def test_a_stream_behind_postgres_is_reported_as_lost_redis_data(
+    engine: Engine, settings: Settings, shop: Shop, caplog: pytest.LogCaptureFixture
+) -> None:
+    shop.open()
+    with WorkerThread(settings, WorkerOptions(sweep=False)) as worker:
+        assert worker.wait_drained(timeout_s=30)
+    redis.Redis.from_url(str(settings.redis_url)).flushall()  # Redis restarted without AOF
+    expected = {engine.keys.for_sku(sku).index for sku in shop.skus}
+
+    def reported() -> set[int]:
+        return {int(m) for m in re.findall(r"stream_behind_postgres worker=\S+ partition=(\d+)", caplog.text)}
+
+    with caplog.at_level(logging.ERROR, logger="flashsale.writeback"), WorkerThread(settings):
+        deadline = time.monotonic() + 10
+        while reported() != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert reported() == expected
