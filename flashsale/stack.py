@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -63,7 +64,7 @@ def printable_flashsale() -> str:
     command = flashsale_command()
     if len(command) == 1 and shutil.which("flashsale") == command[0]:
         return "flashsale"
-    return " ".join(command) if len(command) == 1 else "python -m flashsale.cli"
+    return shlex.join(command)
 
 
 @dataclass
@@ -376,7 +377,7 @@ class Stack:
         token_env = ""
         source = self.endpoints.get("jwt_secret_from", "environment")
         if source != "environment":
-            token_env = f'FLASHSALE_JWT_SECRET="$(cat {source})" '
+            token_env = f'FLASHSALE_JWT_SECRET="$(cat {shlex.quote(source)})" '
         token = f"{token_env}{printable_flashsale()} token alice"
         lines = [
             f"Storefront   {self.endpoints['storefront']}",
