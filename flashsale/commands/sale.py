@@ -274,7 +274,8 @@ def _window(sale: Sale, now_ms: int) -> str:
     if sale.paused:
         return "paused"
     if sale.starts_at and now_ms < sale.starts_at:
-        return f"starts in {(sale.starts_at - now_ms) // 1000}s"
+        minutes, seconds = divmod((sale.starts_at - now_ms) // 1000, 60)
+        return f"starts in {minutes}m{seconds:02d}s" if minutes else f"starts in {seconds}s"
     if sale.ends_at and now_ms >= sale.ends_at:
         return "ended"
     return "live"
@@ -372,6 +373,8 @@ def status_table(engine: Engine, lag_by_partition: dict[int, tuple[int, float]] 
         table.add_column(column, justify="right" if column not in ("SKU", "name", "window") else "left")
     table.add_column("write-behind lag", justify="right")
     table.columns[0].no_wrap = True
+    table.columns[1].no_wrap = True  # a long name is cut with an ellipsis rather than tripling the row
+    table.columns[1].max_width = 28
     for sale_ in engine.list_sales():
         partition = engine.keys.for_sku(sale_.sku)
         holds = int(engine.redis.zcard(partition.holds(sale_.sku)))
