@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -559,17 +560,15 @@ def worker_command(options: WorkerOptions | None = None) -> list[str]:
 
 def spawn_worker(
     settings: Settings, options: WorkerOptions | None = None, *, log_path: Path | None = None
-) -> Any:
-    """Starts a worker as a subprocess (environment from ``settings``); returns its Popen."""
-    import subprocess
-
+) -> subprocess.Popen[bytes]:
+    """Starts a worker as a subprocess (environment from ``settings``, log to ``log_path``); returns it."""
     env = {**os.environ, **settings.as_env()}
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-    try:
-        return subprocess.Popen(worker_command(options), env=env, stdout=out, stderr=subprocess.STDOUT)
-    finally:
-        if log_path:
-            out.close()  # type: ignore[union-attr]
+    if log_path is None:
+        return subprocess.Popen(
+            worker_command(options), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(worker_command(options), env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
 
 __all__ = [
