@@ -131,15 +131,22 @@ def test_an_abandoned_checkout_fails_its_order_and_returns_the_units(graceless_e
     check_invariants(engine)
 
 
-def test_the_payment_grace_keeps_a_hold_being_paid_past_its_deadline(engine: Engine) -> None:
+def test_the_payment_grace_protects_a_hold_being_paid_but_not_one_whose_payment_failed(
+    engine: Engine,
+) -> None:
     # The default engine gives a checkout 30 seconds of grace.
-    engine.load_sale(SaleSettings(sku="EXP-8", total=1, reservation_ttl_ms=TTL_MS))
-    hold = engine.reserve("EXP-8", "alice")
-    order = engine.begin_checkout(hold.id, "alice", "card")
-    _sleep_past(hold.expires_at, engine)
-    assert engine.expire_all() == 0
+    engine.load_sale(SaleSettings(sku="EXP-8", total=2, reservation_ttl_ms=TTL_MS))
+    paid = engine.reserve("EXP-8", "alice")
+    order = engine.begin_checkout(paid.id, "alice", "card")
+    declined = engine.reserve("EXP-8", "bob")
+    engine.fail_checkout(engine.begin_checkout(declined.id, "bob", "card").id, "bob", "PAYMENT_DECLINED")
+    check_invariants(engine)  # the declined hold is back on its own deadline, not the grace period's
+    _sleep_past(max(paid.expires_at, declined.expires_at), engine)
+
+    assert engine.expire_all() == 1  # only the declined hold lapses
+    assert engine.get_reservation(declined.id).status == ReservationStatus.EXPIRED
     confirmed = engine.confirm(order.id, "alice", "tx-1")
     assert confirmed.status == OrderStatus.CONFIRMED
     sale = engine.get_sale("EXP-8")
-    assert (sale.available, sale.reserved, sale.sold) == (0, 0, 1)
+    assert (sale.available, sale.reserved, sale.sold) == (1, 0, 1)
     check_invariants(engine)
