@@ -293,6 +293,14 @@ def test_data_dir_keeps_the_sale_and_the_token_secret_between_runs(
     assert kept.json()["status"] == "RESERVED"
     kindle = next(p for p in httpx.get(f"{api}/products").json() if p["skuId"] == "SKU-KINDLE-PW")
     assert (kindle["available"], kindle["reserved"]) == (498, 2)
+    # PostgreSQL kept its rows too: the hold is there (applied before or after the restart), once.
+    database_url = second.value("PostgreSQL")
+    query = f"SELECT count(*) FROM reservations WHERE reservation_id = '{hold.json()['id']}'"
+    assert wait_for_count(database_url, query, 1) == 1
+    assert wait_for_count(database_url, "SELECT count(*) FROM products", 5) == 5
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT reserved_count FROM inventory WHERE sku_id = 'SKU-KINDLE-PW'").fetchone()
+    assert row == (2,)
     second.process.send_signal(signal.SIGTERM)
     assert second.finish() == 0
 
