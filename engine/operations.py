@@ -197,7 +197,7 @@ class Operations:
         )
 
     def expire(self, partition: int, limit: int) -> Call[int]:
-        if not isinstance(partition, int) or not 0 <= partition < self.config.partitions:
+        if type(partition) is not int or not 0 <= partition < self.config.partitions:
             raise InvalidArgument(f"partition must be 0..{self.config.partitions - 1}")
         p = self.keys.partition(partition)
         return Call("expire", (p.deadlines(), p.events()), (p.tag, str(limit)), _count)
