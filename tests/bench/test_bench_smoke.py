@@ -89,5 +89,6 @@ def test_full_sale_quick_ends_with_no_drift(
     assert f["reconcile"]["exit_code"] == 0
     assert f["reconcile"]["report"]["drift_count"] == 0
     assert f["sold"] == f["checkouts"] > 0
-    assert f["reservations"] == f["checkouts"] + f["releases"] + f["left_to_expire"]
-    assert f["left_to_expire"] > 0
+    assert f["checkouts"] == f["planned"]["checkout"]
+    assert f["releases"] == f["planned"]["release"]
+    assert f["left_to_expire"] == f["planned"]["expire"] > 0
