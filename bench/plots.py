@@ -26,7 +26,7 @@ def by_concurrency(series: dict[str, list[dict[str, Any]]], title: str, results_
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, levels in series.items():
         x = [level["clients"] for level in levels]
-        colour = COLOURS.get(label.split()[0])
+        colour = COLOURS.get(label.split()[0].rstrip(","))
         left.plot(x, [level["attempts_per_s"] for level in levels], "o-", label=label, color=colour)
         right.plot(x, [level["latency"]["p99_ms"] for level in levels], "o-", label=label, color=colour)
     for ax in (left, right):
@@ -46,12 +46,14 @@ def by_concurrency(series: dict[str, list[dict[str, Any]]], title: str, results_
 def latency_cdf(cdfs: dict[str, list[tuple[float, float]]], title: str, results_dir: Path, name: str) -> str:
     """Fraction of calls answered within a latency, tail stretched (y = 1 - fraction, log scale)."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
+    # One colour per system when systems are compared; otherwise matplotlib's cycle tells the lines apart.
+    by_system = len({label.split()[0].rstrip(",") for label in cdfs}) > 1
     for label, points in cdfs.items():
         if not points:
             continue
         xs = [p[0] for p in points]
         ys = [max(1.0 - p[1], 1e-5) for p in points]
-        colour = COLOURS.get(label.split()[0])
+        colour = COLOURS.get(label.split()[0].rstrip(",")) if by_system else None
         ax.plot(xs, ys, label=label, color=colour)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -114,6 +116,7 @@ def bars(rates: dict[str, float], p99s: dict[str, float], title: str, results_di
     right.set_ylabel("p99 latency (ms)")
     for ax, values in ((left, rates), (right, p99s)):
         ax.grid(True, axis="y", alpha=0.3)
+        ax.set_ylim(0, max(values.values(), default=1) * 1.15)
         for i, k in enumerate(labels):
             ax.annotate(
                 f"{values[k]:,.1f}" if values[k] < 100 else f"{values[k]:,.0f}",
