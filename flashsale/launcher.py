@@ -17,17 +17,38 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 log = logging.getLogger("flashsale.launcher")
 
 
 class LaunchError(RuntimeError):
     """A server could not be started; the message says which and why."""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if its parent dies without stopping it (e.g. SIGKILL)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def owned_child_options() -> dict[str, Any]:
+    """Popen options for a process this one owns and stops: its own session, so a terminal's Ctrl-C
+    reaches only us and we stop children in order; and, on Linux, SIGTERM to the child when we die
+    without stopping it. (The kernel sends that when the spawning *thread* exits, so only the main
+    thread asks for it.)"""
+    options: dict[str, Any] = {"start_new_session": True}
+    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
+        options["preexec_fn"] = _die_with_parent
+    return options
 
 
 def free_port() -> int:
@@ -142,7 +163,9 @@ class RedisServer(ManagedServer):
         log.info(
             "event=server_starting server=redis binary=%s port=%d durable=%s", binary, self.port, durable
         )
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **owned_child_options()
+        )
         try:
             wait_for_port(self.port, 15, self.process)
         except LaunchError as error:
@@ -302,6 +325,7 @@ class PostgresServer(ManagedServer):
                 user=run_as[0] if run_as else None,
                 group=run_as[1] if run_as else None,
                 extra_groups=[] if run_as else None,
+                **owned_child_options(),
             )
         finally:
             logfile.close()
@@ -427,7 +451,9 @@ class KafkaBroker(ManagedServer):
         log.info("event=server_starting server=kafka binary=%s port=%d", binary, self.port)
         logfile = open(workdir / "tansu.log", "ab")  # noqa: SIM115 - handed to the child process
         try:
-            self.process = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                args, stdout=logfile, stderr=subprocess.STDOUT, **owned_child_options()
+            )
         finally:
             logfile.close()
         try:

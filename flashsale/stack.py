@@ -308,9 +308,7 @@ class Stack:
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            # Its own session: a terminal's Ctrl-C reaches only `up`, which stops children in order.
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
+            **launcher.owned_child_options(),
         )
         child = Child(name, process, path, handle)
         self.children.append(child)
@@ -393,15 +391,6 @@ class Stack:
             lines.append(f"Demo sale    {self.endpoints['demo_sale']}")
         lines.append(f"Logs         {self.run_dir}/logs/  (api.log, worker.log, migrate.log)")
         return lines
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it if `up` itself dies without stopping it (e.g. SIGKILL)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def msgspec_replace(settings: Settings, **changes: object) -> Settings:
