@@ -260,7 +260,9 @@ def run_scenario(options: Options) -> Report:
         ],
     )
     report.notes.append(
-        "checkout = begin_checkout + confirm through the engine (one call timed as both); "
+        "reserve rows count customers (each journey: reserve, then pay or release at once); calls/s are per "
+        "second of the whole sale, the phases running side by side. checkout = begin_checkout + confirm "
+        "through the engine, timed together; "
         "HTTP end to end is the http scenario"
     )
     if options.plots:
