@@ -27,6 +27,13 @@ class Caller:
     expires_at: float
 
 
+def issue_token(secret: str, issuer: str, user: str, *, admin: bool = False, ttl_s: int = 3600) -> str:
+    """A bearer token this API accepts: HS256, ``sub`` = user, ``exp`` = now + ttl_s."""
+    now = int(time.time())
+    claims = {"sub": user, "iat": now, "exp": now + ttl_s, "iss": issuer, "admin": admin}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
 def _unauthorized(message: str, error: str = "invalid_token") -> ApiError:
     challenge = f'Bearer realm="flashsale", error="{error}", error_description="{message}"'
     return ApiError(401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": challenge})

@@ -17,11 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import schemas
-from api.auth import Caller
+from api.auth import Caller, issue_token
+from api.errors import ApiError
 from api.health import readiness
 from api.schemas import (
     Alive,
     CheckoutRequest,
+    DemoToken,
+    DemoTokenRequest,
     OrderBody,
     Product,
     Readiness,
@@ -189,6 +192,17 @@ async def admin_cancel_order(api: Api, call: Call) -> OrderBody:
     return schemas.order(await api.engine.cancel_order(call.param("orderId"), call.user, admin=True))
 
 
+# -- demo --------------------------------------------------------------------------------------------------
+async def demo_token(api: Api, call: Call) -> DemoToken:
+    """Demo mode only (FLASHSALE_DEMO_SIGN_IN): a shopper token for the named user, for the storefront."""
+    if not api.settings.demo_sign_in:
+        raise ApiError(404, "NOT_FOUND", "demo sign-in is off on this server; ask for a token")
+    body: DemoTokenRequest = call.body
+    ttl_s = 3600
+    token = issue_token(api.settings.jwt_secret or "", api.settings.jwt_issuer, body.user, ttl_s=ttl_s)
+    return DemoToken(token=token, user_id=body.user, expires_in=ttl_s)
+
+
 # -- operations --------------------------------------------------------------------------------------------
 async def alive(api: Api, call: Call) -> Alive:
     """The process is alive."""
@@ -248,6 +262,8 @@ ENDPOINTS: list[Endpoint] = [
              errors=(*_ADMIN, 409)),
     Endpoint("POST", f"{ADMIN}/orders/{{orderId}}/cancel", admin_cancel_order, "admin", returns=OrderBody,
              errors=(*_ADMIN, 409)),
+    Endpoint("POST", f"{V1}/demo/token", demo_token, "public", body=DemoTokenRequest, returns=DemoToken,
+             status=201, errors=(*_BODY, 404)),
     Endpoint("GET", "/health", alive, "public", returns=Alive),
     Endpoint("GET", "/health/ready", ready, "public", returns=Readiness, errors=(503,)),
     Endpoint("GET", "/metrics", metrics, "public", errors=(503,)),

@@ -48,6 +48,12 @@ class CheckoutRequest(Request):
     transaction_id: Annotated[str, Meta(max_length=128)] | None = None
 
 
+class DemoTokenRequest(Request):
+    """Demo mode only: the shopper to sign in as."""
+
+    user: Identifier
+
+
 class SaleRequest(Request):
     """Creates a SKU's sale or changes it; a field left out keeps its value. A new SKU needs ``total``."""
 
@@ -125,6 +131,12 @@ class ErrorBody(Response, omit_defaults=True):
     path: str
     timestamp: Moment
     order: OrderBody | None = None
+
+
+class DemoToken(Response):
+    token: str
+    user_id: str
+    expires_in: int
 
 
 class Alive(Response):

@@ -42,6 +42,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_body_bytes: int = 16 * 1024
     user_rate_limit_per_s: float = 20.0
     user_rate_burst: int = 40
+    # Demo only: POST /api/v1/demo/token hands a shopper token to anyone who names a user. `flashsale up`
+    # turns it on for the storefront's "sign in as"; never in production (compose.yaml leaves it off).
+    demo_sign_in: bool = False
     payment_delay_ms: float = 0.0  # how slow the simulated payment gateway answers (demos, load tests)
 
     # Kafka topics (names and partition counts as in the design document)

@@ -383,6 +383,12 @@ class Stack:
             f"Metrics      {self.endpoints['metrics']}",
             f"Readiness    {self.endpoints['ready']}",
             f"Token        {token}",
+        ]
+        if self.settings.demo_sign_in:
+            lines.append(
+                "Sign in      type any shopper name on the storefront (demo sign-in; --no-demo-sign-in)"
+            )
+        lines += [
             f"Redis        {self.endpoints['redis']}",
             f"PostgreSQL   {_redact(self.endpoints['postgres'])}",
             f"Kafka        {self.endpoints['kafka']}",

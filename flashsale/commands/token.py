@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
 import click
-import jwt
 
+from api.auth import issue_token
 from flashsale.settings import Settings
 
 
 def mint(settings: Settings, user: str, *, admin: bool = False, ttl_s: int = 3600) -> str:
     if not settings.jwt_secret:
         raise click.ClickException("FLASHSALE_JWT_SECRET is not set: the token would not verify anywhere")
-    now = int(time.time())
-    claims = {"sub": user, "iat": now, "exp": now + ttl_s, "iss": settings.jwt_issuer, "admin": admin}
-    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+    return issue_token(settings.jwt_secret, settings.jwt_issuer, user, admin=admin, ttl_s=ttl_s)
 
 
 @click.command()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+import msgspec
 from rich.console import Console
 
 from flashsale.settings import Settings
@@ -40,6 +41,13 @@ from flashsale.stack import DEMO_SALE, StackOptions, run
 )
 @click.option("--no-demo", is_flag=True, help="Load no sale at start.")
 @click.option("--no-sweeper", is_flag=True, help="Run the worker without the reservation-expiry sweeper.")
+@click.option(
+    "--demo-sign-in/--no-demo-sign-in",
+    default=True,
+    show_default=True,
+    help="Let the storefront sign a shopper in by name (POST /api/v1/demo/token). A demo convenience: "
+    "anyone reaching the API can then act as any shopper.",
+)
 @click.pass_obj
 def up(
     settings: Settings,
@@ -50,6 +58,7 @@ def up(
     sale_file: Path | None,
     no_demo: bool,
     no_sweeper: bool,
+    demo_sign_in: bool,
 ) -> None:
     """Start Redis, PostgreSQL, Kafka, the worker and the API with the storefront, all on this machine.
 
@@ -62,6 +71,7 @@ def up(
         # The progress lines say what these would; their key=value events stay in the children's logs.
         for name in ("flashsale.launcher", "flashsale.stack"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    settings = msgspec.structs.replace(settings, demo_sign_in=demo_sign_in)
     options = StackOptions(
         data_dir=data_dir or settings.data_dir,
         host=host or settings.host,

@@ -385,3 +385,25 @@ def test_the_countdown_opens_the_sale_and_refusals_read_as_plain_messages(
     assert engine.user_counts("SKU-MUG", "frank").held == 1
     expect(mug.locator(".stock-text")).to_have_text("9 of 10 left · 1 on hold")
     assert errors == []
+
+
+def test_with_demo_sign_in_a_shopper_signs_in_by_name_and_reserves(
+    start_server: Callable[..., ApiServer], engine: Engine, browser: BrowserContext
+) -> None:
+    """`flashsale up` turns demo sign-in on: a name is enough, and the page then acts as that shopper."""
+    now = redis_now_ms(engine)
+    engine.load_sale(
+        SaleSettings(
+            sku="SKU-DEMO", name="Demo kettle", total=3, flash_price_cents=1999, starts_at=now - 1000
+        )
+    )
+    storefront = start_server(demo_sign_in=True)
+    page, errors = open_storefront(browser, storefront)
+    page.get_by_label("Shopper name").fill("heidi")
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    expect(page.locator("#account-name")).to_have_text("heidi")
+    card(page, "SKU-DEMO").get_by_role("button", name=re.compile("^Reserve")).click()
+    expect(page.get_by_role("status")).to_have_text(re.compile(r"^Reserved 1 × Demo kettle\."))
+    assert counters(engine, "SKU-DEMO") == (2, 1, 0, 3)
+    assert engine.user_counts("SKU-DEMO", "heidi").held == 1
+    assert errors == []
