@@ -73,6 +73,10 @@ class _Common:
         return from_hash(fields, into)
 
     @staticmethod
+    def _catalog(members_per_partition: list[Any]) -> list[str]:
+        return sorted(str(sku) for members in members_per_partition for sku in members)
+
+    @staticmethod
     def _events(partition: Partition, entries: Any) -> list[Event]:
         return [parse_entry(partition.index, stream_id, fields) for stream_id, fields in entries or ()]
 
@@ -167,9 +171,12 @@ class Engine(_Common):
         return self._entity(self.redis.hgetall(p.sku(sku)), Sale, f"sale for sku {sku!r}")
 
     def list_sales(self) -> list[Sale]:
-        skus = sorted(str(sku) for p in self.keys.all() for sku in self.redis.smembers(p.catalog()))
+        """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales)."""
+        catalogs = self.redis.pipeline(transaction=False)
+        for p in self.keys.all():
+            catalogs.smembers(p.catalog())
         pipe = self.redis.pipeline(transaction=False)
-        for sku in skus:
+        for sku in self._catalog(catalogs.execute()):
             pipe.hgetall(self.keys.for_sku(sku).sku(sku))
         return [from_hash(fields, Sale) for fields in pipe.execute() if fields]
 
@@ -307,11 +314,12 @@ class AsyncEngine(_Common):
         return self._entity(await self.redis.hgetall(p.sku(sku)), Sale, f"sale for sku {sku!r}")
 
     async def list_sales(self) -> list[Sale]:
-        skus: list[str] = []
+        """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales)."""
+        catalogs = self.redis.pipeline(transaction=False)
         for p in self.keys.all():
-            skus.extend(str(sku) for sku in await self.redis.smembers(p.catalog()))
+            catalogs.smembers(p.catalog())
         pipe = self.redis.pipeline(transaction=False)
-        for sku in sorted(skus):
+        for sku in self._catalog(await catalogs.execute()):
             pipe.hgetall(self.keys.for_sku(sku).sku(sku))
         return [from_hash(fields, Sale) for fields in await pipe.execute() if fields]
 
