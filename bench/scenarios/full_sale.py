@@ -22,6 +22,7 @@ from bench.checks import invariant_1, sku_counters
 from bench.load import LoadResult, async_engine, drive, run
 from bench.options import Options
 from bench.report import Report
+from bench.servers import redis_version
 from bench.stack import Stack, write_behind_stack
 from engine import AsyncEngine, Reservation, SaleSettings
 
@@ -207,7 +208,7 @@ def run_scenario(options: Options) -> Report:
     s = Settings.for_run(options)
     report = Report("full-sale", asdict(s))
     with write_behind_stack(options.redis_url, options.database_url, options.kafka_bootstrap) as stack:
-        report.servers["redis"] = "launcher" if options.redis_url is None else "given"
+        report.servers["redis"] = redis_version(str(stack.settings.redis_url))
         with stack.worker():
             figures = run(_sale(stack, s, options.run_id, report), s.loop)
             drained, drain_s = stack.wait_drained(timeout_s=120)

@@ -24,6 +24,7 @@ from bench import plots
 from bench.load import async_engine, drive, run
 from bench.options import Options
 from bench.report import Report
+from bench.servers import redis_version
 from bench.stack import Stack, write_behind_stack
 from bench.stats import Latencies
 from engine import AsyncEngine, SaleSettings
@@ -194,6 +195,7 @@ def run_scenario(options: Options) -> Report:
     s = Settings.for_run(options)
     report = Report("write-behind", asdict(s))
     with write_behind_stack(options.redis_url, options.database_url, options.kafka_bootstrap) as stack:
+        report.servers["redis"] = redis_version(str(stack.settings.redis_url))
         figures = run(_scenario(stack, s, options.run_id, report), s.loop)
         code, reconciled = stack.reconcile()
         report.check(
