@@ -7,10 +7,11 @@ itself can do, instead of paying a network round trip and a syscall pair per cal
 
 This is the hot path of every reservation, so it skips redis-py's Pipeline object: each call is packed to
 RESP once, in C (``hiredis.pack_command``), when it is queued; a batch is one bytes write; its replies are
-read back on the same connection by a hiredis reader (parsed in C, error replies included). Each sender
-keeps its own connection from the client's pool between batches (at most ``max_inflight`` of them), so
-there is no pool round trip per batch. And no call leaves a reference cycle behind (see ``evalsha``):
-in a sold-out sale nearly every call is a refusal, and cycles per refusal cost a third of the CPU in GC.
+read back on the same connection by a hiredis reader (parsed in C, error replies included). A sender
+keeps one connection from the client's pool while the queue has calls (at most ``max_inflight`` senders),
+so there is no pool round trip per batch, and gives it back when the queue runs dry. And no call leaves
+a reference cycle behind (see ``evalsha``): in a sold-out sale nearly every call is a refusal, and cycles
+per refusal cost a third of the CPU in GC.
 
 Replies come back in order; each caller gets its own reply or its own error. A connection error fails
 every call of that pipeline: the caller cannot know whether its script ran, which is why reserve and
@@ -62,8 +63,6 @@ class AutoPipeline:
         self._senders = 0
         self._start_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
-        # Connections of senders between batches; at most max_inflight exist at once.
-        self._idle: list[AbstractConnection] = []
 
     async def evalsha(self, sha: str, keys: tuple[str, ...], args: tuple[str | int, ...]) -> Any:
         loop = asyncio.get_running_loop()
@@ -103,12 +102,12 @@ class AutoPipeline:
         finally:
             self._senders -= 1
             if connection is not None:
-                self._idle.append(connection)
+                # Back to the pool as soon as the queue is empty: plain reads share that pool, and a
+                # pipeline that kept its connections would starve them (a small pool then never frees).
+                await self._redis.connection_pool.release(connection)
 
     async def _connection(self, batch: list[_Pending]) -> AbstractConnection | None:
         """A connection for this sender, or None after failing the batch when none can be had."""
-        if self._idle:
-            return self._idle.pop()
         try:
             connection: AbstractConnection = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         except (Exception, asyncio.CancelledError) as error:
@@ -166,9 +165,6 @@ class AutoPipeline:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            await self._redis.connection_pool.release(connection)
 
 
 def _error_reply(message: str) -> ResponseError:
