@@ -14,6 +14,10 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
                                    string first answer of an idempotent call; scope: the SKU (reserve),
                                           reservation (checkout) or order (confirm) it was about
     fs:{p3}:events                 stream every state change of the partition, in order
+    fs:{p3}:writeback:lease        string the write-behind worker holding the partition (a lease)
+    fs:{p3}:writeback              hash   applied (PostgreSQL), published (Kafka): stream ids each sink took
+    fs:writeback:workers           zset   worker id -> last heartbeat ms: the live workers
+    fs:writeback:worker:<id>       string the partitions a worker holds, expiring with the worker
 
 Reservation and order ids carry their partition (``rsv_3_…``, ``ord_3_…``), so a lookup by id needs no index.
 """
@@ -73,6 +77,12 @@ class Partition:
     def events(self) -> str:
         return f"{self.tag}events"
 
+    def writeback_lease(self) -> str:
+        return f"{self.tag}writeback:lease"
+
+    def writeback_progress(self) -> str:
+        return f"{self.tag}writeback"
+
 
 @dataclass(frozen=True, slots=True)
 class Keyspace:
@@ -96,6 +106,12 @@ class Keyspace:
         if index >= self.partitions:
             return None
         return Partition(index, self.prefix)
+
+    def writeback_workers(self) -> str:
+        return f"{self.prefix}:writeback:workers"
+
+    def writeback_worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:writeback:worker:{worker_id}"
 
     def all(self) -> list[Partition]:
         return [Partition(i, self.prefix) for i in range(self.partitions)]

@@ -21,7 +21,6 @@ import redis.asyncio as aioredis
 
 from engine.keys import Keyspace
 from flashsale.settings import Settings
-from writeback import keys
 from writeback.batch import stream_id_key
 
 # (applied, published, cursor = the lesser of the two, lease owner, stream length)
@@ -65,8 +64,8 @@ def _keyspace(settings: Settings) -> Keyspace:
 def _first_round(pipe: Any, keyspace: Keyspace) -> None:
     pipe.time()
     for p in keyspace.all():
-        pipe.hmget(keys.progress(p), "applied", "published")
-        pipe.get(keys.lease(p))
+        pipe.hmget(p.writeback_progress(), "applied", "published")
+        pipe.get(p.writeback_lease())
         pipe.xlen(p.events())
 
 

@@ -14,7 +14,6 @@ import zlib
 import redis.asyncio as aioredis
 
 from engine.keys import Keyspace
-from writeback import keys
 
 # Extends the lease only if we still hold it.
 _RENEW = """
@@ -46,13 +45,13 @@ class Leases:
         """Records this worker as alive; returns the number of live workers (this one included)."""
         now_s, now_us = await self.redis.time()
         now = now_s * 1000 + now_us // 1000
-        registry = keys.workers(self.keyspace.prefix)
+        registry = self.keyspace.writeback_workers()
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(registry, {self.worker_id: now})
         pipe.zremrangebyscore(registry, "-inf", now - self.lease_ms)
         pipe.zcard(registry)
         pipe.set(
-            keys.worker(self.keyspace.prefix, self.worker_id),
+            self.keyspace.writeback_worker(self.worker_id),
             ",".join(str(p) for p in sorted(owned)),
             px=self.lease_ms,
         )
@@ -66,7 +65,7 @@ class Leases:
         """Renews the leases held; returns those still ours (a lease that expired meanwhile is lost)."""
         kept: set[int] = set()
         for p in sorted(partitions):
-            key = keys.lease(self.keyspace.partition(p))
+            key = self.keyspace.partition(p).writeback_lease()
             if await self._renew(keys=[key], args=[self.worker_id, self.lease_ms]):
                 kept.add(p)
         return kept
@@ -85,19 +84,20 @@ class Leases:
             p = (start + i) % total
             if p in owned:
                 continue
-            key = keys.lease(self.keyspace.partition(p))
+            key = self.keyspace.partition(p).writeback_lease()
             if await self.redis.set(key, self.worker_id, nx=True, px=self.lease_ms):
                 acquired.add(p)
         return acquired
 
     async def release(self, partition: int) -> None:
-        await self._release(keys=[keys.lease(self.keyspace.partition(partition))], args=[self.worker_id])
+        lease = self.keyspace.partition(partition).writeback_lease()
+        await self._release(keys=[lease], args=[self.worker_id])
 
     async def holder(self, partition: int) -> str | None:
-        value = await self.redis.get(keys.lease(self.keyspace.partition(partition)))
+        value = await self.redis.get(self.keyspace.partition(partition).writeback_lease())
         return None if value is None else str(value)
 
     async def leave(self) -> None:
         """Removes this worker from the registry so the others rebalance without waiting for expiry."""
-        await self.redis.zrem(keys.workers(self.keyspace.prefix), self.worker_id)
-        await self.redis.delete(keys.worker(self.keyspace.prefix, self.worker_id))
+        await self.redis.zrem(self.keyspace.writeback_workers(), self.worker_id)
+        await self.redis.delete(self.keyspace.writeback_worker(self.worker_id))

@@ -49,7 +49,6 @@ from engine import AsyncEngine
 from engine.events import Event, parse_entry
 from engine.keys import Keyspace
 from flashsale.settings import Settings
-from writeback import keys
 from writeback.batch import Batch, stream_id_key
 from writeback.kafka import Publisher, ensure_topics
 from writeback.lag import read_lag, read_lag_async, total_lag
@@ -237,7 +236,7 @@ class Worker:
         stream = partition.events()
         try:
             applied = await self._retry("postgres", p, lambda: self._read_applied(p))
-            published = str(await self.redis.hget(keys.progress(partition), "published") or "0-0")
+            published = str(await self.redis.hget(partition.writeback_progress(), "published") or "0-0")
             await self._check_stream_not_behind(p, applied)
             log.info(
                 "event=partition_resumed worker=%s partition=%d applied=%s published=%s",
@@ -362,7 +361,7 @@ class Worker:
         partition = self.keyspace.partition(p)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(
-            keys.progress(partition),
+            partition.writeback_progress(),
             mapping={
                 "applied": applied,
                 "published": published,

@@ -206,7 +206,6 @@ def test_the_worker_health_check_passes_only_while_every_partition_has_a_lease_h
     import redis
 
     from engine.keys import Keyspace
-    from writeback import keys as writeback_keys
 
     check = compose["services"]["worker"]["healthcheck"]["test"]
     assert check[0] == "CMD-SHELL"
@@ -222,8 +221,8 @@ def test_the_worker_health_check_passes_only_while_every_partition_has_a_lease_h
     client = redis.Redis.from_url(redis_url)
     partitions = Keyspace().all()
     for partition in partitions[:-1]:
-        client.set(writeback_keys.lease(partition), "worker-a", px=60_000)
+        client.set(partition.writeback_lease(), "worker-a", px=60_000)
     assert not healthy()  # one partition drains nowhere
-    client.set(writeback_keys.lease(partitions[-1]), "worker-b", px=60_000)
+    client.set(partitions[-1].writeback_lease(), "worker-b", px=60_000)
     assert healthy()
     client.close()

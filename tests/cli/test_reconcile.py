@@ -272,9 +272,8 @@ def test_reconcile_without_configuration_says_what_is_missing() -> None:
 
 
 def test_a_repair_refuses_while_a_worker_holds_leases(busy_sale: Engine, env: dict[str, str]) -> None:
-    from writeback import keys as writeback_keys
 
-    busy_sale.redis.set(writeback_keys.lease(busy_sale.keys.partition(3)), "worker-on-host-a", px=60_000)
+    busy_sale.redis.set(busy_sale.keys.partition(3).writeback_lease(), "worker-on-host-a", px=60_000)
     sold = busy_sale.get_sale("SKU-MUG").sold
     busy_sale.redis.hincrby(busy_sale.keys.for_sku("SKU-MUG").sku("SKU-MUG"), "sold", 1)
     result = reconcile(env, "--repair", "redis-from-postgres", "--yes")

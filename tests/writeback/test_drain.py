@@ -20,7 +20,6 @@ from writeback_checks import (
 from engine import Engine, SaleSettings
 from flashsale.settings import Settings
 from writeback import WorkerOptions, WorkerThread, read_lag, total_lag
-from writeback.keys import progress
 
 
 def test_after_a_burst_postgres_and_kafka_equal_redis(engine: Engine, settings: Settings, shop: Shop) -> None:
@@ -78,7 +77,7 @@ def test_replaying_every_stream_from_the_start_changes_nothing(
     # Forget what the sinks took, as if Redis's records were lost: the worker reads every stream again.
     client = redis.Redis.from_url(str(settings.redis_url))
     for p in range(settings.partitions):
-        client.delete(progress(engine.keys.partition(p)))
+        client.delete(engine.keys.partition(p).writeback_progress())
     assert total_lag(read_lag(client, settings)).pending == len(events)
     with WorkerThread(settings, options) as worker:
         assert worker.wait_drained(timeout_s=60)

@@ -14,10 +14,9 @@ from pathlib import Path
 import redis
 from writeback_checks import Shop, assert_postgres_equals_redis
 
-from engine import Engine
+from engine import Engine, Keyspace
 from flashsale.settings import Settings
 from writeback import WorkerOptions, spawn_worker, wait_drained
-from writeback.keys import worker as worker_key
 
 _LOG_LINE = re.compile(
     r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*event=partition_(?P<what>acquired|released) "
@@ -28,7 +27,7 @@ _LOG_LINE = re.compile(
 def _holdings(client: redis.Redis, settings: Settings, *workers: str) -> dict[str, set[int]]:
     held = {}
     for name in workers:
-        value = client.get(worker_key(settings.key_prefix, name))
+        value = client.get(Keyspace(settings.partitions, settings.key_prefix).writeback_worker(name))
         held[name] = {int(p) for p in value.decode().split(",") if p} if value else set()
     return held
 
