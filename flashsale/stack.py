@@ -36,6 +36,7 @@ log = logging.getLogger("flashsale.stack")
 
 DEMO_SALE = Path(__file__).with_name("demo_sale.json")
 JWT_SECRET_FILE = "jwt_secret"
+ENV_FILE = "flashsale.env"
 STOP_TIMEOUT_S = 20.0
 
 
@@ -158,6 +159,7 @@ class Stack:
             workers=self.options.api_workers,
         )
         self.endpoints.update(redis=redis_url, postgres=database_url, kafka=kafka)
+        self.endpoints["env_file"] = str(self._write_env_file())
 
         self._step("Database", "migrating", lambda: self._run_once("migrate", ["db", "migrate"]))
         if self.options.demo_sale is not None:
@@ -238,6 +240,18 @@ class Stack:
                 handle.write(secret + "\n")
         self.endpoints["jwt_secret_from"] = str(path)
         return secret
+
+    def _write_env_file(self) -> Path:
+        """This stack's settings as `export FLASHSALE_…=…` lines, so another shell can `. ` it and run any
+        flashsale command (token, sale status, worker lag, reconcile) against the same servers."""
+        assert self.run_dir is not None
+        path = self.run_dir / ENV_FILE
+        env = {k: v for k, v in self.settings.as_env().items() if k != "FLASHSALE_DATA_DIR"}
+        # 0600 from the start: it holds the JWT secret.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.writelines(f"export {key}={shlex.quote(value)}\n" for key, value in sorted(env.items()))
+        return path
 
     def _child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
@@ -383,11 +397,11 @@ class Stack:
             f"Metrics      {self.endpoints['metrics']}",
             f"Readiness    {self.endpoints['ready']}",
             f"Token        {token}",
+            f"Other shell  . {shlex.quote(self.endpoints['env_file'])}   "
+            "(then flashsale token alice, sale status, worker lag, reconcile)",
         ]
         if self.settings.demo_sign_in:
-            lines.append(
-                "Sign in      type any shopper name on the storefront (demo sign-in; --no-demo-sign-in)"
-            )
+            lines.append("Sign in      any shopper name on the storefront (demo sign-in; --no-demo-sign-in)")
         lines += [
             f"Redis        {self.endpoints['redis']}",
             f"PostgreSQL   {_redact(self.endpoints['postgres'])}",

@@ -232,6 +232,21 @@ def test_up_from_an_empty_directory_serves_a_sale_end_to_end_and_stops_clean(
     )
     assert [m["type"] for m in order_events] == ["checkout_started", "confirmed"]
 
+    # Another shell sources the printed env file and reaches the same stack with any command.
+    env_file = stack.value("Other shell").split()[1]
+    flashsale = shutil.which("flashsale", path=str(Path(sys.executable).parent)) or "flashsale"
+    status = subprocess.run(
+        ["bash", "-c", f". {env_file} && {flashsale} sale status && {flashsale} worker lag --json"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "SKU-PS5-SLIM" in status.stdout
+    assert '"partition"' in status.stdout
+
     stack.process.send_signal(signal.SIGTERM)
     assert stack.finish() == 0, "\n".join(stack.lines)
     assert "nothing left running" in stack.lines[-1]
