@@ -43,7 +43,9 @@ def test_hot_sku_quick_hands_out_exactly_the_units_and_keeps_invariants(
         assert level["counters"]["reserved"] == level["units"]
         assert level["counters"]["available"] == 0
         assert level["replayed"] == level["counters"]
-    assert len(_checks(report.checks, "successes == units")) == len(levels)
+    assert len(_checks(report.checks, "clients: successes == units")) == len(levels)
+    settings = hot_sku.Settings.for_run(options)
+    assert len(_checks(report.checks, "paired round")) == settings.paired_rounds
     data = json.loads(json_path.read_text())
     assert data["machine"]["cores"]
     assert data["figures"]["client_noop"]["attempts_per_s"] > 0
