@@ -155,6 +155,9 @@ class AutoPipeline:
                 return await _read_replies_through_redis_py(connection, len(commands))
         except TimeoutError:
             raise RedisTimeoutError(f"no reply within {connection.socket_timeout}s") from None
+        except OSError as error:
+            # The raw stream raises the socket's own error; callers (the API's 503) expect redis-py's.
+            raise RedisConnectionError(f"connection to Redis lost mid-pipeline: {error}") from error
 
     @staticmethod
     def _fail(batch: list[_Pending], error: BaseException) -> None:
