@@ -51,16 +51,10 @@ class _Common:
         return call.parse(reply)
 
     def _reservation_key(self, reservation_id: str) -> str:
-        p = self.keys.for_id(reservation_id) if isinstance(reservation_id, str) else None
-        if p is None or not reservation_id.startswith("rsv_"):
-            raise NotFound(f"no reservation {reservation_id!r}")
-        return p.reservation(reservation_id)
+        return self.keys.for_reservation(reservation_id).reservation(reservation_id)
 
     def _order_key(self, order_id: str) -> str:
-        p = self.keys.for_id(order_id) if isinstance(order_id, str) else None
-        if p is None or not order_id.startswith("ord_"):
-            raise NotFound(f"no order {order_id!r}")
-        return p.order(order_id)
+        return self.keys.for_order(order_id).order(order_id)
 
     def _user_key(self, sku: str, user: str) -> str:
         p = self.keys.for_sku(identifier(sku, "sku"))

@@ -28,6 +28,8 @@ import os
 import zlib
 from dataclasses import dataclass
 
+from engine.errors import NotFound
+
 DEFAULT_PARTITIONS = 16
 DEFAULT_PREFIX = "fs"
 
@@ -106,6 +108,20 @@ class Keyspace:
         if index >= self.partitions:
             return None
         return Partition(index, self.prefix)
+
+    def for_reservation(self, reservation_id: str) -> Partition:
+        """The partition a reservation id was minted in; NotFound for an id that is not one of ours."""
+        p = self.for_id(reservation_id) if isinstance(reservation_id, str) else None
+        if p is None or not reservation_id.startswith("rsv_"):
+            raise NotFound(f"no reservation {reservation_id!r}")
+        return p
+
+    def for_order(self, order_id: str) -> Partition:
+        """The partition an order id was minted in; NotFound for an id that is not one of ours."""
+        p = self.for_id(order_id) if isinstance(order_id, str) else None
+        if p is None or not order_id.startswith("ord_"):
+            raise NotFound(f"no order {order_id!r}")
+        return p
 
     def writeback_workers(self) -> str:
         return f"{self.prefix}:writeback:workers"

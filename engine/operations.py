@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from engine.errors import InvalidArgument, NotFound
-from engine.keys import Keyspace, Partition, new_order_id, new_reservation_id
+from engine.errors import InvalidArgument
+from engine.keys import Keyspace, new_order_id, new_reservation_id
 from engine.models import Order, Reservation, Sale, SaleSettings, from_pairs
 
 T = TypeVar("T")
@@ -81,18 +81,6 @@ class Operations:
             raise InvalidArgument("idempotency key must be 1-200 characters")
         return self.config.idempotency_ttl_ms
 
-    def _partition_of_reservation(self, reservation_id: str) -> Partition:
-        p = self.keys.for_id(reservation_id) if isinstance(reservation_id, str) else None
-        if p is None or not reservation_id.startswith("rsv_"):
-            raise NotFound(f"no reservation {reservation_id!r}")
-        return p
-
-    def _partition_of_order(self, order_id: str) -> Partition:
-        p = self.keys.for_id(order_id) if isinstance(order_id, str) else None
-        if p is None or not order_id.startswith("ord_"):
-            raise NotFound(f"no order {order_id!r}")
-        return p
-
     def load_sale(self, settings: SaleSettings) -> Call[Sale]:
         p = self.keys.for_sku(identifier(settings.sku, "sku"))
         return Call(
@@ -134,7 +122,7 @@ class Operations:
     def begin_checkout(
         self, reservation_id: str, user: str, payment_method: str, idempotency_key: str | None
     ) -> Call[Order]:
-        p = self._partition_of_reservation(reservation_id)
+        p = self.keys.for_reservation(reservation_id)
         identifier(user, "user id")
         order_id = new_order_id(p)
         return Call(
@@ -161,7 +149,7 @@ class Operations:
     def confirm(
         self, order_id: str, user: str, transaction_id: str, idempotency_key: str | None
     ) -> Call[Order]:
-        p = self._partition_of_order(order_id)
+        p = self.keys.for_order(order_id)
         identifier(user, "user id")
         return Call(
             "confirm",
@@ -177,7 +165,7 @@ class Operations:
         )
 
     def fail_checkout(self, order_id: str, user: str, reason: str) -> Call[Order]:
-        p = self._partition_of_order(order_id)
+        p = self.keys.for_order(order_id)
         identifier(user, "user id")
         return Call(
             "fail_checkout",
@@ -187,7 +175,7 @@ class Operations:
         )
 
     def release(self, reservation_id: str, user: str) -> Call[Reservation]:
-        p = self._partition_of_reservation(reservation_id)
+        p = self.keys.for_reservation(reservation_id)
         identifier(user, "user id")
         return Call(
             "release",
@@ -203,14 +191,14 @@ class Operations:
         return Call("expire", (p.deadlines(), p.events()), (p.tag, str(limit)), _count)
 
     def cancel_order(self, order_id: str, user: str, admin: bool) -> Call[Order]:
-        p = self._partition_of_order(order_id)
+        p = self.keys.for_order(order_id)
         identifier(user, "user id")
         return Call(
             "cancel_order", (p.order(order_id), p.events()), (p.tag, user, int(admin), order_id), _order
         )
 
     def fulfil_order(self, order_id: str) -> Call[Order]:
-        p = self._partition_of_order(order_id)
+        p = self.keys.for_order(order_id)
         return Call("fulfil_order", (p.order(order_id), p.events()), (order_id,), _order)
 
     def restock(self, sku: str, delta: int) -> Call[Sale]:
