@@ -9,10 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# An editable install (-e .) keeps the package importing from /app, so lua/ and sql/ (read from the
-# source tree at run time) are found next to it.
-COPY . /app
-RUN pip install -e . \
+# The built wheel, as a user would install it: Lua scripts and SQL travel inside the package.
+COPY . /src
+RUN pip install /src \
+    && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /app flashsale \
     && chown -R flashsale /app
 

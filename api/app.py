@@ -10,10 +10,22 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+from flashsale.api import openapi
+from flashsale.api.auth import Authenticator
+from flashsale.api.checkout import Checkout
+from flashsale.api.coalescing import SingleFlight
+from flashsale.api.context import Api
+from flashsale.api.decoding import read_json
+from flashsale.api.errors import ApiError, CatchAll, error_response
+from flashsale.api.metrics import ApiMetrics, RequestTimer
+from flashsale.api.payments import PaymentGateway, SimulatedGateway
+from flashsale.api.ratelimit import UserRateLimiter
+from flashsale.api.routes import ENDPOINTS, Call, Endpoint
+from flashsale.engine import AsyncEngine, FlashSaleError
+from flashsale.engine.settings import Settings
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,37 +35,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from api import openapi
-from api.auth import Authenticator
-from api.checkout import Checkout
-from api.coalescing import SingleFlight
-from api.decoding import read_json
-from api.errors import ApiError, CatchAll, error_response
-from api.metrics import ApiMetrics, RequestTimer
-from api.payments import PaymentGateway, SimulatedGateway
-from api.ratelimit import UserRateLimiter
-from api.routes import ENDPOINTS, Call, Endpoint
-from engine import AsyncEngine, FlashSaleError
-from flashsale.settings import Settings
-
 log = logging.getLogger("flashsale.api")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _encoder = msgspec.json.Encoder()
-
-
-@dataclass
-class Api:
-    """What handlers use: one per app."""
-
-    settings: Settings
-    engine: AsyncEngine
-    auth: Authenticator
-    limiter: UserRateLimiter
-    metrics: ApiMetrics
-    checkout: Checkout
-    reads: SingleFlight
-    openapi: bytes
 
 
 def _route(endpoint: Endpoint) -> Route:

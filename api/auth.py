@@ -13,9 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
+from flashsale.api.errors import ApiError
 from starlette.requests import Request
-
-from api.errors import ApiError
 
 _USER_ID = re.compile(r"[A-Za-z0-9\-_.@]{1,128}")
 

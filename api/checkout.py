@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from api import schemas
-from api.errors import ApiError, validation_error
-from api.metrics import ApiMetrics
-from api.payments import PaymentGateway
-from api.schemas import CheckoutRequest
-from engine import AsyncEngine, FlashSaleError, InvalidState, Order, OrderStatus
+from flashsale.api import schemas
+from flashsale.api.errors import ApiError, validation_error
+from flashsale.api.metrics import ApiMetrics
+from flashsale.api.payments import PaymentGateway
+from flashsale.api.schemas import CheckoutRequest
+from flashsale.engine import AsyncEngine, FlashSaleError, InvalidState, Order, OrderStatus
 
 log = logging.getLogger("flashsale.api")
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import msgspec
+from flashsale.api.errors import ApiError, validation_error
 from starlette.requests import Request
-
-from api.errors import ApiError, validation_error
 
 T = TypeVar("T")
 

@@ -11,14 +11,13 @@ import logging
 from datetime import UTC, datetime
 
 import msgspec
+from flashsale.api.schemas import ErrorBody, OrderBody
+from flashsale.engine import FlashSaleError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from api.schemas import ErrorBody, OrderBody
-from engine import FlashSaleError
 
 log = logging.getLogger("flashsale.api")
 

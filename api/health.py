@@ -12,9 +12,8 @@ import logging
 from typing import Any
 
 import psycopg
-
-from api.schemas import Component, Readiness
-from engine import AsyncEngine
+from flashsale.api.schemas import Component, Readiness
+from flashsale.engine import AsyncEngine
 
 TIMEOUT_S = 2.0
 

@@ -12,14 +12,13 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 
+from flashsale.engine import Sale
+from flashsale.writeback.lag import PartitionLag
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from engine import Sale
-from writeback.lag import PartitionLag
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

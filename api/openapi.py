@@ -7,9 +7,8 @@ import re
 from typing import Any
 
 import msgspec
-
-from api.routes import Endpoint
-from api.schemas import ErrorBody
+from flashsale.api.routes import Endpoint
+from flashsale.api.schemas import ErrorBody
 
 _PARAM = re.compile(r"{(\w+)}")
 _REF = "#/components/schemas/{name}"

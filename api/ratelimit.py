@@ -12,7 +12,7 @@ import math
 import time
 from collections import OrderedDict
 
-from api.errors import ApiError
+from flashsale.api.errors import ApiError
 
 
 class UserRateLimiter:

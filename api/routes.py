@@ -8,19 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
-from prometheus_client import CONTENT_TYPE_LATEST
-from redis.exceptions import RedisError
-from starlette.requests import Request
-from starlette.responses import Response
-
-from api import schemas
-from api.auth import Caller, issue_token
-from api.errors import ApiError
-from api.health import readiness
-from api.schemas import (
+from flashsale.api import schemas
+from flashsale.api.auth import Caller, issue_token
+from flashsale.api.context import Api
+from flashsale.api.errors import ApiError
+from flashsale.api.health import readiness
+from flashsale.api.schemas import (
     Alive,
     CheckoutRequest,
     DemoToken,
@@ -33,11 +29,12 @@ from api.schemas import (
     RestockRequest,
     SaleRequest,
 )
-from engine import FlashSaleError, Forbidden, SaleSettings
-from writeback.lag import read_lag_async
-
-if TYPE_CHECKING:  # api.app imports this module
-    from api.app import Api
+from flashsale.engine import FlashSaleError, Forbidden, SaleSettings
+from flashsale.writeback.lag import read_lag_async
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +59,7 @@ class Call:
         return self.request.headers.get("idempotency-key")
 
 
-Handler = Callable[["Api", Call], Awaitable[Any]]
+Handler = Callable[[Api, Call], Awaitable[Any]]
 Access = Literal["public", "user", "admin"]
 
 

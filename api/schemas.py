@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
+from flashsale.engine import Order, OrderStatus, Reservation, ReservationStatus, Sale
 from msgspec import Meta
-
-from engine import Order, OrderStatus, Reservation, ReservationStatus, Sale
 
 # Ids become parts of Redis key names: the engine's identifier rule.
 Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9\-_.@]{1,128}$", examples=["SKU-001"])]

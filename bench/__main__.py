@@ -1,5 +1,5 @@
-"""``python -m bench SCENARIO``: the same commands as ``flashsale bench``."""
+"""``python -m flashsale.bench SCENARIO``: the same commands as ``flashsale bench``."""
 
-from bench.cli import bench
+from flashsale.bench.cli import bench
 
-bench(prog_name="python -m bench")
+bench(prog_name="python -m flashsale.bench")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine import AsyncEngine, replay
-from engine.keys import partition_of
+from flashsale.engine import AsyncEngine, replay
+from flashsale.engine.keys import partition_of
 
 
 async def sku_counters(engine: AsyncEngine, sku: str) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""``flashsale bench SCENARIO`` / ``python -m bench SCENARIO``: one command per scenario.
+"""``flashsale bench SCENARIO`` / ``python -m flashsale.bench SCENARIO``: one command per scenario.
 
 Each run starts its own servers through the project's launcher unless URLs are given, finishes in a bounded
 time (``--quick``: under a minute), writes ``bench/results/<scenario>.{json,md,png}`` and exits non-zero
@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from bench.options import Options, default_loop
-from bench.report import RESULTS_DIR
+from flashsale.bench.options import Options, default_loop
+from flashsale.bench.report import RESULTS_DIR
 
 # Scenario name -> module in bench/scenarios with run_scenario(Options) -> Report. Imported when run, so
 # `flashsale --help` does not pay for numpy and matplotlib.
@@ -67,7 +66,7 @@ def _run(name: str, **raw: Any) -> None:
         plots=not raw["no_plots"],
         redis_benchmark=not raw["no_redis_benchmark"],
     )
-    module = importlib.import_module(f"bench.scenarios.{SCENARIOS[name][0]}")
+    module = importlib.import_module(f"flashsale.bench.scenarios.{SCENARIOS[name][0]}")
     report = module.run_scenario(options)
     arguments = sys.argv[sys.argv.index(name) + 1 :] if name in sys.argv else []
     report.command = " ".join([click.get_current_context().command_path, *arguments])

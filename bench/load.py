@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from bench.stats import Latencies
-from engine import AsyncEngine
+from flashsale.bench.stats import Latencies
+from flashsale.engine import AsyncEngine
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.report import RESULTS_DIR
+from flashsale.bench.report import RESULTS_DIR
 
 
 def default_loop() -> str:

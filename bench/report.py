@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.machine import describe, git_commit
+from flashsale.bench.machine import describe, git_commit
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from flashsale.engine.settings import Settings
+from flashsale.writeback.database import migrate
+from flashsale.writeback.lag import PartitionLag, read_lag, total_lag
 
 from flashsale.launcher import KafkaBroker, PostgresServer, RedisServer
-from flashsale.settings import Settings
-from writeback.database import migrate
-from writeback.lag import PartitionLag, read_lag, total_lag
 
 # `flashsale ARGS` in a child process, with whatever Python runs the benchmark.
 FLASHSALE = [sys.executable, "-c", "import sys; from flashsale.cli import main; sys.exit(main())"]

@@ -17,13 +17,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
-from engine.errors import FlashSaleError, NotFound, from_reply
-from engine.events import Event, parse_entry
-from engine.keys import Partition
-from engine.models import Order, Reservation, Sale, SaleSettings, UserCounts, from_hash
-from engine.operations import Call, EngineConfig, Operations, identifier
-from engine.pipelining import AutoPipeline
-from engine.scripts import Script, load_scripts
+from .errors import FlashSaleError, NotFound, from_reply
+from .events import Event, parse_entry
+from .keys import Partition
+from .models import Order, Reservation, Sale, SaleSettings, UserCounts, from_hash
+from .operations import Call, Operations, identifier
+from .pipelining import AutoPipeline
+from .scripts import Script, load_scripts
+from .settings import EngineConfig
 
 T = TypeVar("T")
 

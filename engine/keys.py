@@ -28,10 +28,8 @@ import os
 import zlib
 from dataclasses import dataclass
 
-from engine.errors import NotFound
-
-DEFAULT_PARTITIONS = 16
-DEFAULT_PREFIX = "fs"
+from .errors import NotFound
+from .settings import KEY_PREFIX, PARTITIONS
 
 
 def partition_of(sku: str, partitions: int) -> int:
@@ -90,8 +88,8 @@ class Partition:
 class Keyspace:
     """Maps SKUs and entity ids to their partition's keys."""
 
-    partitions: int = DEFAULT_PARTITIONS
-    prefix: str = DEFAULT_PREFIX
+    partitions: int = PARTITIONS
+    prefix: str = KEY_PREFIX
 
     def partition(self, index: int) -> Partition:
         return Partition(index, self.prefix)

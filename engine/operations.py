@@ -10,23 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from engine.errors import InvalidArgument
-from engine.keys import Keyspace, new_order_id, new_reservation_id
-from engine.models import Order, Reservation, Sale, SaleSettings, from_pairs
+from .errors import InvalidArgument
+from .keys import Keyspace, new_order_id, new_reservation_id
+from .models import Order, Reservation, Sale, SaleSettings, from_pairs
+from .settings import EngineConfig
 
 T = TypeVar("T")
 
 # The same rule as isIdentifier() in lua/includes/common.lua: ids become parts of key names.
 _IDENTIFIER = re.compile(r"[A-Za-z0-9\-_.@]{1,128}")
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    partitions: int = 16
-    prefix: str = "fs"
-    idempotency_ttl_ms: int = 24 * 3600 * 1000
-    payment_grace_ms: int = 30_000
-    lazy_expiry_bound: int = 16
 
 
 @dataclass(frozen=True, slots=True)

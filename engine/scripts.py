@@ -1,8 +1,12 @@
-"""Loads the Lua scripts of ``lua/``, resolves their includes, and knows each one's SHA1.
+"""Loads the Lua scripts (package data ``flashsale.lua``), resolves their includes, knows each one's SHA1.
 
-A line ``--@include name`` in a script is replaced by ``lua/includes/name.lua`` (each at most once),
-the way BullMQ's loader does it. Scripts are loaded into Redis once and called by EVALSHA; a NOSCRIPT
-reply (Redis restarted or SCRIPT FLUSH) makes the caller load them again and retry.
+A line ``--@include name`` stands for ``includes/name.lua``. Each fragment includes what it uses itself, so
+no script has to list fragments in the right order: the loader puts every fragment once, before the first
+code that includes it (depth first), the way BullMQ's loader does. A missing or circular include is an
+error that names the whole chain (``reserve -> holds -> clock``).
+
+Scripts are loaded into Redis once and called by EVALSHA; a NOSCRIPT reply (Redis restarted, or SCRIPT
+FLUSH) makes the caller load them again and retry.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
-_INCLUDE = re.compile(r"^--@include\s+(\w+)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"^--@include[ \t]+(\S+)[ \t]*$", re.MULTILINE)
 
+# Every script the clients and the worker call, by file name (lua/<name>.lua).
 SCRIPT_NAMES = (
     "load_sale",
     "reserve",
@@ -27,7 +32,13 @@ SCRIPT_NAMES = (
     "fulfil_order",
     "restock",
     "noop",
+    "lease_renew",
+    "lease_release",
 )
+
+
+class ScriptError(RuntimeError):
+    """A script could not be assembled: a missing file, a missing or circular include."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,21 +48,47 @@ class Script:
     sha: str
 
 
-def _resolve(source: str, lua_dir: Path, seen: set[str]) -> str:
+def lua_dir() -> Traversable:
+    """Where the scripts are: ``lua/`` in a checkout, ``flashsale/lua`` inside the installed wheel."""
+    return files("flashsale.lua")
+
+
+def _read(path: Traversable, chain: list[str]) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        raise ScriptError(f"include {chain[-1]!r} not found: {' -> '.join(chain)}") from None
+
+
+def _resolve(source: str, directory: Traversable, chain: list[str], done: set[str]) -> str:
     def include(match: re.Match[str]) -> str:
         name = match.group(1)
-        if name in seen:
+        if name in chain:
+            raise ScriptError(f"circular include: {' -> '.join([*chain, name])}")
+        if name in done:
             return ""
-        seen.add(name)
-        return _resolve((lua_dir / "includes" / f"{name}.lua").read_text(), lua_dir, seen)
+        path = directory / "includes" / f"{name}.lua"
+        text = _resolve(_read(path, [*chain, name]), directory, [*chain, name], done)
+        done.add(name)
+        return text
 
     return _INCLUDE.sub(include, source)
 
 
-def load_scripts(lua_dir: Path = LUA_DIR) -> dict[str, Script]:
+def assemble(name: str, directory: Traversable | None = None) -> str:
+    """One script's source with its includes resolved."""
+    directory = directory or lua_dir()
+    try:
+        source = (directory / f"{name}.lua").read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        raise ScriptError(f"no script {name}.lua in {directory}") from None
+    return _resolve(source, directory, [name], set())
+
+
+def load_scripts(directory: Traversable | None = None) -> dict[str, Script]:
     """Every script by name, includes resolved."""
     scripts = {}
     for name in SCRIPT_NAMES:
-        source = _resolve((lua_dir / f"{name}.lua").read_text(), lua_dir, set())
+        source = assemble(name, directory)
         scripts[name] = Script(name, source, hashlib.sha1(source.encode()).hexdigest())
     return scripts

@@ -10,6 +10,7 @@ scripts must run on), else the one on PATH; ``FLASHSALE_REDIS_SERVER_BIN`` overr
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import importlib.util
 import logging
@@ -34,9 +35,9 @@ class LaunchError(RuntimeError):
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it if its parent dies without stopping it (e.g. SIGKILL)."""
-    import ctypes
+    """In the child before exec: SIGTERM it if its parent dies without stopping it (e.g. SIGKILL).
 
+    ctypes is imported at the top of this module: importing in a forked child can fail or deadlock."""
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 

@@ -22,19 +22,17 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
 from psycopg.rows import dict_row
 
-from engine import Engine
-from engine.events import Counters, Event, parse_entry
-from engine.keys import Partition
-from writeback.batch import Batch, stream_id_key
-from writeback.database import Queries
+from flashsale.engine import Engine
+from flashsale.engine.events import Counters, Event, parse_entry
+from flashsale.engine.keys import Partition
+from flashsale.writeback.batch import Batch, stream_id_key
+from flashsale.writeback.database import queries
 
 log = logging.getLogger("flashsale.reconcile")
 
@@ -50,11 +48,6 @@ Progress = Callable[[str, int, int], None]
 
 def _no_progress(phase: str, done: int, total: int) -> None:
     return None
-
-
-@cache
-def queries() -> Queries:
-    return Queries(Path(__file__).with_name("queries.sql").read_text())
 
 
 class ReconcileError(RuntimeError):

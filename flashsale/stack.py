@@ -30,7 +30,7 @@ from typing import IO, Any
 from rich.console import Console
 
 from flashsale import launcher
-from flashsale.settings import Settings
+from flashsale.engine.settings import Settings
 
 log = logging.getLogger("flashsale.stack")
 
@@ -288,9 +288,9 @@ class Stack:
     def _load_demo_sale(self) -> str:
         import redis
 
-        from engine import Engine
-        from engine.errors import FlashSaleError
-        from flashsale.commands.sale import SaleFileError, load_sales, read_sale_file, redis_now_ms
+        from flashsale.engine import Engine
+        from flashsale.engine.errors import FlashSaleError
+        from flashsale.sales import SaleFileError, load_sales, read_sale_file, redis_now_ms
 
         assert self.options.demo_sale is not None
         assert self.settings.redis_url is not None

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
+from flashsale.engine import AsyncEngine, Engine, EngineConfig
 
-from engine import AsyncEngine, Engine, EngineConfig
 from flashsale.launcher import KafkaBroker, PostgresServer, RedisServer
 
 
@@ -61,7 +61,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def _migrated_database(postgres_server: PostgresServer) -> str:
-    from writeback.database import migrate
+    from flashsale.writeback.database import migrate
 
     migrate(postgres_server.url)
     return postgres_server.url
@@ -71,8 +71,7 @@ def _migrated_database(postgres_server: PostgresServer) -> str:
 def database_url(_migrated_database: str) -> str:
     """The session's database with every migration applied and every table emptied for this test."""
     import psycopg
-
-    from writeback.database import queries
+    from flashsale.writeback.database import queries
 
     with psycopg.connect(_migrated_database, autocommit=True) as conn:
         conn.execute(queries()["delete_all_rows"])

@@ -1,7 +1,7 @@
 """Write-behind: drains the engine's Redis streams into PostgreSQL (exactly once in effect) and Kafka."""
 
-from writeback.lag import PartitionLag, read_lag, read_lag_async, total_lag
-from writeback.worker import (
+from flashsale.writeback.lag import PartitionLag, read_lag, read_lag_async, total_lag
+from flashsale.writeback.worker import (
     Worker,
     WorkerOptions,
     WorkerStats,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.events import Event
+from flashsale.engine.events import Event
 
 
 def stream_id_key(stream_id: str) -> tuple[int, int]:

@@ -1,7 +1,9 @@
-"""The SQL of flashsale: numbered migrations in ``sql/migrations``, named queries in ``sql/queries.sql``.
+"""The SQL of flashsale, in one home (package data ``flashsale.sql``): numbered migrations in
+``sql/migrations``, named queries in ``sql/queries.sql`` (the worker's, reconcile's and the CLI's).
 
 Queries are written procrastinate-style (``-- name: <name> --``, a description line, the statement) and
-looked up by name, so no SQL lives in Python strings.
+looked up by name, so no SQL lives in Python strings. ``Queries`` is the one parser; the benchmark's
+locking baseline reads its own file with it.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import logging
 import re
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import psycopg
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-MIGRATIONS_DIR = SQL_DIR / "migrations"
-QUERIES_FILE = SQL_DIR / "queries.sql"
+
+def sql_dir() -> Traversable:
+    """``sql/`` in a checkout, ``flashsale/sql`` inside the installed wheel."""
+    return files("flashsale.sql")
+
 
 # Any constant works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK = 7_357_001
@@ -30,7 +35,8 @@ log = logging.getLogger("flashsale.database")
 class Queries:
     """The named queries of a .sql file; ``queries["advance_offset"]`` is the statement text."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, source: str = "sql/queries.sql") -> None:
+        self.source = source
         self._queries: dict[str, str] = {}
         parts = _NAME.split(text)
         for name, body in zip(parts[1::2], parts[2::2], strict=True):
@@ -38,14 +44,14 @@ class Queries:
             # The first line after the name is the description; the rest is the statement.
             statement = "\n".join(lines[1:]).strip().rstrip(";")
             if not statement:
-                raise ValueError(f"query {name!r} in {QUERIES_FILE} has no statement")
+                raise ValueError(f"query {name!r} in {source} has no statement")
             self._queries[name] = statement
 
     def __getitem__(self, name: str) -> str:
         try:
             return self._queries[name]
         except KeyError:
-            raise KeyError(f"no query named {name!r} in {QUERIES_FILE}") from None
+            raise KeyError(f"no query named {name!r} in {self.source}") from None
 
     def names(self) -> list[str]:
         return sorted(self._queries)
@@ -53,24 +59,25 @@ class Queries:
 
 @cache
 def queries() -> Queries:
-    return Queries(QUERIES_FILE.read_text())
+    return Queries((sql_dir() / "queries.sql").read_text(encoding="utf-8"))
 
 
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
     name: str
-    path: Path
+    path: Traversable
 
     @property
     def sql(self) -> str:
-        return self.path.read_text()
+        return self.path.read_text(encoding="utf-8")
 
 
-def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def migrations(directory: Traversable | None = None) -> list[Migration]:
     """The migration files in version order; refuses gaps and duplicate numbers."""
+    directory = directory or sql_dir() / "migrations"
     found: list[Migration] = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted((p for p in directory.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
         match = _MIGRATION_FILE.match(path.name)
         if match is None:
             raise ValueError(f"{path.name}: migration files are named NNNN_description.sql")
@@ -81,7 +88,7 @@ def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def migrate(database_url: str, directory: Traversable | None = None) -> list[Migration]:
     """Applies the migrations not applied yet, each in its own transaction; returns those it applied.
 
     Safe to run twice and from several processes at once (an advisory lock serialises them).

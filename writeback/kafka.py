@@ -16,9 +16,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-from engine.events import Event
-from writeback.messages import Topics, messages
+from flashsale.engine.events import Event
+from flashsale.writeback.messages import Topics, messages
 
 log = logging.getLogger("flashsale.writeback.kafka")
 

@@ -5,7 +5,7 @@ For each partition: ``pending`` = events in the stream that PostgreSQL or Kafka 
 each sink has taken, and the worker holding the partition's lease. The worker trims each stream below
 what both sinks took, so the stream holds little besides pending events and the count is cheap.
 
-    from writeback.lag import read_lag, total_lag
+    from flashsale.writeback.lag import read_lag, total_lag
     lags = read_lag(redis.Redis.from_url(url), settings)           # sync (CLI)
     lags = await read_lag_async(aioredis.Redis.from_url(url), settings)  # asyncio (API, metrics)
     total_lag(lags).pending, total_lag(lags).oldest_age_ms
@@ -18,10 +18,9 @@ from typing import Any
 import msgspec
 import redis
 import redis.asyncio as aioredis
-
-from engine.keys import Keyspace
-from flashsale.settings import Settings
-from writeback.batch import stream_id_key
+from flashsale.engine.keys import Keyspace
+from flashsale.engine.settings import Settings
+from flashsale.writeback.batch import stream_id_key
 
 # (applied, published, cursor = the lesser of the two, lease owner, stream length)
 _Row = tuple[str, str, str, str | None, int]

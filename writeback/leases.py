@@ -1,9 +1,10 @@
 """Partition leases: each partition stream has at most one active consumer, and live workers split them.
 
 A lease is a Redis string ``SET NX PX``: whoever set it owns the partition until it expires; the owner
-renews it (compare-and-set in a script, so a worker never extends a lease it lost). Workers heartbeat
-into a sorted set; each takes at most its fair share (partitions / live workers, rounded up), so a
-second worker gets half, and when one dies its leases expire and the survivor takes them over.
+renews it (compare-and-set in ``lua/lease_renew.lua``, so a worker never extends a lease it lost).
+Workers heartbeat into a sorted set; each takes at most its fair share (partitions / live workers,
+rounded up), so a second worker gets half, and when one dies its leases expire and the survivor takes
+them over.
 """
 
 from __future__ import annotations
@@ -12,24 +13,8 @@ import math
 import zlib
 
 import redis.asyncio as aioredis
-
-from engine.keys import Keyspace
-
-# Extends the lease only if we still hold it.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# Gives the lease up only if we still hold it.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+from flashsale.engine.keys import Keyspace
+from flashsale.engine.scripts import assemble
 
 
 class Leases:
@@ -38,8 +23,8 @@ class Leases:
         self.keyspace = keyspace
         self.worker_id = worker_id
         self.lease_ms = lease_ms
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(assemble("lease_renew"))
+        self._release = client.register_script(assemble("lease_release"))
 
     async def heartbeat(self, owned: set[int]) -> int:
         """Records this worker as alive; returns the number of live workers (this one included)."""

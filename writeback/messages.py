@@ -23,8 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import msgspec
-
-from engine.events import Event
+from flashsale.engine.events import Event
 
 SCHEMA_VERSION = 1
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from flashsale.engine.events import Event
+from flashsale.writeback.batch import Batch, stream_id_key
+from flashsale.writeback.database import queries
 from psycopg import AsyncConnection
-
-from engine.events import Event
-from writeback.batch import Batch, stream_id_key
-from writeback.database import queries
 
 
 class OffsetMoved(RuntimeError):

@@ -42,19 +42,18 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
+from flashsale.engine import AsyncEngine
+from flashsale.engine.events import Event, parse_entry
+from flashsale.engine.keys import Keyspace
+from flashsale.engine.settings import Settings
+from flashsale.writeback.batch import Batch, stream_id_key
+from flashsale.writeback.kafka import Publisher, ensure_topics
+from flashsale.writeback.lag import read_lag, read_lag_async, total_lag
+from flashsale.writeback.leases import Leases
+from flashsale.writeback.messages import Topics
+from flashsale.writeback.postgres import apply_batch, ensure_offset, unapplied
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
-
-from engine import AsyncEngine
-from engine.events import Event, parse_entry
-from engine.keys import Keyspace
-from flashsale.settings import Settings
-from writeback.batch import Batch, stream_id_key
-from writeback.kafka import Publisher, ensure_topics
-from writeback.lag import read_lag, read_lag_async, total_lag
-from writeback.leases import Leases
-from writeback.messages import Topics
-from writeback.postgres import apply_batch, ensure_offset, unapplied
 
 log = logging.getLogger("flashsale.writeback")
 
@@ -541,9 +540,9 @@ def wait_drained(settings: Settings, *, timeout_s: float = 60.0, poll_s: float =
 
 
 def worker_command(options: WorkerOptions | None = None) -> list[str]:
-    """The command line of a worker subprocess (``python -m writeback``) with these options."""
+    """The command line of a worker subprocess (``python -m flashsale.writeback``) with these options."""
     o = options or WorkerOptions()
-    args = [sys.executable, "-m", "writeback"]
+    args = [sys.executable, "-m", "flashsale.writeback"]
     if o.worker_id:
         args += ["--worker-id", o.worker_id]
     if not o.sweep:

@@ -13,28 +13,21 @@ exceptions, so both systems' outcomes are counted under the same codes.
 
 from __future__ import annotations
 
-import re
 import uuid
 from pathlib import Path
 
 import psycopg
 import redis.asyncio as aioredis
+from flashsale.engine import AlreadyPurchased, AlreadyReserved, OutOfStock
+from flashsale.writeback.database import Queries
 from psycopg_pool import AsyncConnectionPool
 
-from engine import AlreadyPurchased, AlreadyReserved, OutOfStock
-
 HERE = Path(__file__).resolve().parent
-_NAME = re.compile(r"^-- name: (\w+) --\n--[^\n]*\n", re.MULTILINE)
 
 
-def load_queries(path: Path = HERE / "queries.sql") -> dict[str, str]:
-    """The named queries of a .sql file: ``-- name: x --``, a description line, then the statement."""
-    text = path.read_text()
-    marks = list(_NAME.finditer(text))
-    return {
-        m.group(1): text[m.end() : marks[i + 1].start() if i + 1 < len(marks) else len(text)].strip()
-        for i, m in enumerate(marks)
-    }
+def load_queries(path: Path = HERE / "queries.sql") -> Queries:
+    """The baseline's named queries, read with the project's one SQL parser."""
+    return Queries(path.read_text(), source=str(path))
 
 
 class LockingReservations:

@@ -13,16 +13,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from flashsale.bench import plots
+from flashsale.bench.baselines.locking import LockingReservations
+from flashsale.bench.checks import invariant_1, sku_counters
+from flashsale.bench.load import LoadResult, async_engine, drive, run, warm_up
+from flashsale.bench.options import Options
+from flashsale.bench.report import Report
+from flashsale.bench.servers import redis_version, running
+from flashsale.engine import SaleSettings
 from psycopg_pool import AsyncConnectionPool
-
-from bench import plots
-from bench.baselines.locking import LockingReservations
-from bench.checks import invariant_1, sku_counters
-from bench.load import LoadResult, async_engine, drive, run, warm_up
-from bench.options import Options
-from bench.report import Report
-from bench.servers import redis_version, running
-from engine import SaleSettings
 
 
 @dataclass

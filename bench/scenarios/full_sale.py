@@ -17,14 +17,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench import plots
-from bench.checks import invariant_1, sku_counters
-from bench.load import LoadResult, async_engine, drive, run
-from bench.options import Options
-from bench.report import Report
-from bench.servers import redis_version
-from bench.stack import Stack, write_behind_stack
-from engine import AsyncEngine, Reservation, SaleSettings
+from flashsale.bench import plots
+from flashsale.bench.checks import invariant_1, sku_counters
+from flashsale.bench.load import LoadResult, async_engine, drive, run
+from flashsale.bench.options import Options
+from flashsale.bench.report import Report
+from flashsale.bench.servers import redis_version
+from flashsale.bench.stack import Stack, write_behind_stack
+from flashsale.engine import AsyncEngine, Reservation, SaleSettings
 
 
 @dataclass

@@ -15,13 +15,13 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench import ceilings, plots
-from bench.checks import invariant_1, replayed_counters, sku_counters
-from bench.load import LoadResult, async_engine, drive, run, warm_up
-from bench.options import Options
-from bench.report import Report
-from bench.servers import redis_cpu_seconds, redis_version, running
-from engine import AsyncEngine, SaleSettings
+from flashsale.bench import ceilings, plots
+from flashsale.bench.checks import invariant_1, replayed_counters, sku_counters
+from flashsale.bench.load import LoadResult, async_engine, drive, run, warm_up
+from flashsale.bench.options import Options
+from flashsale.bench.report import Report
+from flashsale.bench.servers import redis_cpu_seconds, redis_version, running
+from flashsale.engine import AsyncEngine, SaleSettings
 
 
 @dataclass

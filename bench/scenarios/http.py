@@ -29,16 +29,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import plots
-from bench.checks import invariant_1
-from bench.options import Options
-from bench.report import Report
-from bench.servers import redis_cpu_seconds, redis_version, running
-from bench.stack import FLASHSALE
-from engine import Engine, SaleSettings
+from flashsale.bench import plots
+from flashsale.bench.checks import invariant_1
+from flashsale.bench.options import Options
+from flashsale.bench.report import Report
+from flashsale.bench.servers import redis_cpu_seconds, redis_version, running
+from flashsale.bench.stack import FLASHSALE
+from flashsale.engine import Engine, SaleSettings
+from flashsale.engine.settings import Settings as FlashsaleSettings
+
 from flashsale.commands.token import mint
 from flashsale.launcher import free_port, wait_for_port
-from flashsale.settings import Settings as FlashsaleSettings
 
 LUA = Path(__file__).resolve().parent.parent / "wrk" / "reserve.lua"
 INSTALL_HINT = "install it with: sudo apt-get install wrk"

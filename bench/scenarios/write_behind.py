@@ -19,16 +19,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-
-from bench import plots
-from bench.load import async_engine, drive, run
-from bench.options import Options
-from bench.report import Report
-from bench.servers import redis_version
-from bench.stack import Stack, write_behind_stack
-from bench.stats import Latencies
-from engine import AsyncEngine, SaleSettings
-from writeback.lag import read_lag_async, total_lag
+from flashsale.bench import plots
+from flashsale.bench.load import async_engine, drive, run
+from flashsale.bench.options import Options
+from flashsale.bench.report import Report
+from flashsale.bench.servers import redis_version
+from flashsale.bench.stack import Stack, write_behind_stack
+from flashsale.bench.stats import Latencies
+from flashsale.engine import AsyncEngine, SaleSettings
+from flashsale.writeback.lag import read_lag_async, total_lag
 
 
 @dataclass

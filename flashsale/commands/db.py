@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import psycopg
 
-from flashsale.settings import Settings
+from flashsale.engine.settings import Settings
 
 
 def _url(settings: Settings) -> str:
@@ -23,7 +23,7 @@ def db() -> None:
 @click.pass_obj
 def migrate(settings: Settings) -> None:
     """Apply the migrations not applied yet (safe to run again)."""
-    from writeback.database import migrate as apply_migrations
+    from flashsale.writeback.database import migrate as apply_migrations
 
     try:
         applied = apply_migrations(_url(settings))
@@ -39,7 +39,7 @@ def migrate(settings: Settings) -> None:
 @click.pass_obj
 def status(settings: Settings) -> None:
     """List migrations and whether each is applied."""
-    from writeback.database import applied_migrations, migrations
+    from flashsale.writeback.database import applied_migrations, migrations
 
     try:
         done = dict(applied_migrations(_url(settings)))

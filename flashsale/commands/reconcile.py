@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from engine import Engine
 from flashsale import reconcile as rc
 from flashsale.commands.sale import table_console
-from flashsale.settings import Settings
+from flashsale.engine import Engine
+from flashsale.engine.settings import Settings
 
 
 class CannotRun(click.ClickException):
@@ -174,7 +174,7 @@ def _repair(
     console: Console,
 ) -> rc.Report:
     assert settings.database_url is not None
-    from writeback.lag import read_lag
+    from flashsale.writeback.lag import read_lag
 
     owners = sorted({lag.owner for lag in read_lag(engine.redis, settings) if lag.owner})
     if owners:

@@ -8,7 +8,7 @@ import tempfile
 
 import click
 
-from flashsale.settings import Settings
+from flashsale.engine.settings import Settings
 
 
 @click.command()
@@ -49,7 +49,7 @@ def serve(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         uvicorn.run(
-            "api.app:app_from_env",
+            "flashsale.api.app:app_from_env",
             factory=True,
             host=host or settings.host,
             port=port or settings.port,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from api.auth import issue_token
-from flashsale.settings import Settings
+from flashsale.api.auth import issue_token
+from flashsale.engine.settings import Settings
 
 
 def mint(settings: Settings, user: str, *, admin: bool = False, ttl_s: int = 3600) -> str:

@@ -10,7 +10,7 @@ import click
 import msgspec
 from rich.console import Console
 
-from flashsale.settings import Settings
+from flashsale.engine.settings import Settings
 from flashsale.stack import DEMO_SALE, StackOptions, run
 
 

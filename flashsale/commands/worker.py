@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import redis
 
-from flashsale.settings import Settings
+from flashsale.engine.settings import Settings
 
 
 @click.group(invoke_without_command=True)
@@ -27,7 +27,7 @@ def worker(
     _KAFKA_BOOTSTRAP). Several workers split the partitions; stop with SIGTERM or Ctrl-C."""
     if ctx.invoked_subcommand is not None:
         return
-    from writeback.worker import WorkerOptions, run_until_signalled
+    from flashsale.writeback.worker import WorkerOptions, run_until_signalled
 
     settings: Settings = ctx.obj
     options = WorkerOptions(
@@ -46,7 +46,7 @@ def lag(settings: Settings, as_json: bool) -> None:
     """Events not yet in PostgreSQL and Kafka, per partition, and the age of the oldest."""
     import msgspec
 
-    from writeback.lag import read_lag, total_lag
+    from flashsale.writeback.lag import read_lag, total_lag
 
     if not settings.redis_url:
         raise click.ClickException("FLASHSALE_REDIS_URL is not set")

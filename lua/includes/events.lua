@@ -1,3 +1,5 @@
+-- Needs: rcall (common).
+--@include common
 -- Appends one event to the partition's stream. Every state change calls this exactly once, in the same
 -- script as the change, so the stream is a complete log. Deltas are the change to the SKU's counters
 -- (available, reserved, sold, total); extra holds the event's own field/value pairs.

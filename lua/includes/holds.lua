@@ -1,3 +1,6 @@
+-- Needs: rcall, RETENTION_MS (common), emit (events).
+--@include common
+--@include events
 -- Ends an active hold: its units go back to available, the user's held count drops, the reservation
 -- leaves both deadline sets and takes its final status (CANCELLED or EXPIRED). If a checkout was in
 -- flight (an abandoned payment), that order becomes FAILED in the same step. Emits one event.

@@ -14,13 +14,13 @@ import httpx
 import pytest
 import redis
 import uvicorn
+from flashsale.api.app import create_app
+from flashsale.api.payments import PaymentGateway, SimulatedGateway
+from flashsale.engine import Engine, Sale, SaleSettings
+from flashsale.engine.settings import Settings
 
-from api.app import create_app
-from api.payments import PaymentGateway, SimulatedGateway
-from engine import Engine, Sale, SaleSettings
 from flashsale.commands.token import mint
 from flashsale.launcher import free_port
-from flashsale.settings import Settings
 
 SECRET = "test-secret-for-the-api-suite-0123456789abcdef"
 SKU = "SKU-001"

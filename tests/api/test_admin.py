@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+from flashsale.engine import Engine, Sale
 
-from engine import Engine, Sale
 from tests.api.conftest import SKU, ApiServer
 from tests.api.test_orders import checkout
 from tests.api.test_reservations import V1, assert_error, reserve

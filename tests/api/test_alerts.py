@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 import yaml
+from flashsale.engine import Sale
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import Sale
 from tests.api.conftest import ApiServer
 from tests.api.test_orders import checkout
 from tests.api.test_reservations import V1, reserve

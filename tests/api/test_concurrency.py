@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from flashsale.engine import Engine, Sale, replay
 
-from engine import Engine, Sale, replay
 from tests.api.conftest import SKU, ApiServer
 
 V1 = "/api/v1"

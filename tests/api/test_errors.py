@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from flashsale.api.payments import SimulatedGateway
+from flashsale.engine import Engine, Sale
 
-from api.payments import SimulatedGateway
-from engine import Engine, Sale
 from flashsale.launcher import free_port
 from tests.api.conftest import SECRET, SKU, ApiServer
 from tests.api.test_reservations import V1, assert_error

@@ -9,12 +9,19 @@ import httpx
 import jsonschema
 import msgspec
 import pytest
+from flashsale.api.openapi import build
+from flashsale.api.routes import ENDPOINTS
+from flashsale.api.schemas import (
+    CheckoutRequest,
+    ErrorBody,
+    OrderBody,
+    Product,
+    ReservationBody,
+    ReservationRequest,
+)
+from flashsale.engine import Engine, Sale
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.openapi import build
-from api.routes import ENDPOINTS
-from api.schemas import CheckoutRequest, ErrorBody, OrderBody, Product, ReservationBody, ReservationRequest
-from engine import Engine, Sale
 from flashsale.launcher import KafkaBroker, PostgresServer, free_port
 from tests.api.conftest import SKU, ApiServer
 from tests.api.test_orders import checkout

@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 import httpx
+from flashsale.api.payments import DECLINING_METHOD, Charge, SimulatedGateway
+from flashsale.engine import Engine, Sale
 
-from api.payments import DECLINING_METHOD, Charge, SimulatedGateway
-from engine import Engine, Sale
 from tests.api.conftest import SKU, ApiServer
 from tests.api.test_reservations import V1, assert_error, reserve
 

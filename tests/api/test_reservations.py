@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from flashsale.engine import Engine, Sale
 
-from engine import Engine, Sale
 from tests.api.conftest import SKU, ApiServer
 
 V1 = "/api/v1"

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from flashsale.engine import Sale
+from flashsale.engine.settings import Settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import Sale
 from flashsale.commands.token import mint
 from flashsale.launcher import free_port, wait_for_port
-from flashsale.settings import Settings
 from tests.api.conftest import SECRET, SKU
 
 FLASHSALE = [sys.executable, "-c", "from flashsale.cli import main; main()"]

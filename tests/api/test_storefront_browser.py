@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from flashsale.engine import Engine, OrderStatus, ReservationStatus, SaleSettings
 from playwright.sync_api import BrowserContext, Locator, Page, Playwright, expect, sync_playwright
-
-from engine import Engine, OrderStatus, ReservationStatus, SaleSettings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.checks import invariant_1
-from bench.options import Options
-from bench.scenarios import baseline, full_sale, hot_sku
+from flashsale.bench.checks import invariant_1
+from flashsale.bench.options import Options
+from flashsale.bench.scenarios import baseline, full_sale, hot_sku
+
 from flashsale.launcher import KafkaBroker, PostgresServer, RedisServer
 
 

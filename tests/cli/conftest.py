@@ -7,10 +7,9 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
-
-from engine import Engine
-from writeback.batch import Batch
-from writeback.postgres import apply_batch, ensure_offset, unapplied
+from flashsale.engine import Engine
+from flashsale.writeback.batch import Batch
+from flashsale.writeback.postgres import apply_batch, ensure_offset, unapplied
 
 Drain = Callable[[Engine, str], int]
 

@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
+from flashsale.engine import Engine, SaleSettings
+from flashsale.engine.keys import Keyspace
 
-from engine import Engine, SaleSettings
-from engine.keys import Keyspace
 from flashsale.cli import main
 
 Drain = Callable[[Engine, str], int]

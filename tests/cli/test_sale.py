@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
+from flashsale.engine import Engine
 
-from engine import Engine
 from flashsale.cli import main
 
 Drain = Callable[[Engine, str], int]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
-from engine import Engine, EngineConfig
+from flashsale.engine import Engine, EngineConfig
 
 
 @pytest.fixture

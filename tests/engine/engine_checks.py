@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
-
-from engine import Engine, Event, partition_of, replay
-from engine.events import parse_entry
+from flashsale.engine import Engine, Event, partition_of, replay
+from flashsale.engine.events import parse_entry
 
 T = TypeVar("T")
 

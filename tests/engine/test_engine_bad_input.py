@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 from engine_checks import keyspace, stream_lengths
-
-from engine import Engine, FlashSaleError, Order, Reservation, SaleSettings
+from flashsale.engine import Engine, FlashSaleError, Order, Reservation, SaleSettings
 
 
 @dataclass(frozen=True)

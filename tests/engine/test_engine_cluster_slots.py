@@ -11,10 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from engine_checks import keyspace, sku_in_partition
+from flashsale.engine import Engine, EngineConfig, SaleSettings
+from flashsale.engine.operations import Call, Operations
 from redis.crc import key_slot
-
-from engine import Engine, EngineConfig, SaleSettings
-from engine.operations import Call, Operations
 
 
 def _slot(key: str) -> int:

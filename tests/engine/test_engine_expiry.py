@@ -7,8 +7,7 @@ import time
 
 import pytest
 from engine_checks import all_events, check_invariants, event_types
-
-from engine import (
+from flashsale.engine import (
     Engine,
     InvalidState,
     OrderStatus,

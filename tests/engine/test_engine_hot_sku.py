@@ -8,8 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from engine_checks import check_invariants, event_types
-
-from engine import AsyncEngine, Engine, FlashSaleError, OutOfStock, Reservation, SaleSettings
+from flashsale.engine import AsyncEngine, Engine, FlashSaleError, OutOfStock, Reservation, SaleSettings
 
 BUYERS = 1000
 UNITS = 100

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 from engine_checks import check_invariants, event_types, run_together, sku_in_partition, stream_lengths
-
-from engine import (
+from flashsale.engine import (
     CheckoutInProgress,
     Engine,
     InvalidState,

@@ -12,9 +12,9 @@ import threading
 import time
 
 import redis
+from flashsale.engine import AsyncEngine, Engine, EngineConfig, Reservation, SaleSettings
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from engine import AsyncEngine, Engine, EngineConfig, Reservation, SaleSettings
 from tests.engine.engine_checks import all_events, check_invariants
 
 SKU = "SKU-PIPE"

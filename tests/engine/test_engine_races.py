@@ -11,8 +11,7 @@ from functools import partial
 from typing import TypeVar
 
 from engine_checks import check_invariants, event_types, run_together
-
-from engine import (
+from flashsale.engine import (
     CheckoutInProgress,
     Engine,
     InvalidState,

@@ -7,8 +7,7 @@ import asyncio
 
 import pytest
 from engine_checks import all_events, check_invariants, keyspace
-
-from engine import (
+from flashsale.engine import (
     AsyncEngine,
     Engine,
     FlashSaleError,

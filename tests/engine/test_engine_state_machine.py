@@ -18,16 +18,7 @@ from dataclasses import dataclass, field
 import hypothesis.strategies as st
 import pytest
 from engine_checks import check_partition, read_partition, sku_in_partition
-from hypothesis import HealthCheck, Phase, assume, settings
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    rule,
-    run_state_machine_as_test,
-)
-
-from engine import (
+from flashsale.engine import (
     Engine,
     EngineConfig,
     FlashSaleError,
@@ -38,7 +29,15 @@ from engine import (
     UserCounts,
     partition_of,
 )
-from engine.models import from_hash
+from flashsale.engine.models import from_hash
+from hypothesis import HealthCheck, Phase, assume, settings
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 TTL_MS = 1000
 GRACE_MS = 200

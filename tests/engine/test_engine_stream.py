@@ -8,8 +8,7 @@ import random
 from collections import Counter
 
 from engine_checks import all_events, check_invariants, event_types, sku_in_partition
-
-from engine import AsyncEngine, Engine, FlashSaleError, SaleSettings, replay
+from flashsale.engine import AsyncEngine, Engine, FlashSaleError, SaleSettings, replay
 
 SKUS = [sku_in_partition(p, stem="BURST") for p in (0, 1, 2)] + [sku_in_partition(2, stem="BURST-X")]
 USERS = [f"shopper-{n}" for n in range(40)]

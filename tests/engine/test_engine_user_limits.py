@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from engine_checks import check_invariants, event_types, run_together
-
-from engine import AlreadyReserved, Engine, Reservation, SaleSettings
+from flashsale.engine import AlreadyReserved, Engine, Reservation, SaleSettings
 
 
 def test_the_same_user_double_clicking_fifty_times_at_once_gets_exactly_one_reservation(

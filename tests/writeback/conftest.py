@@ -7,11 +7,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from flashsale.engine import Engine
+from flashsale.engine.settings import Settings
 from writeback_checks import Shop
 
-from engine import Engine
 from flashsale.launcher import KafkaBroker
-from flashsale.settings import Settings
 
 
 @pytest.fixture

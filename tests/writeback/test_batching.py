@@ -8,14 +8,14 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from flashsale.engine import Engine
+from flashsale.engine.events import Event
+from flashsale.writeback.batch import Batch, UnknownEvent
+from flashsale.writeback.database import migrate
+from flashsale.writeback.postgres import apply_batch, ensure_offset
 from writeback_checks import Shop, all_events, assert_postgres_equals_redis, postgres_snapshot
 
-from engine import Engine
-from engine.events import Event
 from flashsale.launcher import PostgresServer
-from writeback.batch import Batch, UnknownEvent
-from writeback.database import migrate
-from writeback.postgres import apply_batch, ensure_offset
 
 
 @pytest.fixture

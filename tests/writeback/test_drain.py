@@ -9,6 +9,9 @@ import time
 import psycopg
 import pytest
 import redis
+from flashsale.engine import Engine, SaleSettings
+from flashsale.engine.settings import Settings
+from flashsale.writeback import WorkerOptions, WorkerThread, read_lag, total_lag
 from writeback_checks import (
     Shop,
     all_events,
@@ -16,10 +19,6 @@ from writeback_checks import (
     assert_postgres_equals_redis,
     postgres_snapshot,
 )
-
-from engine import Engine, SaleSettings
-from flashsale.settings import Settings
-from writeback import WorkerOptions, WorkerThread, read_lag, total_lag
 
 
 def test_after_a_burst_postgres_and_kafka_equal_redis(engine: Engine, settings: Settings, shop: Shop) -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from flashsale.engine import Engine
+from flashsale.engine.settings import Settings
+from flashsale.writeback import WorkerOptions, WorkerThread, read_lag, spawn_worker, total_lag
+from flashsale.writeback.database import migrate
 from writeback_checks import Shop, all_events, assert_kafka_holds_every_event, assert_postgres_equals_redis
 
-from engine import Engine
 from flashsale.launcher import KafkaBroker, PostgresServer
-from flashsale.settings import Settings
-from writeback import WorkerOptions, WorkerThread, read_lag, spawn_worker, total_lag
-from writeback.database import migrate
 
 
 def _settings(base: Settings, **changes: object) -> Settings:

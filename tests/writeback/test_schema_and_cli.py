@@ -11,12 +11,12 @@ import psycopg
 import pytest
 import redis
 from click.testing import CliRunner
+from flashsale.engine import Engine, SaleSettings
+from flashsale.engine.settings import Settings
+from flashsale.writeback import WorkerOptions, WorkerThread, read_lag, total_lag
 
-from engine import Engine, SaleSettings
 from flashsale.cli import main
 from flashsale.launcher import PostgresServer
-from flashsale.settings import Settings
-from writeback import WorkerOptions, WorkerThread, read_lag, total_lag
 
 
 @pytest.fixture

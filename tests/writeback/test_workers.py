@@ -12,11 +12,10 @@ from datetime import datetime
 from pathlib import Path
 
 import redis
+from flashsale.engine import Engine, Keyspace
+from flashsale.engine.settings import Settings
+from flashsale.writeback import WorkerOptions, spawn_worker, wait_drained
 from writeback_checks import Shop, assert_postgres_equals_redis
-
-from engine import Engine, Keyspace
-from flashsale.settings import Settings
-from writeback import WorkerOptions, spawn_worker, wait_drained
 
 _LOG_LINE = re.compile(
     r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*event=partition_(?P<what>acquired|released) "

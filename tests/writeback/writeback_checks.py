@@ -14,12 +14,11 @@ from typing import Any
 import msgspec
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
-
-from engine import Engine, SaleSettings
-from engine.errors import FlashSaleError
-from engine.events import Event
-from flashsale.settings import Settings
-from writeback.messages import Topics, messages
+from flashsale.engine import Engine, SaleSettings
+from flashsale.engine.errors import FlashSaleError
+from flashsale.engine.events import Event
+from flashsale.engine.settings import Settings
+from flashsale.writeback.messages import Topics, messages
 
 
 @dataclass

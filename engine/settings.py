@@ -1,20 +1,38 @@
-"""One typed settings object, read from the environment (prefix ``FLASHSALE_``) when asked, never at import.
+"""Configuration, on the ground floor: ``EngineConfig`` (what the engine needs, plain values) and
+``Settings``, the one typed settings object of every process, read from the environment (prefix
+``FLASHSALE_``) when asked, never at import.
 
-A URL left unset means "embedded": ``flashsale up`` starts that server itself (see ``flashsale.launcher``).
-compose.yaml sets the same variable names.
+Every default is written once, here. A URL left unset means "embedded": ``flashsale up`` starts that server
+itself (see ``flashsale.launcher``). compose.yaml sets the same variable names.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
-from engine.operations import EngineConfig
-
 PREFIX = "FLASHSALE_"
+
+PARTITIONS = 16
+KEY_PREFIX = "fs"
+IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+PAYMENT_GRACE_MS = 30_000
+LAZY_EXPIRY_BOUND = 16
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """What the engine needs to know: the key layout and the timings it passes to the scripts."""
+
+    partitions: int = PARTITIONS
+    prefix: str = KEY_PREFIX
+    idempotency_ttl_ms: int = IDEMPOTENCY_TTL_MS
+    payment_grace_ms: int = PAYMENT_GRACE_MS
+    lazy_expiry_bound: int = LAZY_EXPIRY_BOUND
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -25,11 +43,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     data_dir: Path | None = None
 
     # Engine
-    partitions: int = 16
-    key_prefix: str = "fs"
-    idempotency_ttl_ms: int = 24 * 3600 * 1000
-    payment_grace_ms: int = 30_000
-    lazy_expiry_bound: int = 16
+    partitions: int = PARTITIONS
+    key_prefix: str = KEY_PREFIX
+    idempotency_ttl_ms: int = IDEMPOTENCY_TTL_MS
+    payment_grace_ms: int = PAYMENT_GRACE_MS
+    lazy_expiry_bound: int = LAZY_EXPIRY_BOUND
     redis_max_connections: int = 64
     redis_pool_timeout_s: float = 10.0
 

@@ -1,0 +1,27 @@
+"""What every handler works with: one ``Api`` per app, built by ``api.app`` at startup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flashsale.api.auth import Authenticator
+from flashsale.api.checkout import Checkout
+from flashsale.api.coalescing import SingleFlight
+from flashsale.api.metrics import ApiMetrics
+from flashsale.api.ratelimit import UserRateLimiter
+from flashsale.engine import AsyncEngine
+from flashsale.engine.settings import Settings
+
+
+@dataclass
+class Api:
+    """What handlers use: one per app."""
+
+    settings: Settings
+    engine: AsyncEngine
+    auth: Authenticator
+    limiter: UserRateLimiter
+    metrics: ApiMetrics
+    checkout: Checkout
+    reads: SingleFlight
+    openapi: bytes
