@@ -25,11 +25,15 @@ Reservation and order ids carry their partition (``rsv_3_…``, ``ord_3_…``), 
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from dataclasses import dataclass
 
 from .errors import NotFound
 from .settings import KEY_PREFIX, PARTITIONS
+
+# A reservation or order id: kind, partition, random part; ASCII only (re.ASCII: \d is [0-9] alone).
+ENTITY_ID = re.compile(r"(rsv|ord)_(0|[1-9]\d{0,4})_([0-9a-zA-Z]{1,64})", re.ASCII)
 
 
 def partition_of(sku: str, partitions: int) -> int:
@@ -98,25 +102,26 @@ class Keyspace:
         return Partition(partition_of(sku, self.partitions), self.prefix)
 
     def for_id(self, entity_id: str) -> Partition | None:
-        """The partition an id was minted in, or None when the id is not one of ours."""
-        parts = entity_id.split("_", 2)
-        if len(parts) != 3 or parts[0] not in ("rsv", "ord") or not parts[1].isdigit() or not parts[2]:
+        """The partition an id was minted in, or None when the id is not one of ours (one strict ASCII
+        rule, ``ENTITY_ID``: ``str.isdigit`` would take "²" as a digit that ``int`` then refuses)."""
+        match = ENTITY_ID.fullmatch(entity_id) if isinstance(entity_id, str) else None
+        if match is None:
             return None
-        index = int(parts[1])
+        index = int(match.group(2))
         if index >= self.partitions:
             return None
         return Partition(index, self.prefix)
 
     def for_reservation(self, reservation_id: str) -> Partition:
         """The partition a reservation id was minted in; NotFound for an id that is not one of ours."""
-        p = self.for_id(reservation_id) if isinstance(reservation_id, str) else None
+        p = self.for_id(reservation_id)
         if p is None or not reservation_id.startswith("rsv_"):
             raise NotFound(f"no reservation {reservation_id!r}")
         return p
 
     def for_order(self, order_id: str) -> Partition:
         """The partition an order id was minted in; NotFound for an id that is not one of ours."""
-        p = self.for_id(order_id) if isinstance(order_id, str) else None
+        p = self.for_id(order_id)
         if p is None or not order_id.startswith("ord_"):
             raise NotFound(f"no order {order_id!r}")
         return p

@@ -278,6 +278,17 @@ CASES: list[tuple[str, str, Case]] = [
     ("read an empty sku", "INVALID_ARGUMENT", lambda e, w: e.get_sale("")),
     ("read a malformed reservation id", "NOT_FOUND", lambda e, w: e.get_reservation("junk")),
     ("read an unknown order", "NOT_FOUND", lambda e, w: e.get_order("ord_3_nope")),
+    # A non-ASCII digit as the partition: str.isdigit said yes, int() then failed (a 500 in the API).
+    ("read a reservation of partition ²", "NOT_FOUND", lambda e, w: e.get_reservation("rsv_²_x")),
+    ("release a reservation of partition ١", "NOT_FOUND", lambda e, w: e.release("rsv_١_x", "alice")),
+    ("read an order of partition ３", "NOT_FOUND", lambda e, w: e.get_order("ord_３_x")),
+    ("cancel an order of partition ²", "NOT_FOUND", lambda e, w: e.cancel_order("ord_²_x", "alice")),
+    ("fulfil an order of partition ²", "NOT_FOUND", lambda e, w: e.fulfil_order("ord_²_x")),
+    (
+        "checkout a reservation of partition ²",
+        "NOT_FOUND",
+        lambda e, w: e.begin_checkout("rsv_²_x", "alice", "card"),
+    ),
     ("read counts of a None sku", "INVALID_ARGUMENT", lambda e, w: e.user_counts(None, "alice")),
     ("read counts of an empty user", "INVALID_ARGUMENT", lambda e, w: e.user_counts("BAD-1", "")),
 ]
