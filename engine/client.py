@@ -19,8 +19,18 @@ from redis.retry import Retry
 
 from .errors import FlashSaleError, NotFound, from_reply
 from .events import Event, parse_entry
-from .keys import Partition
-from .models import Order, Reservation, Sale, SaleSettings, UserCounts, from_hash
+from .keys import Partition, bought_field, held_field
+from .models import (
+    SALE_FIELDS,
+    Order,
+    Reservation,
+    Sale,
+    SaleSettings,
+    UserCounts,
+    from_hash,
+    reservation_from_record,
+    sale_from_values,
+)
 from .operations import Call, Operations, identifier
 from .pipelining import AutoPipeline
 from .scripts import Script, load_scripts
@@ -57,15 +67,31 @@ class _Common:
     def _order_key(self, order_id: str) -> str:
         return self.keys.for_order(order_id).order(order_id)
 
-    def _user_key(self, sku: str, user: str) -> str:
-        p = self.keys.for_sku(identifier(sku, "sku"))
-        return p.user(sku, identifier(user, "user id"))
+    def _sku_key(self, sku: str) -> str:
+        return self.keys.for_sku(identifier(sku, "sku")).sku(sku)
 
     @staticmethod
     def _entity(fields: Mapping[Any, Any], into: type[T], what: str) -> T:
         if not fields:
             raise NotFound(f"no {what}")
         return from_hash(fields, into)
+
+    @staticmethod
+    def _sale(values: list[Any], sku: str) -> Sale:
+        sale = sale_from_values(values)
+        if sale is None:
+            raise NotFound(f"no sale for sku {sku!r}")
+        return sale
+
+    @staticmethod
+    def _reservation(record: Any, reservation_id: str) -> Reservation:
+        if record is None:
+            raise NotFound(f"no reservation {reservation_id!r}")
+        return reservation_from_record(reservation_id, str(record))
+
+    @staticmethod
+    def _counts(values: list[Any]) -> UserCounts:
+        return UserCounts(held=int(values[0] or 0), purchased=int(values[1] or 0))
 
     @staticmethod
     def _catalog(members_per_partition: list[Any]) -> list[str]:
@@ -162,8 +188,7 @@ class Engine(_Common):
 
     # -- reads --------------------------------------------------------------------------------------------
     def get_sale(self, sku: str) -> Sale:
-        p = self.keys.for_sku(identifier(sku, "sku"))
-        return self._entity(self.redis.hgetall(p.sku(sku)), Sale, f"sale for sku {sku!r}")
+        return self._sale(self.redis.hmget(self._sku_key(sku), SALE_FIELDS), sku)
 
     def list_sales(self) -> list[Sale]:
         """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales)."""
@@ -172,19 +197,18 @@ class Engine(_Common):
             catalogs.smembers(p.catalog())
         pipe = self.redis.pipeline(transaction=False)
         for sku in self._catalog(catalogs.execute()):
-            pipe.hgetall(self.keys.for_sku(sku).sku(sku))
-        return [from_hash(fields, Sale) for fields in pipe.execute() if fields]
+            pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_FIELDS)
+        return [sale for values in pipe.execute() if (sale := sale_from_values(values)) is not None]
 
     def get_reservation(self, reservation_id: str) -> Reservation:
-        key = self._reservation_key(reservation_id)
-        return self._entity(self.redis.hgetall(key), Reservation, f"reservation {reservation_id!r}")
+        return self._reservation(self.redis.get(self._reservation_key(reservation_id)), reservation_id)
 
     def get_order(self, order_id: str) -> Order:
         return self._entity(self.redis.hgetall(self._order_key(order_id)), Order, f"order {order_id!r}")
 
     def user_counts(self, sku: str, user: str) -> UserCounts:
-        fields = self.redis.hgetall(self._user_key(sku, user))
-        return from_hash(fields, UserCounts)
+        fields = (held_field(identifier(user, "user id")), bought_field(user))
+        return self._counts(self.redis.hmget(self._sku_key(sku), fields))
 
     def read_events(self, partition: int, after: str = "-", count: int | None = None) -> list[Event]:
         """Events of a partition's stream after the given stream id ("-": from the start)."""
@@ -305,8 +329,7 @@ class AsyncEngine(_Common):
 
     # -- reads --------------------------------------------------------------------------------------------
     async def get_sale(self, sku: str) -> Sale:
-        p = self.keys.for_sku(identifier(sku, "sku"))
-        return self._entity(await self.redis.hgetall(p.sku(sku)), Sale, f"sale for sku {sku!r}")
+        return self._sale(await self.redis.hmget(self._sku_key(sku), SALE_FIELDS), sku)
 
     async def list_sales(self) -> list[Sale]:
         """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales)."""
@@ -315,19 +338,19 @@ class AsyncEngine(_Common):
             catalogs.smembers(p.catalog())
         pipe = self.redis.pipeline(transaction=False)
         for sku in self._catalog(await catalogs.execute()):
-            pipe.hgetall(self.keys.for_sku(sku).sku(sku))
-        return [from_hash(fields, Sale) for fields in await pipe.execute() if fields]
+            pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_FIELDS)
+        return [sale for values in await pipe.execute() if (sale := sale_from_values(values)) is not None]
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
-        key = self._reservation_key(reservation_id)
-        return self._entity(await self.redis.hgetall(key), Reservation, f"reservation {reservation_id!r}")
+        record = await self.redis.get(self._reservation_key(reservation_id))
+        return self._reservation(record, reservation_id)
 
     async def get_order(self, order_id: str) -> Order:
         return self._entity(await self.redis.hgetall(self._order_key(order_id)), Order, f"order {order_id!r}")
 
     async def user_counts(self, sku: str, user: str) -> UserCounts:
-        fields = await self.redis.hgetall(self._user_key(sku, user))
-        return from_hash(fields, UserCounts)
+        fields = (held_field(identifier(user, "user id")), bought_field(user))
+        return self._counts(await self.redis.hmget(self._sku_key(sku), fields))
 
     async def read_events(self, partition: int, after: str = "-", count: int | None = None) -> list[Event]:
         p = self.keys.partition(partition)

@@ -3,21 +3,20 @@
 Every key of a SKU, of its reservations and orders, and of its partition's event stream carries the
 hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in one Redis Cluster slot.
 
-    fs:{p3}:sku:<sku>              hash   counters (total available reserved sold) + sale settings
-    fs:{p3}:skus                   set    the partition's SKU ids (the catalog)
-    fs:{p3}:holds:<sku>            zset   active reservation id -> deadline ms (lazy expiry in reserve)
-    fs:{p3}:deadlines              zset   the same for the whole partition (the sweeper)
-    fs:{p3}:user:<sku>:<user>      hash   held, purchased (the per-user limit)
-    fs:{p3}:res:<reservation id>   hash   one reservation
-    fs:{p3}:order:<order id>       hash   one order
-    fs:{p3}:idem:<op>:<scope>:<user>:<key>
-                                   string first answer of an idempotent call; scope: the SKU (reserve),
-                                          reservation (checkout) or order (confirm) it was about
-    fs:{p3}:events                 stream every state change of the partition, in order
-    fs:{p3}:writeback:lease        string the write-behind worker holding the partition (a lease)
-    fs:{p3}:writeback              hash   applied (PostgreSQL), published (Kafka): stream ids each sink took
-    fs:writeback:workers           zset   worker id -> last heartbeat ms: the live workers
-    fs:writeback:worker:<id>       string the partitions a worker holds, expiring with the worker
+    fs:{p3}:sku:<sku>          hash    counters (total available reserved sold), sale settings, and per
+                                       user h:<user> (units held now), b:<user> (units bought): the limit
+    fs:{p3}:skus               set     the partition's SKU ids (the catalog)
+    fs:{p3}:holds:<sku>        zset    the SKU's open holds: reservation id -> deadline ms (expiry)
+    fs:{p3}:r:<reservation id> string  one reservation: "sku user quantity status created_at expires_at
+                                       order_id pay_until ended_at" (lua/includes/reservations.lua)
+    fs:{p3}:order:<order id>   hash    one order
+    fs:{p3}:idem:<generation>  hash    first answers of idempotent calls, field "<op>:<scope>:<user>:<key>",
+                                       generation = now // idempotency ttl (lua/includes/idempotency.lua)
+    fs:{p3}:events             stream  every state change of the partition, in order (engine/events.py)
+    fs:{p3}:writeback:lease    string  the write-behind worker holding the partition (a lease)
+    fs:{p3}:writeback          hash    applied (PostgreSQL), published (Kafka): stream ids each sink took
+    fs:writeback:workers       zset    worker id -> last heartbeat ms: the live workers
+    fs:writeback:worker:<id>   string  the partitions a worker holds, expiring with the worker
 
 Reservation and order ids carry their partition (``rsv_3_…``, ``ord_3_…``), so a lookup by id needs no index.
 """
@@ -27,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import NotFound
 from .settings import KEY_PREFIX, PARTITIONS
@@ -47,11 +46,11 @@ class Partition:
 
     index: int
     prefix: str
+    # The prefix every key of this partition starts with, hash tag included: ``fs:{p3}:``.
+    tag: str = field(init=False)
 
-    @property
-    def tag(self) -> str:
-        """The prefix every key of this partition starts with, hash tag included: ``fs:{p3}:``."""
-        return f"{self.prefix}:{{p{self.index}}}:"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tag", f"{self.prefix}:{{p{self.index}}}:")
 
     def sku(self, sku: str) -> str:
         return f"{self.tag}sku:{sku}"
@@ -62,21 +61,15 @@ class Partition:
     def holds(self, sku: str) -> str:
         return f"{self.tag}holds:{sku}"
 
-    def deadlines(self) -> str:
-        return f"{self.tag}deadlines"
-
-    def user(self, sku: str, user: str) -> str:
-        return f"{self.tag}user:{sku}:{user}"
-
     def reservation(self, reservation_id: str) -> str:
-        return f"{self.tag}res:{reservation_id}"
+        return f"{self.tag}r:{reservation_id}"
 
     def order(self, order_id: str) -> str:
         return f"{self.tag}order:{order_id}"
 
-    def idempotency(self, operation: str, user: str, key: str | None) -> str:
-        # Without a key the script never touches this name; it only keeps KEYS in the partition's slot.
-        return f"{self.tag}idem:{operation}:{user}:{key}" if key else f"{self.tag}idem:-"
+    def idempotency(self, generation: int) -> str:
+        """One generation's hash of idempotent answers (the scripts pick the generation by the clock)."""
+        return f"{self.tag}idem:{generation}"
 
     def events(self) -> str:
         return f"{self.tag}events"
@@ -90,16 +83,20 @@ class Partition:
 
 @dataclass(frozen=True, slots=True)
 class Keyspace:
-    """Maps SKUs and entity ids to their partition's keys."""
+    """Maps SKUs and entity ids to their partition's keys (Partition objects made once, not per call)."""
 
     partitions: int = PARTITIONS
     prefix: str = KEY_PREFIX
+    _all: tuple[Partition, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_all", tuple(Partition(i, self.prefix) for i in range(self.partitions)))
 
     def partition(self, index: int) -> Partition:
-        return Partition(index, self.prefix)
+        return self._all[index]
 
     def for_sku(self, sku: str) -> Partition:
-        return Partition(partition_of(sku, self.partitions), self.prefix)
+        return self._all[zlib.crc32(sku.encode()) % self.partitions]
 
     def for_id(self, entity_id: str) -> Partition | None:
         """The partition an id was minted in, or None when the id is not one of ours (one strict ASCII
@@ -110,7 +107,7 @@ class Keyspace:
         index = int(match.group(2))
         if index >= self.partitions:
             return None
-        return Partition(index, self.prefix)
+        return self._all[index]
 
     def for_reservation(self, reservation_id: str) -> Partition:
         """The partition a reservation id was minted in; NotFound for an id that is not one of ours."""
@@ -133,13 +130,28 @@ class Keyspace:
         return f"{self.prefix}:writeback:worker:{worker_id}"
 
     def all(self) -> list[Partition]:
-        return [Partition(i, self.prefix) for i in range(self.partitions)]
+        return list(self._all)
+
+
+def held_field(user: str) -> str:
+    """The SKU hash's field of the units ``user`` holds right now."""
+    return f"h:{user}"
+
+
+def bought_field(user: str) -> str:
+    """The SKU hash's field of the units ``user`` has bought."""
+    return f"b:{user}"
+
+
+def idempotency_field(operation: str, scope: str, user: str, key: str) -> str:
+    """A first answer's field: scoped to the user and to what the call is about (SKU, reservation, order)."""
+    return f"{operation}:{scope}:{user}:{key}"
 
 
 def new_reservation_id(partition: Partition) -> str:
-    # 128 random bits as 32 hex digits, like uuid4().hex but without building a UUID object (hot path).
-    return f"rsv_{partition.index}_{os.urandom(16).hex()}"
+    # 96 random bits as 24 hex digits: unique for good (PostgreSQL keeps every id), short in memory.
+    return f"rsv_{partition.index}_{os.urandom(12).hex()}"
 
 
 def new_order_id(partition: Partition) -> str:
-    return f"ord_{partition.index}_{os.urandom(16).hex()}"
+    return f"ord_{partition.index}_{os.urandom(12).hex()}"

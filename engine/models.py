@@ -112,6 +112,65 @@ class UserCounts(msgspec.Struct, kw_only=True, frozen=True):
 
 T = TypeVar("T")
 
+# A SKU's own fields in its hash (lua/includes/sales.lua's SALE_FIELDS); the hash also holds user counts,
+# so it is read by these names, never whole.
+SALE_FIELDS = (
+    "sku",
+    "name",
+    "price_cents",
+    "flash_price_cents",
+    "total",
+    "available",
+    "reserved",
+    "sold",
+    "per_user_limit",
+    "starts_at",
+    "ends_at",
+    "reservation_ttl_ms",
+    "paused",
+    "created_at",
+    "updated_at",
+)
+
+
+def sale_from_values(values: list[Any]) -> Sale | None:
+    """A Sale from HMGET of SALE_FIELDS; None when the SKU has no sale."""
+    if values[0] is None:
+        return None
+    return msgspec.convert(dict(zip(SALE_FIELDS, values, strict=True)), Sale, strict=False)
+
+
+def reservation_from_record(reservation_id: str, record: str) -> Reservation:
+    """A Reservation from its record, the string lua/includes/reservations.lua writes:
+    ``sku user quantity status created_at expires_at order_id pay_until ended_at`` ('-' / 0: none)."""
+    sku, user, quantity, status, created_at, expires_at, order_id, pay_until, ended_at = record.split(" ")
+    return Reservation(
+        id=reservation_id,
+        sku=sku,
+        user=user,
+        quantity=int(quantity),
+        status=ReservationStatus(status),
+        created_at=int(created_at),
+        expires_at=int(expires_at),
+        order_id=None if order_id == "-" else order_id,
+        pay_until=int(pay_until) or None,
+        ended_at=int(ended_at) or None,
+    )
+
+
+def reservation_from_reserve(sku: str, user: str, reply: str) -> Reservation:
+    """The new hold from reserve's reply ``<id> <quantity> <created_at> <expires_at>``."""
+    reservation_id, quantity, created_at, expires_at = reply.split(" ")
+    return Reservation(
+        id=reservation_id,
+        sku=sku,
+        user=user,
+        quantity=int(quantity),
+        status=ReservationStatus.RESERVED,
+        created_at=int(created_at),
+        expires_at=int(expires_at),
+    )
+
 
 def from_pairs(reply: list[Any], into: type[T]) -> T:
     """Decodes a flat field/value array (a script's reply, or HGETALL's) into a Struct."""

@@ -1,6 +1,7 @@
 """Each engine operation as a script call: which script, which keys, which arguments, how to read the reply.
 
-The sync and asyncio clients both execute these, so the two cannot drift apart in semantics.
+The sync and asyncio clients both execute these, so the two cannot drift apart in semantics. Arguments are
+few and short on purpose: every one costs Redis CPU on every call (README, Performance).
 """
 
 from __future__ import annotations
@@ -10,15 +11,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from .bounds import IDENTIFIER_PATTERN, MAX_IDEMPOTENCY_KEY_CHARS, MAX_IDENTIFIER_CHARS
 from .errors import InvalidArgument
-from .keys import Keyspace, new_order_id, new_reservation_id
-from .models import Order, Reservation, Sale, SaleSettings, from_pairs
+from .keys import Keyspace, idempotency_field, new_order_id, new_reservation_id
+from .models import (
+    Order,
+    Reservation,
+    Sale,
+    SaleSettings,
+    from_pairs,
+    reservation_from_record,
+    reservation_from_reserve,
+)
 from .settings import EngineConfig
 
 T = TypeVar("T")
 
 # The same rule as isIdentifier() in lua/includes/common.lua: ids become parts of key names.
-_IDENTIFIER = re.compile(r"[A-Za-z0-9\-_.@]{1,128}")
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +41,7 @@ class Call(Generic[T]):
 
 def identifier(value: str, what: str) -> str:
     if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
-        raise InvalidArgument(f"{what} must be 1-128 letters, digits or -_.@")
+        raise InvalidArgument(f"{what} must be 1-{MAX_IDENTIFIER_CHARS} letters, digits or -_.@")
     return value
 
 
@@ -41,10 +51,6 @@ def text(value: str, what: str) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be text")
     return value
-
-
-def _reservation(reply: Any) -> Reservation:
-    return from_pairs(reply, Reservation)
 
 
 def _order(reply: Any) -> Order:
@@ -65,21 +71,20 @@ class Operations:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.keys = Keyspace(config.partitions, config.prefix)
+        self._backlog_limit = config.backlog_limit_events
 
-    def _idempotency_ttl(self, key: str | None) -> int:
+    def _idempotency(self, operation: str, scope: str, user: str, key: str | None) -> tuple[str | int, ...]:
+        """The optional trailing arguments of an idempotent call: (ttl ms, field), or none without a key."""
         if key is None:
-            return 0
-        if not isinstance(key, str) or not 1 <= len(key) <= 200:
-            raise InvalidArgument("idempotency key must be 1-200 characters")
-        return self.config.idempotency_ttl_ms
+            return ()
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+            raise InvalidArgument(f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters")
+        return (self.config.idempotency_ttl_ms, idempotency_field(operation, scope, user, key))
 
     def load_sale(self, settings: SaleSettings) -> Call[Sale]:
         p = self.keys.for_sku(identifier(settings.sku, "sku"))
         return Call(
-            "load_sale",
-            (p.sku(settings.sku), p.events(), p.catalog()),
-            (settings.sku, *settings.as_pairs()),
-            _sale,
+            "load_sale", (p.sku(settings.sku), p.events(), p.catalog()), tuple(settings.as_pairs()), _sale
         )
 
     def reserve(self, sku: str, user: str, quantity: int, idempotency_key: str | None) -> Call[Reservation]:
@@ -88,27 +93,18 @@ class Operations:
         rid = new_reservation_id(p)
         return Call(
             "reserve",
+            (p.sku(sku), p.holds(sku), p.events(), p.reservation(rid)),
             (
-                p.sku(sku),
-                p.holds(sku),
-                p.deadlines(),
-                p.events(),
-                p.user(sku, user),
-                p.reservation(rid),
-                # A key is scoped to its SKU (reservation, order below), never to the partition a
-                # hash happens to put it in: reusing a key for another SKU is a new request.
-                p.idempotency(f"reserve:{sku}", user, idempotency_key),
-            ),
-            (
-                p.tag,
                 user,
                 str(quantity),
                 rid,
-                self._idempotency_ttl(idempotency_key),
-                sku,
+                self._backlog_limit,
                 self.config.lazy_expiry_bound,
+                # A key is scoped to its SKU (reservation, order below), never to the partition a
+                # hash happens to put it in: reusing a key for another SKU is a new request.
+                *self._idempotency("reserve", sku, user, idempotency_key),
             ),
-            _reservation,
+            lambda reply: reservation_from_reserve(sku, user, reply),
         )
 
     def begin_checkout(
@@ -119,21 +115,14 @@ class Operations:
         order_id = new_order_id(p)
         return Call(
             "begin_checkout",
+            (p.reservation(reservation_id), p.events(), p.order(order_id)),
             (
-                p.reservation(reservation_id),
-                p.events(),
-                p.deadlines(),
-                p.order(order_id),
-                p.idempotency(f"checkout:{reservation_id}", user, idempotency_key),
-            ),
-            (
-                p.tag,
                 user,
                 order_id,
                 text(payment_method, "payment method"),
-                self._idempotency_ttl(idempotency_key),
                 self.config.payment_grace_ms,
                 reservation_id,
+                *self._idempotency("checkout", reservation_id, user, idempotency_key),
             ),
             _order,
         )
@@ -145,13 +134,12 @@ class Operations:
         identifier(user, "user id")
         return Call(
             "confirm",
-            (p.order(order_id), p.events(), p.idempotency(f"confirm:{order_id}", user, idempotency_key)),
+            (p.order(order_id), p.events()),
             (
-                p.tag,
                 user,
                 text(transaction_id, "transaction id"),
-                self._idempotency_ttl(idempotency_key),
                 order_id,
+                *self._idempotency("confirm", order_id, user, idempotency_key),
             ),
             _order,
         )
@@ -160,10 +148,7 @@ class Operations:
         p = self.keys.for_order(order_id)
         identifier(user, "user id")
         return Call(
-            "fail_checkout",
-            (p.order(order_id), p.events()),
-            (p.tag, user, text(reason, "reason"), order_id),
-            _order,
+            "fail_checkout", (p.order(order_id), p.events()), (user, text(reason, "reason"), order_id), _order
         )
 
     def release(self, reservation_id: str, user: str) -> Call[Reservation]:
@@ -172,22 +157,20 @@ class Operations:
         return Call(
             "release",
             (p.reservation(reservation_id), p.events()),
-            (p.tag, user, reservation_id),
-            _reservation,
+            (user, reservation_id),
+            lambda record: reservation_from_record(reservation_id, record),
         )
 
     def expire(self, partition: int, limit: int) -> Call[int]:
         if type(partition) is not int or not 0 <= partition < self.config.partitions:
             raise InvalidArgument(f"partition must be 0..{self.config.partitions - 1}")
         p = self.keys.partition(partition)
-        return Call("expire", (p.deadlines(), p.events()), (p.tag, str(limit)), _count)
+        return Call("expire", (p.catalog(), p.events()), (str(limit),), _count)
 
     def cancel_order(self, order_id: str, user: str, admin: bool) -> Call[Order]:
         p = self.keys.for_order(order_id)
         identifier(user, "user id")
-        return Call(
-            "cancel_order", (p.order(order_id), p.events()), (p.tag, user, int(admin), order_id), _order
-        )
+        return Call("cancel_order", (p.order(order_id), p.events()), (user, int(admin), order_id), _order)
 
     def fulfil_order(self, order_id: str) -> Call[Order]:
         p = self.keys.for_order(order_id)
@@ -195,7 +178,7 @@ class Operations:
 
     def restock(self, sku: str, delta: int) -> Call[Sale]:
         p = self.keys.for_sku(identifier(sku, "sku"))
-        return Call("restock", (p.sku(sku), p.events()), (str(delta), sku), _sale)
+        return Call("restock", (p.sku(sku), p.events()), (str(delta),), _sale)
 
     def noop(self, sku: str) -> Call[int]:
         p = self.keys.for_sku(sku)

@@ -1,6 +1,7 @@
 """Loads the Lua scripts (package data ``flashsale.lua``), resolves their includes, knows each one's SHA1.
 
-A line ``--@include name`` stands for ``includes/name.lua``. Each fragment includes what it uses itself, so
+A line ``--@include name`` stands for ``includes/name.lua`` (or, for ``bounds``, for the Lua that
+``engine.bounds`` generates, so the limits live in one place). Each fragment includes what it uses itself, so
 no script has to list fragments in the right order: the loader puts every fragment once, before the first
 code that includes it (depth first), the way BullMQ's loader does. A missing or circular include is an
 error that names the whole chain (``reserve -> holds -> clock``).
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
-_INCLUDE = re.compile(r"^--@include[ \t]+(\S+)[ \t]*$", re.MULTILINE)
+from . import bounds
+
+_INCLUDE = re.compile(r"^[ \t]*--@include[ \t]+(\S+)[ \t]*$", re.MULTILINE)
 
 # Every script the clients and the worker call, by file name (lua/<name>.lua).
 SCRIPT_NAMES = (
@@ -35,6 +38,10 @@ SCRIPT_NAMES = (
     "lease_renew",
     "lease_release",
 )
+
+
+# Includes made from Python rather than read from a file: the one place their values live.
+GENERATED = {"bounds": bounds.as_lua}
 
 
 class ScriptError(RuntimeError):
@@ -67,8 +74,11 @@ def _resolve(source: str, directory: Traversable, chain: list[str], done: set[st
             raise ScriptError(f"circular include: {' -> '.join([*chain, name])}")
         if name in done:
             return ""
-        path = directory / "includes" / f"{name}.lua"
-        text = _resolve(_read(path, [*chain, name]), directory, [*chain, name], done)
+        if name in GENERATED:
+            text = GENERATED[name]()
+        else:
+            path = directory / "includes" / f"{name}.lua"
+            text = _resolve(_read(path, [*chain, name]), directory, [*chain, name], done)
         done.add(name)
         return text
 

@@ -22,6 +22,11 @@ KEY_PREFIX = "fs"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 PAYMENT_GRACE_MS = 30_000
 LAZY_EXPIRY_BOUND = 16
+# Redis memory the write-behind backlog (events not yet in PostgreSQL and Kafka) may use, all partitions
+# together; reserve refuses (503 BACKLOG_FULL) at the budget. EVENT_BYTES is the measured cost of one
+# unapplied event in the stream (bench/results/memory.md), rounded up.
+BACKLOG_BUDGET_MB = 2048
+EVENT_BYTES = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,12 @@ class EngineConfig:
     idempotency_ttl_ms: int = IDEMPOTENCY_TTL_MS
     payment_grace_ms: int = PAYMENT_GRACE_MS
     lazy_expiry_bound: int = LAZY_EXPIRY_BOUND
+    backlog_budget_mb: int = BACKLOG_BUDGET_MB
+
+    @property
+    def backlog_limit_events(self) -> int:
+        """Unapplied events one partition's stream may hold before reserve refuses."""
+        return max(1, self.backlog_budget_mb * 1024 * 1024 // EVENT_BYTES // self.partitions)
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -48,6 +59,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     idempotency_ttl_ms: int = IDEMPOTENCY_TTL_MS
     payment_grace_ms: int = PAYMENT_GRACE_MS
     lazy_expiry_bound: int = LAZY_EXPIRY_BOUND
+    backlog_budget_mb: int = BACKLOG_BUDGET_MB
     redis_max_connections: int = 64
     redis_pool_timeout_s: float = 10.0
 
@@ -103,6 +115,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             idempotency_ttl_ms=self.idempotency_ttl_ms,
             payment_grace_ms=self.payment_grace_ms,
             lazy_expiry_bound=self.lazy_expiry_bound,
+            backlog_budget_mb=self.backlog_budget_mb,
         )
 
     def as_env(self) -> dict[str, str]:

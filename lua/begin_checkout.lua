@@ -4,21 +4,19 @@
   the payment grace period ends. The hold's units stay reserved.
 
   Input:
-    KEYS[1] reservation          fs:{pN}:res:<reservation id>
+    KEYS[1] reservation          fs:{pN}:r:<reservation id>
     KEYS[2] partition stream     fs:{pN}:events
-    KEYS[3] partition deadlines  fs:{pN}:deadlines
-    KEYS[4] new order            fs:{pN}:order:<order id>
-    KEYS[5] idempotency record   fs:{pN}:idem:checkout:<reservation id>:<user>:<key>   (unused when ARGV[5] is 0)
-    ARGV[1] key prefix of the partition  fs:{pN}:
-    ARGV[2] user id              the caller; must own the reservation
-    ARGV[3] new order id
-    ARGV[4] payment method       1..64 characters
-    ARGV[5] idempotency ttl ms   0 = no idempotency key
-    ARGV[6] payment grace ms     how long the hold is kept for a payment in flight
-    ARGV[7] reservation id
+    KEYS[3] new order            fs:{pN}:order:<order id>
+    ARGV[1] user id              the caller; must own the reservation
+    ARGV[2] new order id
+    ARGV[3] payment method       1..64 bytes
+    ARGV[4] payment grace ms     how long the hold is kept for a payment in flight
+    ARGV[5] reservation id
+    ARGV[6] idempotency ttl ms   (optional, with ARGV[7])
+    ARGV[7] idempotency field    "checkout:<reservation id>:<user>:<key>"
   Output:
     the order as a flat field/value array (status PENDING)
-    a repeat with the same idempotency key (same user and reservation) returns the first answer, refusal included
+    a repeat with the same idempotency field returns the first answer, refusal included
     error INVALID_ARGUMENT     malformed payment method (nothing written)
     error NOT_FOUND            no such reservation (nothing written)
     error FORBIDDEN            the reservation is another user's (nothing written)
@@ -26,59 +24,54 @@
     error INVALID_STATE        the reservation is CONFIRMED or CANCELLED (nothing written)
     error RESERVATION_EXPIRED  its deadline has passed; if the sweeper had not ended it yet, this script
                                ends it (units back to available, event expired) before refusing
-  Event: checkout_started (no counter change; the order's fields)
+  Event: ["checkout_started", sku, at, reservation id, order id, user, quantity, unit price cents,
+          payment method, pay_until]
 ]]
 --@include common
 --@include events
 --@include holds
+--@include idempotency
 
-local resKey = KEYS[1]
-local stream = KEYS[2]
-local deadlinesKey = KEYS[3]
-local orderKey = KEYS[4]
-local idemKey = KEYS[5]
-local prefix = ARGV[1]
-local user = ARGV[2]
-local orderId = ARGV[3]
-local method = ARGV[4]
-local idemTtl = tonumber(ARGV[5])
-local graceMs = tonumber(ARGV[6])
-local rid = ARGV[7]
-
-local earlier = storedAnswer(idemKey, idemTtl)
-if earlier then return earlier end
-
-if #method < 1 or #method > 64 then return refuse('INVALID_ARGUMENT', 'payment method must be 1-64 characters') end
-local r = rcall('HMGET', resKey, 'user', 'sku', 'quantity', 'status', 'expires_at', 'order_id')
-if not r[1] then return refuse('NOT_FOUND', 'no reservation ' .. rid) end
-if r[1] ~= user then return refuse('FORBIDDEN', 'reservation ' .. rid .. ' belongs to another user') end
-local sku, qty, status, expiresAt = r[2], tonumber(r[3]), r[4], tonumber(r[5])
-if status == 'EXPIRED' then
-  return answer(idemKey, idemTtl, refuse('RESERVATION_EXPIRED', 'reservation ' .. rid .. ' has expired'))
-end
-if status ~= 'RESERVED' then
-  return answer(idemKey, idemTtl, refuse('INVALID_STATE', 'reservation ' .. rid .. ' is ' .. status))
-end
-if r[6] then
-  return answer(idemKey, idemTtl, refuse('CHECKOUT_IN_PROGRESS', 'order ' .. r[6] .. ' is already paying for ' .. rid))
-end
+local resKey, stream, orderKey = KEYS[1], KEYS[2], KEYS[3]
+local user, orderId, method, graceMs, rid = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local idemTtl, idemField = tonumber(ARGV[6] or 0), ARGV[7]
+local prefix = string.match(resKey, '^(.*:)r:')
 local now = nowMs()
-if now >= expiresAt then
-  endHold(prefix, stream, rid, 'EXPIRED', 'expired', now)
-  return answer(idemKey, idemTtl, refuse('RESERVATION_EXPIRED', 'reservation ' .. rid .. ' has expired'))
+
+if idemTtl > 0 then
+  local earlier = storedAnswer(prefix, idemField, idemTtl, now)
+  if earlier then return earlier end
+end
+
+if #method < 1 or #method > MAX_PAYMENT_METHOD_BYTES then
+  return refuse('INVALID_ARGUMENT', 'payment method must be 1-' .. MAX_PAYMENT_METHOD_BYTES .. ' bytes')
+end
+local r = readReservation(resKey)
+if not r then return refuse('NOT_FOUND', 'no reservation ' .. rid) end
+if r.user ~= user then return refuse('FORBIDDEN', 'reservation ' .. rid .. ' belongs to another user') end
+if r.status == 'EXPIRED' then
+  return remember(prefix, idemField, idemTtl, now, refuse('RESERVATION_EXPIRED', 'reservation ' .. rid .. ' has expired'))
+end
+if r.status ~= 'RESERVED' then
+  return remember(prefix, idemField, idemTtl, now, refuse('INVALID_STATE', 'reservation ' .. rid .. ' is ' .. r.status))
+end
+if now >= deadline(r) then
+  endHold(prefix, stream, rid, r, 'EXPIRED', 'expired', now)
+  return remember(prefix, idemField, idemTtl, now, refuse('RESERVATION_EXPIRED', 'reservation ' .. rid .. ' has expired'))
+end
+if r.order_id then
+  return remember(prefix, idemField, idemTtl, now, refuse('CHECKOUT_IN_PROGRESS', 'order ' .. r.order_id .. ' is already paying for ' .. rid))
 end
 
 -- Checks done; writes follow.
-local unitPrice = tonumber(rcall('HGET', prefix .. 'sku:' .. sku, 'flash_price_cents'))
-local order = {'id', orderId, 'reservation_id', rid, 'sku', sku, 'user', user, 'quantity', qty,
-  'unit_price_cents', unitPrice, 'total_cents', unitPrice * qty, 'status', 'PENDING',
+local unitPrice = tonumber(rcall('HGET', prefix .. 'sku:' .. r.sku, 'flash_price_cents'))
+local order = {'id', orderId, 'reservation_id', rid, 'sku', r.sku, 'user', user, 'quantity', r.quantity,
+  'unit_price_cents', int(unitPrice), 'total_cents', int(unitPrice * r.quantity), 'status', 'PENDING',
   'payment_method', method, 'created_at', now, 'updated_at', now}
 rcall('HSET', orderKey, unpack(order))
-local payUntil = math.max(expiresAt, now + graceMs)
-rcall('HSET', resKey, 'order_id', orderId, 'pay_until', payUntil)
-rcall('ZADD', deadlinesKey, payUntil, rid)
-rcall('ZADD', prefix .. 'holds:' .. sku, payUntil, rid)
-emit(stream, 'checkout_started', sku, now, 0, 0, 0, 0, {'order_id', orderId, 'reservation_id', rid,
-  'user', user, 'quantity', qty, 'unit_price_cents', unitPrice, 'total_cents', unitPrice * qty,
-  'payment_method', method})
-return answer(idemKey, idemTtl, order)
+r.order_id, r.pay_until = orderId, math.max(r.expires_at, now + graceMs)
+writeReservation(resKey, r)
+rcall('ZADD', prefix .. 'holds:' .. r.sku, r.pay_until, rid)
+emit(stream, 'checkout_started', r.sku, now, ',"' .. rid .. '","' .. orderId .. '","' .. user .. '",'
+  .. r.quantity .. ',' .. int(unitPrice) .. ',' .. jtext(method) .. ',' .. r.pay_until)
+return remember(prefix, idemField, idemTtl, now, order)

@@ -1,64 +1,77 @@
 --[[
-  Payment succeeded: the order goes PENDING -> CONFIRMED, its reservation RESERVED -> CONFIRMED, the
-  units move from reserved to sold and count toward the user's purchases.
+  Payment authorized: the order goes PENDING -> CONFIRMED, its reservation RESERVED -> CONFIRMED, the
+  units move from reserved to sold and count toward the user's purchases. A payment that arrives after
+  the hold's payment grace confirms nothing: the hold ends as EXPIRED here (lazily, like release and
+  begin_checkout), its order FAILED, and the caller voids the authorization.
 
   Input:
     KEYS[1] order                fs:{pN}:order:<order id>
     KEYS[2] partition stream     fs:{pN}:events
-    KEYS[3] idempotency record   fs:{pN}:idem:confirm:<order id>:<user>:<key>   (unused when ARGV[4] is 0)
-    ARGV[1] key prefix of the partition  fs:{pN}:
-    ARGV[2] user id              the caller; must own the order
-    ARGV[3] payment transaction id   0..128 characters
-    ARGV[4] idempotency ttl ms   0 = no idempotency key
-    ARGV[5] order id
+    ARGV[1] user id              the caller; must own the order
+    ARGV[2] payment transaction id   0..128 bytes
+    ARGV[3] order id
+    ARGV[4] idempotency ttl ms   (optional, with ARGV[5])
+    ARGV[5] idempotency field    "confirm:<order id>:<user>:<key>"
   Output:
     the order as a flat field/value array (status CONFIRMED)
-    a repeat with the same idempotency key (same user and order) returns the first answer, refusal included
-    error INVALID_ARGUMENT  transaction id too long (nothing written)
-    error NOT_FOUND         no such order (nothing written)
-    error FORBIDDEN         the order is another user's (nothing written)
-    error INVALID_STATE     the order is not PENDING, e.g. FAILED after the payment grace ran out
-                            (nothing written)
-  Event: confirmed (reserved -q, sold +q)
+    a repeat with the same idempotency field returns the first answer, refusal included
+    error INVALID_ARGUMENT     transaction id too long (nothing written)
+    error NOT_FOUND            no such order (nothing written)
+    error FORBIDDEN            the order is another user's (nothing written)
+    error INVALID_STATE        the order is not PENDING, e.g. FAILED after the payment grace ran out
+                               (nothing written)
+    error RESERVATION_EXPIRED  the payment grace has passed: the hold ends here (event expired)
+  Event: ["confirmed", sku, at, reservation id, order id, user, quantity, transaction id]
 ]]
 --@include common
 --@include events
+--@include holds
+--@include idempotency
 
-local orderKey = KEYS[1]
-local stream = KEYS[2]
-local idemKey = KEYS[3]
-local prefix = ARGV[1]
-local user = ARGV[2]
-local transactionId = ARGV[3]
-local idemTtl = tonumber(ARGV[4])
-local orderId = ARGV[5]
+local orderKey, stream = KEYS[1], KEYS[2]
+local user, transactionId, orderId = ARGV[1], ARGV[2], ARGV[3]
+local idemTtl, idemField = tonumber(ARGV[4] or 0), ARGV[5]
+local prefix = string.match(orderKey, '^(.*:)order:')
+local now = nowMs()
 
-local earlier = storedAnswer(idemKey, idemTtl)
-if earlier then return earlier end
+if idemTtl > 0 then
+  local earlier = storedAnswer(prefix, idemField, idemTtl, now)
+  if earlier then return earlier end
+end
 
-if #transactionId > 128 then return refuse('INVALID_ARGUMENT', 'transaction id must be at most 128 characters') end
+if #transactionId > MAX_TRANSACTION_ID_BYTES then
+  return refuse('INVALID_ARGUMENT', 'transaction id must be at most ' .. MAX_TRANSACTION_ID_BYTES .. ' bytes')
+end
 local o = rcall('HMGET', orderKey, 'user', 'status', 'reservation_id', 'sku', 'quantity')
 if not o[1] then return refuse('NOT_FOUND', 'no order ' .. orderId) end
 if o[1] ~= user then return refuse('FORBIDDEN', 'order ' .. orderId .. ' belongs to another user') end
 if o[2] ~= 'PENDING' then
-  return answer(idemKey, idemTtl, refuse('INVALID_STATE', 'order ' .. orderId .. ' is ' .. o[2]))
+  return remember(prefix, idemField, idemTtl, now, refuse('INVALID_STATE', 'order ' .. orderId .. ' is ' .. o[2]))
+end
+local rid, sku, qty = o[3], o[4], tonumber(o[5])
+local resKey = reservationKey(prefix, rid)
+local r = readReservation(resKey)
+if not r or r.status ~= 'RESERVED' or r.order_id ~= orderId then
+  -- Cannot happen through these scripts: a PENDING order's hold is open and paid for by it.
+  return refuse('INVALID_STATE', 'reservation ' .. rid .. ' is not being paid for by order ' .. orderId)
+end
+if now >= deadline(r) then
+  endHold(prefix, stream, rid, r, 'EXPIRED', 'expired', now)
+  return remember(prefix, idemField, idemTtl, now, refuse('RESERVATION_EXPIRED', 'reservation ' .. rid .. ' expired before order ' .. orderId .. ' was paid'))
 end
 
 -- Checks done; writes follow.
-local rid, sku, qty = o[3], o[4], tonumber(o[5])
-local now = nowMs()
 local skuKey = prefix .. 'sku:' .. sku
-rcall('HINCRBY', skuKey, 'reserved', -qty)
-rcall('HINCRBY', skuKey, 'sold', qty)
-local userKey = prefix .. 'user:' .. sku .. ':' .. user
-rcall('HINCRBY', userKey, 'held', -qty)
-rcall('HINCRBY', userKey, 'purchased', qty)
+local heldField, boughtField = 'h:' .. user, 'b:' .. user
+local c = rcall('HMGET', skuKey, 'reserved', 'sold', heldField, boughtField)
+local held = tonumber(c[3] or 0) - qty
+rcall('HSET', skuKey, 'reserved', tonumber(c[1]) - qty, 'sold', tonumber(c[2]) + qty,
+  boughtField, tonumber(c[4] or 0) + qty)
+if held > 0 then rcall('HSET', skuKey, heldField, held) else rcall('HDEL', skuKey, heldField) end
 rcall('ZREM', prefix .. 'holds:' .. sku, rid)
-rcall('ZREM', prefix .. 'deadlines', rid)
-local resKey = prefix .. 'res:' .. rid
-rcall('HSET', resKey, 'status', 'CONFIRMED', 'ended_at', now)
-rcall('HDEL', resKey, 'pay_until')
+r.status, r.ended_at, r.pay_until = 'CONFIRMED', now, 0
+writeReservation(resKey, r)
 rcall('HSET', orderKey, 'status', 'CONFIRMED', 'transaction_id', transactionId, 'updated_at', now)
-emit(stream, 'confirmed', sku, now, 0, -qty, qty, 0, {'order_id', orderId, 'reservation_id', rid,
-  'user', user, 'quantity', qty, 'transaction_id', transactionId})
-return answer(idemKey, idemTtl, entity(orderKey))
+emit(stream, 'confirmed', sku, now, ',"' .. rid .. '","' .. orderId .. '","' .. user .. '",' .. qty .. ','
+  .. jtext(transactionId))
+return remember(prefix, idemField, idemTtl, now, rcall('HGETALL', orderKey))

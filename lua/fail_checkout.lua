@@ -5,29 +5,28 @@
   Input:
     KEYS[1] order                fs:{pN}:order:<order id>
     KEYS[2] partition stream     fs:{pN}:events
-    ARGV[1] key prefix of the partition  fs:{pN}:
-    ARGV[2] user id              the caller; must own the order
-    ARGV[3] reason               1..200 characters, e.g. PAYMENT_DECLINED
-    ARGV[4] order id
+    ARGV[1] user id              the caller; must own the order
+    ARGV[2] reason               1..200 bytes, e.g. PAYMENT_DECLINED
+    ARGV[3] order id
   Output:
     the order as a flat field/value array (status FAILED)
     error INVALID_ARGUMENT  malformed reason (nothing written)
     error NOT_FOUND         no such order (nothing written)
     error FORBIDDEN         the order is another user's (nothing written)
     error INVALID_STATE     the order is not PENDING (nothing written)
-  Event: checkout_failed (no counter change)
+  Event: ["checkout_failed", sku, at, reservation id, order id, user, reason]
 ]]
 --@include common
 --@include events
+--@include reservations
 
-local orderKey = KEYS[1]
-local stream = KEYS[2]
-local prefix = ARGV[1]
-local user = ARGV[2]
-local reason = ARGV[3]
-local orderId = ARGV[4]
+local orderKey, stream = KEYS[1], KEYS[2]
+local user, reason, orderId = ARGV[1], ARGV[2], ARGV[3]
+local prefix = string.match(orderKey, '^(.*:)order:')
 
-if #reason < 1 or #reason > 200 then return refuse('INVALID_ARGUMENT', 'reason must be 1-200 characters') end
+if #reason < 1 or #reason > MAX_REASON_BYTES then
+  return refuse('INVALID_ARGUMENT', 'reason must be 1-' .. MAX_REASON_BYTES .. ' bytes')
+end
 local o = rcall('HMGET', orderKey, 'user', 'status', 'reservation_id', 'sku')
 if not o[1] then return refuse('NOT_FOUND', 'no order ' .. orderId) end
 if o[1] ~= user then return refuse('FORBIDDEN', 'order ' .. orderId .. ' belongs to another user') end
@@ -36,13 +35,14 @@ if o[2] ~= 'PENDING' then return refuse('INVALID_STATE', 'order ' .. orderId .. 
 -- Checks done; writes follow.
 local rid, sku = o[3], o[4]
 local now = nowMs()
-local resKey = prefix .. 'res:' .. rid
-local expiresAt = rcall('HGET', resKey, 'expires_at')
-rcall('HDEL', resKey, 'order_id', 'pay_until')
-rcall('ZADD', prefix .. 'deadlines', expiresAt, rid)
-rcall('ZADD', prefix .. 'holds:' .. sku, expiresAt, rid)
+local resKey = reservationKey(prefix, rid)
+local r = readReservation(resKey)
+if r and r.status == 'RESERVED' and r.order_id == orderId then
+  r.order_id, r.pay_until = nil, 0
+  writeReservation(resKey, r)
+  rcall('ZADD', prefix .. 'holds:' .. sku, r.expires_at, rid)
+end
 rcall('HSET', orderKey, 'status', 'FAILED', 'failure_reason', reason, 'updated_at', now)
 rcall('PEXPIRE', orderKey, RETENTION_MS)
-emit(stream, 'checkout_failed', sku, now, 0, 0, 0, 0, {'order_id', orderId, 'reservation_id', rid,
-  'user', user, 'reason', reason})
-return entity(orderKey)
+emit(stream, 'checkout_failed', sku, now, ',"' .. rid .. '","' .. orderId .. '","' .. user .. '",' .. jtext(reason))
+return rcall('HGETALL', orderKey)

@@ -1,5 +1,6 @@
 --[[
-  Marks a confirmed order as shipped: CONFIRMED -> FULFILLED. Counters do not change (the units stay sold).
+  Marks a confirmed order as shipped: CONFIRMED -> FULFILLED (final: kept in Redis for the retention
+  period, in PostgreSQL for good). Counters do not change (the units stay sold).
 
   Input:
     KEYS[1] order                fs:{pN}:order:<order id>
@@ -9,13 +10,12 @@
     the order as a flat field/value array (status FULFILLED)
     error NOT_FOUND      no such order (nothing written)
     error INVALID_STATE  the order is not CONFIRMED (nothing written)
-  Event: order_fulfilled (no counter change)
+  Event: ["order_fulfilled", sku, at, reservation id, order id, user]
 ]]
 --@include common
 --@include events
 
-local orderKey = KEYS[1]
-local stream = KEYS[2]
+local orderKey, stream = KEYS[1], KEYS[2]
 local orderId = ARGV[1]
 
 local o = rcall('HMGET', orderKey, 'user', 'status', 'sku', 'reservation_id')
@@ -24,5 +24,6 @@ if o[2] ~= 'CONFIRMED' then return refuse('INVALID_STATE', 'order ' .. orderId .
 
 local now = nowMs()
 rcall('HSET', orderKey, 'status', 'FULFILLED', 'updated_at', now)
-emit(stream, 'order_fulfilled', o[3], now, 0, 0, 0, 0, {'order_id', orderId, 'reservation_id', o[4], 'user', o[1]})
-return entity(orderKey)
+rcall('PEXPIRE', orderKey, RETENTION_MS)
+emit(stream, 'order_fulfilled', o[3], now, ',"' .. o[4] .. '","' .. orderId .. '","' .. o[1] .. '"')
+return rcall('HGETALL', orderKey)

@@ -1,57 +1,60 @@
 --[[
   Creates a SKU's sale or changes its settings. Only the fields given change; a new SKU needs `total`.
-  Shrinking `total` below reserved + sold is refused, so no hold or sale is ever taken back.
+  Shrinking `total` below reserved + sold is refused, so no hold or sale is ever taken back. Every bound
+  comes from engine/bounds.py (what every sink can hold).
 
   Input:
     KEYS[1] sku hash           fs:{pN}:sku:<sku>   counters and sale settings
     KEYS[2] partition stream   fs:{pN}:events
     KEYS[3] partition catalog  fs:{pN}:skus        set of the partition's SKU ids
-    ARGV[1] sku id
-    ARGV[2..] field, value pairs, any of:
-      name                 text, 1..200 bytes
-      price_cents          integer >= 0           list price
-      flash_price_cents    integer >= 0           price during the sale
-      total                integer >= 0           units on sale
-      per_user_limit       integer >= 1           units one user may hold + buy
-      starts_at, ends_at   integer ms since epoch 0 = no bound
-      reservation_ttl_ms   integer >= 1000        how long a hold lasts
-      paused               0 | 1                  1 = reservations refused
+    ARGV[1..] field, value pairs, any of:
+      name                 text, 1..MAX_NAME_BYTES bytes
+      price_cents          integer 0..MAX_PRICE_CENTS     list price
+      flash_price_cents    integer 0..MAX_PRICE_CENTS     price during the sale
+      total                integer 0..MAX_UNITS           units on sale
+      per_user_limit       integer 1..MAX_PER_USER_LIMIT  units one user may hold + buy
+      starts_at, ends_at   integer ms since epoch, 0..MAX_TIME_MS   0 = no bound
+      reservation_ttl_ms   integer MIN_RESERVATION_TTL_MS..MAX_RESERVATION_TTL_MS   how long a hold lasts
+      paused               0 | 1                          1 = reservations refused
   Output:
-    the SKU hash as a flat field/value array
-    error INVALID_ARGUMENT   unknown field, malformed value, odd number of values, ends_at <= starts_at
+    the sale as a flat field/value array
+    error INVALID_ARGUMENT   bad sku id, unknown field, malformed value, odd number of values,
+                             ends_at <= starts_at
     error NOT_FOUND          changing a SKU that was never created without giving `total`
     error INVALID_QUANTITY   total below reserved + sold
     (on any error nothing is written)
-  Event: sale_loaded (deltas: available and total by the change of total; the settings after)
+  Event: ["sale_loaded", sku, at, change of total, name, price_cents, flash_price_cents, total, per_user_limit,
+          starts_at, ends_at, reservation_ttl_ms, paused]   (the settings after the change)
 ]]
 --@include common
 --@include events
+--@include sales
 
-local skuKey = KEYS[1]
-local stream = KEYS[2]
-local catalogKey = KEYS[3]
-local sku = ARGV[1]
+local skuKey, stream, catalogKey = KEYS[1], KEYS[2], KEYS[3]
+local _, sku = skuKeyParts(skuKey)
 
-local LIMITS = {
-  price_cents = 1e12, flash_price_cents = 1e12, total = 1e9, per_user_limit = 1e6,
-  starts_at = 1e14, ends_at = 1e14, reservation_ttl_ms = 1e10, paused = 1,
+local RANGES = {
+  price_cents = {0, MAX_PRICE_CENTS}, flash_price_cents = {0, MAX_PRICE_CENTS}, total = {0, MAX_UNITS},
+  per_user_limit = {1, MAX_PER_USER_LIMIT}, starts_at = {0, MAX_TIME_MS}, ends_at = {0, MAX_TIME_MS},
+  reservation_ttl_ms = {MIN_RESERVATION_TTL_MS, MAX_RESERVATION_TTL_MS}, paused = {0, 1},
 }
-local MINIMUM = {per_user_limit = 1, reservation_ttl_ms = 1000}
 
 if not isIdentifier(sku) then return refuse('INVALID_ARGUMENT', 'sku id must be 1-128 letters, digits or -_.@') end
-if #ARGV % 2 ~= 1 then return refuse('INVALID_ARGUMENT', 'settings must come as field/value pairs') end
+if #ARGV % 2 ~= 0 then return refuse('INVALID_ARGUMENT', 'settings must come as field/value pairs') end
 
 local changes = {}
-for i = 2, #ARGV, 2 do
+for i = 1, #ARGV, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
   if field == 'name' then
-    if #value < 1 or #value > 200 then return refuse('INVALID_ARGUMENT', 'name must be 1-200 bytes') end
+    if #value < 1 or #value > MAX_NAME_BYTES then
+      return refuse('INVALID_ARGUMENT', 'name must be 1-' .. MAX_NAME_BYTES .. ' bytes')
+    end
     changes.name = value
-  elseif LIMITS[field] then
-    local n = parseCount(value, LIMITS[field])
-    if n == nil or n < (MINIMUM[field] or 0) then
-      return refuse('INVALID_ARGUMENT', field .. ' must be an integer between ' .. (MINIMUM[field] or 0)
-        .. ' and ' .. string.format('%d', LIMITS[field]))
+  elseif RANGES[field] then
+    local low, high = RANGES[field][1], RANGES[field][2]
+    local n = parseCount(value, high)
+    if n == nil or n < low then
+      return refuse('INVALID_ARGUMENT', field .. ' must be an integer between ' .. int(low) .. ' and ' .. int(high))
     end
     changes[field] = n
   else
@@ -85,23 +88,18 @@ if not exists then
   rcall('SADD', catalogKey, sku)
 end
 local delta = newTotal - oldTotal
-local writes = {}
+local writes = {'updated_at', now, 'total', newTotal}
 for field, value in pairs(changes) do
   if field ~= 'total' then
     writes[#writes + 1] = field
-    writes[#writes + 1] = value
+    writes[#writes + 1] = type(value) == 'number' and int(value) or value
   end
 end
-writes[#writes + 1] = 'updated_at'
-writes[#writes + 1] = now
 rcall('HSET', skuKey, unpack(writes))
-rcall('HINCRBY', skuKey, 'total', delta)
 rcall('HINCRBY', skuKey, 'available', delta)
 
 local s = rcall('HMGET', skuKey, 'name', 'price_cents', 'flash_price_cents', 'total', 'per_user_limit',
   'starts_at', 'ends_at', 'reservation_ttl_ms', 'paused')
-emit(stream, 'sale_loaded', sku, now, delta, 0, 0, delta, {
-  'name', s[1], 'price_cents', s[2], 'flash_price_cents', s[3], 'total', s[4], 'per_user_limit', s[5],
-  'starts_at', s[6], 'ends_at', s[7], 'reservation_ttl_ms', s[8], 'paused', s[9],
-})
-return entity(skuKey)
+emit(stream, 'sale_loaded', sku, now, ',' .. delta .. ',' .. jtext(s[1]) .. ',' .. s[2] .. ',' .. s[3] .. ','
+  .. s[4] .. ',' .. s[5] .. ',' .. s[6] .. ',' .. s[7] .. ',' .. s[8] .. ',' .. s[9])
+return saleReply(skuKey)

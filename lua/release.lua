@@ -2,42 +2,39 @@
   The user lets go of a reservation: RESERVED -> CANCELLED, its units back to available.
 
   Input:
-    KEYS[1] reservation          fs:{pN}:res:<reservation id>
+    KEYS[1] reservation          fs:{pN}:r:<reservation id>
     KEYS[2] partition stream     fs:{pN}:events
-    ARGV[1] key prefix of the partition  fs:{pN}:
-    ARGV[2] user id              the caller; must own the reservation
-    ARGV[3] reservation id
+    ARGV[1] user id              the caller; must own the reservation
+    ARGV[2] reservation id
   Output:
-    the reservation as a flat field/value array (status CANCELLED)
+    the reservation record (status CANCELLED; lua/includes/reservations.lua)
     error NOT_FOUND            no such reservation (nothing written)
     error FORBIDDEN            the reservation is another user's (nothing written)
-    error CHECKOUT_IN_PROGRESS a payment for it is in flight (nothing written)
     error INVALID_STATE        it is CONFIRMED or CANCELLED (nothing written)
-    error RESERVATION_EXPIRED  its deadline has passed; if the sweeper had not ended it yet, this script
-                               ends it as EXPIRED (units back to available, event expired) before refusing
-  Event: released (available +q, reserved -q)
+    error RESERVATION_EXPIRED  its deadline (or its payment grace) has passed; if the sweeper had not ended
+                               it yet, this script ends it as EXPIRED (event expired) before refusing
+    error CHECKOUT_IN_PROGRESS a payment for it is in flight (nothing written)
+  Event: ["released", sku, at, reservation id, user, quantity, null]
 ]]
 --@include common
 --@include events
 --@include holds
 
-local resKey = KEYS[1]
-local stream = KEYS[2]
-local prefix = ARGV[1]
-local user = ARGV[2]
-local rid = ARGV[3]
+local resKey, stream = KEYS[1], KEYS[2]
+local user, rid = ARGV[1], ARGV[2]
+local prefix = string.match(resKey, '^(.*:)r:')
 
-local r = rcall('HMGET', resKey, 'user', 'status', 'expires_at', 'order_id')
-if not r[1] then return refuse('NOT_FOUND', 'no reservation ' .. rid) end
-if r[1] ~= user then return refuse('FORBIDDEN', 'reservation ' .. rid .. ' belongs to another user') end
-if r[2] == 'EXPIRED' then return refuse('RESERVATION_EXPIRED', 'reservation ' .. rid .. ' has expired') end
-if r[2] ~= 'RESERVED' then return refuse('INVALID_STATE', 'reservation ' .. rid .. ' is ' .. r[2]) end
-if r[4] then return refuse('CHECKOUT_IN_PROGRESS', 'order ' .. r[4] .. ' is paying for ' .. rid) end
+local r = readReservation(resKey)
+if not r then return refuse('NOT_FOUND', 'no reservation ' .. rid) end
+if r.user ~= user then return refuse('FORBIDDEN', 'reservation ' .. rid .. ' belongs to another user') end
+if r.status == 'EXPIRED' then return refuse('RESERVATION_EXPIRED', 'reservation ' .. rid .. ' has expired') end
+if r.status ~= 'RESERVED' then return refuse('INVALID_STATE', 'reservation ' .. rid .. ' is ' .. r.status) end
 local now = nowMs()
-if now >= tonumber(r[3]) then
-  endHold(prefix, stream, rid, 'EXPIRED', 'expired', now)
+if now >= deadline(r) then
+  endHold(prefix, stream, rid, r, 'EXPIRED', 'expired', now)
   return refuse('RESERVATION_EXPIRED', 'reservation ' .. rid .. ' has expired')
 end
+if r.order_id then return refuse('CHECKOUT_IN_PROGRESS', 'order ' .. r.order_id .. ' is paying for ' .. rid) end
 
-endHold(prefix, stream, rid, 'CANCELLED', 'released', now)
-return entity(resKey)
+endHold(prefix, stream, rid, r, 'CANCELLED', 'released', now)
+return packReservation(r)

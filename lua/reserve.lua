@@ -1,104 +1,117 @@
 --[[
   Holds units of a SKU for one user until a deadline: the hot path of a flash sale.
-  First ends this SKU's holds whose deadline has passed (at most ARGV[7] of them), so stock comes back
-  even when no sweeper runs; then checks, in order: the sale window, the per-user limit, the stock.
+  Checks, in order: sold out (no unit available and no hold of the SKU lapsed: answered first, and
+  cheaply, since most calls of a sale end there, and it is the answer every API process may also give
+  from memory), then the per-user limit's bound on quantity, the sale window, the per-user limit, the
+  stock. A refusal for the limit or the stock first ends this SKU's holds whose deadline has passed (at
+  most ARGV[5]) and judges again, so stock comes back even when no sweeper runs; a request that can
+  succeed never looks.
 
   Input:
-    KEYS[1] sku hash             fs:{pN}:sku:<sku>
-    KEYS[2] sku holds            fs:{pN}:holds:<sku>     zset reservation id -> deadline ms
-    KEYS[3] partition deadlines  fs:{pN}:deadlines       zset reservation id -> deadline ms
-    KEYS[4] partition stream     fs:{pN}:events
-    KEYS[5] user's counts        fs:{pN}:user:<sku>:<user>   hash held, purchased
-    KEYS[6] new reservation      fs:{pN}:res:<reservation id>
-    KEYS[7] idempotency record   fs:{pN}:idem:reserve:<sku>:<user>:<key>   (unused when ARGV[5] is 0)
-    ARGV[1] key prefix of the partition  fs:{pN}:
-    ARGV[2] user id
-    ARGV[3] quantity             integer 1..1,000,000
-    ARGV[4] new reservation id
-    ARGV[5] idempotency ttl ms   0 = no idempotency key
-    ARGV[6] sku id
-    ARGV[7] lazy expiry bound    how many due holds of this SKU to end first
+    KEYS[1] sku hash          fs:{pN}:sku:<sku>   counters, sale settings, h:<user> / b:<user> counts
+    KEYS[2] sku holds         fs:{pN}:holds:<sku>   zset reservation id -> deadline ms
+    KEYS[3] partition stream  fs:{pN}:events
+    KEYS[4] new reservation   fs:{pN}:r:<reservation id>   (the record: lua/includes/reservations.lua)
+    ARGV[1] user id
+    ARGV[2] quantity          integer 1..per_user_limit
+    ARGV[3] new reservation id
+    ARGV[4] backlog limit     refuse when the partition's stream holds this many unapplied events
+    ARGV[5] lazy expiry bound how many lapsed holds of this SKU a refusal ends before judging again
+    ARGV[6] idempotency ttl ms      (optional, with ARGV[7]: the call is idempotent)
+    ARGV[7] idempotency field       "reserve:<sku>:<user>:<key>"
   Output:
-    the reservation as a flat field/value array (id, sku, user, quantity, status, created_at, expires_at)
-    a repeat with the same idempotency key (same user and SKU) returns the first answer, refusal included
+    "<reservation id> <quantity> <created_at ms> <expires_at ms>" (status RESERVED)
+    a repeat with the same idempotency field returns the first answer, refusal included
     error INVALID_ARGUMENT | INVALID_QUANTITY   malformed input (nothing written)
     error NOT_FOUND          no sale for this SKU (nothing written)
+    error OUT_OF_STOCK       sold out: fewer units available than asked for and no lapsed hold to end
     error SALE_NOT_ACTIVE    paused, not started or ended (nothing written)
     error ALREADY_RESERVED   the user's holds + purchases would pass the limit and they hold some now
     error ALREADY_PURCHASED  the user's purchases alone use up the limit
     error OUT_OF_STOCK       fewer units available than asked for
-    (after the window check only due holds may have been ended, each with its own event)
-  Event: reserved (available -q, reserved +q)
+    error BACKLOG_FULL       the write-behind backlog of this partition is at its budget (nothing written)
+    (a limit or stock refusal may first have ended lapsed holds, each with its own event)
+  Event: ["reserved", sku, at, reservation id, user, quantity, expires_at]
 ]]
 --@include common
 --@include events
---@include holds
 
-local skuKey = KEYS[1]
-local holdsKey = KEYS[2]
-local deadlinesKey = KEYS[3]
-local stream = KEYS[4]
-local userKey = KEYS[5]
-local resKey = KEYS[6]
-local idemKey = KEYS[7]
-local prefix = ARGV[1]
-local user = ARGV[2]
-local rid = ARGV[4]
-local idemTtl = tonumber(ARGV[5])
-local sku = ARGV[6]
-local expiryBound = tonumber(ARGV[7])
+local skuKey, holdsKey, stream, resKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local user, rid = ARGV[1], ARGV[3]
+local idemTtl, idemField = tonumber(ARGV[6] or 0), ARGV[7]
+local prefix, sku = skuKeyParts(skuKey)
 
-local earlier = storedAnswer(idemKey, idemTtl)
-if earlier then return earlier end
+-- The helpers of the rarer paths are defined only when a call takes them: Redis runs a script's whole
+-- body on every call, and each Lua function it defines costs about as much as a HGET (README, Performance).
+local function expireLapsed(now, bound)
+  --@include holds
+  return expireDue(prefix, stream, sku, now, bound)
+end
+
+local now
+local answer = function(reply) return reply end
+if idemTtl > 0 then
+  --@include idempotency
+  now = nowMs()
+  local earlier = storedAnswer(prefix, idemField, idemTtl, now)
+  if earlier then return earlier end
+  answer = function(reply) return remember(prefix, idemField, idemTtl, now, reply) end
+end
+
+local qty = parseCount(ARGV[2], MAX_PER_USER_LIMIT)
+if qty == nil or qty < 1 then
+  return refuse('INVALID_QUANTITY', 'quantity must be an integer from 1 to ' .. MAX_PER_USER_LIMIT)
+end
+
+-- Sold out comes first, read as cheaply as it can be: most calls of a flash sale end here. Lapsed holds
+-- would give units back, so a SKU is sold out only when none of its holds has lapsed.
+local available = rcall('HGET', skuKey, 'available')
+if not available then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
+available = tonumber(available)
+now = now or nowMs()
+if available < qty and #rcall('ZRANGEBYSCORE', holdsKey, '-inf', now, 'LIMIT', 0, 1) == 0 then
+  return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left'))
+end
 
 if not isIdentifier(user) then return refuse('INVALID_ARGUMENT', 'user id must be 1-128 letters, digits or -_.@') end
-local qty = parseCount(ARGV[3], 1000000)
-if qty == nil or qty < 1 then
-  return refuse('INVALID_QUANTITY', 'quantity must be an integer from 1 to 1000000')
-end
-
-local sale = rcall('HMGET', skuKey, 'available', 'per_user_limit', 'starts_at', 'ends_at', 'paused',
-  'reservation_ttl_ms')
-if not sale[1] then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
-local limit = tonumber(sale[2])
+local heldField, boughtField = 'h:' .. user, 'b:' .. user
+local s = rcall('HMGET', skuKey, 'reserved', 'per_user_limit', 'starts_at', 'ends_at', 'paused', 'reservation_ttl_ms',
+  heldField, boughtField)
+local limit = tonumber(s[2])
 if qty > limit then
-  return answer(idemKey, idemTtl, refuse('INVALID_QUANTITY', 'quantity ' .. qty .. ' is above the per-user limit ' .. limit))
+  return answer(refuse('INVALID_QUANTITY', 'quantity ' .. qty .. ' is above the per-user limit ' .. limit))
+end
+local startsAt, endsAt = tonumber(s[3]), tonumber(s[4])
+if s[5] == '1' or now < startsAt or (endsAt > 0 and now >= endsAt) then
+  return answer(refuse('SALE_NOT_ACTIVE', 'the sale for sku ' .. sku .. ' is not open now'))
 end
 
-local now = nowMs()
-local startsAt, endsAt = tonumber(sale[3]), tonumber(sale[4])
-if sale[5] == '1' or now < startsAt or (endsAt > 0 and now >= endsAt) then
-  return answer(idemKey, idemTtl, refuse('SALE_NOT_ACTIVE', 'the sale for sku ' .. sku .. ' is not open now'))
+local reserved, ttl = tonumber(s[1]), tonumber(s[6])
+local held, bought = tonumber(s[7] or 0), tonumber(s[8] or 0)
+if (held + bought + qty > limit or available < qty) and expireLapsed(now, tonumber(ARGV[5])) > 0 then
+  -- Lapsed holds ended: judge again on what they gave back.
+  local again = rcall('HMGET', skuKey, 'available', 'reserved', heldField)
+  available, reserved, held = tonumber(again[1]), tonumber(again[2]), tonumber(again[3] or 0)
 end
-
--- Stock whose hold has lapsed is available again before this request is judged.
-local available = tonumber(sale[1])
-if expireDue(prefix, stream, holdsKey, now, expiryBound) > 0 then
-  available = tonumber(rcall('HGET', skuKey, 'available'))
-end
-
-local counts = rcall('HMGET', userKey, 'held', 'purchased')
-local held, purchased = tonumber(counts[1] or 0), tonumber(counts[2] or 0)
-if held + purchased + qty > limit then
+if held + bought + qty > limit then
   if held > 0 then
-    return answer(idemKey, idemTtl, refuse('ALREADY_RESERVED', 'user already holds ' .. held .. ' of sku ' .. sku))
+    return answer(refuse('ALREADY_RESERVED', 'user already holds ' .. held .. ' of sku ' .. sku))
   end
-  return answer(idemKey, idemTtl, refuse('ALREADY_PURCHASED', 'user already bought ' .. purchased .. ' of sku ' .. sku))
+  return answer(refuse('ALREADY_PURCHASED', 'user already bought ' .. bought .. ' of sku ' .. sku))
 end
 if available < qty then
-  return answer(idemKey, idemTtl, refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left'))
+  return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left'))
+end
+if rcall('XLEN', stream) >= tonumber(ARGV[4]) then
+  return refuse('BACKLOG_FULL', 'the write-behind backlog of this partition is full; try again later')
 end
 
--- Checks done; writes follow.
-local expiresAt = now + tonumber(sale[6])
-rcall('HINCRBY', skuKey, 'available', -qty)
-rcall('HINCRBY', skuKey, 'reserved', qty)
-rcall('HINCRBY', userKey, 'held', qty)
-local reservation = {'id', rid, 'sku', sku, 'user', user, 'quantity', qty, 'status', 'RESERVED',
-  'created_at', now, 'expires_at', expiresAt}
-rcall('HSET', resKey, unpack(reservation))
+-- Checks done; writes follow. Each number is turned into text once: Lua does it with sprintf, and the
+-- conversions cost as much as the ZADD (README, Performance).
+local expiresAt = tostring(now + ttl)
+local qtyText, nowText = tostring(qty), tostring(now)
+rcall('HSET', skuKey, 'available', available - qty, 'reserved', reserved + qty, heldField, held + qty)
+rcall('SET', resKey, sku .. ' ' .. user .. ' ' .. qtyText .. ' RESERVED ' .. nowText .. ' ' .. expiresAt .. ' - 0 0')
 rcall('ZADD', holdsKey, expiresAt, rid)
-rcall('ZADD', deadlinesKey, expiresAt, rid)
-emit(stream, 'reserved', sku, now, -qty, qty, 0, 0,
-  {'reservation_id', rid, 'user', user, 'quantity', qty, 'expires_at', expiresAt})
-return answer(idemKey, idemTtl, reservation)
+emit(stream, 'reserved', sku, nowText, ',"' .. rid .. '","' .. user .. '",' .. qtyText .. ',' .. expiresAt)
+return answer(rid .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresAt)

@@ -1,38 +1,41 @@
 --[[
   Adds units to a SKU's sale, or removes units that are still available. Total never drops below
-  reserved + sold.
+  reserved + sold, and never passes MAX_UNITS (engine/bounds.py: what every sink can hold).
 
   Input:
     KEYS[1] sku hash             fs:{pN}:sku:<sku>
     KEYS[2] partition stream     fs:{pN}:events
-    ARGV[1] delta                signed integer, not 0, |delta| <= 1,000,000,000
-    ARGV[2] sku id
+    ARGV[1] delta                signed integer, not 0, |delta| <= MAX_UNITS
   Output:
-    the SKU hash as a flat field/value array
-    error INVALID_QUANTITY  delta malformed or 0, or removing more than is available (nothing written)
+    the sale as a flat field/value array
+    error INVALID_QUANTITY  delta malformed or 0, removing more than is available, or a total past
+                            MAX_UNITS (nothing written)
     error NOT_FOUND         no sale for this SKU (nothing written)
-  Event: restocked (available and total by delta)
+  Event: ["restocked", sku, at, delta, total after]
 ]]
 --@include common
 --@include events
+--@include sales
 
-local skuKey = KEYS[1]
-local stream = KEYS[2]
-local delta = parseSigned(ARGV[1], 1e9)
-local sku = ARGV[2]
+local skuKey, stream = KEYS[1], KEYS[2]
+local _, sku = skuKeyParts(skuKey)
+local delta = parseSigned(ARGV[1], MAX_UNITS)
 
 if delta == nil or delta == 0 then
-  return refuse('INVALID_QUANTITY', 'delta must be a non-zero integer within +-1000000000')
+  return refuse('INVALID_QUANTITY', 'delta must be a non-zero integer within +-' .. MAX_UNITS)
 end
 local s = rcall('HMGET', skuKey, 'available', 'total')
 if not s[1] then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
-if tonumber(s[1]) + delta < 0 then
-  return refuse('INVALID_QUANTITY', 'only ' .. s[1] .. ' units are available to remove')
+local available, total = tonumber(s[1]), tonumber(s[2])
+if available + delta < 0 then
+  return refuse('INVALID_QUANTITY', 'only ' .. available .. ' units are available to remove')
+end
+if total + delta > MAX_UNITS then
+  return refuse('INVALID_QUANTITY', 'total would be ' .. (total + delta) .. ', above the most a sale can hold ('
+    .. MAX_UNITS .. ')')
 end
 
 local now = nowMs()
-rcall('HINCRBY', skuKey, 'available', delta)
-local total = rcall('HINCRBY', skuKey, 'total', delta)
-rcall('HSET', skuKey, 'updated_at', now)
-emit(stream, 'restocked', sku, now, delta, 0, 0, delta, {'total', total})
-return entity(skuKey)
+rcall('HSET', skuKey, 'available', available + delta, 'total', total + delta, 'updated_at', now)
+emit(stream, 'restocked', sku, now, ',' .. delta .. ',' .. (total + delta))
+return saleReply(skuKey)

@@ -86,31 +86,34 @@ RETURNING i.sku_id;
 -- name: insert_reservations --
 -- Inserts reservations created in this batch, in the state the batch left them.
 INSERT INTO reservations (
-  reservation_id, user_id, sku_id, quantity, status, order_id, created_at, expires_at, confirmed_at,
-  ended_at, updated_at
+  reservation_id, user_id, sku_id, quantity, status, order_id, created_at, expires_at, pay_until,
+  confirmed_at, ended_at, updated_at
 )
 SELECT u.reservation_id, u.user_id, u.sku_id, u.quantity, u.status::reservation_status, u.order_id,
-       ms_to_timestamptz(u.created_at), ms_to_timestamptz(u.expires_at), ms_to_timestamptz(u.confirmed_at),
-       ms_to_timestamptz(u.ended_at), ms_to_timestamptz(u.updated_at)
+       ms_to_timestamptz(u.created_at), ms_to_timestamptz(u.expires_at), ms_to_timestamptz(u.pay_until),
+       ms_to_timestamptz(u.confirmed_at), ms_to_timestamptz(u.ended_at), ms_to_timestamptz(u.updated_at)
 FROM unnest(
   %(reservation_id)b::text[], %(user_id)b::text[], %(sku_id)b::text[], %(quantity)b::integer[],
   %(status)b::text[], %(order_id)b::text[], %(created_at)b::bigint[], %(expires_at)b::bigint[],
-  %(confirmed_at)b::bigint[], %(ended_at)b::bigint[], %(updated_at)b::bigint[]
-) AS u(reservation_id, user_id, sku_id, quantity, status, order_id, created_at, expires_at,
+  %(pay_until)b::bigint[], %(confirmed_at)b::bigint[], %(ended_at)b::bigint[], %(updated_at)b::bigint[]
+) AS u(reservation_id, user_id, sku_id, quantity, status, order_id, created_at, expires_at, pay_until,
        confirmed_at, ended_at, updated_at);
 
 -- name: update_reservations --
--- Applies a batch's changes to reservations created earlier (NULL keeps a column; order_id_set clears or sets).
+-- Applies a batch's changes to reservations created earlier (NULL keeps a column; *_set clears or sets).
 UPDATE reservations AS r SET
   status = COALESCE(u.status::reservation_status, r.status),
   order_id = CASE WHEN u.order_id_set THEN u.order_id ELSE r.order_id END,
+  pay_until = CASE WHEN u.pay_until_set THEN ms_to_timestamptz(u.pay_until) ELSE r.pay_until END,
   confirmed_at = COALESCE(ms_to_timestamptz(u.confirmed_at), r.confirmed_at),
   ended_at = COALESCE(ms_to_timestamptz(u.ended_at), r.ended_at),
   updated_at = ms_to_timestamptz(u.updated_at)
 FROM unnest(
   %(reservation_id)b::text[], %(status)b::text[], %(order_id)b::text[], %(order_id_set)b::boolean[],
-  %(confirmed_at)b::bigint[], %(ended_at)b::bigint[], %(updated_at)b::bigint[]
-) AS u(reservation_id, status, order_id, order_id_set, confirmed_at, ended_at, updated_at)
+  %(pay_until)b::bigint[], %(pay_until_set)b::boolean[], %(confirmed_at)b::bigint[], %(ended_at)b::bigint[],
+  %(updated_at)b::bigint[]
+) AS u(reservation_id, status, order_id, order_id_set, pay_until, pay_until_set, confirmed_at, ended_at,
+       updated_at)
 WHERE r.reservation_id = u.reservation_id
 RETURNING r.reservation_id;
 
@@ -193,20 +196,43 @@ SELECT p.sku_id, p.name, p.base_price_cents, p.flash_sale_price_cents, p.per_use
 FROM products AS p LEFT JOIN inventory AS i USING (sku_id)
 ORDER BY p.sku_id;
 
--- name: reconcile_open_reservations --
--- Every open hold (status RESERVED), with the order paying for it if any.
-SELECT reservation_id, sku_id, user_id, quantity, order_id,
+-- name: reconcile_reservations --
+-- The reservations Redis must hold: every open one, and those that ended after the cutoff (its retention).
+SELECT reservation_id, sku_id, user_id, quantity, status::text, order_id,
        (extract(epoch FROM created_at) * 1000)::bigint AS created_at,
-       (extract(epoch FROM expires_at) * 1000)::bigint AS expires_at
-FROM reservations WHERE status = 'RESERVED';
+       (extract(epoch FROM expires_at) * 1000)::bigint AS expires_at,
+       (extract(epoch FROM pay_until) * 1000)::bigint AS pay_until,
+       (extract(epoch FROM confirmed_at) * 1000)::bigint AS confirmed_at,
+       (extract(epoch FROM ended_at) * 1000)::bigint AS ended_at
+FROM reservations WHERE status = 'RESERVED' OR ended_at >= ms_to_timestamptz(%(cutoff)s);
 
 -- name: reconcile_orders --
--- Every order that is not terminal-and-irrelevant: pending, confirmed or fulfilled ones count against stock.
+-- The orders Redis must hold: pending and confirmed ones, and those that ended after the cutoff.
 SELECT order_id, reservation_id, sku_id, user_id, quantity, unit_price_cents, total_price_cents,
        status::text, payment_method, transaction_id, failure_reason,
        (extract(epoch FROM created_at) * 1000)::bigint AS created_at,
        (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at
-FROM orders WHERE status IN ('PENDING', 'CONFIRMED', 'FULFILLED');
+FROM orders WHERE status IN ('PENDING', 'CONFIRMED') OR updated_at >= ms_to_timestamptz(%(cutoff)s);
+
+-- name: reconcile_user_counts --
+-- Each user's units per SKU: held in open reservations, bought in confirmed or fulfilled orders.
+SELECT sku_id, user_id, sum(held)::bigint AS held, sum(bought)::bigint AS bought
+FROM (
+  SELECT sku_id, user_id, quantity AS held, 0 AS bought FROM reservations WHERE status = 'RESERVED'
+  UNION ALL
+  SELECT sku_id, user_id, 0, quantity FROM orders WHERE status IN ('CONFIRMED', 'FULFILLED')
+) AS units
+GROUP BY sku_id, user_id;
+
+-- name: reconcile_sku_sums --
+-- Per SKU, what PostgreSQL's own rows add up to: units in open holds and in counted orders.
+SELECT sku_id, sum(reserved)::bigint AS reserved, sum(sold)::bigint AS sold
+FROM (
+  SELECT sku_id, quantity AS reserved, 0 AS sold FROM reservations WHERE status = 'RESERVED'
+  UNION ALL
+  SELECT sku_id, 0, quantity FROM orders WHERE status IN ('CONFIRMED', 'FULFILLED')
+) AS units
+GROUP BY sku_id;
 
 -- name: repair_set_inventory --
 -- Sets a SKU's counters to the values the log implies (repair postgres-from-stream).
@@ -239,16 +265,16 @@ ON CONFLICT (sku_id) DO UPDATE SET
 -- name: repair_upsert_reservation --
 -- Writes one reservation as Redis has it (repair postgres-from-stream).
 INSERT INTO reservations (
-  reservation_id, user_id, sku_id, quantity, status, order_id, created_at, expires_at, confirmed_at,
-  ended_at, updated_at
+  reservation_id, user_id, sku_id, quantity, status, order_id, created_at, expires_at, pay_until,
+  confirmed_at, ended_at, updated_at
 ) VALUES (
   %(id)s, %(user)s, %(sku)s, %(quantity)s, %(status)s::reservation_status, %(order_id)s,
-  ms_to_timestamptz(%(created_at)s), ms_to_timestamptz(%(expires_at)s), ms_to_timestamptz(%(confirmed_at)s),
-  ms_to_timestamptz(%(ended_at)s), now()
+  ms_to_timestamptz(%(created_at)s), ms_to_timestamptz(%(expires_at)s), ms_to_timestamptz(%(pay_until)s),
+  ms_to_timestamptz(%(confirmed_at)s), ms_to_timestamptz(%(ended_at)s), now()
 )
 ON CONFLICT (reservation_id) DO UPDATE SET
-  status = EXCLUDED.status, order_id = EXCLUDED.order_id, confirmed_at = EXCLUDED.confirmed_at,
-  ended_at = EXCLUDED.ended_at, updated_at = now();
+  status = EXCLUDED.status, order_id = EXCLUDED.order_id, pay_until = EXCLUDED.pay_until,
+  confirmed_at = EXCLUDED.confirmed_at, ended_at = EXCLUDED.ended_at, updated_at = now();
 
 -- name: repair_upsert_order --
 -- Writes one order as Redis has it (repair postgres-from-stream).

@@ -18,9 +18,9 @@ from typing import Any
 import msgspec
 import redis
 import redis.asyncio as aioredis
+from flashsale.engine.events import stream_id_key
 from flashsale.engine.keys import Keyspace
 from flashsale.engine.settings import Settings
-from flashsale.writeback.batch import stream_id_key
 
 # (applied, published, cursor = the lesser of the two, lease owner, stream length)
 _Row = tuple[str, str, str, str | None, int]

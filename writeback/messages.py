@@ -1,20 +1,24 @@
 """The Kafka messages the worker publishes: JSON bodies described by msgspec structs, key = SKU id.
 
-Each event goes to the topics it concerns (table below). Every body carries ``event_id`` (stable and
-unique: ``<partition>-<stream id>``, so consumers drop repeats of at-least-once delivery) and
-``schema_version`` (bumped on any incompatible change).
+Which topics an event goes to follows from what it does (``engine.events.effect``), not from a table of
+event types: a reservation's status changed -> ``flash-sale-reservations``; an order's status changed ->
+``flash-sale-orders``; a SKU's counters or settings changed -> ``flash-sale-inventory-updates``. So today:
 
-    event             reservations  orders  inventory-updates
-    sale_loaded                               x
-    restocked                                 x
-    reserved              x                   x
-    released              x                   x
-    expired               x         (x)       x      (orders too when a checkout was abandoned)
-    checkout_started                x
-    checkout_failed                 x
-    confirmed             x         x         x
-    order_cancelled                 x         x
-    order_fulfilled                 x
+    event               reservations  orders  inventory-updates
+    sale_loaded                                 x
+    restocked                                   x
+    reserved                x                   x
+    released                x                   x
+    expired                 x         (x)       x      (orders too when a checkout was abandoned)
+    checkout_started                  x
+    checkout_failed                   x
+    checkout_cancelled      x         x         x
+    confirmed               x         x         x
+    order_cancelled                   x         x
+    order_fulfilled                   x
+
+Every body carries ``event_id`` (stable and unique: ``<partition>-<stream id>``, so consumers drop repeats
+of at-least-once delivery) and ``schema_version`` (bumped on any incompatible change).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import msgspec
-from flashsale.engine.events import Event
+from flashsale.engine.events import Event, effect
 
 SCHEMA_VERSION = 1
 
@@ -94,21 +98,14 @@ class Topics:
     inventory: str
 
 
-_RESERVATION_STATUS = {"reserved": "RESERVED", "confirmed": "CONFIRMED"}
-_ORDER_STATUS = {
-    "checkout_started": "PENDING",
-    "checkout_failed": "FAILED",
-    "confirmed": "CONFIRMED",
-    "order_cancelled": "CANCELLED",
-    "order_fulfilled": "FULFILLED",
-}
 _ENCODER = msgspec.json.Encoder()
 
 
 def messages(event: Event, topics: Topics) -> Iterator[tuple[str, bytes]]:
     """(topic, JSON body) for each topic the event goes to, in a fixed order."""
     e = event
-    if e.reservation_id and e.type in ("reserved", "released", "expired", "confirmed"):
+    change = effect(e)
+    if change.reservation is not None and "status" in change.reservation and e.reservation_id:
         yield (
             topics.reservations,
             _ENCODER.encode(
@@ -120,18 +117,15 @@ def messages(event: Event, topics: Topics) -> Iterator[tuple[str, bytes]]:
                     reservation_id=e.reservation_id,
                     user_id=e.user or "",
                     quantity=e.quantity or 0,
-                    status=e.status or _RESERVATION_STATUS[e.type],
+                    status=change.reservation["status"],
                     at=e.at,
                     expires_at=e.expires_at,
                     order_id=e.order_id,
                 )
             ),
         )
-    if e.order_id and (e.type in _ORDER_STATUS or e.type == "expired"):
-        status = e.order_status or _ORDER_STATUS.get(e.type, "FAILED")
-        reason = e.reason if e.type == "checkout_failed" else None
-        if e.type == "expired":
-            reason = "CHECKOUT_TIMEOUT"
+    if change.order is not None and "status" in change.order and e.order_id:
+        order = change.order
         yield (
             topics.orders,
             _ENCODER.encode(
@@ -143,18 +137,19 @@ def messages(event: Event, topics: Topics) -> Iterator[tuple[str, bytes]]:
                     order_id=e.order_id,
                     reservation_id=e.reservation_id or "",
                     user_id=e.user or "",
-                    status=status,
+                    status=order["status"],
                     at=e.at,
                     quantity=e.quantity,
-                    unit_price_cents=e.unit_price_cents,
-                    total_price_cents=e.total_cents,
-                    payment_method=e.payment_method,
-                    transaction_id=e.transaction_id,
-                    failure_reason=reason,
+                    unit_price_cents=order.get("unit_price_cents"),
+                    total_price_cents=order.get("total_cents"),
+                    payment_method=order.get("payment_method"),
+                    transaction_id=order.get("transaction_id") or None,
+                    failure_reason=order.get("failure_reason"),
                 )
             ),
         )
-    if e.da or e.dr or e.ds or e.dt or e.type in ("sale_loaded", "restocked"):
+    if change.available or change.reserved or change.sold or change.total or change.product is not None:
+        product = change.product or {}
         yield (
             topics.inventory,
             _ENCODER.encode(
@@ -164,19 +159,19 @@ def messages(event: Event, topics: Topics) -> Iterator[tuple[str, bytes]]:
                     type=e.type,
                     sku_id=e.sku,
                     at=e.at,
-                    available_delta=e.da,
-                    reserved_delta=e.dr,
-                    sold_delta=e.ds,
-                    total_delta=e.dt,
-                    total=e.total,
-                    name=e.name,
-                    price_cents=e.price_cents,
-                    flash_price_cents=e.flash_price_cents,
-                    per_user_limit=e.per_user_limit,
-                    starts_at=e.starts_at,
-                    ends_at=e.ends_at,
-                    reservation_ttl_ms=e.reservation_ttl_ms,
-                    paused=e.paused,
+                    available_delta=change.available,
+                    reserved_delta=change.reserved,
+                    sold_delta=change.sold,
+                    total_delta=change.total,
+                    total=product.get("total"),
+                    name=product.get("name"),
+                    price_cents=product.get("price_cents"),
+                    flash_price_cents=product.get("flash_price_cents"),
+                    per_user_limit=product.get("per_user_limit"),
+                    starts_at=product.get("starts_at"),
+                    ends_at=product.get("ends_at"),
+                    reservation_ttl_ms=product.get("reservation_ttl_ms"),
+                    paused=product.get("paused"),
                 )
             ),
         )

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from flashsale.engine.events import Event
-from flashsale.writeback.batch import Batch, stream_id_key
+from flashsale.engine.events import Event, stream_id_key
+from flashsale.writeback.batch import Batch
 from flashsale.writeback.database import queries
 from psycopg import AsyncConnection
 

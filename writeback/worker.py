@@ -43,10 +43,10 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aioredis
 from flashsale.engine import AsyncEngine
-from flashsale.engine.events import Event, parse_entry
+from flashsale.engine.events import Event, parse_entry, stream_id_key
 from flashsale.engine.keys import Keyspace
 from flashsale.engine.settings import Settings
-from flashsale.writeback.batch import Batch, stream_id_key
+from flashsale.writeback.batch import Batch
 from flashsale.writeback.kafka import Publisher, ensure_topics
 from flashsale.writeback.lag import read_lag, read_lag_async, total_lag
 from flashsale.writeback.leases import Leases

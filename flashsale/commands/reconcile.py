@@ -35,7 +35,7 @@ PROGRESS_THRESHOLD = 2_000
 @contextmanager
 def _progress(console: Console, enabled: bool) -> Iterator[rc.Progress]:
     if not enabled:
-        yield rc._no_progress
+        yield rc.no_progress
         return
     bar = Progress(
         TextColumn("[bold]reading {task.description}"),
@@ -124,10 +124,11 @@ def _run_check(engine: Engine, database_url: str, console: Console, show_progres
 def reconcile(settings: Settings, as_json: bool, repair: str | None, yes: bool) -> None:
     """Check every SKU: Redis's counters, PostgreSQL's rows and the not-yet-applied stream events.
 
-    Checks that counts add up and are never negative, that open holds add up to `reserved` and
-    confirmed+fulfilled orders to `sold` (in both stores), that no user is past the per-user limit, and that
-    PostgreSQL + the unapplied events == Redis. Exits 0 when nothing drifted, 1 when something did
-    (after a repair: when drift remains), 2 when it could not run.
+    Checks that PostgreSQL + the unapplied events == Redis for every SKU's counters and settings, every
+    user's counts and every reservation and order Redis must hold (open ones, and ended ones within the
+    retention period); that counts add up and are never negative, open holds add up to `reserved` (and in
+    PostgreSQL counted orders to `sold`), and no user is past the per-user limit, in both stores. Exits 0
+    when nothing drifted, 1 when something did (after a repair: when drift remains), 2 when it could not run.
     """
     if not settings.redis_url:
         raise CannotRun("FLASHSALE_REDIS_URL is not set: point it at the Redis to check")
@@ -184,7 +185,7 @@ def _repair(
         )
     plan: rc.RedisPlan | rc.PostgresPlan
     if direction == "redis-from-postgres":
-        plan = rc.plan_redis_from_postgres(snap, settings.payment_grace_ms)
+        plan = rc.plan_redis_from_postgres(snap)
         target = "Redis"
     else:
         plan = rc.plan_postgres_from_stream(snap)

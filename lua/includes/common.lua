@@ -1,8 +1,9 @@
--- Shared by every script: the server clock, refusals, argument parsing, idempotent answers.
+--[[
+  Shared by every script: the server clock, refusals, argument parsing, JSON for events.
+  Needs: the generated bounds (engine/bounds.py).
+]]
+--@include bounds
 local rcall = redis.call
-
--- Terminal reservations and orders stay readable in Redis this long; PostgreSQL keeps them for good.
-local RETENTION_MS = 7 * 24 * 3600 * 1000
 
 -- Milliseconds since the epoch from the server's clock: the one clock every deadline is measured on.
 local function nowMs()
@@ -31,36 +32,30 @@ local function parseSigned(s, max)
   return n
 end
 
--- An identifier: 1..128 printable characters without spaces or the key separator ':'.
+-- An identifier (SKU, user): 1..128 of letters, digits and -_.@ (no spaces, no ':' key separator).
 local function isIdentifier(s)
-  return type(s) == 'string' and #s >= 1 and #s <= 128 and string.match(s, '^[%w%-_%.@]+$') ~= nil
+  return type(s) == 'string' and #s >= 1 and #s <= MAX_IDENTIFIER_CHARS and string.match(s, '^[%w%-_%.@]+$') ~= nil
 end
 
--- The stored answer of an earlier call made with the same idempotency key (ttl 0: no key given).
-local function storedAnswer(idemKey, ttl)
-  if ttl == 0 then return nil end
-  local stored = rcall('GET', idemKey)
-  if not stored then return nil end
-  local answer = cjson.decode(stored)
-  if answer.err then return redis.error_reply(answer.err) end
-  return answer.ok
+-- An integer as decimal digits: Lua's own tostring turns 1e15 into "1e+15".
+local function int(n)
+  return string.format('%d', n)
 end
 
--- Remembers this call's answer (a reply array or a refusal) under its idempotency key, then returns it.
-local function answer(idemKey, ttl, reply)
-  if ttl > 0 then
-    local stored
-    if type(reply) == 'table' and reply.err then
-      stored = cjson.encode({err = reply.err})
-    else
-      stored = cjson.encode({ok = reply})
-    end
-    rcall('SET', idemKey, stored, 'PX', ttl)
-  end
-  return reply
+-- JSON values for an event: an identifier needs no escaping, free text does.
+local function jid(s)
+  if s == nil then return 'null' end
+  return '"' .. s .. '"'
 end
 
--- A hash as a flat field/value array, the shape every script returns for an entity.
-local function entity(key)
-  return rcall('HGETALL', key)
+local function jtext(s)
+  if s == nil then return 'null' end
+  return cjson.encode(s)
+end
+
+-- The partition prefix and the SKU id of a SKU key: "fs:{p3}:sku:PS5" -> "fs:{p3}:", "PS5" (a plain find:
+-- no pattern matching on the hot path).
+local function skuKeyParts(skuKey)
+  local tagEnd = string.find(skuKey, '}:', 1, true) + 1
+  return string.sub(skuKey, 1, tagEnd), string.sub(skuKey, tagEnd + 5)
 end

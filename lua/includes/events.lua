@@ -1,12 +1,12 @@
--- Needs: rcall (common).
+--[[
+  Appends one event to the partition's stream. Every state change calls this exactly once, in the same
+  script as the change, so the stream is a complete log. An entry has one field, `e`: a JSON array
+  [type, sku, at, ...] whose positions after `at` (the script's clock, ms) are engine/events.py's LAYOUT
+  per type (the one place that says what an event means). `fields` is the JSON of those positions,
+  each with its leading comma. The entry's id gives the event's order in the partition.
+]]
 --@include common
--- Appends one event to the partition's stream. Every state change calls this exactly once, in the same
--- script as the change, so the stream is a complete log. Deltas are the change to the SKU's counters
--- (available, reserved, sold, total); extra holds the event's own field/value pairs.
-local function emit(stream, kind, sku, now, da, dr, ds, dt, extra)
-  local fields = {'type', kind, 'sku', sku, 'at', now, 'da', da, 'dr', dr, 'ds', ds, 'dt', dt}
-  for i = 1, #extra do
-    fields[#fields + 1] = extra[i]
-  end
-  return rcall('XADD', stream, '*', unpack(fields))
+
+local function emit(stream, kind, sku, at, fields)
+  return rcall('XADD', stream, '*', 'e', '["' .. kind .. '","' .. sku .. '",' .. at .. fields .. ']')
 end

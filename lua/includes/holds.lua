@@ -1,47 +1,59 @@
--- Needs: rcall, RETENTION_MS (common), emit (events).
+--[[
+  Ending holds. A SKU's open holds are the sorted set fs:{pN}:holds:<sku> (reservation id -> deadline);
+  the user's held units are the field h:<user> of the SKU hash.
+]]
 --@include common
 --@include events
--- Ends an active hold: its units go back to available, the user's held count drops, the reservation
--- leaves both deadline sets and takes its final status (CANCELLED or EXPIRED). If a checkout was in
--- flight (an abandoned payment), that order becomes FAILED in the same step. Emits one event.
-local function endHold(prefix, stream, rid, status, kind, now)
-  local resKey = prefix .. 'res:' .. rid
-  local r = rcall('HMGET', resKey, 'sku', 'user', 'quantity', 'order_id')
-  local sku, user, qty, orderId = r[1], r[2], tonumber(r[3]), r[4]
-  local skuKey = prefix .. 'sku:' .. sku
-  rcall('HINCRBY', skuKey, 'reserved', -qty)
-  rcall('HINCRBY', skuKey, 'available', qty)
-  rcall('HINCRBY', prefix .. 'user:' .. sku .. ':' .. user, 'held', -qty)
-  rcall('ZREM', prefix .. 'holds:' .. sku, rid)
-  rcall('ZREM', prefix .. 'deadlines', rid)
-  rcall('HSET', resKey, 'status', status, 'ended_at', now)
-  rcall('HDEL', resKey, 'pay_until')
-  rcall('PEXPIRE', resKey, RETENTION_MS)
-  local extra = {'reservation_id', rid, 'user', user, 'quantity', qty, 'status', status}
-  if orderId and orderId ~= '' then
+--@include reservations
+
+-- An open hold's units go back on sale: reserved -> available, the user's held count drops (its field
+-- goes when it reaches 0), and the hold leaves its SKU's holds.
+local function returnUnits(prefix, rid, r)
+  local skuKey = prefix .. 'sku:' .. r.sku
+  local heldField = 'h:' .. r.user
+  local c = rcall('HMGET', skuKey, 'available', 'reserved', heldField)
+  local held = tonumber(c[3] or 0) - r.quantity
+  if held > 0 then
+    rcall('HSET', skuKey, 'available', tonumber(c[1]) + r.quantity, 'reserved', tonumber(c[2]) - r.quantity,
+      heldField, held)
+  else
+    rcall('HSET', skuKey, 'available', tonumber(c[1]) + r.quantity, 'reserved', tonumber(c[2]) - r.quantity)
+    rcall('HDEL', skuKey, heldField)
+  end
+  rcall('ZREM', prefix .. 'holds:' .. r.sku, rid)
+end
+
+-- Ends an open hold: its units go back on sale and it takes its final status (CANCELLED or EXPIRED). If
+-- a checkout was paying for it (an abandoned payment), that order becomes FAILED in the same step. Emits
+-- one event.
+local function endHold(prefix, stream, rid, r, status, kind, now)
+  returnUnits(prefix, rid, r)
+  r.status, r.ended_at, r.pay_until = status, now, 0
+  writeReservation(reservationKey(prefix, rid), r)
+  local orderId = r.order_id
+  if orderId then
     local orderKey = prefix .. 'order:' .. orderId
     rcall('HSET', orderKey, 'status', 'FAILED', 'failure_reason', 'CHECKOUT_TIMEOUT', 'updated_at', now)
     rcall('PEXPIRE', orderKey, RETENTION_MS)
-    extra[#extra + 1] = 'order_id'
-    extra[#extra + 1] = orderId
-    extra[#extra + 1] = 'order_status'
-    extra[#extra + 1] = 'FAILED'
   end
-  emit(stream, kind, sku, now, qty, -qty, 0, 0, extra)
+  emit(stream, kind, r.sku, now, ',"' .. rid .. '","' .. r.user .. '",' .. r.quantity .. ',' .. jid(orderId))
 end
 
--- Ends up to `limit` holds of one deadline set whose deadline has passed; returns how many it ended.
-local function expireDue(prefix, stream, deadlineKey, now, limit)
-  local due = rcall('ZRANGEBYSCORE', deadlineKey, '-inf', now, 'LIMIT', 0, limit)
+-- Ends up to `limit` holds of one SKU whose deadline has passed; returns how many it ended.
+local function expireDue(prefix, stream, sku, now, limit)
+  local holdsKey = prefix .. 'holds:' .. sku
+  local due = rcall('ZRANGEBYSCORE', holdsKey, '-inf', now, 'LIMIT', 0, limit)
   local ended = 0
   for i = 1, #due do
     local rid = due[i]
-    if rcall('HGET', prefix .. 'res:' .. rid, 'status') == 'RESERVED' then
-      endHold(prefix, stream, rid, 'EXPIRED', 'expired', now)
+    local r = readReservation(reservationKey(prefix, rid))
+    if r and r.status == 'RESERVED' and deadline(r) <= now then
+      endHold(prefix, stream, rid, r, 'EXPIRED', 'expired', now)
       ended = ended + 1
+    elseif r and r.status == 'RESERVED' then
+      rcall('ZADD', holdsKey, deadline(r), rid)  -- a stale score (cannot happen through these scripts)
     else
-      -- Not an active hold any more (cannot happen through these scripts); drop the stale entry.
-      rcall('ZREM', deadlineKey, rid)
+      rcall('ZREM', holdsKey, rid)  -- not an open hold any more (cannot happen through these scripts)
     end
   end
   return ended

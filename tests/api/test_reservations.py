@@ -98,8 +98,13 @@ def test_refusals_of_the_engine_map_to_their_statuses(
     load_sale("SKU-PAUSED", paused=True)
 
     assert reserve(http, api, "alice").status_code == 201
-    assert_error(reserve(http, api, "alice"), 409, "ALREADY_RESERVED")
+    # Sold out is answered first, whoever asks (the answer every API process may give from memory) ...
+    assert_error(reserve(http, api, "alice"), 400, "OUT_OF_STOCK")
     assert_error(reserve(http, api, "bob"), 400, "OUT_OF_STOCK")
+    # ... while units are left, a user at the limit is told why.
+    load_sale("SKU-TWO", total=2, per_user_limit=1)
+    assert reserve(http, api, "alice", "SKU-TWO").status_code == 201
+    assert_error(reserve(http, api, "alice", "SKU-TWO"), 409, "ALREADY_RESERVED")
     assert_error(reserve(http, api, "bob", "SKU-LATER"), 403, "SALE_NOT_ACTIVE")
     assert_error(reserve(http, api, "bob", "SKU-PAUSED"), 403, "SALE_NOT_ACTIVE")
     assert_error(reserve(http, api, "bob", "SKU-NONE"), 404, "NOT_FOUND")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import redis
 from flashsale.engine import Engine, Event, partition_of, replay
-from flashsale.engine.events import parse_entry
+from flashsale.engine.events import effect, parse_entry
 
 T = TypeVar("T")
 
@@ -69,14 +69,33 @@ class PartitionState:
     """Everything one partition holds in Redis, read in two round trips."""
 
     index: int
-    sales: dict[str, dict[str, str]] = field(default_factory=dict)
+    sales: dict[str, dict[str, str]] = field(default_factory=dict)  # the sale's own fields
     catalog: set[str] = field(default_factory=set)
     holds: dict[str, dict[str, float]] = field(default_factory=dict)
-    deadlines: dict[str, float] = field(default_factory=dict)
-    users: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    users: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)  # held, purchased
     reservations: dict[str, dict[str, str]] = field(default_factory=dict)
     orders: dict[str, dict[str, str]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+
+
+# The reservation record's fields, in the order the scripts write them (lua/includes/reservations.lua).
+RECORD_FIELDS = (
+    "sku",
+    "user",
+    "quantity",
+    "status",
+    "created_at",
+    "expires_at",
+    "order_id",
+    "pay_until",
+    "ended_at",
+)
+
+
+def parse_record(record: str) -> dict[str, str]:
+    values = record.split(" ")
+    assert len(values) == len(RECORD_FIELDS), f"malformed reservation record {record!r}"
+    return dict(zip(RECORD_FIELDS, values, strict=True))
 
 
 def read_partition(engine: Engine, index: int) -> PartitionState:
@@ -87,9 +106,11 @@ def read_partition(engine: Engine, index: int) -> PartitionState:
     for key in keys:
         kind = key[len(p.tag) :].split(":", 1)[0]
         kinds.append(kind)
-        if kind in ("sku", "user", "res", "order"):
+        if kind in ("sku", "order", "idem"):
             pipe.hgetall(key)
-        elif kind in ("holds", "deadlines"):
+        elif kind == "r":
+            pipe.get(key)
+        elif kind == "holds":
             pipe.zrange(key, 0, -1, withscores=True)
         elif kind == "skus":
             pipe.smembers(key)
@@ -101,18 +122,17 @@ def read_partition(engine: Engine, index: int) -> PartitionState:
     for key, kind, value in zip(keys, kinds, pipe.execute(), strict=True):
         name = key[len(p.tag) + len(kind) + 1 :]
         if kind == "sku":
-            state.sales[name] = value
-        elif kind == "user":
-            sku, _, user = name.partition(":")
-            state.users[(sku, user)] = value
-        elif kind == "res":
-            state.reservations[name] = value
+            state.sales[name] = {f: v for f, v in value.items() if not f.startswith(("h:", "b:"))}
+            for f, v in value.items():
+                if f.startswith(("h:", "b:")):
+                    counts = state.users.setdefault((name, f[2:]), {"held": 0, "purchased": 0})
+                    counts["held" if f.startswith("h:") else "purchased"] = int(v)
+        elif kind == "r":
+            state.reservations[name] = parse_record(value)
         elif kind == "order":
             state.orders[name] = value
         elif kind == "holds":
             state.holds[name] = dict(value)
-        elif kind == "deadlines":
-            state.deadlines = dict(value)
         elif kind == "skus":
             state.catalog = set(value)
         elif kind == "events":
@@ -124,9 +144,9 @@ def read_partition(engine: Engine, index: int) -> PartitionState:
 
 def check_invariants(engine: Engine, partitions: Iterable[int] | None = None) -> None:
     """Invariants 1-3 of ARCHITECTURE.md, plus the agreement of every derived structure with the entities
-    (counters == sums over reservations and orders, deadline sets == active holds, stream replay ==
-    counters with no counter ever negative along the way). Raises AssertionError naming what broke.
-    Only the given partitions when some are named (the others must then be of no interest)."""
+    (counters == sums over reservations and orders, holds sets == open holds at their deadlines, stream
+    replay == counters with no counter ever negative along the way). Raises AssertionError naming what
+    broke. Only the given partitions when some are named (the others must then be of no interest)."""
     for index in range(engine.config.partitions) if partitions is None else partitions:
         state = read_partition(engine, index)
         check_partition(state)
@@ -139,13 +159,7 @@ def check_partition(state: PartitionState) -> None:
 
 
 def _check_entities(state: PartitionState) -> None:
-    sales, reservations, orders, users, deadlines = (
-        state.sales,
-        state.reservations,
-        state.orders,
-        state.users,
-        state.deadlines,
-    )
+    sales, reservations, orders, users = state.sales, state.reservations, state.orders, state.users
     assert state.catalog == set(sales), f"catalog of partition {state.index} != its sku hashes"
 
     reserved_by_sku: dict[str, int] = defaultdict(int)
@@ -162,18 +176,21 @@ def _check_entities(state: PartitionState) -> None:
         if status == "RESERVED":
             reserved_by_sku[sku] += qty
             held[(sku, user)] += qty
-            deadline = int(res.get("pay_until") or res["expires_at"])
-            assert deadlines.get(rid) == deadline, f"active hold {rid} not at its deadline for the sweeper"
+            paying = res["order_id"] != "-"
+            deadline = int(res["pay_until"]) if paying else int(res["expires_at"])
             assert holds.get(rid) == deadline, f"active hold {rid} not at its deadline in its sku's holds"
-            if res.get("order_id"):
+            assert res["ended_at"] == "0", (rid, res)
+            if paying:
                 order = orders.get(res["order_id"])
                 assert order is not None, (rid, res)
                 assert order["status"] == "PENDING", (rid, res, order)
                 assert order["reservation_id"] == rid
+            else:
+                assert res["pay_until"] == "0", (rid, res)
         else:
-            assert rid not in deadlines, f"ended reservation {rid} still has a deadline"
             assert rid not in holds, f"ended reservation {rid} still held for its sku"
-            assert "pay_until" not in res, (rid, res)
+            assert res["pay_until"] == "0", (rid, res)
+            assert res["ended_at"] != "0", (rid, res)
 
     for oid, order in orders.items():
         status, rid = order["status"], order["reservation_id"]
@@ -183,13 +200,16 @@ def _check_entities(state: PartitionState) -> None:
         key = (order["sku"], order["user"])
         if status == "PENDING":
             assert res["status"] == "RESERVED", (oid, order, res)
-            assert res.get("order_id") == oid, (oid, order, res)
-        if status in ("CONFIRMED", "FULFILLED", "CANCELLED"):
-            assert res["status"] == "CONFIRMED", (oid, order, res)
-            assert res.get("order_id") == oid, (oid, order, res)
+            assert res["order_id"] == oid, (oid, order, res)
         if status in ("CONFIRMED", "FULFILLED"):
+            assert res["status"] == "CONFIRMED", (oid, order, res)
+            assert res["order_id"] == oid, (oid, order, res)
             sold_by_sku[order["sku"]] += int(order["quantity"])
             purchased[key] += int(order["quantity"])
+        if status == "CANCELLED":
+            # From CONFIRMED (a bought hold) or from PENDING (the shopper cancelled while paying).
+            assert res["status"] in ("CONFIRMED", "CANCELLED"), (oid, order, res)
+            assert res["order_id"] == oid, (oid, order, res)
         if status != "FAILED":
             live_orders_of[rid].append(oid)
     for rid, live in live_orders_of.items():
@@ -198,8 +218,9 @@ def _check_entities(state: PartitionState) -> None:
         if res["status"] == "CONFIRMED":
             assert len(live_orders_of[rid]) == 1, f"confirmed reservation {rid} has no order"
 
-    for rid in deadlines:
-        assert reservations.get(rid, {}).get("status") == "RESERVED", f"stale deadline {rid}"
+    for sku, holds in state.holds.items():
+        for rid in holds:
+            assert reservations.get(rid, {}).get("status") == "RESERVED", f"stale hold {rid} of {sku}"
 
     for sku, sale in sales.items():
         a, rsv, s, t = (int(sale[f]) for f in ("available", "reserved", "sold", "total"))
@@ -210,8 +231,9 @@ def _check_entities(state: PartitionState) -> None:
 
     for key in set(users) | set(held) | set(purchased):
         counts = users.get(key, {})
-        h, b = int(counts.get("held", 0)), int(counts.get("purchased", 0))
+        h, b = counts.get("held", 0), counts.get("purchased", 0)
         assert (h, b) == (held[key], purchased[key]), (key, counts, held[key], purchased[key])
+        assert h > 0 or key not in users or b > 0, f"a zero count is kept for {key}: {counts}"
         assert min(h, b) >= 0, (key, counts)
         limit = int(sales[key[0]]["per_user_limit"])
         assert h + b <= limit, f"invariant 2 broken for {key}: {h} + {b} > {limit}"
@@ -220,11 +242,12 @@ def _check_entities(state: PartitionState) -> None:
 def _check_replay(state: PartitionState) -> None:
     running: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for event in state.events:
+        change = effect(event)
         c = running[event.sku]
-        c[0] += event.da
-        c[1] += event.dr
-        c[2] += event.ds
-        c[3] += event.dt
+        c[0] += change.available
+        c[1] += change.reserved
+        c[2] += change.sold
+        c[3] += change.total
         assert min(c) >= 0, f"replay goes negative for {event.sku} at event {event.id}: {c}"
     replayed = replay(state.events)
     assert set(replayed) == set(state.sales), "the stream's SKUs != the partition's sales"

@@ -188,9 +188,9 @@ CASES: list[tuple[str, str, Case]] = [
     ("cancel another user's order", "FORBIDDEN", lambda e, w: e.cancel_order(w.confirmed.id, "alice")),
     ("cancel for an empty user", "INVALID_ARGUMENT", lambda e, w: e.cancel_order(w.confirmed.id, "")),
     (
-        "cancel an order being paid",
-        "CHECKOUT_IN_PROGRESS",
-        lambda e, w: e.cancel_order(w.pending.id, "alice"),
+        "cancel another user's order being paid",
+        "FORBIDDEN",
+        lambda e, w: e.cancel_order(w.pending.id, "bob"),
     ),
     # fulfil_order
     ("fulfil an unknown order", "NOT_FOUND", lambda e, w: e.fulfil_order("ord_2_nope")),

@@ -288,16 +288,23 @@ class EngineMatchesModel(RuleBasedStateMachine):
             m.answers[("reserve", sku, user, key)] = outcome
 
     def _judge_reserve(self, sku: str, user: str, quantity: int, now: int) -> str | None:
-        """The refusal reserve must give (None: success), applying the lazy expiry it does first."""
+        """The refusal reserve must give (None: success). Sold out (no unit, no lapsed hold) is answered
+        first. A request the limit or the stock would refuse ends the SKU's lapsed holds (at most 16) and
+        is judged again; one that can succeed does not."""
         m = self.model
         sale = m.skus.get(sku)
         if sale is None:
             return "NOT_FOUND"
+        lapsed = [h for h in m.active() if h.sku == sku and h.deadline <= now]
+        if sale.available < quantity and not lapsed:
+            return "OUT_OF_STOCK"  # sold out comes first: the answer an API process may give from memory
         if quantity > sale.limit:
             return "INVALID_QUANTITY"
         if sale.paused:
             return "SALE_NOT_ACTIVE"
-        m.expire_due([h for h in m.active() if h.sku == sku], now, 16)
+        held, bought = m.held[(sku, user)], m.purchased[(sku, user)]
+        if held + bought + quantity > sale.limit or sale.available < quantity:
+            m.expire_due([h for h in m.active() if h.sku == sku], now, 16)
         held, bought = m.held[(sku, user)], m.purchased[(sku, user)]
         if held + bought + quantity > sale.limit:
             return "ALREADY_RESERVED" if held > 0 else "ALREADY_PURCHASED"
@@ -342,11 +349,11 @@ class EngineMatchesModel(RuleBasedStateMachine):
             assert outcome == "RESERVATION_EXPIRED"
         elif hold.status != "RESERVED":
             assert outcome == "INVALID_STATE"
-        elif hold.paying:
-            assert outcome == "CHECKOUT_IN_PROGRESS"
-        elif now >= hold.expires_at:
+        elif now >= hold.deadline:  # its own deadline, or its payment grace
             assert outcome == "RESERVATION_EXPIRED"
             m.end_hold(hold, "EXPIRED", "expired")
+        elif hold.paying:
+            assert outcome == "CHECKOUT_IN_PROGRESS"
         else:
             assert isinstance(outcome, Reservation), outcome
             assert outcome.status == "CANCELLED"
@@ -384,11 +391,11 @@ class EngineMatchesModel(RuleBasedStateMachine):
             expected: str | None = "RESERVATION_EXPIRED"
         elif hold.status != "RESERVED":
             expected = "INVALID_STATE"
-        elif hold.paying:
-            expected = "CHECKOUT_IN_PROGRESS"
-        elif now >= hold.expires_at:
+        elif now >= hold.deadline:
             expected = "RESERVATION_EXPIRED"
             m.end_hold(hold, "EXPIRED", "expired")
+        elif hold.paying:
+            expected = "CHECKOUT_IN_PROGRESS"
         else:
             expected = None
         if expected is None:
@@ -422,7 +429,7 @@ class EngineMatchesModel(RuleBasedStateMachine):
         if order is None:  # no order yet: an id no one minted
             assert _code(lambda: self.engine.confirm(UNKNOWN_ORDER, user, "tx")) == "NOT_FOUND"
             return
-        outcome = _code(lambda: self.engine.confirm(order.id, user, "tx", idempotency_key=key))
+        now, outcome = self._timed(lambda: self.engine.confirm(order.id, user, "tx", idempotency_key=key))
         if key is not None and ("confirm", order.id, user, key) in m.answers:
             assert outcome == m.answers[("confirm", order.id, user, key)]
             return
@@ -431,6 +438,9 @@ class EngineMatchesModel(RuleBasedStateMachine):
             return
         if order.status != "PENDING":
             assert outcome == "INVALID_STATE"
+        elif now >= m.holds[order.reservation_id].deadline:  # a payment after its grace confirms nothing
+            assert outcome == "RESERVATION_EXPIRED"
+            m.end_hold(m.holds[order.reservation_id], "EXPIRED", "expired")
         else:
             assert isinstance(outcome, Order), outcome
             assert outcome.status == "CONFIRMED"
@@ -480,11 +490,20 @@ class EngineMatchesModel(RuleBasedStateMachine):
         if order is None:  # no order yet: an id no one minted
             assert _code(lambda: self.engine.cancel_order(UNKNOWN_ORDER, user, admin=admin)) == "NOT_FOUND"
             return
-        outcome = _code(lambda: self.engine.cancel_order(order.id, user, admin=admin))
+        now, outcome = self._timed(lambda: self.engine.cancel_order(order.id, user, admin=admin))
         if user != order.user and not admin:
             assert outcome == "FORBIDDEN"
-        elif order.status == "PENDING":
-            assert outcome == "CHECKOUT_IN_PROGRESS"
+        elif order.status == "PENDING" and now >= m.holds[order.reservation_id].deadline:
+            assert outcome == "INVALID_STATE"  # its payment grace ran out: the hold expires, the order fails
+            m.end_hold(m.holds[order.reservation_id], "EXPIRED", "expired")
+        elif order.status == "PENDING":  # the shopper cancels while paying: the hold ends, units back
+            assert isinstance(outcome, Order), outcome
+            assert outcome.status == "CANCELLED"
+            hold = m.holds[order.reservation_id]
+            hold.order_id = None
+            m.end_hold(hold, "CANCELLED", "checkout_cancelled")
+            hold.order_id = order.id
+            order.status = "CANCELLED"
         elif order.status != "CONFIRMED":
             assert outcome == "INVALID_STATE"
         else:
@@ -539,7 +558,8 @@ class EngineMatchesModel(RuleBasedStateMachine):
         assert set(reservations) == set(m.holds)
         for hold in m.holds.values():
             stored = reservations[hold.id]
-            assert (stored["status"], stored.get("order_id")) == (hold.status, hold.order_id), hold
+            order_id = None if stored["order_id"] == "-" else stored["order_id"]
+            assert (stored["status"], order_id) == (hold.status, hold.order_id), hold
         orders = {oid: o for state in states for oid, o in state.orders.items()}
         assert set(orders) == set(m.orders)
         for order in m.orders.values():

@@ -1,0 +1,65 @@
+"""Every bound on a value the engine accepts, and how long Redis keeps what ended, in one place.
+
+A value a script accepts travels on to every sink: Redis (Lua numbers are doubles, exact up to 2**53),
+PostgreSQL (``integer`` columns hold up to 2**31 - 1, ``bigint`` 2**63 - 1), Kafka's JSON bodies and the
+API's msgspec schemas. The scripts get these numbers as the generated include ``bounds`` (see
+``engine.scripts``), the API's request types use them (``api.schemas``), and a test checks each one against
+the PostgreSQL column it lands in, so a value can never pass the hot path and then stall the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Units of one SKU: total, available, reserved, sold (PostgreSQL integer columns).
+MAX_UNITS: Final = 1_000_000_000
+# Units one user may hold and buy of one SKU; also the largest quantity of one reservation.
+MAX_PER_USER_LIMIT: Final = 1_000_000
+# A unit price in cents (PostgreSQL bigint). Price × quantity must stay exact in Lua's doubles (2**53).
+MAX_PRICE_CENTS: Final = 1_000_000_000
+# Times in ms since the epoch (year 5138), and how long a hold may last (~115 days).
+MAX_TIME_MS: Final = 100_000_000_000_000
+MIN_RESERVATION_TTL_MS: Final = 1_000
+MAX_RESERVATION_TTL_MS: Final = 10_000_000_000
+# Free text.
+MAX_NAME_BYTES: Final = 200
+MAX_PAYMENT_METHOD_BYTES: Final = 64
+MAX_TRANSACTION_ID_BYTES: Final = 128
+MAX_REASON_BYTES: Final = 200
+MAX_IDEMPOTENCY_KEY_CHARS: Final = 200
+# Identifiers (SKU, user): the characters allowed in Redis key names and ids.
+IDENTIFIER_PATTERN: Final = r"[A-Za-z0-9\-_.@]{1,128}"
+MAX_IDENTIFIER_CHARS: Final = 128
+# The sweeper's step.
+MAX_SWEEP_BATCH: Final = 10_000
+# Ended reservations and orders stay readable in Redis this long; PostgreSQL keeps them for good.
+RETENTION_MS: Final = 7 * 24 * 3600 * 1000
+
+LUA_EXACT_INTEGER: Final = 2**53
+POSTGRES_INTEGER: Final = 2**31 - 1
+POSTGRES_BIGINT: Final = 2**63 - 1
+
+assert MAX_PRICE_CENTS * MAX_PER_USER_LIMIT < LUA_EXACT_INTEGER, "an order total must be exact in Lua"
+assert MAX_TIME_MS + MAX_RESERVATION_TTL_MS < LUA_EXACT_INTEGER
+
+
+def as_lua() -> str:
+    """The bounds as Lua locals: the body of the generated include ``bounds``."""
+    names = [
+        "MAX_UNITS",
+        "MAX_PER_USER_LIMIT",
+        "MAX_PRICE_CENTS",
+        "MAX_TIME_MS",
+        "MIN_RESERVATION_TTL_MS",
+        "MAX_RESERVATION_TTL_MS",
+        "MAX_NAME_BYTES",
+        "MAX_PAYMENT_METHOD_BYTES",
+        "MAX_TRANSACTION_ID_BYTES",
+        "MAX_REASON_BYTES",
+        "MAX_IDENTIFIER_CHARS",
+        "MAX_SWEEP_BATCH",
+        "RETENTION_MS",
+    ]
+    lines = ["-- Generated from engine/bounds.py by the script loader: every bound a script checks."]
+    lines += [f"local {name} = {globals()[name]}" for name in names]
+    return "\n".join(lines) + "\n"

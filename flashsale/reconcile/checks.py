@@ -1,0 +1,294 @@
+"""The checks: every invariant of ARCHITECTURE.md that the two stores and the stream can show.
+
+Across the stores (invariant 5): Redis == PostgreSQL + the unapplied events, for every SKU's counters and
+settings, every user's counts, and every reservation and order Redis must hold (open ones, and ended ones
+within the retention period), so a Redis restored from an old copy shows the records it lost. Within each
+store: counts add up and are never negative (1), no user is past the per-user limit (2), and the rows agree
+with the counters (open holds with `reserved`; in Redis also each open hold with its SKU's holds set at its
+deadline; in PostgreSQL counted orders with `sold`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from flashsale.engine.events import Counters, effect
+
+from .state import COUNTERS, OPEN, SETTINGS, Record, Snapshot, counters, deadline, fmt, in_window
+from .target import expected_redis
+
+RESERVATION_FIELDS = (
+    "sku",
+    "user",
+    "quantity",
+    "status",
+    "created_at",
+    "expires_at",
+    "order_id",
+    "confirmed_at",
+    "ended_at",
+)
+ORDER_FIELDS = (
+    "reservation_id",
+    "sku",
+    "user",
+    "quantity",
+    "unit_price_cents",
+    "total_cents",
+    "status",
+    "payment_method",
+    "transaction_id",
+    "failure_reason",
+    "created_at",
+    "updated_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One broken invariant: where, which check, what it should be and what it is."""
+
+    sku: str
+    check: str
+    where: str  # redis | postgres | log (Redis against PostgreSQL + the unapplied events)
+    expected: str
+    actual: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "sku": self.sku,
+            "check": self.check,
+            "where": self.where,
+            "expected": self.expected,
+            "actual": self.actual,
+        }
+
+
+@dataclass(slots=True)
+class SkuView:
+    sku: str
+    redis: Counters | None
+    postgres: Counters | None
+    unapplied: Counters
+    unapplied_events: int
+    holds: int
+    drift: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        def counts(c: Counters | None) -> dict[str, int] | None:
+            return None if c is None else {name: getattr(c, name) for name in COUNTERS}
+
+        return {
+            "sku": self.sku,
+            "redis": counts(self.redis),
+            "postgres": counts(self.postgres),
+            "unapplied_deltas": counts(self.unapplied),
+            "unapplied_events": self.unapplied_events,
+            "active_reservations": self.holds,
+            "drift": self.drift,
+        }
+
+
+@dataclass(slots=True)
+class Report:
+    skus: list[SkuView]
+    drifts: list[Drift]
+    offsets: dict[int, str]
+    unapplied_events: int
+    checked_reservations: int = 0
+    checked_orders: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.drifts
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "drift_count": len(self.drifts),
+            "drift": [d.as_dict() for d in self.drifts],
+            "skus": [s.as_dict() for s in self.skus],
+            "applied_offsets": {str(p): applied for p, applied in sorted(self.offsets.items())},
+            "unapplied_events": self.unapplied_events,
+            "checked_reservations": self.checked_reservations,
+            "checked_orders": self.checked_orders,
+        }
+
+
+def _none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+def _describe(record: Record | None, names: tuple[str, ...]) -> str:
+    if record is None:
+        return "missing"
+    return " ".join(f"{n}={_none(record.get(n))}" for n in names if _none(record.get(n)) is not None)
+
+
+def _store_checks(
+    sku: str, where: str, c: Counters | None, open_units: int, sold_units: int | None
+) -> list[Drift]:
+    """Invariant 1 in one store, and its rows agreeing with its counters."""
+    if c is None:
+        return []
+    found = []
+    if c.available + c.reserved + c.sold != c.total:
+        found.append(Drift(sku, "counts_add_up", where, "available+reserved+sold == total", fmt(c)))
+    if any(getattr(c, n) < 0 for n in COUNTERS):
+        found.append(Drift(sku, "nothing_negative", where, "all >= 0", fmt(c)))
+    if open_units != c.reserved:
+        found.append(Drift(sku, "open_holds_match_reserved", where, str(c.reserved), str(open_units)))
+    if sold_units is not None and sold_units != c.sold:
+        found.append(Drift(sku, "orders_match_sold", where, str(c.sold), str(sold_units)))
+    return found
+
+
+def _limit_checks(
+    where: str, users: dict[tuple[str, str], tuple[int, int]], sales: dict[str, Record]
+) -> list[Drift]:
+    found = []
+    for (sku, user), (held, bought) in sorted(users.items()):
+        sale = sales.get(sku)
+        actual = f"held={held} purchased={bought}"
+        if held < 0 or bought < 0:
+            found.append(Drift(sku, "nothing_negative", where, f"user {user} held, purchased >= 0", actual))
+        if sale is not None and sale.get("per_user_limit") and held + bought > int(sale["per_user_limit"]):
+            found.append(
+                Drift(sku, "per_user_limit", where, f"user {user} <= {sale['per_user_limit']}", actual)
+            )
+    return found
+
+
+def _holds_checks(snap: Snapshot) -> list[Drift]:
+    """Redis's holds sets list exactly its open reservations, each at its deadline."""
+    r = snap.redis
+    found = []
+    listed = {rid: (sku, score) for sku, holds in r.holds.items() for rid, score in holds.items()}
+    for rid, (sku, score) in sorted(listed.items()):
+        record = r.reservations.get(rid)
+        if record is None or record["status"] != OPEN or record["sku"] != sku:
+            actual = "missing" if record is None else f"{record['status']} of {record['sku']}"
+            found.append(Drift(sku, "open_hold_has_reservation", "redis", f"{rid} RESERVED", actual))
+        elif deadline(record) != score:
+            found.append(
+                Drift(sku, "hold_at_its_deadline", "redis", f"{rid} at {deadline(record)}", str(score))
+            )
+    for rid, record in sorted(r.reservations.items()):
+        if record["status"] == OPEN and rid not in listed:
+            found.append(
+                Drift(record["sku"], "open_hold_listed", "redis", f"{rid} in its holds", "not listed")
+            )
+    return found
+
+
+def _entity_checks(
+    kind: str, redis_records: dict[str, Record], expected: dict[str, Record], cutoff_ms: int
+) -> list[Drift]:
+    """Every record Redis must hold is there, as PostgreSQL + the unapplied events have it."""
+    names = RESERVATION_FIELDS if kind == "reservation" else ORDER_FIELDS
+    found = []
+    wanted = {key: rec for key, rec in expected.items() if in_window(rec, kind, cutoff_ms)}
+    held = {key: rec for key, rec in redis_records.items() if in_window(rec, kind, cutoff_ms)}
+    for key in sorted(set(wanted) | set(held)):
+        want, have = wanted.get(key), held.get(key)
+        if want is not None and have is not None:
+            diff = [n for n in names if _none(want.get(n)) != _none(have.get(n))]
+            if (
+                kind == "reservation"
+                and want["status"] == OPEN
+                and want.get("pay_until") != have.get("pay_until")
+            ):
+                diff.append("pay_until")
+            if not diff:
+                continue
+            expected_text = f"{key} " + " ".join(f"{n}={_none(want.get(n))}" for n in diff)
+            actual_text = " ".join(f"{n}={_none(have.get(n))}" for n in diff)
+        elif want is not None:
+            expected_text, actual_text = f"{key} {_describe(want, ('status',))}", "missing in Redis"
+        else:
+            assert have is not None
+            expected_text = f"{key} unknown to PostgreSQL and the unapplied events"
+            actual_text = _describe(have, ("status",))
+        sku = str((want or have or {}).get("sku"))
+        found.append(Drift(sku, f"{kind}_matches", "log", expected_text, actual_text))
+    return found
+
+
+def check(snap: Snapshot) -> Report:
+    r, pg = snap.redis, snap.postgres
+    unapplied = r.unapplied_events()
+    target = expected_redis(snap)
+    deltas: dict[str, Counters] = defaultdict(Counters)
+    event_counts: dict[str, int] = defaultdict(int)
+    for e in unapplied:
+        deltas[e.sku].add(effect(e))
+        event_counts[e.sku] += 1
+
+    drifts: list[Drift] = []
+    open_units: dict[str, int] = defaultdict(int)
+    for record in r.reservations.values():
+        if record["status"] == OPEN:
+            open_units[record["sku"]] += int(record["quantity"])
+    views: list[SkuView] = []
+    for sku in sorted(set(r.sales) | set(pg.sales) | set(target.sales)):
+        redis_c, pg_c = counters(r.sales.get(sku)), counters(pg.sales.get(sku))
+        want = target.sales.get(sku)
+        found = _store_checks(sku, "redis", redis_c, open_units.get(sku, 0), None)
+        pg_open, pg_sold = pg.sums.get(sku, (0, 0))
+        found += _store_checks(sku, "postgres", pg_c, pg_open, pg_sold)
+        if fmt(counters(want)) != fmt(redis_c):
+            found.append(
+                Drift(sku, "postgres_plus_unapplied_equals_redis", "log", fmt(counters(want)), fmt(redis_c))
+            )
+        have = r.sales.get(sku)
+        if want is not None and have is not None:
+            diff = [n for n in SETTINGS if want.get(n) != have.get(n)]
+            if diff:
+                expected_text = " ".join(f"{n}={want.get(n)}" for n in diff)
+                actual_text = " ".join(f"{n}={have.get(n)}" for n in diff)
+                found.append(Drift(sku, "settings_match", "log", expected_text, actual_text))
+        drifts += found
+        views.append(
+            SkuView(
+                sku=sku,
+                redis=redis_c,
+                postgres=pg_c,
+                unapplied=deltas.get(sku, Counters()),
+                unapplied_events=event_counts.get(sku, 0),
+                holds=len(r.holds.get(sku, {})),
+                drift=len(found),
+            )
+        )
+    later: list[Drift] = []
+    later += _limit_checks("redis", r.users, r.sales)
+    later += _limit_checks("postgres", pg.users, pg.sales)
+    for key in sorted(set(r.users) | set(target.users)):
+        have_counts, want_counts = r.users.get(key, (0, 0)), target.users.get(key, (0, 0))
+        if have_counts != want_counts:
+            sku, user = key
+            later.append(
+                Drift(
+                    sku,
+                    "user_counts_match",
+                    "log",
+                    f"user {user} held={want_counts[0]} purchased={want_counts[1]}",
+                    f"held={have_counts[0]} purchased={have_counts[1]}",
+                )
+            )
+    later += _holds_checks(snap)
+    later += _entity_checks("reservation", r.reservations, target.reservations, snap.cutoff_ms)
+    later += _entity_checks("order", r.orders, target.orders, snap.cutoff_ms)
+    by_sku = {view.sku: view for view in views}
+    for drift in later:
+        if drift.sku in by_sku:
+            by_sku[drift.sku].drift += 1
+    return Report(
+        views,
+        drifts + later,
+        dict(pg.offsets),
+        len(unapplied),
+        checked_reservations=len(r.reservations),
+        checked_orders=len(r.orders),
+    )

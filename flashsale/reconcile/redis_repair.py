@@ -1,0 +1,208 @@
+"""Repair Redis from PostgreSQL plus the unapplied events (after losing Redis, or restoring an old copy).
+
+The plan is ``target.expected_redis``: every SKU's settings, counters and user counts, every open hold at its
+deadline, and every reservation and order Redis must hold, ended ones included (for the rest of their
+retention). Applying it rewrites each SKU in one MULTI (a SKU is never seen half rebuilt), deletes what the
+log does not know, and raises each stream's next id above PostgreSQL's offset. The streams are kept: their
+unapplied events are still the worker's to apply, and the rebuilt state already includes them. Meant for a
+stopped stack (API and worker down): it does not lock out concurrent writers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from flashsale.engine import Engine
+from flashsale.engine.bounds import RETENTION_MS
+from flashsale.engine.events import Counters, stream_id_key
+from flashsale.engine.keys import bought_field, held_field
+
+from .state import OPEN, Record, Snapshot, StoreState, counters, deadline, fmt, in_window
+from .target import expected_redis
+
+log = logging.getLogger("flashsale.reconcile")
+
+MIN_TTL_MS = 1000
+
+
+@dataclass(slots=True)
+class RedisPlan:
+    target: StoreState
+    current: dict[str, Counters | None]
+    orphans: list[str]  # SKUs Redis has that neither PostgreSQL nor the unapplied events know
+    stale_reservations: list[str]  # records Redis holds that the log does not know
+    stale_orders: list[str]
+    missing_reservations: list[str]  # records Redis lacks
+    missing_orders: list[str]
+    changed_reservations: list[str]
+    changed_orders: list[str]
+
+    def describe(self) -> list[str]:
+        lines = []
+        for sku, sale in sorted(self.target.sales.items()):
+            after, before = counters(sale), self.current.get(sku)
+            change = "unchanged" if fmt(before) == fmt(after) else f"{fmt(before)} -> {fmt(after)}"
+            holds = sum(
+                1 for r in self.target.reservations.values() if r["sku"] == sku and r["status"] == OPEN
+            )
+            lines.append(
+                f"{sku}: counters {change}; {holds} open hold(s), settings and user counts rewritten"
+            )
+        for sku in self.orphans:
+            lines.append(f"{sku}: removed from Redis (no product in PostgreSQL and no unapplied event)")
+        for what, ids in (
+            ("reservation(s) restored", self.missing_reservations),
+            ("order(s) restored", self.missing_orders),
+            ("reservation(s) rewritten", self.changed_reservations),
+            ("order(s) rewritten", self.changed_orders),
+            ("reservation(s) the log does not know removed", self.stale_reservations),
+            ("order(s) the log does not know removed", self.stale_orders),
+        ):
+            if ids:
+                lines.append(f"{len(ids)} {what}")
+        return lines
+
+
+def _differs(a: Record, b: Record) -> bool:
+    return any(
+        (a.get(k) or None) != (b.get(k) or None)
+        for k in set(a) | set(b)
+        if k != "updated_at" or "reservation_id" in a
+    )
+
+
+def plan_redis_from_postgres(snap: Snapshot) -> RedisPlan:
+    r, cutoff = snap.redis, snap.cutoff_ms
+    target = expected_redis(snap)
+    wanted_res = {k: v for k, v in target.reservations.items() if in_window(v, "reservation", cutoff)}
+    wanted_ord = {k: v for k, v in target.orders.items() if in_window(v, "order", cutoff)}
+    target.reservations, target.orders = wanted_res, wanted_ord
+    held_res = {k: v for k, v in r.reservations.items() if in_window(v, "reservation", cutoff)}
+    held_ord = {k: v for k, v in r.orders.items() if in_window(v, "order", cutoff)}
+    return RedisPlan(
+        target=target,
+        current={sku: counters(r.sales.get(sku)) for sku in target.sales},
+        orphans=sorted(set(r.sales) - set(target.sales)),
+        stale_reservations=sorted(set(held_res) - set(wanted_res)),
+        stale_orders=sorted(set(held_ord) - set(wanted_ord)),
+        missing_reservations=sorted(set(wanted_res) - set(held_res)),
+        missing_orders=sorted(set(wanted_ord) - set(held_ord)),
+        changed_reservations=sorted(
+            k for k in set(wanted_res) & set(held_res) if _differs(wanted_res[k], held_res[k])
+        ),
+        changed_orders=sorted(
+            k for k in set(wanted_ord) & set(held_ord) if _differs(wanted_ord[k], held_ord[k])
+        ),
+    )
+
+
+def _record(res: Record) -> str:
+    """The reservation record string (lua/includes/reservations.lua)."""
+    return " ".join(
+        str(v)
+        for v in (
+            res["sku"],
+            res["user"],
+            res["quantity"],
+            res["status"],
+            res["created_at"],
+            res["expires_at"],
+            res.get("order_id") or "-",
+            res.get("pay_until") or 0 if res["status"] == OPEN else 0,
+            res.get("ended_at") or 0,
+        )
+    )
+
+
+def _sale_hash(sale: Record) -> dict[str, str | int]:
+    fields: dict[str, str | int] = {
+        name: int(value) if isinstance(value, bool) else value
+        for name, value in sale.items()
+        if value is not None
+    }
+    return fields
+
+
+def _left(ended_at: int | None, now_ms: int) -> int:
+    """How much of its retention an ended record has left (at least a second)."""
+    return max(MIN_TTL_MS, RETENTION_MS - (now_ms - int(ended_at or now_ms)))
+
+
+def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
+    keys, now, target = engine.keys, snap.redis.now_ms, plan.target
+    by_sku_res: dict[str, list[Record]] = {}
+    for res in target.reservations.values():
+        by_sku_res.setdefault(res["sku"], []).append(res)
+    by_sku_ord: dict[str, list[Record]] = {}
+    for order in target.orders.values():
+        by_sku_ord.setdefault(order["sku"], []).append(order)
+    for sku, sale in sorted(target.sales.items()):
+        p = keys.for_sku(sku)
+        pipe = engine.redis.pipeline(transaction=True)
+        pipe.delete(p.sku(sku), p.holds(sku))
+        pipe.hset(p.sku(sku), mapping=_sale_hash(sale))
+        for (user_sku, user), (held, bought) in target.users.items():
+            if user_sku == sku and held:
+                pipe.hset(p.sku(sku), held_field(user), held)
+            if user_sku == sku and bought:
+                pipe.hset(p.sku(sku), bought_field(user), bought)
+        pipe.sadd(p.catalog(), sku)
+        for res in by_sku_res.get(sku, []):
+            key = p.reservation(res["id"])
+            if res["status"] == OPEN:
+                pipe.set(key, _record(res))
+                pipe.zadd(p.holds(sku), {res["id"]: deadline(res)})
+            else:
+                pipe.set(key, _record(res), px=_left(res.get("ended_at"), now))
+        for order in by_sku_ord.get(sku, []):
+            key = p.order(order["id"])
+            pipe.delete(key)
+            pipe.hset(key, mapping={k: v for k, v in order.items() if v is not None})
+            if order["status"] not in ("PENDING", "CONFIRMED"):
+                pipe.pexpire(key, _left(order.get("updated_at"), now))
+        pipe.execute()
+        log.info("event=redis_rebuilt sku=%s", sku)
+    for rid in plan.stale_reservations:
+        engine.redis.delete(engine.keys.for_reservation(rid).reservation(rid))
+    for oid in plan.stale_orders:
+        engine.redis.delete(engine.keys.for_order(oid).order(oid))
+    for sku in plan.orphans:
+        p = keys.for_sku(sku)
+        pipe = engine.redis.pipeline(transaction=True)
+        pipe.delete(p.sku(sku), p.holds(sku))
+        pipe.srem(p.catalog(), sku)
+        pipe.execute()
+        log.info("event=redis_orphan_removed sku=%s", sku)
+    raise_stream_floors(engine, snap.postgres.offsets)
+
+
+def raise_stream_floors(engine: Engine, offsets: dict[int, str]) -> None:
+    """Makes every partition stream continue after what PostgreSQL applied, and says it was rebuilt.
+
+    A Redis rebuilt after a loss may have an empty stream, or a clock behind the old server's: new events
+    would then get ids at or below PostgreSQL's applied offset and the worker would skip them as already
+    applied. XSETID moves the stream's last id up without adding an entry (a stream is created for it
+    through a throwaway consumer group, since XSETID needs an existing key). The stream then lacks the
+    entry at the offset, which the worker reads as "Redis lost events" and stops the partition for; the
+    progress hash's ``rebuilt_after`` tells it this partition was rebuilt to continue after that offset.
+    """
+    for partition, applied in offsets.items():
+        if applied == "0-0" or partition >= engine.config.partitions:
+            continue
+        p = engine.keys.partition(partition)
+        stream = p.events()
+        if not engine.redis.xrange(stream, applied, applied):
+            engine.redis.hset(p.writeback_progress(), "rebuilt_after", applied)
+        try:
+            last = str(engine.redis.xinfo_stream(stream)["last-generated-id"])
+        except redis.ResponseError:
+            last = "0-0"
+        if stream_id_key(last) >= stream_id_key(applied):
+            continue
+        engine.redis.xgroup_create(stream, "reconcile-floor", id="$", mkstream=True)
+        engine.redis.xgroup_destroy(stream, "reconcile-floor")
+        engine.redis.execute_command("XSETID", stream, applied)  # type: ignore[no-untyped-call]
+        log.info("event=stream_floor_raised partition=%d last_id=%s", partition, applied)

@@ -1,0 +1,270 @@
+"""A consistent snapshot of both stores: PostgreSQL first, then each partition of Redis cut at PostgreSQL's
+applied offset, so that Redis == PostgreSQL + the unapplied events holds exactly when nothing drifted.
+
+PostgreSQL is read in one repeatable-read transaction. Each Redis partition is read in one MULTI: its sales
+(counters, settings, user counts), open holds, reservation and order records, and the stream after the
+applied offset. The record keys are listed (SCAN) just before; a record created in between shows up as an
+unapplied event without its record, and the partition is read again. The whole snapshot is taken again
+while the worker moves an offset in between.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import redis
+from psycopg.rows import dict_row
+
+from flashsale.engine import Engine
+from flashsale.engine.events import parse_entry
+from flashsale.engine.keys import Partition
+from flashsale.engine.models import SALE_FIELDS
+from flashsale.writeback.database import queries
+
+from .state import PostgresState, Record, RedisState, Snapshot, cutoff
+
+log = logging.getLogger("flashsale.reconcile")
+
+ATTEMPTS = 5
+
+# Progress: (phase description, units done, units in total).
+Progress = Callable[[str, int, int], None]
+
+
+def no_progress(phase: str, done: int, total: int) -> None:
+    return None
+
+
+class ReconcileError(RuntimeError):
+    """Reconciliation could not run (a store unreachable, an unmigrated database); one sentence."""
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------------
+
+
+def _sale_from_product(row: dict[str, Any]) -> Record:
+    return {
+        "sku": row["sku_id"],
+        "name": row["name"],
+        "price_cents": int(row["base_price_cents"]),
+        "flash_price_cents": int(row["flash_sale_price_cents"]),
+        "per_user_limit": int(row["per_user_limit"]),
+        "starts_at": int(row["starts_at"]),
+        "ends_at": int(row["ends_at"]),
+        "reservation_ttl_ms": int(row["reservation_ttl_ms"]),
+        "paused": bool(row["paused"]),
+        "created_at": int(row["created_at"]),
+        "updated_at": int(row["updated_at"]),
+        "total": row["total_count"],
+        "available": row["available_count"],
+        "reserved": row["reserved_count"],
+        "sold": row["sold_count"],
+    }
+
+
+def _reservation_from_row(row: dict[str, Any]) -> Record:
+    return {
+        "id": row["reservation_id"],
+        "sku": row["sku_id"],
+        "user": row["user_id"],
+        "quantity": int(row["quantity"]),
+        "status": row["status"],
+        "created_at": row["created_at"],
+        "expires_at": row["expires_at"],
+        "order_id": row["order_id"],
+        "pay_until": row["pay_until"],
+        "confirmed_at": row["confirmed_at"],
+        "ended_at": row["ended_at"],
+    }
+
+
+def _order_from_row(row: dict[str, Any]) -> Record:
+    return {
+        "id": row["order_id"],
+        "reservation_id": row["reservation_id"],
+        "sku": row["sku_id"],
+        "user": row["user_id"],
+        "quantity": int(row["quantity"]),
+        "unit_price_cents": int(row["unit_price_cents"]),
+        "total_cents": int(row["total_price_cents"]),
+        "status": row["status"],
+        "payment_method": row["payment_method"],
+        "transaction_id": row["transaction_id"],
+        "failure_reason": row["failure_reason"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def read_postgres(conn: psycopg.Connection[Any], cutoff_ms: int) -> PostgresState:
+    """PostgreSQL's state: the entities Redis must hold at ``cutoff_ms`` and what its rows add up to."""
+    q = queries()
+    state = PostgresState()
+    with conn.cursor(row_factory=dict_row) as cur:
+        state.offsets = {
+            int(r["partition"]): str(r["applied_id"]) for r in cur.execute(q["reconcile_offsets"])
+        }
+        state.sales = {r["sku_id"]: _sale_from_product(r) for r in cur.execute(q["reconcile_products"])}
+        cutoff = {"cutoff": cutoff_ms}
+        for row in cur.execute(q["reconcile_reservations"], cutoff):
+            state.reservations[row["reservation_id"]] = _reservation_from_row(row)
+        for row in cur.execute(q["reconcile_orders"], cutoff):
+            state.orders[row["order_id"]] = _order_from_row(row)
+        for row in cur.execute(q["reconcile_user_counts"]):
+            state.users[(row["sku_id"], row["user_id"])] = (int(row["held"]), int(row["bought"]))
+        for row in cur.execute(q["reconcile_sku_sums"]):
+            state.sums[row["sku_id"]] = (int(row["reserved"]), int(row["sold"]))
+    return state
+
+
+def read_offsets(conn: psycopg.Connection[Any]) -> dict[int, str]:
+    return {int(p): str(applied) for p, applied in conn.execute(queries()["reconcile_offsets"])}
+
+
+# -- Redis --------------------------------------------------------------------------------------------------
+
+
+def reservation_from_record(reservation_id: str, value: str) -> Record:
+    """A reservation record (lua/includes/reservations.lua) as the shared record shape."""
+    sku, user, quantity, status, created_at, expires_at, order_id, pay_until, ended_at = value.split(" ")
+    ended = int(ended_at) or None
+    return {
+        "id": reservation_id,
+        "sku": sku,
+        "user": user,
+        "quantity": int(quantity),
+        "status": status,
+        "created_at": int(created_at),
+        "expires_at": int(expires_at),
+        "order_id": None if order_id == "-" else order_id,
+        "pay_until": int(pay_until) or None,
+        "confirmed_at": ended if status == "CONFIRMED" else None,
+        "ended_at": ended,
+    }
+
+
+def order_from_hash(fields: dict[str, str]) -> Record:
+    return {
+        "id": fields["id"],
+        "reservation_id": fields["reservation_id"],
+        "sku": fields["sku"],
+        "user": fields["user"],
+        "quantity": int(fields["quantity"]),
+        "unit_price_cents": int(fields["unit_price_cents"]),
+        "total_cents": int(fields["total_cents"]),
+        "status": fields["status"],
+        "payment_method": fields["payment_method"],
+        "transaction_id": fields.get("transaction_id") or None,
+        "failure_reason": fields.get("failure_reason") or None,
+        "created_at": int(fields["created_at"]),
+        "updated_at": int(fields["updated_at"]),
+    }
+
+
+def sale_from_hash(fields: dict[str, str]) -> tuple[Record, dict[str, tuple[int, int]]]:
+    """A SKU hash: its sale (settings and counters), and its users' counts (h:<user>, b:<user>)."""
+    sale: Record = {}
+    for name in SALE_FIELDS:
+        value = fields.get(name)
+        if name in ("sku", "name"):
+            sale[name] = value
+        elif name == "paused":
+            sale[name] = value == "1"
+        else:
+            sale[name] = None if value is None else int(value)
+    users: dict[str, list[int]] = {}
+    for name, value in fields.items():
+        if name.startswith(("h:", "b:")):
+            counts = users.setdefault(name[2:], [0, 0])
+            counts[0 if name[0] == "h" else 1] = int(value)
+    return sale, {user: (c[0], c[1]) for user, c in users.items()}
+
+
+def _scan(engine: Engine, pattern: str) -> list[str]:
+    return sorted(str(k) for k in engine.redis.scan_iter(match=pattern, count=1000))
+
+
+def _read_partition(engine: Engine, p: Partition, applied: str, state: RedisState) -> bool:
+    """One partition in one MULTI; False when an unapplied event names a record the listing missed."""
+    skus = sorted(str(s) for s in engine.redis.smembers(p.catalog()))
+    record_keys = _scan(engine, p.reservation("*"))
+    order_keys = _scan(engine, p.order("*"))
+    pipe = engine.redis.pipeline(transaction=True)
+    for sku in skus:
+        pipe.hgetall(p.sku(sku))
+        pipe.zrange(p.holds(sku), 0, -1, withscores=True)
+    pipe.xrange(p.events(), f"({applied}" if applied != "0-0" else "-", "+")
+    for key in record_keys:
+        pipe.get(key)
+    for key in order_keys:
+        pipe.hgetall(key)
+    replies = pipe.execute()
+    at = 0
+    for sku in skus:
+        fields, holds = replies[at], replies[at + 1]
+        at += 2
+        if fields:
+            state.sales[sku], users = sale_from_hash(fields)
+            for user, counts in users.items():
+                state.users[(sku, user)] = counts
+        state.holds[sku] = {str(rid): int(deadline) for rid, deadline in holds}
+    events = [parse_entry(p.index, sid, fields) for sid, fields in replies[at]]
+    state.unapplied[p.index] = events
+    at += 1
+    prefix = len(p.reservation(""))
+    for key, value in zip(record_keys, replies[at : at + len(record_keys)], strict=True):
+        if value is not None:
+            state.reservations[key[prefix:]] = reservation_from_record(key[prefix:], value)
+    at += len(record_keys)
+    for fields in replies[at:]:
+        if fields and "id" in fields:
+            state.orders[fields["id"]] = order_from_hash(fields)
+    created = {e.reservation_id for e in events if e.type == "reserved"}
+    created |= {e.order_id for e in events if e.type == "checkout_started"}
+    known = {key[prefix:] for key in record_keys} | {key[len(p.order("")) :] for key in order_keys}
+    return created <= known
+
+
+def read_redis(engine: Engine, offsets: dict[int, str], progress: Progress = no_progress) -> RedisState:
+    state = RedisState()
+    seconds, micros = engine.redis.time()
+    state.now_ms = int(seconds) * 1000 + int(micros) // 1000
+    partitions = engine.keys.all()
+    for done, p in enumerate(partitions):
+        progress("partitions", done, len(partitions))
+        for _attempt in range(ATTEMPTS):
+            if _read_partition(engine, p, offsets.get(p.index, "0-0"), state):
+                break
+            log.info("event=reconcile_retry partition=%d reason=records_created_while_listing", p.index)
+    progress("partitions", len(partitions), len(partitions))
+    return state
+
+
+def snapshot(engine: Engine, database_url: str, progress: Progress = no_progress) -> Snapshot:
+    """Both stores, PostgreSQL first; taken again while the worker moved an offset in between."""
+    try:
+        seconds, _ = engine.redis.time()
+        window_start = cutoff(int(seconds) * 1000)
+        with psycopg.connect(database_url, connect_timeout=10) as conn:
+            for _attempt in range(ATTEMPTS):
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    pg = read_postgres(conn, window_start)
+                redis_state = read_redis(engine, pg.offsets, progress)
+                if read_offsets(conn) == pg.offsets:
+                    return Snapshot(redis_state, pg)
+                log.info("event=reconcile_retry reason=worker_advanced_offsets")
+            log.warning("event=reconcile_unstable attempts=%d", ATTEMPTS)
+            return Snapshot(redis_state, pg)
+    except psycopg.errors.UndefinedTable:
+        raise ReconcileError("the database is not migrated: run `flashsale db migrate` first") from None
+    except psycopg.OperationalError as error:
+        raise ReconcileError(f"cannot reach PostgreSQL: {str(error).strip().splitlines()[0]}") from None
+    except redis.RedisError as error:
+        raise ReconcileError(f"cannot read Redis: {error}") from None
+
+
+__all__ = ["Progress", "ReconcileError", "no_progress", "read_redis", "snapshot"]

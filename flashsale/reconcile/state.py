@@ -1,0 +1,104 @@
+"""What reconciliation compares: the records of one store, as plain dicts with the fold's field names.
+
+Both stores are read into the same shapes (``engine.events`` names: a reservation has sku, user, quantity,
+status, created_at, expires_at, order_id, pay_until, confirmed_at, ended_at; an order reservation_id, sku,
+user, quantity, unit_price_cents, total_cents, status, payment_method, transaction_id, failure_reason,
+created_at, updated_at; a sale its settings and counters), so checks and repairs never care which store a
+record came from. Times are ms since the epoch; "none" is None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flashsale.engine.bounds import RETENTION_MS
+from flashsale.engine.events import Counters, Event
+
+COUNTERS = ("total", "available", "reserved", "sold")
+SETTINGS = (
+    "name",
+    "price_cents",
+    "flash_price_cents",
+    "per_user_limit",
+    "starts_at",
+    "ends_at",
+    "reservation_ttl_ms",
+    "paused",
+)
+OPEN = "RESERVED"
+COUNTED_ORDERS = ("CONFIRMED", "FULFILLED")
+LIVE_ORDERS = ("PENDING", "CONFIRMED")  # kept in Redis for good; the others for the retention period
+# An entity whose retention ends within this margin of the snapshot may or may not still be in Redis:
+# it is compared in neither direction.
+RETENTION_MARGIN_MS = 3600 * 1000
+
+Record = dict[str, Any]
+
+
+@dataclass(slots=True)
+class StoreState:
+    """One store's view: sales (settings + counters), per-user counts and the entities in the window."""
+
+    sales: dict[str, Record] = field(default_factory=dict)
+    users: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # (sku, user) -> held, bought
+    reservations: dict[str, Record] = field(default_factory=dict)
+    orders: dict[str, Record] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RedisState(StoreState):
+    holds: dict[str, dict[str, int]] = field(default_factory=dict)  # sku -> reservation id -> deadline
+    unapplied: dict[int, list[Event]] = field(default_factory=dict)  # partition -> events after the offset
+    now_ms: int = 0
+
+    def unapplied_events(self) -> list[Event]:
+        return [e for p in sorted(self.unapplied) for e in self.unapplied[p]]
+
+
+@dataclass(slots=True)
+class PostgresState(StoreState):
+    offsets: dict[int, str] = field(default_factory=dict)
+    # Per SKU, what PostgreSQL's own rows add up to: units in open holds, units in counted orders.
+    sums: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    redis: RedisState
+    postgres: PostgresState
+
+    @property
+    def cutoff_ms(self) -> int:
+        return cutoff(self.redis.now_ms)
+
+
+def cutoff(now_ms: int) -> int:
+    """Entities that ended before this are no longer Redis's to hold (or about to go): not compared."""
+    return now_ms - RETENTION_MS + RETENTION_MARGIN_MS
+
+
+def counters(sale: Record | None) -> Counters | None:
+    if sale is None or any(sale.get(n) is None for n in COUNTERS):
+        return None
+    return Counters(**{n: int(sale[n]) for n in COUNTERS})
+
+
+def fmt(c: Counters | None) -> str:
+    if c is None:
+        return "missing"
+    return " ".join(f"{n}={getattr(c, n)}" for n in COUNTERS)
+
+
+def in_window(record: Record, kind: str, cutoff_ms: int) -> bool:
+    """Whether Redis must hold this record now: open ones always, ended ones until their retention ends."""
+    if kind == "reservation":
+        return record["status"] == OPEN or (record.get("ended_at") or 0) >= cutoff_ms
+    return record["status"] in LIVE_ORDERS or (record.get("updated_at") or 0) >= cutoff_ms
+
+
+def deadline(reservation: Record) -> int:
+    """An open hold's deadline: its payment grace while an order pays for it, else its expiry."""
+    if reservation.get("order_id") and reservation.get("pay_until"):
+        return int(reservation["pay_until"])
+    return int(reservation["expires_at"])

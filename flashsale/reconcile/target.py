@@ -1,0 +1,65 @@
+"""What Redis must hold: PostgreSQL's state carried forward through the unapplied events.
+
+Invariant 5 of ARCHITECTURE.md says Redis == PostgreSQL + the effect of the events not applied yet. This
+module computes the right-hand side with ``engine.events.effect``, the same definition of every event the
+worker applies to PostgreSQL, so checks and the Redis rebuild never interpret an event on their own.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from flashsale.engine.events import Event, effect
+
+from .state import SETTINGS, Record, Snapshot, StoreState
+
+
+def _apply(state: StoreState, e: Event) -> None:
+    change = effect(e)
+    sale = state.sales.get(e.sku)
+    if change.product is not None and "name" in change.product:  # sale_loaded: the settings, whole
+        if sale is None:
+            sale = state.sales[e.sku] = {
+                "sku": e.sku,
+                "total": 0,
+                "available": 0,
+                "reserved": 0,
+                "sold": 0,
+                "created_at": e.at,
+            }
+        for name in SETTINGS:
+            sale[name] = change.product[name]
+    if sale is not None:
+        for name in ("available", "reserved", "sold", "total"):
+            sale[name] = int(sale[name] or 0) + getattr(change, name)
+        if change.product is not None:
+            sale["updated_at"] = e.at
+    if (change.held or change.bought) and e.user is not None:
+        held, bought = state.users.get((e.sku, e.user), (0, 0))
+        state.users[(e.sku, e.user)] = (held + change.held, bought + change.bought)
+    _update(state.reservations, e.reservation_id, change.reservation, change.reservation_created)
+    _update(state.orders, e.order_id, change.order, change.order_created)
+
+
+def _update(records: dict[str, Record], key: str | None, fields: Record | None, created: bool) -> None:
+    if key is None or fields is None:
+        return
+    if created:
+        records[key] = {"id": key, **fields}
+    elif key in records:
+        records[key].update(fields)
+    # Else: a change to a record that ended before the window (neither store is asked to hold it).
+
+
+def expected_redis(snap: Snapshot) -> StoreState:
+    """The sales, user counts, reservations and orders Redis must hold right now."""
+    pg = snap.postgres
+    target = StoreState(
+        sales=copy.deepcopy(pg.sales),
+        users=dict(pg.users),
+        reservations=copy.deepcopy(pg.reservations),
+        orders=copy.deepcopy(pg.orders),
+    )
+    for event in snap.redis.unapplied_events():
+        _apply(target, event)
+    return target

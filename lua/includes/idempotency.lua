@@ -1,0 +1,39 @@
+--[[
+  Idempotent answers: the first answer of a call made with an idempotency key, kept for at least the
+  idempotency ttl. Answers live in generation hashes fs:{pN}:idem:<n>, n = floor(now / ttl), one field per
+  answer ("<operation>:<scope>:<user>:<key>"); a repeat looks in this generation and the one before, and
+  a generation expires two ttls after it began. One field in a shared hash costs far less than a key of
+  its own with its own expiry (README, Performance).
+  A stored answer is a refusal ("!CODE message"), a reply array (JSON), or a plain reply string.
+]]
+--@include common
+
+local function storedAnswer(prefix, field, ttl, now)
+  local generation = math.floor(now / ttl)
+  local stored = rcall('HGET', prefix .. 'idem:' .. generation, field)
+    or rcall('HGET', prefix .. 'idem:' .. (generation - 1), field)
+  if not stored then return nil end
+  local first = string.sub(stored, 1, 1)
+  if first == '!' then return redis.error_reply(string.sub(stored, 2)) end
+  if first == '[' then return cjson.decode(stored) end
+  return stored
+end
+
+-- Remembers this call's answer (a reply string or array, or a refusal) under its field, then returns it.
+local function remember(prefix, field, ttl, now, reply)
+  if ttl > 0 then
+    local stored
+    if type(reply) == 'table' and reply.err then
+      stored = '!' .. reply.err
+    elseif type(reply) == 'table' then
+      stored = cjson.encode(reply)
+    else
+      stored = reply
+    end
+    local generation = math.floor(now / ttl)
+    local key = prefix .. 'idem:' .. generation
+    rcall('HSET', key, field, stored)
+    rcall('PEXPIREAT', key, (generation + 2) * ttl)
+  end
+  return reply
+end
