@@ -94,6 +94,8 @@ def test_load_csv_with_iso_times(engine: Engine, redis_url: str, tmp_path: Path)
         ({"starts_at": "tomorrow"}, "sku 'SKU-LENS-2': starts_at 'tomorrow' is not ISO 8601"),
         ({"colour": "red"}, "sku 'SKU-LENS-2': unknown field(s) colour"),
         ({"sku": "bad sku"}, "sku must be 1-128 letters"),
+        # the load_sale script's own bound: refused before SKU-CAM-1 is written, not half way through
+        ({"stock": 2_000_000_000}, "sku 'SKU-LENS-2': stock must be at most 1000000000"),
     ],
 )
 def test_a_bad_sku_refuses_the_whole_file_and_changes_nothing(
@@ -123,6 +125,18 @@ def test_shrinking_stock_below_what_is_held_is_refused_before_any_write(
     assert "sku 'SKU-CAM-1': stock 5 is below the 6 units already reserved or sold" in result.output
     assert engine.get_sale("SKU-CAM-1").total == 30
     assert engine.get_sale("SKU-LENS-2").name == "50mm Lens"
+
+
+def test_a_bound_that_no_longer_fits_the_window_kept_in_redis_is_refused_before_any_write(
+    engine: Engine, redis_url: str, tmp_path: Path
+) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url}
+    assert cli(env, "sale", "load", str(write_json(tmp_path, SALE))).exit_code == 0
+    change = [{"sku": "SKU-CAM-1", "name": "Renamed Camera"}, {"sku": "SKU-LENS-2", "ends_at": "now+5m"}]
+    result = cli(env, "sale", "load", str(write_json(tmp_path, change)))
+    assert result.exit_code == 1
+    assert "sku 'SKU-LENS-2': ends_at must be after starts_at (its starts_at stays" in result.output
+    assert engine.get_sale("SKU-CAM-1").name == "Mirrorless Camera"
 
 
 def test_load_waits_until_the_worker_wrote_the_products_to_postgresql(
