@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import jwt
 from flashsale.api.errors import ApiError
+from flashsale.api.tokens import issue_token as issue_token  # minting lives in api.tokens (light)
 from starlette.requests import Request
 
 _USER_ID = re.compile(r"[A-Za-z0-9\-_.@]{1,128}")
@@ -24,13 +25,6 @@ class Caller:
     user: str
     admin: bool
     expires_at: float
-
-
-def issue_token(secret: str, issuer: str, user: str, *, admin: bool = False, ttl_s: int = 3600) -> str:
-    """A bearer token this API accepts: HS256, ``sub`` = user, ``exp`` = now + ttl_s."""
-    now = int(time.time())
-    claims = {"sub": user, "iat": now, "exp": now + ttl_s, "iss": issuer, "admin": admin}
-    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def _unauthorized(message: str, error: str = "invalid_token") -> ApiError:

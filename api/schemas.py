@@ -16,7 +16,37 @@ from flashsale.engine import Order, OrderStatus, Reservation, ReservationStatus,
 from msgspec import Meta
 
 # Ids become parts of Redis key names: the engine's identifier rule.
-Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9\-_.@]{1,128}$", examples=["SKU-001"])]
+_IDENTIFIER_RULE = "[A-Za-z0-9-_.@]{1,128}, i.e. 1-128 ASCII letters, digits, '-', '_', '.' or '@'"
+Identifier = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9\-_.@]{1,128}$",
+        examples=["SKU-001"],
+        description=f"A SKU id or a user id: {_IDENTIFIER_RULE}.",
+    ),
+]
+# The descriptions below document what the engine mints (engine.keys): the SKU's partition, so a lookup
+# by id needs no index, then 128 random bits as 32 lowercase hex digits.
+_ENTITY_ID_RULE = (
+    "<partition> is the SKU's partition (a decimal number, 0-15 with the default 16 partitions) and "
+    "<random> 32 lowercase hex digits"
+)
+SkuId = Annotated[str, Meta(description=f"The SKU's id: {_IDENTIFIER_RULE}.", examples=["SKU-001"])]
+UserId = Annotated[str, Meta(description=f"The user's id (the token's sub): {_IDENTIFIER_RULE}.")]
+ReservationId = Annotated[
+    str,
+    Meta(
+        description=f"A reservation id, rsv_<partition>_<random>: {_ENTITY_ID_RULE}.",
+        examples=["rsv_3_5f0c2a9e8b7d4c1fa2e3b4c5d6e7f809"],
+    ),
+]
+OrderId = Annotated[
+    str,
+    Meta(
+        description=f"An order id, ord_<partition>_<random>: {_ENTITY_ID_RULE}.",
+        examples=["ord_3_0a1b2c3d4e5f60718293a4b5c6d7e8f9"],
+    ),
+]
 Money = Annotated[str, Meta(pattern=r"^\d{1,10}(\.\d{1,2})?$", examples=["19.99"])]
 Quantity = Annotated[int, Meta(ge=1, le=1_000_000)]
 PaymentMethod = Annotated[str, Meta(min_length=1, max_length=64, examples=["CREDIT_CARD"])]
@@ -42,7 +72,7 @@ class ReservationRequest(Request):
 
 
 class CheckoutRequest(Request):
-    reservation_id: Annotated[str, Meta(min_length=1, max_length=200)]
+    reservation_id: Annotated[ReservationId, Meta(min_length=1, max_length=200)]
     payment_method: PaymentMethod
     transaction_id: Annotated[str, Meta(max_length=128)] | None = None
 
@@ -77,7 +107,7 @@ class RestockRequest(Request):
 class Product(Response):
     """A SKU on sale with its live counters (available + reserved + sold == total)."""
 
-    sku_id: str
+    sku_id: SkuId
     name: str
     price: Money
     flash_sale_price: Money
@@ -94,22 +124,22 @@ class Product(Response):
 
 
 class ReservationBody(Response):
-    id: str
-    sku_id: str
-    user_id: str
+    id: ReservationId
+    sku_id: SkuId
+    user_id: UserId
     quantity: int
     status: ReservationStatus
     created_at: Moment
     expires_at: Moment
-    order_id: str | None
+    order_id: OrderId | None
     ended_at: Moment | None
 
 
 class OrderBody(Response):
-    id: str
-    reservation_id: str
-    sku_id: str
-    user_id: str
+    id: OrderId
+    reservation_id: ReservationId
+    sku_id: SkuId
+    user_id: UserId
     quantity: int
     unit_price: Money
     total_price: Money
@@ -134,7 +164,7 @@ class ErrorBody(Response, omit_defaults=True):
 
 class DemoToken(Response):
     token: str
-    user_id: str
+    user_id: UserId
     expires_in: int
 
 

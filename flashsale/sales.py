@@ -14,7 +14,9 @@ SKU per line) with these fields per SKU:
     reservation_ttl_s        how long a hold lasts, in seconds (or reservation_ttl_ms)
     paused                   true/false
 
-Every SKU is checked before anything is written; then each SKU is loaded into Redis with the engine's
+Every SKU is checked before anything is written, against the load_sale script's own bounds and against
+what Redis holds (a new SKU needs its stock; stock never below what is reserved or sold; a window whose
+other bound is kept must still end after it starts); then each SKU is loaded into Redis with the engine's
 ``load_sale`` (one script per SKU, which also appends the ``sale_loaded`` event the write-behind worker
 turns into the SKU's product and inventory rows in PostgreSQL).
 """
@@ -24,7 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,20 @@ from flashsale.engine.errors import FlashSaleError
 from flashsale.engine.models import Sale, SaleSettings
 from flashsale.engine.operations import identifier
 
-_RELATIVE = re.compile(r"now\s*(?:(?P<sign>[+-])\s*(?P<amount>\d+)\s*(?P<unit>ms|s|m|h|d))?", re.I)
+_RELATIVE = re.compile(r"now\s*(?:(?P<sign>[+-])\s*(?P<amount>[0-9]+)\s*(?P<unit>ms|s|m|h|d))?", re.I)
+_EPOCH_MS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() takes "²", which int() then refuses
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _FIELDS = {
     "sku", "name", "price", "price_cents", "flash_price", "flash_price_cents", "stock", "total",
     "per_user_limit", "starts_at", "ends_at", "reservation_ttl_s", "reservation_ttl_ms", "paused",
 }  # fmt: skip
+# The load_sale script's bounds (lua/load_sale.lua, LIMITS and MINIMUM), checked here as well so that a
+# file is refused whole instead of half loaded; tests/unit/test_sale_file.py keeps the two equal.
+LIMITS = {
+    "price_cents": 10**12, "flash_price_cents": 10**12, "total": 10**9, "per_user_limit": 10**6,
+    "starts_at": 10**14, "ends_at": 10**14, "reservation_ttl_ms": 10**10, "paused": 1,
+}  # fmt: skip
+MINIMUM = {"per_user_limit": 1, "reservation_ttl_ms": 1000}
 
 
 class SaleFileError(ValueError):
@@ -49,12 +59,14 @@ class SaleFileError(ValueError):
 def read_sale_file(path: Path) -> list[dict[str, Any]]:
     """The SKU records of a JSON or CSV sale file, defaults applied, nothing interpreted yet."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a spreadsheet's CSV export starts with a byte-order mark, which would stick to "sku".
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
         raise SaleFileError(f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise SaleFileError(f"{path} is not UTF-8 text") from None
     if path.suffix.lower() == ".csv":
-        rows = [dict(row) for row in csv.DictReader(text.splitlines())]
-        return [{k.strip(): v.strip() for k, v in row.items() if k and v is not None} for row in rows]
+        return _csv_records(path, text)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -70,18 +82,32 @@ def read_sale_file(path: Path) -> list[dict[str, Any]]:
     return [{**defaults, **record} for record in document]
 
 
-def _cents(value: Any, field: str) -> int:
+def _csv_records(path: Path, text: str) -> list[dict[str, Any]]:
+    reader = csv.DictReader(text.splitlines())
+    records = []
+    for row in reader:
+        if None in row:  # DictReader files surplus values under the key None
+            raise SaleFileError(f"{path} line {reader.line_num}: more values than the header has columns")
+        records.append({k.strip(): v.strip() for k, v in row.items() if k and v is not None})
+    return records
+
+
+def _cents(value: Any, field: str, maximum: int) -> int:
     try:
         amount = Decimal(str(value).strip())
     except InvalidOperation:
         raise SaleFileError(f"{field} {value!r} is not an amount") from None
+    if not amount.is_finite():
+        raise SaleFileError(f"{field} {value!r} is not an amount")
     cents = amount * 100
     if cents != cents.to_integral_value() or cents < 0:
         raise SaleFileError(f"{field} {value!r} must be a non-negative amount with at most 2 decimals")
+    if cents > maximum:
+        raise SaleFileError(f"{field} {value!r} is more than {Decimal(maximum) / 100:.2f}")
     return int(cents)
 
 
-def _integer(value: Any, field: str, minimum: int = 0) -> int:
+def _integer(value: Any, field: str, minimum: int = 0, maximum: int | None = None) -> int:
     if isinstance(value, bool):
         raise SaleFileError(f"{field} must be an integer, not {value!r}")
     try:
@@ -90,6 +116,8 @@ def _integer(value: Any, field: str, minimum: int = 0) -> int:
         raise SaleFileError(f"{field} {value!r} is not an integer") from None
     if number < minimum:
         raise SaleFileError(f"{field} must be at least {minimum}, not {number}")
+    if maximum is not None and number > maximum:
+        raise SaleFileError(f"{field} must be at most {maximum}, not {number}")
     return number
 
 
@@ -100,21 +128,23 @@ def _instant(value: Any, field: str, now_ms: int) -> int:
     text = str(value).strip()
     relative = _RELATIVE.fullmatch(text)
     if relative:
-        if not relative["sign"]:
-            return now_ms
-        offset = int(relative["amount"]) * _UNIT_MS[relative["unit"].lower()]
-        return now_ms + offset if relative["sign"] == "+" else now_ms - offset
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise SaleFileError(
-            f"{field} {text!r} is not ISO 8601, ms since the epoch or relative like 'now+10m'"
-        ) from None
-    if moment.tzinfo is None:
-        raise SaleFileError(f"{field} {text!r} needs a time zone (e.g. a trailing Z for UTC)")
-    return int(moment.timestamp() * 1000)
+        offset = int(relative["amount"]) * _UNIT_MS[relative["unit"].lower()] if relative["sign"] else 0
+        instant = now_ms - offset if relative["sign"] == "-" else now_ms + offset
+    elif _EPOCH_MS.fullmatch(text):
+        instant = int(text)
+    else:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise SaleFileError(
+                f"{field} {text!r} is not ISO 8601, ms since the epoch or relative like 'now+10m'"
+            ) from None
+        if moment.tzinfo is None:
+            raise SaleFileError(f"{field} {text!r} needs a time zone (e.g. a trailing Z for UTC)")
+        instant = int(moment.timestamp() * 1000)
+    if not 0 <= instant <= LIMITS[field]:
+        raise SaleFileError(f"{field} {text!r} is outside 1970 to the year 5138")
+    return instant
 
 
 def _flag(value: Any, field: str) -> bool:
@@ -128,67 +158,77 @@ def _flag(value: Any, field: str) -> bool:
 
 def sale_settings(record: dict[str, Any], now_ms: int) -> SaleSettings:
     """One SKU record of a sale file as the engine's SaleSettings, checked; raises SaleFileError."""
-    unknown = set(record) - _FIELDS
     sku = str(record.get("sku", "")).strip()
     where = f"sku {sku!r}" if sku else "a SKU without 'sku'"
     try:
-        if unknown:
-            raise SaleFileError(f"unknown field(s) {', '.join(sorted(unknown))}")
-        try:
-            identifier(sku, "sku")
-        except FlashSaleError as error:
-            raise SaleFileError(str(error)) from None
-
-        for pair in (("price", "price_cents"), ("flash_price", "flash_price_cents"), ("stock", "total"),
-                     ("reservation_ttl_s", "reservation_ttl_ms")):  # fmt: skip
-            if all(record.get(name) not in (None, "") for name in pair):
-                raise SaleFileError(f"give {pair[0]} or {pair[1]}, not both")
-
-        def pick(*names: str) -> Any:
-            for name in names:
-                if record.get(name) not in (None, ""):
-                    return record[name]
-            return None
-
-        price = pick("price_cents")
-        price_cents = _integer(price, "price_cents") if price is not None else None
-        if price_cents is None and pick("price") is not None:
-            price_cents = _cents(pick("price"), "price")
-        flash = pick("flash_price_cents")
-        flash_cents = _integer(flash, "flash_price_cents") if flash is not None else None
-        if flash_cents is None and pick("flash_price") is not None:
-            flash_cents = _cents(pick("flash_price"), "flash_price")
-        total = pick("stock", "total")
-        limit = pick("per_user_limit")
-        ttl_ms = pick("reservation_ttl_ms")
-        ttl_s = pick("reservation_ttl_s")
-        starts_at = _instant(record.get("starts_at"), "starts_at", now_ms) if "starts_at" in record else None
-        ends_at = _instant(record.get("ends_at"), "ends_at", now_ms) if "ends_at" in record else None
-        if starts_at is not None and ends_at and ends_at <= starts_at:
-            raise SaleFileError("ends_at must be after starts_at")
-        name = pick("name")
-        if name is not None and not 1 <= len(str(name).encode()) <= 200:
-            raise SaleFileError("name must be 1-200 bytes")
-        return SaleSettings(
-            sku=sku,
-            name=str(name) if name is not None else None,
-            price_cents=price_cents,
-            flash_price_cents=flash_cents,
-            total=_integer(total, "stock") if total is not None else None,
-            per_user_limit=_integer(limit, "per_user_limit", 1) if limit is not None else None,
-            starts_at=starts_at,
-            ends_at=ends_at,
-            reservation_ttl_ms=(
-                _integer(ttl_ms, "reservation_ttl_ms", 1000)
-                if ttl_ms is not None
-                else _integer(ttl_s, "reservation_ttl_s", 1) * 1000
-                if ttl_s is not None
-                else None
-            ),
-            paused=_flag(record["paused"], "paused") if record.get("paused") not in (None, "") else None,
-        )
+        return _settings(record, sku, now_ms)
     except SaleFileError as error:
         raise SaleFileError(f"{where}: {error}") from None
+
+
+def _settings(record: dict[str, Any], sku: str, now_ms: int) -> SaleSettings:
+    unknown = set(record) - _FIELDS
+    if unknown:
+        raise SaleFileError(f"unknown field(s) {', '.join(sorted(unknown))}")
+    nested = sorted(name for name, value in record.items() if isinstance(value, list | dict))
+    if nested:
+        raise SaleFileError(f"{', '.join(nested)} must be a single value, not a list or an object")
+    try:
+        identifier(sku, "sku")
+    except FlashSaleError as error:
+        raise SaleFileError(str(error)) from None
+
+    def given(name: str) -> bool:
+        return record.get(name) not in (None, "")
+
+    def either(first: str, second: str) -> str | None:
+        """Which of two spellings of one setting the record gives (refusing both), or None."""
+        if given(first) and given(second):
+            raise SaleFileError(f"give {first} or {second}, not both")
+        return first if given(first) else second if given(second) else None
+
+    def count(field: str, setting: str, unit: int = 1) -> int:
+        """An integer field within the script's bounds of ``setting``; one of the field's units is
+        ``unit`` of the setting's (reservation_ttl_s: 1000 ms)."""
+        low, high = -(-MINIMUM.get(setting, 0) // unit), LIMITS[setting] // unit
+        return _integer(record[field], field, low, high) * unit
+
+    def money(field: str | None, setting: str) -> int | None:
+        if field is None:
+            return None
+        return count(field, setting) if field == setting else _cents(record[field], field, LIMITS[setting])
+
+    price = either("price", "price_cents")
+    flash_price = either("flash_price", "flash_price_cents")
+    total = either("stock", "total")
+    ttl = either("reservation_ttl_s", "reservation_ttl_ms")
+    ttl_unit = 1000 if ttl == "reservation_ttl_s" else 1
+    # A bound that is present but empty clears it (0); one that is absent keeps the sale's current bound.
+    starts_at = _instant(record["starts_at"], "starts_at", now_ms) if "starts_at" in record else None
+    ends_at = _instant(record["ends_at"], "ends_at", now_ms) if "ends_at" in record else None
+    if starts_at is not None and ends_at and ends_at <= starts_at:
+        raise SaleFileError("ends_at must be after starts_at")
+    name = str(record["name"]) if given("name") else None
+    if name is not None and not 1 <= len(name.encode()) <= 200:
+        raise SaleFileError("name must be 1-200 bytes")
+    return SaleSettings(
+        sku=sku,
+        name=name,
+        price_cents=money(price, "price_cents"),
+        flash_price_cents=money(flash_price, "flash_price_cents"),
+        total=count(total, "total") if total else None,
+        per_user_limit=count("per_user_limit", "per_user_limit") if given("per_user_limit") else None,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        reservation_ttl_ms=count(ttl, "reservation_ttl_ms", ttl_unit) if ttl else None,
+        paused=_flag(record["paused"], "paused") if given("paused") else None,
+    )
+
+
+def iso_utc(ms: int) -> str:
+    """An instant in ms since the epoch as ISO 8601 UTC ("2026-11-27T09:00:00Z")."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds").replace("+00:00", "Z")
 
 
 def redis_now_ms(engine: Engine) -> int:
@@ -208,15 +248,24 @@ def check_against_live(engine: Engine, sales: list[SaleSettings]) -> None:
             current: Sale | None = engine.get_sale(settings.sku)
         except FlashSaleError:
             current = None
-        if current is None and settings.total is None:
-            raise SaleFileError(f"sku {settings.sku!r} is new: give its stock")
-        if current is not None and settings.total is not None:
-            committed = current.reserved + current.sold
-            if settings.total < committed:
-                raise SaleFileError(
-                    f"sku {settings.sku!r}: stock {settings.total} is below the {committed} units "
-                    "already reserved or sold"
-                )
+        if current is None:
+            if settings.total is None:
+                raise SaleFileError(f"sku {settings.sku!r} is new: give its stock")
+            continue
+        committed = current.reserved + current.sold
+        if settings.total is not None and settings.total < committed:
+            raise SaleFileError(
+                f"sku {settings.sku!r}: stock {settings.total} is below the {committed} units "
+                "already reserved or sold"
+            )
+        # One bound given, the other kept: the pair must still make a window.
+        starts_at = current.starts_at if settings.starts_at is None else settings.starts_at
+        ends_at = current.ends_at if settings.ends_at is None else settings.ends_at
+        if ends_at and ends_at <= starts_at:
+            kept, at = ("starts_at", starts_at) if settings.starts_at is None else ("ends_at", ends_at)
+            raise SaleFileError(
+                f"sku {settings.sku!r}: ends_at must be after starts_at (its {kept} stays {iso_utc(at)})"
+            )
 
 
 def load_sales(engine: Engine, records: list[dict[str, Any]]) -> list[Sale]:

@@ -291,5 +291,10 @@ ON CONFLICT (order_id) DO UPDATE SET
   failure_reason = EXCLUDED.failure_reason, updated_at = GREATEST(orders.created_at, now());
 
 -- name: sale_products --
--- The settings of the given products that `flashsale sale load` compares with what it loaded.
-SELECT sku_id, name, flash_sale_price_cents, total_inventory FROM products WHERE sku_id = ANY(%(sku)s::text[]);
+-- The settings of the given products that `flashsale sale load` and `sale put` compare with what they loaded
+-- (times in ms since the epoch, 0 = no bound, as Redis keeps them).
+SELECT sku_id, name, base_price_cents, flash_sale_price_cents, total_inventory, per_user_limit,
+       COALESCE((extract(epoch FROM starts_at) * 1000)::bigint, 0),
+       COALESCE((extract(epoch FROM ends_at) * 1000)::bigint, 0),
+       reservation_ttl_ms, NOT is_active
+FROM products WHERE sku_id = ANY(%(sku)s::text[]);

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 import psycopg
 
+from flashsale.commands.output import echo_json, json_option
 from flashsale.engine.settings import Settings
 
 
@@ -36,15 +37,27 @@ def migrate(settings: Settings) -> None:
 
 
 @db.command()
+@json_option
 @click.pass_obj
-def status(settings: Settings) -> None:
-    """List migrations and whether each is applied."""
+def status(settings: Settings, as_json: bool) -> None:
+    """List migrations and whether each is applied.
+
+    \b
+    --json prints {"migrations": [{"version": 1, "name": "...", "applied": true}, ...]}.
+    """
     from flashsale.writeback.database import applied_migrations, migrations
 
     try:
         done = dict(applied_migrations(_url(settings)))
     except psycopg.Error as error:
         raise click.ClickException(f"cannot read migrations: {error}") from None
-    for migration in migrations():
-        mark = "applied" if migration.version in done else "pending"
-        click.echo(f"{mark:8} {migration.version:04d}_{migration.name}")
+    rows = [
+        {"version": migration.version, "name": migration.name, "applied": migration.version in done}
+        for migration in migrations()
+    ]
+    if as_json:
+        echo_json({"migrations": rows})
+        return
+    for row in rows:
+        mark = "applied" if row["applied"] else "pending"
+        click.echo(f"{mark:8} {row['version']:04d}_{row['name']}")

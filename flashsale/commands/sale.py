@@ -1,7 +1,9 @@
-"""``flashsale sale load FILE`` and ``flashsale sale status``: put a sale's SKUs on sale, and watch them.
+"""``flashsale sale load FILE``, ``sale put SKU`` and ``sale status``: put SKUs on sale, change one, and
+watch them.
 
 The sale file's format (JSON or CSV, one record per SKU) is described in ``flashsale.sales``, which reads,
-checks and loads it; this module parses options and prints.
+checks and loads it; ``sale put`` builds one such record from its options, so a SKU set from the command
+line is checked exactly like one from a file. This module parses options and prints.
 """
 
 from __future__ import annotations
@@ -9,22 +11,25 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
+import msgspec
 import psycopg
 import redis
 from rich.console import Console
 from rich.table import Table
 
+from flashsale.commands.output import echo_json, json_option, print_table
 from flashsale.engine import Engine
 from flashsale.engine.errors import FlashSaleError
 from flashsale.engine.models import Sale
 from flashsale.engine.settings import Settings
-from flashsale.sales import SaleFileError, load_sales, read_sale_file, redis_now_ms
+from flashsale.sales import SaleFileError, iso_utc, load_sales, read_sale_file, redis_now_ms
 
 if TYPE_CHECKING:
     from flashsale.writeback.database import Queries
+    from flashsale.writeback.lag import PartitionLag
 
 
 def _queries() -> Queries:
@@ -66,16 +71,30 @@ def _window(sale: Sale, now_ms: int) -> str:
     return "live"
 
 
+def sale_json(sale: Sale) -> dict[str, Any]:
+    """A sale as ``--json`` prints it: the engine's fields (money in cents, times in ms since the epoch,
+    0 = no bound), the same names a sale file takes."""
+    document: dict[str, Any] = msgspec.to_builtins(sale)
+    return document
+
+
 @click.group()
 def sale() -> None:
-    """Load a sale's SKUs and watch their stock."""
+    """Load a sale's SKUs, change one, and watch their stock."""
+
+
+# -- reaching PostgreSQL -----------------------------------------------------------------------------------
+def _settings_row(sale: Sale) -> tuple[Any, ...]:
+    """What PostgreSQL's products row holds of a sale (the ``sale_products`` query's columns)."""
+    return (sale.sku, sale.name, sale.price_cents, sale.flash_price_cents, sale.total, sale.per_user_limit,
+            sale.starts_at, sale.ends_at, sale.reservation_ttl_ms, sale.paused)  # fmt: skip
 
 
 def products_in_postgres(database_url: str, loaded: list[Sale]) -> set[str]:
-    """The loaded SKUs whose product row already carries the loaded settings (the worker applied them)."""
+    """The loaded SKUs whose product row carries every loaded setting (the worker applied them)."""
     with psycopg.connect(database_url, connect_timeout=5) as conn:
         rows = conn.execute(_queries()["sale_products"], {"sku": [sale.sku for sale in loaded]}).fetchall()
-    wanted = {(s.sku, s.name, s.flash_price_cents, s.total) for s in loaded}
+    wanted = {_settings_row(sale) for sale in loaded}
     return {row[0] for row in rows if tuple(row) in wanted}
 
 
@@ -89,19 +108,61 @@ def wait_for_postgres(database_url: str, loaded: list[Sale], timeout_s: float) -
         time.sleep(0.2)
 
 
+def _await_postgres(settings: Settings, loaded: list[Sale], wait_s: float, *, quiet: bool) -> str:
+    """ "written" once PostgreSQL has every loaded SKU's settings, "unchecked" without a database or a
+    wait; a one-sentence error when the worker has not written them in time."""
+    if not settings.database_url or wait_s == 0:
+        return "unchecked"
+    try:
+        with Console(stderr=True, quiet=quiet).status("Waiting for the worker to write them to PostgreSQL…"):
+            present = wait_for_postgres(settings.database_url, loaded, wait_s)
+    except psycopg.Error as error:
+        raise click.ClickException(f"cannot read products from PostgreSQL: {error}") from None
+    if len(present) < len(loaded):
+        missing = sorted({s.sku for s in loaded} - present)
+        raise click.ClickException(
+            f"loaded into Redis, but after {wait_s:g}s PostgreSQL still lacks {', '.join(missing)}: "
+            "is `flashsale worker` running? (it applies them when it runs; nothing is lost)"
+        )
+    return "written"
+
+
+def _load(settings: Settings, records: list[dict[str, Any]]) -> tuple[list[Sale], int]:
+    """Checks and loads the records into Redis; (the sales as loaded, Redis's clock)."""
+    engine = engine_for(settings)
+    try:
+        loaded = load_sales(engine, records)
+        return loaded, redis_now_ms(engine)
+    except SaleFileError as error:
+        raise click.ClickException(str(error)) from None
+    except FlashSaleError as error:
+        raise click.ClickException(f"Redis refused the sale: {error}") from None
+    except redis.RedisError as error:
+        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
+    finally:
+        engine.close()
+
+
+def wait_option(function: Any) -> Any:
+    return click.option(
+        "--wait",
+        "wait_s",
+        type=click.FloatRange(0, 600),
+        metavar="SECONDS",
+        default=15,
+        show_default=True,
+        help="Seconds to wait for the write-behind worker to write the settings to PostgreSQL "
+        "(only with FLASHSALE_DATABASE_URL; 0: do not wait).",
+    )(function)
+
+
+# -- sale load ---------------------------------------------------------------------------------------------
 @sale.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--wait",
-    "wait_s",
-    type=click.FloatRange(0, 600),
-    default=15,
-    show_default=True,
-    help="Seconds to wait for the write-behind worker to write the SKUs to PostgreSQL "
-    "(only with FLASHSALE_DATABASE_URL; 0: do not wait).",
-)
+@wait_option
+@json_option
 @click.pass_obj
-def load(settings: Settings, file: Path, wait_s: float) -> None:
+def load(settings: Settings, file: Path, wait_s: float, as_json: bool) -> None:
     """Put the SKUs of FILE (JSON or CSV) on sale, or change their settings.
 
     Each SKU goes into Redis through the engine's load_sale script; its sale_loaded event carries it to
@@ -114,93 +175,190 @@ def load(settings: Settings, file: Path, wait_s: float) -> None:
       sku                         required; letters, digits, -_.@
       name                        what shoppers see
       price, flash_price          "129.99" (or price_cents, flash_price_cents)
-      stock                       units on sale (required for a new SKU)
+      stock                       units on sale (required for a new SKU; or total)
       per_user_limit              units one user may hold + buy (default 1)
-      starts_at, ends_at          ISO 8601 with zone, ms since epoch, or now, now+10m, now-1h
+      starts_at, ends_at          ISO 8601 with zone, ms since epoch, or now, now+10m, now-1h; "" = none
       reservation_ttl_s           how long a hold lasts (or reservation_ttl_ms)
       paused                      true / false
+
+    \b
+    --json prints {"file": ..., "sales": [<sale>, ...], "postgres": "written" | "unchecked"}; a sale
+    has the fields of `flashsale sale status --json`, less window, holds and writeback_lag.
     """
-    engine = engine_for(settings)
     try:
-        loaded = load_sales(engine, read_sale_file(file))
+        records = read_sale_file(file)
     except SaleFileError as error:
         raise click.ClickException(str(error)) from None
-    except FlashSaleError as error:
-        raise click.ClickException(f"Redis refused the sale: {error}") from None
-    except redis.RedisError as error:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
-    finally:
-        engine.close()
-    console = Console()
-    console.print(f"Loaded {len(loaded)} SKU(s) into Redis from {file}: {', '.join(s.sku for s in loaded)}")
-    if not settings.database_url or wait_s == 0:
+    loaded, _ = _load(settings, records)
+    if not as_json:
+        click.echo(f"Loaded {len(loaded)} SKU(s) into Redis from {file}: {', '.join(s.sku for s in loaded)}")
+    postgres = _await_postgres(settings, loaded, wait_s, quiet=as_json)
+    if as_json:
+        echo_json({"file": str(file), "sales": [sale_json(s) for s in loaded], "postgres": postgres})
+    elif postgres == "written":
+        click.echo(f"PostgreSQL has all {len(loaded)} product(s) (written by the write-behind worker).")
+
+
+# -- sale put ----------------------------------------------------------------------------------------------
+def put_table(sale: Sale, now_ms: int) -> Table:
+    """One SKU's settings and counters, a row each."""
+    table = Table(title=f"sale {sale.sku}", title_justify="left")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    for name, value in (
+        ("name", sale.name),
+        ("price", _money(sale.price_cents)),
+        ("flash price", _money(sale.flash_price_cents)),
+        ("total", str(sale.total)),
+        ("available", str(sale.available)),
+        ("reserved", str(sale.reserved)),
+        ("sold", str(sale.sold)),
+        ("per-user limit", str(sale.per_user_limit)),
+        ("starts at", iso_utc(sale.starts_at) if sale.starts_at else "-"),
+        ("ends at", iso_utc(sale.ends_at) if sale.ends_at else "-"),
+        ("hold lasts", f"{sale.reservation_ttl_ms / 1000:g}s"),
+        ("window", _window(sale, now_ms)),
+    ):
+        table.add_row(name, value)
+    return table
+
+
+@sale.command("put")
+@click.argument("sku")
+@click.option("--name", help="What shoppers see (1-200 bytes).")
+@click.option("--price", metavar="AMOUNT", help='List price in currency units, e.g. "129.99".')
+@click.option("--flash-price", metavar="AMOUNT", help="Price during the sale.")
+@click.option(
+    "--total",
+    "--stock",
+    "total",
+    metavar="UNITS",
+    help="Units on sale: needed for a new SKU; never below what is reserved or sold.",
+)
+@click.option(
+    "--limit", "--per-user-limit", "per_user_limit", metavar="UNITS", help="Units one user may hold + buy."
+)
+@click.option(
+    "--starts-at",
+    metavar="WHEN",
+    help='ISO 8601 with zone, ms since the epoch, now, now+10m, now-1h, ...; "" = no bound.',
+)
+@click.option("--ends-at", metavar="WHEN", help="Like --starts-at; must be after it.")
+@click.option("--ttl", "reservation_ttl_s", metavar="SECONDS", help="How long a hold lasts.")
+@click.option("--pause/--resume", "paused", default=None, help="Refuse reservations, or take them again.")
+@wait_option
+@json_option
+@click.pass_obj
+def put(settings: Settings, sku: str, wait_s: float, as_json: bool, **options: str | bool | None) -> None:
+    """Create SKU's sale or change its settings; the settings not given keep their value.
+
+    Checked like a sale file's record (sale load --help), through the same load_sale script, and written
+    to PostgreSQL by the write-behind worker.
+
+    \b
+    --json prints {"sale": <sale>, "postgres": "written" | "unchecked"}; a sale has the fields of
+    `flashsale sale status --json`, less window, holds and writeback_lag.
+    """
+    # The options are named after the sale file's fields: SKU and options make one record of a file.
+    record: dict[str, Any] = {"sku": sku}
+    for field, value in options.items():
+        if value is not None:
+            record[field] = str(value).lower() if isinstance(value, bool) else value
+    if len(record) == 1:
+        raise click.UsageError("nothing to change: give at least one setting (--total, --limit, --name, ...)")
+    (loaded,), now_ms = _load(settings, [record])
+    postgres = _await_postgres(settings, [loaded], wait_s, quiet=as_json)
+    if as_json:
+        echo_json({"sale": sale_json(loaded), "postgres": postgres})
         return
-    try:
-        with console.status("Waiting for the worker to write them to PostgreSQL…"):
-            present = wait_for_postgres(settings.database_url, loaded, wait_s)
-    except psycopg.Error as error:
-        raise click.ClickException(f"cannot read products from PostgreSQL: {error}") from None
-    if len(present) == len(loaded):
-        console.print(f"PostgreSQL has all {len(loaded)} product(s) (written by the write-behind worker).")
-    else:
-        missing = sorted({s.sku for s in loaded} - present)
-        raise click.ClickException(
-            f"loaded into Redis, but after {wait_s:g}s PostgreSQL still lacks {', '.join(missing)}: "
-            "is `flashsale worker` running? (it applies them when it runs; nothing is lost)"
-        )
+    print_table(put_table(loaded, now_ms))
+    if postgres == "written":
+        click.echo("PostgreSQL has it (written by the write-behind worker).")
 
 
-def status_table(engine: Engine, lag_by_partition: dict[int, tuple[int, float]] | None) -> Table:
-    """One row per SKU; ``lag_by_partition`` maps a partition to (events pending, age of the oldest in s)."""
+# -- sale status -------------------------------------------------------------------------------------------
+_STATUS_COLUMNS = ("SKU", "name", "price", "window", "total", "available", "reserved", "sold", "holds",
+                   "write-behind lag")  # fmt: skip
+
+
+def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, Any]:
+    """Every SKU's sale, window, active holds and its partition's write-behind lag (None: not known), as
+    ``sale status --json`` prints it."""
     now_ms = redis_now_ms(engine)
-    table = Table(title="flash sale status", title_justify="left")
-    for column in ("SKU", "name", "price", "window", "total", "available", "reserved", "sold", "holds"):
-        table.add_column(column, justify="right" if column not in ("SKU", "name", "window") else "left")
-    table.add_column("write-behind lag", justify="right")
-    table.columns[0].no_wrap = True
-    table.columns[1].no_wrap = True  # a long name is cut with an ellipsis rather than tripling the row
-    table.columns[1].max_width = 28
+    lag_of = {lag.partition: lag for lag in lags or ()}
+    sales = []
     for sale_ in engine.list_sales():
         partition = engine.keys.for_sku(sale_.sku)
-        holds = int(engine.redis.zcard(partition.holds(sale_.sku)))
-        if lag_by_partition is None:
-            lag = "n/a"
+        lag = lag_of.get(partition.index)
+        sales.append(
+            {
+                **sale_json(sale_),
+                "window": _window(sale_, now_ms),
+                "holds": int(engine.redis.zcard(partition.holds(sale_.sku))),
+                "writeback_lag": None
+                if lags is None
+                else {
+                    "partition": partition.index,
+                    "pending": lag.pending if lag else 0,
+                    "oldest_age_ms": lag.oldest_age_ms if lag else 0,
+                },
+            }
+        )
+    return {"now": now_ms, "sales": sales}
+
+
+def status_table(status: dict[str, Any]) -> Table:
+    """One row per SKU of ``sale_status``: no header or number is ever cut (print with print_table)."""
+    table = Table(title="flash sale status", title_justify="left")
+    for column in _STATUS_COLUMNS:
+        left = column in ("SKU", "name", "window")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True, min_width=len(column))
+    table.columns[1].max_width = 28  # a long name is cut with an ellipsis rather than widening every row
+    table.columns[1].overflow = "ellipsis"
+    for row in status["sales"]:
+        lag = row["writeback_lag"]
+        if lag is None:
+            shown_lag = "n/a"
+        elif lag["pending"]:
+            shown_lag = f"{lag['pending']} events, {lag['oldest_age_ms'] / 1000:.1f}s"
         else:
-            pending, age_s = lag_by_partition.get(partition.index, (0, 0.0))
-            lag = f"{pending} events, {age_s:.1f}s" if pending else "0"
+            shown_lag = "0"
         table.add_row(
-            sale_.sku,
-            sale_.name,
-            _money(sale_.flash_price_cents),
-            _window(sale_, now_ms),
-            str(sale_.total),
-            str(sale_.available),
-            str(sale_.reserved),
-            str(sale_.sold),
-            str(holds),
-            lag,
+            row["sku"],
+            row["name"],
+            _money(row["flash_price_cents"]),
+            row["window"],
+            *(str(row[field]) for field in ("total", "available", "reserved", "sold", "holds")),
+            shown_lag,
         )
     return table
 
 
 @sale.command("status")
+@json_option
 @click.pass_obj
-def status(settings: Settings) -> None:
+def status(settings: Settings, as_json: bool) -> None:
     """Show each SKU: total, available, reserved, sold, active holds and write-behind lag.
 
     The lag is that of the SKU's partition stream: events PostgreSQL or Kafka has not taken yet, and how
     long the oldest has waited.
+
+    \b
+    --json prints {"now": <Redis clock, ms>, "sales": [<sale>, ...]}; a sale has sku, name, price_cents,
+    flash_price_cents, total, available, reserved, sold, per_user_limit, starts_at, ends_at (ms, 0 = no
+    bound), reservation_ttl_ms, paused, created_at, updated_at, window ("live", "paused", "ended",
+    "starts in ..."), holds and writeback_lag {partition, pending, oldest_age_ms}.
     """
     from flashsale.writeback.lag import read_lag
 
     engine = engine_for(settings)
     try:
-        lags = {
-            lag.partition: (lag.pending, lag.oldest_age_ms / 1000) for lag in read_lag(engine.redis, settings)
-        }
-        table = status_table(engine, lags)
+        document = sale_status(engine, read_lag(engine.redis, settings))
     except redis.RedisError as error:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
     finally:
         engine.close()
-    table_console().print(table)
+    if as_json:
+        echo_json(document)
+    else:
+        print_table(status_table(document))

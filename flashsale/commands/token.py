@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from flashsale.api.auth import issue_token
+from flashsale.api.tokens import issue_token
 from flashsale.engine.settings import Settings
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from flashsale.engine import Engine
+from flashsale.engine import Engine, SaleNotActive
 
 from flashsale.cli import main
 
@@ -94,6 +94,8 @@ def test_load_csv_with_iso_times(engine: Engine, redis_url: str, tmp_path: Path)
         ({"starts_at": "tomorrow"}, "sku 'SKU-LENS-2': starts_at 'tomorrow' is not ISO 8601"),
         ({"colour": "red"}, "sku 'SKU-LENS-2': unknown field(s) colour"),
         ({"sku": "bad sku"}, "sku must be 1-128 letters"),
+        # the load_sale script's own bound: refused before SKU-CAM-1 is written, not half way through
+        ({"stock": 2_000_000_000}, "sku 'SKU-LENS-2': stock must be at most 1000000000"),
     ],
 )
 def test_a_bad_sku_refuses_the_whole_file_and_changes_nothing(
@@ -125,6 +127,18 @@ def test_shrinking_stock_below_what_is_held_is_refused_before_any_write(
     assert engine.get_sale("SKU-LENS-2").name == "50mm Lens"
 
 
+def test_a_bound_that_no_longer_fits_the_window_kept_in_redis_is_refused_before_any_write(
+    engine: Engine, redis_url: str, tmp_path: Path
+) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url}
+    assert cli(env, "sale", "load", str(write_json(tmp_path, SALE))).exit_code == 0
+    change = [{"sku": "SKU-CAM-1", "name": "Renamed Camera"}, {"sku": "SKU-LENS-2", "ends_at": "now+5m"}]
+    result = cli(env, "sale", "load", str(write_json(tmp_path, change)))
+    assert result.exit_code == 1
+    assert "sku 'SKU-LENS-2': ends_at must be after starts_at (its starts_at stays" in result.output
+    assert engine.get_sale("SKU-CAM-1").name == "Mirrorless Camera"
+
+
 def test_load_waits_until_the_worker_wrote_the_products_to_postgresql(
     engine: Engine, redis_url: str, database_url: str, tmp_path: Path, drain: Drain
 ) -> None:
@@ -136,9 +150,10 @@ def test_load_waits_until_the_worker_wrote_the_products_to_postgresql(
     worker.start()
     started = time.monotonic()
     result = cli(env, "sale", "load", str(path), "--wait", "20")
+    waited = time.monotonic() - started  # before join(), which itself waits for the "worker"
     worker.join()
     assert result.exit_code == 0, result.output
-    assert time.monotonic() - started >= 1.0
+    assert waited >= 1.0
     assert applied == [2]
     assert "PostgreSQL has all 2 product(s)" in result.output
     with psycopg.connect(database_url) as conn:
@@ -173,3 +188,241 @@ def test_status_shows_counters_holds_and_write_behind_lag(
     assert cells[9].startswith("5 events")  # sale_loaded, reserved, reserved, checkout_started, confirmed
     lens = next(line for line in result.output.splitlines() if "SKU-LENS-2" in line)
     assert "starts in" in lens
+
+
+# -- sale status: the whole table, and --json ----------------------------------------------------------------
+SALE_KEYS = {
+    "sku", "name", "price_cents", "flash_price_cents", "total", "available", "reserved", "sold",
+    "per_user_limit", "starts_at", "ends_at", "reservation_ttl_ms", "paused", "created_at", "updated_at",
+}  # fmt: skip
+STATUS_HEADERS = ("SKU", "name", "price", "window", "total", "available", "reserved", "sold", "holds",
+                  "write-behind lag")  # fmt: skip
+
+
+def test_status_never_cuts_a_header_or_a_value_however_wide_the_table(
+    engine: Engine, redis_url: str, tmp_path: Path
+) -> None:
+    sku = "SKU-" + "EXTRA-LONG-IDENTIFIER-" * 4  # 92 characters: the table is far wider than 120 columns
+    document = {"skus": [{"sku": sku, "name": "A name longer than the name column allows", "stock": 1000000,
+                          "starts_at": "now+59m"}]}  # fmt: skip
+    env = {"FLASHSALE_REDIS_URL": redis_url}
+    assert cli(env, "sale", "load", str(write_json(tmp_path, document))).exit_code == 0
+    result = cli(env, "sale", "status")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(line for line in lines if "SKU" in line)
+    assert [cell.strip() for cell in header.split("┃") if cell.strip()] == list(STATUS_HEADERS)
+    row = next(line for line in lines if sku in line)
+    cells = [cell.strip() for cell in row.split("│") if cell.strip()]
+    assert cells[0] == sku
+    assert cells[1].endswith("…")  # only the name is shortened, on purpose
+    assert cells[3].startswith("starts in 58m")
+    assert cells[4:6] == ["1000000", "1000000"]
+    assert cells[9] == "1 events, " + cells[9].split(", ")[1]
+
+
+def test_status_json_is_one_document_with_every_sku_its_holds_and_lag(
+    engine: Engine, redis_url: str, tmp_path: Path
+) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url}
+    assert cli(env, "sale", "load", str(write_json(tmp_path, SALE))).exit_code == 0
+    engine.reserve("SKU-CAM-1", "ann", quantity=2)
+    hold = engine.reserve("SKU-CAM-1", "bob")
+    engine.confirm(engine.begin_checkout(hold.id, "bob", "CREDIT_CARD").id, "bob")
+    result = cli(env, "sale", "status", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert set(document) == {"now", "sales"}
+    assert abs(document["now"] - redis_ms(engine)) < 10_000
+    camera, lens = document["sales"]
+    assert set(camera) == SALE_KEYS | {"window", "holds", "writeback_lag"}
+    assert (camera["sku"], camera["window"], camera["holds"]) == ("SKU-CAM-1", "live", 1)
+    assert (camera["total"], camera["available"], camera["reserved"], camera["sold"]) == (30, 27, 2, 1)
+    assert (camera["price_cents"], camera["flash_price_cents"], camera["per_user_limit"]) == (
+        129900,
+        99999,
+        2,
+    )
+    lag = camera["writeback_lag"]
+    assert set(lag) == {"partition", "pending", "oldest_age_ms"}
+    assert lag["partition"] == engine.keys.for_sku("SKU-CAM-1").index
+    assert lag["pending"] == 5  # sale_loaded, reserved, reserved, checkout_started, confirmed
+    assert (lens["sku"], lens["window"][:9], lens["holds"]) == ("SKU-LENS-2", "starts in", 0)
+
+
+def test_status_json_of_an_empty_sale(redis_url: str) -> None:
+    result = cli({"FLASHSALE_REDIS_URL": redis_url}, "sale", "status", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["sales"] == []
+
+
+# -- sale load --json --------------------------------------------------------------------------------------
+def test_load_json_lists_the_loaded_sales(engine: Engine, redis_url: str, tmp_path: Path) -> None:
+    path = write_json(tmp_path, SALE)
+    result = cli({"FLASHSALE_REDIS_URL": redis_url}, "sale", "load", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert set(document) == {"file", "sales", "postgres"}
+    assert (document["file"], document["postgres"]) == (str(path), "unchecked")
+    assert [set(sale) for sale in document["sales"]] == [SALE_KEYS, SALE_KEYS]
+    assert [sale["sku"] for sale in document["sales"]] == ["SKU-CAM-1", "SKU-LENS-2"]
+    assert document["sales"][0]["total"] == engine.get_sale("SKU-CAM-1").total == 30
+
+
+def test_load_json_says_when_postgresql_has_them(
+    engine: Engine, redis_url: str, database_url: str, tmp_path: Path, drain: Drain
+) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": database_url}
+    worker = threading.Timer(0.5, lambda: drain(engine, database_url))
+    worker.start()
+    result = cli(env, "sale", "load", str(write_json(tmp_path, SALE)), "--json", "--wait", "20")
+    worker.join()
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["postgres"] == "written"
+
+
+# -- sale put ----------------------------------------------------------------------------------------------
+def test_put_creates_a_sku_with_every_setting_and_prints_it(engine: Engine, redis_url: str) -> None:
+    result = cli(
+        {"FLASHSALE_REDIS_URL": redis_url},
+        "sale", "put", "SKU-MUG", "--name", "Flash mug", "--price", "12.00", "--flash-price", "5",
+        "--total", "20", "--limit", "2", "--starts-at", "now-1m", "--ends-at", "2036-01-01T00:00:00Z",
+        "--ttl", "300",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    mug = engine.get_sale("SKU-MUG")
+    assert (mug.name, mug.price_cents, mug.flash_price_cents, mug.total, mug.available) == (
+        "Flash mug", 1200, 500, 20, 20,
+    )  # fmt: skip
+    assert (mug.per_user_limit, mug.reservation_ttl_ms, mug.ends_at, mug.paused) == (
+        2, 300_000, 2082758400000, False,
+    )  # fmt: skip
+    assert abs(mug.starts_at - (redis_ms(engine) - 60_000)) < 10_000
+    rows = {
+        cells[0]: cells[1]
+        for line in result.output.splitlines()
+        if len(cells := [cell.strip() for cell in line.split("│") if cell.strip()]) == 2
+    }
+    assert rows["name"] == "Flash mug"
+    assert (rows["price"], rows["flash price"], rows["total"], rows["per-user limit"]) == (
+        "12.00", "5.00", "20", "2",
+    )  # fmt: skip
+    assert (rows["ends at"], rows["hold lasts"], rows["window"]) == ("2036-01-01T00:00:00Z", "300s", "live")
+    assert engine.reserve("SKU-MUG", "ann", quantity=2).status == "RESERVED"
+
+
+def test_put_changes_only_the_settings_given(engine: Engine, redis_url: str, tmp_path: Path) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url}
+    assert cli(env, "sale", "load", str(write_json(tmp_path, SALE))).exit_code == 0
+    engine.reserve("SKU-CAM-1", "ann", quantity=2)
+    before = engine.get_sale("SKU-CAM-1")
+    result = cli(env, "sale", "put", "SKU-CAM-1", "--limit", "5", "--stock", "40")
+    assert result.exit_code == 0, result.output
+    after = engine.get_sale("SKU-CAM-1")
+    assert (after.per_user_limit, after.total, after.available, after.reserved) == (5, 40, 38, 2)
+    unchanged = ("name", "price_cents", "flash_price_cents", "starts_at", "ends_at", "reservation_ttl_ms")
+    assert [getattr(after, f) for f in unchanged] == [getattr(before, f) for f in unchanged]
+    assert engine.get_sale("SKU-LENS-2").total == 12
+
+
+def test_put_pauses_resumes_and_clears_a_bound(engine: Engine, redis_url: str, tmp_path: Path) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url}
+    assert cli(env, "sale", "load", str(write_json(tmp_path, SALE))).exit_code == 0
+    assert cli(env, "sale", "put", "SKU-CAM-1", "--pause").exit_code == 0
+    assert engine.get_sale("SKU-CAM-1").paused is True
+    with pytest.raises(SaleNotActive):
+        engine.reserve("SKU-CAM-1", "ann")
+    assert cli(env, "sale", "put", "SKU-CAM-1", "--resume").exit_code == 0
+    assert engine.reserve("SKU-CAM-1", "ann").status == "RESERVED"
+    assert cli(env, "sale", "put", "SKU-LENS-2", "--starts-at", "").exit_code == 0  # "" = no bound
+    assert engine.get_sale("SKU-LENS-2").starts_at == 0
+    assert engine.reserve("SKU-LENS-2", "ann").status == "RESERVED"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--limit", "0"], "sku 'SKU-CAM-1': per_user_limit must be at least 1, not 0"),
+        (["--price", "12.345"], "price '12.345' must be a non-negative amount with at most 2 decimals"),
+        (["--total", "lots"], "total 'lots' is not an integer"),
+        (["--total", "2000000000"], "total must be at most 1000000000"),
+        (["--total", "5"], "sku 'SKU-CAM-1': stock 5 is below the 6 units already reserved or sold"),
+        (["--ttl", "0"], "reservation_ttl_s must be at least 1, not 0"),
+        (["--starts-at", "tomorrow"], "starts_at 'tomorrow' is not ISO 8601"),
+        (["--ends-at", "now-2m"], "ends_at must be after starts_at (its starts_at stays"),
+        (["--name", "x" * 201], "name must be 1-200 bytes"),
+    ],
+)
+def test_put_refuses_what_a_sale_file_would_and_changes_nothing(
+    engine: Engine, redis_url: str, tmp_path: Path, options: list[str], message: str
+) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url}
+    assert cli(env, "sale", "load", str(write_json(tmp_path, SALE))).exit_code == 0
+    for user in ("u1", "u2", "u3"):
+        engine.reserve("SKU-CAM-1", user, quantity=2)
+    before = engine.get_sale("SKU-CAM-1")
+    result = cli(env, "sale", "put", "SKU-CAM-1", *options)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert engine.get_sale("SKU-CAM-1") == before
+
+
+def test_put_of_a_new_sku_needs_its_total_and_a_valid_id(engine: Engine, redis_url: str) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url}
+    result = cli(env, "sale", "put", "SKU-NEW", "--limit", "2")
+    assert result.exit_code == 1
+    assert "sku 'SKU-NEW' is new: give its stock" in result.output
+    result = cli(env, "sale", "put", "no spaces", "--total", "2")
+    assert result.exit_code == 1
+    assert "sku must be 1-128 letters, digits or -_.@" in result.output
+    assert engine.list_sales() == []
+
+
+def test_put_with_nothing_to_change_is_a_usage_error(redis_url: str) -> None:
+    result = cli({"FLASHSALE_REDIS_URL": redis_url}, "sale", "put", "SKU-CAM-1")
+    assert result.exit_code == 2
+    assert "nothing to change" in result.output
+
+
+def test_put_json_is_one_document_with_the_sale(engine: Engine, redis_url: str) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url}
+    result = cli(env, "sale", "put", "SKU-MUG", "--total", "20", "--flash-price", "4.50", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert set(document) == {"sale", "postgres"}
+    assert set(document["sale"]) == SALE_KEYS
+    assert (document["sale"]["sku"], document["sale"]["total"], document["sale"]["flash_price_cents"]) == (
+        "SKU-MUG", 20, 450,
+    )  # fmt: skip
+    assert document["sale"]["updated_at"] == engine.get_sale("SKU-MUG").updated_at
+    assert document["postgres"] == "unchecked"
+
+
+def test_put_waits_until_postgresql_has_every_changed_setting(
+    engine: Engine, redis_url: str, database_url: str, drain: Drain
+) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": database_url}
+    assert cli(env, "sale", "put", "SKU-MUG", "--total", "20", "--wait", "0").exit_code == 0
+    assert drain(engine, database_url) == 1
+    # Only the limit changes: name, price and total in PostgreSQL already match, so only a comparison of
+    # every setting waits for the worker.
+    worker = threading.Timer(1.0, lambda: drain(engine, database_url))
+    worker.start()
+    started = time.monotonic()
+    result = cli(env, "sale", "put", "SKU-MUG", "--limit", "3", "--ends-at", "now+1h", "--wait", "20")
+    waited = time.monotonic() - started  # before join(), which itself waits for the "worker"
+    worker.join()
+    assert result.exit_code == 0, result.output
+    assert waited >= 1.0
+    assert "PostgreSQL has it" in result.output
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT per_user_limit, ends_at IS NOT NULL FROM products").fetchone()
+    assert row == (3, True)
+
+
+def test_put_without_a_running_worker_says_so(redis_url: str, database_url: str) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": database_url}
+    result = cli(env, "sale", "put", "SKU-MUG", "--total", "3", "--wait", "0.5", "--json")
+    assert result.exit_code == 1
+    assert "PostgreSQL still lacks SKU-MUG: is `flashsale worker` running?" in result.output
