@@ -103,6 +103,16 @@ UNAUTHORIZED: list[tuple[str, dict[str, str]]] = [
     ("no subject", {"Authorization": f"Bearer {_token(sub=None)}"}),
     ("wrong issuer", {"Authorization": f"Bearer {_token(iss='someone-else')}"}),
     ("subject with a key separator", {"Authorization": f"Bearer {_token(sub='ali:ce')}"}),
+    ("subject not a string", {"Authorization": f"Bearer {_token(sub=12345)}"}),
+    ("no issuer", {"Authorization": f"Bearer {_token(iss=None)}"}),
+    # exp and iat are JSON numbers, nothing PyJWT's int() happens to take.
+    ("expiry as a string", {"Authorization": f"Bearer {_token(exp=str(int(time.time()) + 3600))}"}),
+    ("expiry as a float string", {"Authorization": f"Bearer {_token(exp=f'{time.time() + 3600:.1f}')}"}),
+    ("expiry past the year 9999", {"Authorization": f"Bearer {_token(exp=10**400)}"}),
+    ("no issued-at", {"Authorization": f"Bearer {_token(iat=None)}"}),
+    ("issued-at as a string", {"Authorization": f"Bearer {_token(iat=str(int(time.time())))}"}),
+    ("issued-at true", {"Authorization": f"Bearer {_token(iat=True)}"}),
+    ("issued-at in the future", {"Authorization": f"Bearer {_token(iat=int(time.time()) + 600)}"}),
 ]
 
 
@@ -134,6 +144,15 @@ def test_a_user_over_the_request_rate_gets_429_with_retry_after_and_others_are_u
         assert "per second" in limited["message"]
         assert int(answers[-1].headers["Retry-After"]) >= 1
         assert http.get(f"{V1}/reservations/rsv_0_x", headers=api.auth("patient")).status_code == 404
+
+
+def test_a_token_with_numeric_claims_and_fractional_times_is_accepted(
+    api: ApiServer, http: httpx.Client
+) -> None:
+    now = time.time()
+    token = _token(iat=now - 1.5, exp=now + 60.25)
+    response = http.get(f"{V1}/reservations/rsv_0_x", headers={"Authorization": f"Bearer {token}"})
+    assert_error(response, 404, "NOT_FOUND")
 
 
 def test_unknown_paths_and_methods_answer_in_the_error_shape(api: ApiServer, http: httpx.Client) -> None:
