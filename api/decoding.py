@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from flashsale.api.errors import ApiError, validation_error
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 T = TypeVar("T")
 
@@ -40,11 +40,15 @@ async def read_json(request: Request, into: type[T], limit: int) -> T:
     # Counted while reading: a chunked body has no Content-Length to trust.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client went away mid-body, or was cut off as too slow (api.server): not a server error.
+        raise ApiError(408, "REQUEST_TIMEOUT", "the request body did not arrive in full") from None
     body = b"".join(chunks)
     try:
         decoded: T = _decoder(into).decode(body)
