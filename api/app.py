@@ -202,12 +202,16 @@ def create_app(
         HTTPException: error_response,
         RedisError: error_response,
     }
-    return Starlette(
+    app = Starlette(
         routes=_routes(static_dir),
         middleware=[Middleware(RequestTimer, metrics=metrics), Middleware(CatchAll)],
         exception_handlers=handlers,
         lifespan=lifespan,
     )
+    # No 307 from /api/v1/reservations/ to /api/v1/reservations: a path the API lacks is 404 whatever
+    # the method (Starlette redirected the methods the storefront does not take, and only those).
+    app.router.redirect_slashes = False
+    return app
 
 
 def app_from_env() -> Starlette:

@@ -84,7 +84,7 @@ def render(
 
 async def error_response(request: Request, exc: Exception) -> Response:
     """The one exception handler: any exception -> status + the error shape."""
-    path = request.url.path
+    path: str = request.scope["path"]  # as routed: decoded, where request.url re-escapes ? # and \
     if isinstance(exc, FlashSaleError):
         return render(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, path)
     if isinstance(exc, ApiError):

@@ -56,7 +56,15 @@ def test_a_method_a_path_lacks_is_405_with_the_paths_real_methods_in_allow(
             assert allow in body["message"]
 
 
-UNSERVED = [f"{V1}/nothing-here", f"{V1}/products/SKU-001/nothing", f"{V1}/orders", "/nothing.js", "/api"]
+UNSERVED = [
+    f"{V1}/nothing-here",
+    f"{V1}/reservations/",
+    f"{V1}/products/",
+    f"{V1}/products/SKU-001/nothing",
+    f"{V1}/orders",
+    "/nothing.js",
+    "/api",
+]
 
 
 def test_a_path_nobody_serves_is_404_for_every_method(api: ApiServer, http: httpx.Client) -> None:
