@@ -52,8 +52,30 @@ async def read_json(request: Request, into: type[T], limit: int) -> T:
     body = b"".join(chunks)
     try:
         decoded: T = _decoder(into).decode(body)
-    except msgspec.ValidationError as error:
-        raise validation_error(str(error)) from None
+    except msgspec.ValidationError:
+        return _with_integral_numbers(body, into)
     except msgspec.DecodeError as error:
         raise validation_error(f"malformed JSON: {error}") from None
     return decoded
+
+
+def _with_integral_numbers(body: bytes, into: type[T]) -> T:
+    """The body again, with ``1.0`` taken as the integer ``1``: JSON Schema (the OpenAPI document) counts
+    a number without a fraction as an integer, msgspec's typed decoder does not. Only after the one-pass
+    decode failed, so a well-formed request never pays for it; ``1.5`` and ``"1"`` stay refused."""
+    try:
+        return msgspec.convert(_integral_floats_as_ints(msgspec.json.decode(body)), into)
+    except msgspec.ValidationError as error:
+        raise validation_error(str(error)) from None
+    except msgspec.DecodeError as error:  # '0x' fails the type before the trailing bytes
+        raise validation_error(f"malformed JSON: {error}") from None
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value

@@ -30,6 +30,8 @@ BODIES_REFUSED: list[tuple[str, bytes]] = [
     ("quantity as text", b'{"skuId": "SKU-001", "quantity": "1"}'),
     ("sku with a key separator", b'{"skuId": "SKU:001"}'),
     ("empty body", b""),
+    ("a number, then bytes that are no JSON", b"0\xff\xfe-+"),
+    ("integral float as text", b'{"skuId": "SKU-001", "quantity": "1.0"}'),
 ]
 
 
@@ -41,6 +43,41 @@ def test_a_bad_reservation_body_is_a_400_validation_error_and_changes_nothing(
     headers = {**api.auth("alice"), "Content-Type": "application/json"}
     assert_error(http.post(f"{V1}/reservations", content=body, headers=headers), 400, "VALIDATION_ERROR")
     assert engine.get_sale(SKU).available == 10
+
+
+@pytest.mark.parametrize("quantity", [b"2.0", b"2e0", b"20E-1"])
+def test_a_number_without_a_fraction_is_an_integer_as_json_schema_says(
+    api: ApiServer, http: httpx.Client, load_sale: Callable[..., Sale], engine: Engine, quantity: bytes
+) -> None:
+    load_sale(per_user_limit=2)
+    headers = {**api.auth("alice"), "Content-Type": "application/json"}
+    body = b'{"skuId": "SKU-001", "quantity": ' + quantity + b"}"
+    created = http.post(f"{V1}/reservations", content=body, headers=headers)
+    assert created.status_code == 201, created.text
+    assert created.json()["quantity"] == 2
+    assert engine.get_sale(SKU).reserved == 2
+
+
+IDEMPOTENCY_KEYS_REFUSED = {
+    "empty": b"",
+    "201 characters": b"k" * 201,
+    "UTF-8": "café-1".encode(),
+    "latin-1": "×ø".encode("latin-1"),
+    "a tab inside": b"tab\tinside",
+}
+
+
+@pytest.mark.parametrize("key", IDEMPOTENCY_KEYS_REFUSED.values(), ids=IDEMPOTENCY_KEYS_REFUSED.keys())
+def test_an_idempotency_key_that_is_not_1_to_200_printable_ascii_characters_is_a_400(
+    api: ApiServer, http: httpx.Client, load_sale: Callable[..., Sale], engine: Engine, key: bytes
+) -> None:
+    load_sale()
+    headers: dict[str, str | bytes] = {**api.auth("alice"), "Idempotency-Key": key}
+    refused = http.post(f"{V1}/reservations", json={"skuId": SKU}, headers=headers)
+    assert_error(refused, 400, "VALIDATION_ERROR")
+    assert engine.get_sale(SKU).reserved == 0
+    kept = {**api.auth("alice"), "Idempotency-Key": "k" * 200}
+    assert http.post(f"{V1}/reservations", json={"skuId": SKU}, headers=kept).status_code == 201
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
