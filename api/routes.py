@@ -15,7 +15,7 @@ import msgspec
 from flashsale.api import schemas
 from flashsale.api.auth import Caller, issue_token
 from flashsale.api.context import Api
-from flashsale.api.errors import ApiError, validation_error
+from flashsale.api.errors import ApiError
 from flashsale.api.health import readiness
 from flashsale.api.schemas import (
     Alive,
@@ -63,7 +63,10 @@ class Call:
     def idempotency_key(self) -> str | None:
         key = self.request.headers.get("idempotency-key")
         if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
-            raise validation_error("Idempotency-Key must be 1-200 printable ASCII characters")
+            # The engine's code for a key it cannot take (it checks only the length).
+            raise ApiError(
+                400, "INVALID_ARGUMENT", "Idempotency-Key must be 1-200 printable ASCII characters"
+            )
         return key
 
 
