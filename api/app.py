@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from flashsale.api import openapi
@@ -28,12 +30,14 @@ from flashsale.engine import AsyncEngine, FlashSaleError
 from flashsale.engine.settings import Settings
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.datastructures import URLPath
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("flashsale.api")
 
@@ -41,7 +45,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 _encoder = msgspec.json.Encoder()
 
 
-def _route(endpoint: Endpoint) -> Route:
+def _responder(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     handler, access, body_type, status = endpoint.handler, endpoint.access, endpoint.body, endpoint.status
 
     async def respond(request: Request) -> Response:
@@ -58,7 +62,93 @@ def _route(endpoint: Endpoint) -> Route:
             return result
         return Response(_encoder.encode(result), status, media_type="application/json")
 
-    return Route(endpoint.path, respond, methods=[endpoint.method], name=handler.__name__)
+    return respond
+
+
+class ApiPath(Route):
+    """One path of the API with every method it has (a GET also answers HEAD). Any other method is
+    405 with ``Allow`` naming the real ones: one Route per method would let the first one found answer
+    for all, with only its own method in ``Allow``."""
+
+    def __init__(self, path: str, endpoints: list[Endpoint], concrete: frozenset[str] = frozenset()) -> None:
+        responders = {endpoint.method: _responder(endpoint) for endpoint in endpoints}
+        if "GET" in responders:
+            responders.setdefault("HEAD", responders["GET"])
+
+        async def by_method(request: Request) -> Response:
+            return await responders[request.method](request)
+
+        super().__init__(path, by_method, methods=list(responders), name=endpoints[0].handler.__name__)
+        self.allow = ", ".join(sorted(responders))
+        # The API's paths without parameters: they are theirs, not this template's (OpenAPI's rule,
+        # concrete before templated), so GET /orders/checkout is 405, not "no order 'checkout'".
+        self.concrete = frozenset(concrete) if self.param_convertors else frozenset()
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if self.concrete and scope["type"] == "http" and _route_path(scope) in self.concrete:
+            return Match.NONE, {}
+        return super().matches(scope)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            raise HTTPException(405, headers={"Allow": self.allow})
+        await super().handle(scope, receive, send)
+
+
+class Storefront(BaseRoute):
+    """The shop's static files (``api/static``) at ``/``, on GET and HEAD, for every path no API route
+    claims (a path the API has answers 405 for a method it lacks, never the shop's 404). Another method
+    on a file the shop serves is 405 (``Allow: GET, HEAD``); anything else falls through to 404."""
+
+    path = "/"  # the metrics' route label: one series for the whole shop
+
+    def __init__(self, directory: Path, api_routes: list[BaseRoute]) -> None:
+        self.files = StaticFiles(directory=directory, html=True, check_dir=False)
+        self.api_routes = api_routes
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        if any(route.matches(scope)[0] is not Match.NONE for route in self.api_routes):
+            return Match.NONE, {}
+        if scope["method"] in ("GET", "HEAD"):
+            return Match.FULL, {}
+        return (Match.PARTIAL if self._serves(scope) else Match.NONE), {}
+
+    def _serves(self, scope: Scope) -> bool:
+        """Whether a GET of this path would answer a file (the index of a directory included)."""
+        path = self.files.get_path(scope)
+        for candidate in (path, os.path.join(path, "index.html")):
+            try:
+                _, found = self.files.lookup_path(candidate)
+            except (OSError, ValueError):  # a name too long, a NUL byte: not a file of ours
+                return False
+            if found is not None and stat.S_ISREG(found.st_mode):
+                return True
+        return False
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            raise HTTPException(405, headers={"Allow": "GET, HEAD"})
+        await self.files(scope, receive, send)
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        raise NoMatchFound(name, path_params)
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _routes(static_dir: Path) -> list[BaseRoute]:
+    by_path: dict[str, list[Endpoint]] = {}
+    for endpoint in ENDPOINTS:
+        by_path.setdefault(endpoint.path, []).append(endpoint)
+    concrete = frozenset(path for path in by_path if "{" not in path)
+    api_routes: list[BaseRoute] = [ApiPath(path, group, concrete) for path, group in by_path.items()]
+    return [*api_routes, Storefront(static_dir, api_routes)]
 
 
 def create_app(
@@ -106,21 +196,22 @@ def create_app(
             if own_engine:
                 await live.close()
 
-    routes: list[BaseRoute] = [_route(endpoint) for endpoint in ENDPOINTS]
-    storefront = StaticFiles(directory=static_dir, html=True, check_dir=False)
-    routes.append(Mount("/", storefront, name="storefront"))
     handlers: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
         FlashSaleError: error_response,
         ApiError: error_response,
         HTTPException: error_response,
         RedisError: error_response,
     }
-    return Starlette(
-        routes=routes,
+    app = Starlette(
+        routes=_routes(static_dir),
         middleware=[Middleware(RequestTimer, metrics=metrics), Middleware(CatchAll)],
         exception_handlers=handlers,
         lifespan=lifespan,
     )
+    # No 307 from /api/v1/reservations/ to /api/v1/reservations: a path the API lacks is 404 whatever
+    # the method (Starlette redirected the methods the storefront does not take, and only those).
+    app.router.redirect_slashes = False
+    return app
 
 
 def app_from_env() -> Starlette:

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from flashsale.api.errors import ApiError, validation_error
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 T = TypeVar("T")
 
@@ -40,16 +40,42 @@ async def read_json(request: Request, into: type[T], limit: int) -> T:
     # Counted while reading: a chunked body has no Content-Length to trust.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client went away mid-body, or was cut off as too slow (api.server): not a server error.
+        raise ApiError(408, "REQUEST_TIMEOUT", "the request body did not arrive in full") from None
     body = b"".join(chunks)
     try:
         decoded: T = _decoder(into).decode(body)
-    except msgspec.ValidationError as error:
-        raise validation_error(str(error)) from None
+    except msgspec.ValidationError:
+        return _with_integral_numbers(body, into)
     except msgspec.DecodeError as error:
         raise validation_error(f"malformed JSON: {error}") from None
     return decoded
+
+
+def _with_integral_numbers(body: bytes, into: type[T]) -> T:
+    """The body again, with ``1.0`` taken as the integer ``1``: JSON Schema (the OpenAPI document) counts
+    a number without a fraction as an integer, msgspec's typed decoder does not. Only after the one-pass
+    decode failed, so a well-formed request never pays for it; ``1.5`` and ``"1"`` stay refused."""
+    try:
+        return msgspec.convert(_integral_floats_as_ints(msgspec.json.decode(body)), into)
+    except msgspec.ValidationError as error:
+        raise validation_error(str(error)) from None
+    except msgspec.DecodeError as error:  # '0x' fails the type before the trailing bytes
+        raise validation_error(f"malformed JSON: {error}") from None
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value

@@ -37,6 +37,10 @@ STATUS_BY_CODE: dict[str, int] = {
 }
 
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+_HTTP_MESSAGES = {
+    404: "nothing is at this path",
+    405: "{method} is not allowed on this path (it answers {allow})",
+}
 _encoder = msgspec.json.Encoder()
 
 
@@ -80,14 +84,18 @@ def render(
 
 async def error_response(request: Request, exc: Exception) -> Response:
     """The one exception handler: any exception -> status + the error shape."""
-    path = request.url.path
+    path: str = request.scope["path"]  # as routed: decoded, where request.url re-escapes ? # and \
     if isinstance(exc, FlashSaleError):
         return render(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, path)
     if isinstance(exc, ApiError):
         return render(exc.status, exc.code, exc.message, path, exc.headers, exc.order)
     if isinstance(exc, HTTPException):
         code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
-        return render(exc.status_code, code, str(exc.detail), path, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        message = _HTTP_MESSAGES.get(exc.status_code, str(exc.detail)).format(
+            method=request.method, allow=headers.get("Allow", "")
+        )
+        return render(exc.status_code, code, message, path, headers)
     if isinstance(exc, RedisError):
         log.warning("event=redis_unavailable path=%s error=%r", path, str(exc))
         return render(503, "SERVICE_UNAVAILABLE", "the reservation store is unreachable, try again", path)

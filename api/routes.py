@@ -6,6 +6,7 @@ Handlers are short: the decoded body and the caller come in, one engine call hap
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,6 +37,10 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+# An Idempotency-Key: 1-200 printable ASCII characters (the IETF draft's sf-string; the engine keeps up
+# to 200), no space at either end (HTTP would have trimmed it). The OpenAPI document states the same.
+IDEMPOTENCY_KEY = re.compile(r"[!-~](?:[ -~]{0,198}[!-~])?")
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -56,7 +61,13 @@ class Call:
 
     @property
     def idempotency_key(self) -> str | None:
-        return self.request.headers.get("idempotency-key")
+        key = self.request.headers.get("idempotency-key")
+        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+            # The engine's code for a key it cannot take (it checks only the length).
+            raise ApiError(
+                400, "INVALID_ARGUMENT", "Idempotency-Key must be 1-200 printable ASCII characters"
+            )
+        return key
 
 
 Handler = Callable[[Api, Call], Awaitable[Any]]

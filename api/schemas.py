@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
-from flashsale.engine import Order, OrderStatus, Reservation, ReservationStatus, Sale
+from flashsale.engine import Order, OrderStatus, Reservation, ReservationStatus, Sale, bounds
 from msgspec import Meta
 
 # Ids become parts of Redis key names: the engine's identifier rule.
@@ -26,10 +26,10 @@ Identifier = Annotated[
     ),
 ]
 # The descriptions below document what the engine mints (engine.keys): the SKU's partition, so a lookup
-# by id needs no index, then 128 random bits as 32 lowercase hex digits.
+# by id needs no index, then 96 random bits as 24 lowercase hex digits.
 _ENTITY_ID_RULE = (
     "<partition> is the SKU's partition (a decimal number, 0-15 with the default 16 partitions) and "
-    "<random> 32 lowercase hex digits"
+    "<random> 24 lowercase hex digits"
 )
 SkuId = Annotated[str, Meta(description=f"The SKU's id: {_IDENTIFIER_RULE}.", examples=["SKU-001"])]
 UserId = Annotated[str, Meta(description=f"The user's id (the token's sub): {_IDENTIFIER_RULE}.")]
@@ -37,19 +37,24 @@ ReservationId = Annotated[
     str,
     Meta(
         description=f"A reservation id, rsv_<partition>_<random>: {_ENTITY_ID_RULE}.",
-        examples=["rsv_3_5f0c2a9e8b7d4c1fa2e3b4c5d6e7f809"],
+        examples=["rsv_3_5f0c2a9e8b7d4c1fa2e3b4c5"],
     ),
 ]
 OrderId = Annotated[
     str,
     Meta(
         description=f"An order id, ord_<partition>_<random>: {_ENTITY_ID_RULE}.",
-        examples=["ord_3_0a1b2c3d4e5f60718293a4b5c6d7e8f9"],
+        examples=["ord_3_9c1e5a7f3b2d4e6f8a0b1c2d"],
     ),
 ]
-Money = Annotated[str, Meta(pattern=r"^\d{1,10}(\.\d{1,2})?$", examples=["19.99"])]
-Quantity = Annotated[int, Meta(ge=1, le=1_000_000)]
-PaymentMethod = Annotated[str, Meta(min_length=1, max_length=64, examples=["CREDIT_CARD"])]
+# The engine's bounds (engine/bounds.py): what passes here passes the scripts and fits every sink. A price
+# has at most 7 digits before the point: 9,999,999.99 is below MAX_PRICE_CENTS.
+_MONEY_DIGITS = len(str(bounds.MAX_PRICE_CENTS // 100)) - 1
+Money = Annotated[str, Meta(pattern=rf"^\d{{1,{_MONEY_DIGITS}}}(\.\d{{1,2}})?$", examples=["19.99"])]
+Quantity = Annotated[int, Meta(ge=1, le=bounds.MAX_PER_USER_LIMIT)]
+PaymentMethod = Annotated[
+    str, Meta(min_length=1, max_length=bounds.MAX_PAYMENT_METHOD_BYTES, examples=["CREDIT_CARD"])
+]
 Timestamp = Annotated[datetime, Meta(tz=True, extra_json_schema={"format": "date-time"})]
 # An answer's time: RFC 3339 in UTC ("2026-11-25T14:00:00.123000Z").
 Moment = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
@@ -74,7 +79,7 @@ class ReservationRequest(Request):
 class CheckoutRequest(Request):
     reservation_id: Annotated[ReservationId, Meta(min_length=1, max_length=200)]
     payment_method: PaymentMethod
-    transaction_id: Annotated[str, Meta(max_length=128)] | None = None
+    transaction_id: Annotated[str, Meta(max_length=bounds.MAX_TRANSACTION_ID_BYTES)] | None = None
 
 
 class DemoTokenRequest(Request):
@@ -89,18 +94,27 @@ class SaleRequest(Request):
     name: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
     price: Money | None = None
     flash_sale_price: Money | None = None
-    total: Annotated[int, Meta(ge=0, le=1_000_000_000)] | None = None
-    per_user_limit: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    total: Annotated[int, Meta(ge=0, le=bounds.MAX_UNITS)] | None = None
+    per_user_limit: Annotated[int, Meta(ge=1, le=bounds.MAX_PER_USER_LIMIT)] | None = None
     starts_at: Timestamp | None = None
     ends_at: Timestamp | None = None
-    reservation_ttl_seconds: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None
+    reservation_ttl_seconds: (
+        Annotated[
+            int,
+            Meta(
+                ge=bounds.MIN_RESERVATION_TTL_MS // 1000,
+                le=bounds.MAX_RESERVATION_TTL_MS // 1000,
+            ),
+        ]
+        | None
+    ) = None
     paused: bool | None = None
 
 
 class RestockRequest(Request):
     """Units to add to (positive) or take from (negative) the sale's total; taken units must be available."""
 
-    delta: Annotated[int, Meta(ge=-1_000_000_000, le=1_000_000_000)]
+    delta: Annotated[int, Meta(ge=-bounds.MAX_UNITS, le=bounds.MAX_UNITS)]
 
 
 # -- responses ---------------------------------------------------------------------------------------------

@@ -76,6 +76,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # turns it on for the storefront's "sign in as"; never in production (compose.yaml leaves it off).
     demo_sign_in: bool = False
     payment_delay_ms: float = 0.0  # how slow the simulated payment gateway answers (demos, load tests)
+    # Slow clients (flashsale.api.server): the request head must arrive within this of the connection or
+    # the request starting, the body within this of the head; then the connection is cut.
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    # Open connections (and requests in flight) per API process; a request beyond them is answered 503.
+    http_max_connections: int = 2048
 
     # Kafka topics (names and partition counts as in the design document)
     topic_reservations: str = "flash-sale-reservations"

@@ -98,11 +98,32 @@ class ManagedServer:
     """A server process this program started; stopping it leaves nothing running."""
 
     name = "server"
+    title = "server"  # for people: "Redis", "PostgreSQL", ...
 
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.log_path: Path | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def died(self) -> bool:
+        """Whether the server was started and has exited since without being stopped (it is reaped)."""
+        return self.process is not None and self.process.poll() is not None
+
+    def exit_description(self) -> str:
+        code = self.process.returncode if self.process is not None else None
+        if code is not None and code < 0:
+            return f"by {signal.Signals(-code).name}"
+        return f"with code {code}"
+
+    def last_log_lines(self, count: int = 12) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-count:])
 
     def _workdir(self, data_dir: Path | None) -> Path:
         if data_dir is not None:
@@ -122,6 +143,11 @@ class ManagedServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None:
+            # It ran in a session of its own: whatever it left (PostgreSQL's backends after its
+            # postmaster was killed) goes with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         self.process = None
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -140,6 +166,7 @@ class RedisServer(ManagedServer):
     """redis-server on a free loopback port. With a data dir it keeps an append-only file there."""
 
     name = "redis"
+    title = "Redis"
 
     def __init__(self, data_dir: Path | None = None, *, port: int | None = None) -> None:
         super().__init__()
@@ -165,6 +192,7 @@ class RedisServer(ManagedServer):
             "--appendfsync", "everysec",
             "--logfile", str(workdir / "redis.log"),
         ]  # fmt: skip
+        self.log_path = workdir / "redis.log"
         log.info(
             "event=server_starting server=redis binary=%s port=%d durable=%s", binary, self.port, durable
         )
@@ -259,6 +287,7 @@ class PostgresServer(ManagedServer):
     """
 
     name = "postgres"
+    title = "PostgreSQL"
 
     def __init__(
         self,
@@ -321,7 +350,8 @@ class PostgresServer(ManagedServer):
             "event=server_starting server=postgres binary=%s port=%d durable=%s",
             binaries / "postgres", self.port, self.durable,
         )  # fmt: skip
-        logfile = open(self._root / "postgres.log", "ab")  # noqa: SIM115 - handed to the child process
+        self.log_path = self._root / "postgres.log"
+        logfile = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         try:
             self.process = subprocess.Popen(
                 args,
@@ -398,6 +428,9 @@ class PostgresServer(ManagedServer):
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None:  # backends a killed postmaster left behind
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         self.process = None
 
     def stop(self) -> None:
@@ -418,6 +451,7 @@ class KafkaBroker(ManagedServer):
     empties them, so tests simulate an outage with ``pause()`` / ``resume()`` (SIGSTOP / SIGCONT)."""
 
     name = "kafka"
+    title = "Kafka (Tansu)"
 
     def __init__(self, *, port: int | None = None) -> None:
         super().__init__()
@@ -440,7 +474,8 @@ class KafkaBroker(ManagedServer):
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
         log.info("event=server_starting server=kafka binary=%s port=%d", binary, self.port)
-        logfile = open(workdir / "tansu.log", "ab")  # noqa: SIM115 - handed to the child process
+        self.log_path = workdir / "tansu.log"
+        logfile = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         try:
             self.process = subprocess.Popen(
                 args, stdout=logfile, stderr=subprocess.STDOUT, **owned_child_options()

@@ -31,7 +31,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from flashsale.engine import Engine
+from flashsale.engine import Engine, bounds
 from flashsale.engine.errors import FlashSaleError
 from flashsale.engine.models import Sale, SaleSettings
 from flashsale.engine.operations import identifier
@@ -43,13 +43,15 @@ _FIELDS = {
     "sku", "name", "price", "price_cents", "flash_price", "flash_price_cents", "stock", "total",
     "per_user_limit", "starts_at", "ends_at", "reservation_ttl_s", "reservation_ttl_ms", "paused",
 }  # fmt: skip
-# The load_sale script's bounds (lua/load_sale.lua, LIMITS and MINIMUM), checked here as well so that a
-# file is refused whole instead of half loaded; tests/unit/test_sale_file.py keeps the two equal.
+# The load_sale script's bounds (engine/bounds.py, which the script gets as its 'bounds' include), checked
+# here as well so that a file is refused whole instead of half loaded.
 LIMITS = {
-    "price_cents": 10**12, "flash_price_cents": 10**12, "total": 10**9, "per_user_limit": 10**6,
-    "starts_at": 10**14, "ends_at": 10**14, "reservation_ttl_ms": 10**10, "paused": 1,
+    "price_cents": bounds.MAX_PRICE_CENTS, "flash_price_cents": bounds.MAX_PRICE_CENTS,
+    "total": bounds.MAX_UNITS, "per_user_limit": bounds.MAX_PER_USER_LIMIT,
+    "starts_at": bounds.MAX_TIME_MS, "ends_at": bounds.MAX_TIME_MS,
+    "reservation_ttl_ms": bounds.MAX_RESERVATION_TTL_MS, "paused": 1,
 }  # fmt: skip
-MINIMUM = {"per_user_limit": 1, "reservation_ttl_ms": 1000}
+MINIMUM = {"per_user_limit": 1, "reservation_ttl_ms": bounds.MIN_RESERVATION_TTL_MS}
 
 
 class SaleFileError(ValueError):

@@ -2,8 +2,9 @@
 
 Order of start: Redis, PostgreSQL, Kafka (each the configured URL, else an embedded server from the
 launcher), the database migration, the demo sale, the write-behind worker (with the sweeper), the API with
-the storefront. Stop is the reverse; every process started here is stopped, and a child that dies stops the
-whole stack (a half-running stack would quietly stop draining or serving).
+the storefront. Stop is the reverse; every process started here is stopped, and a child or an embedded
+server that dies stops the whole stack, naming it (a half-running stack would quietly stop draining or
+serving).
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def flashsale_command() -> list[str]:
     return [sys.executable, "-c", "from flashsale.cli import main; main()"]
 
 
+def _flashsale_on_path() -> str:
+    """Shell lines that make `flashsale` this install's: its bin directory (the virtual environment's)
+    first on PATH, or, without a console script there, a function that runs it through this Python."""
+    command = flashsale_command()
+    if len(command) == 1:
+        return f'export PATH={shlex.quote(str(Path(command[0]).parent))}:"$PATH"\n'
+    return f'flashsale() {{ {shlex.join(command)} "$@"; }}\n'
+
+
 def printable_flashsale() -> str:
     """``flashsale`` when that is what the user's PATH finds, else the full path of this install's script."""
     command = flashsale_command()
@@ -109,6 +119,16 @@ class Child:
         except OSError:
             return ""
         return "\n".join(lines[-count:])
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A process of the stack that ended on its own: what it was, how it ended, the end of its log."""
+
+    what: str
+    how: str
+    log_path: Path | None
+    last_lines: str
 
 
 @dataclass
@@ -242,15 +262,18 @@ class Stack:
         return secret
 
     def _write_env_file(self) -> Path:
-        """This stack's settings as `export FLASHSALE_…=…` lines, so another shell can `. ` it and run any
-        flashsale command (token, sale status, worker lag, reconcile) against the same servers."""
+        """This stack's settings as `export FLASHSALE_…=…` lines, and this install's `flashsale` first on
+        PATH, so another shell can `. ` it and run any flashsale command (token, sale status, worker lag,
+        reconcile) against the same servers."""
         assert self.run_dir is not None
         path = self.run_dir / ENV_FILE
         env = {k: v for k, v in self.settings.as_env().items() if k != "FLASHSALE_DATA_DIR"}
+        lines = [f"export {key}={shlex.quote(value)}\n" for key, value in sorted(env.items())]
+        lines.append(_flashsale_on_path())
         # 0600 from the start: it holds the JWT secret.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.writelines(f"export {key}={shlex.quote(value)}\n" for key, value in sorted(env.items()))
+            handle.writelines(lines)
         return path
 
     def _child_env(self) -> dict[str, str]:
@@ -359,12 +382,22 @@ class Stack:
         self.console.print(f"[green]✓[/] {title:<22} {detail}")
 
     # -- run ------------------------------------------------------------------------------------------------
-    def wait(self) -> Child:
-        """Blocks until a stop signal (raises Shutdown) or a child dies (returns it)."""
+    def wait(self) -> Ended:
+        """Blocks until a stop signal (raises Shutdown) or a process started here ends on its own: a child
+        (the worker, the API) or an embedded server (Redis, PostgreSQL, Kafka). Either stops the stack: a
+        restarted server would come back half (an embedded Redis without --data-dir comes back empty)."""
         while True:
             for child in self.children:
                 if not child.alive():
-                    return child
+                    return Ended(
+                        f"the {child.name}", child.exit_description(), child.log_path, child.last_lines()
+                    )
+            for server in self.servers:
+                if server.died():  # poll() has reaped it
+                    assert server.process is not None
+                    what = f"the embedded {server.title} server (pid {server.process.pid})"
+                    log.info("event=server_died server=%s pid=%d", server.name, server.process.pid)
+                    return Ended(what, server.exit_description(), server.log_path, server.last_log_lines())
             time.sleep(0.25)
 
     # -- stop -----------------------------------------------------------------------------------------------
@@ -484,10 +517,10 @@ def run(settings: Settings, options: StackOptions, console: Console) -> int:
                 for line in stack.summary():
                     console.print(line, highlight=False, soft_wrap=True)
                 console.rule()
-                dead = stack.wait()
+                ended = stack.wait()
                 console.print(
-                    f"[red]✗ the {dead.name} ended {dead.exit_description()}; "
-                    f"stopping the stack.[/] Last lines of {dead.log_path}:\n{dead.last_lines()}",
+                    f"[red]✗ {ended.what} ended {ended.how}; stopping the stack.[/] "
+                    f"Last lines of {ended.log_path}:\n{ended.last_lines}",
                     highlight=False,
                 )
                 code = 1

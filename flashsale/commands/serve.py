@@ -1,4 +1,5 @@
-"""``flashsale serve``: the HTTP API and storefront under uvicorn (uvloop + httptools)."""
+"""``flashsale serve``: the HTTP API and storefront under uvicorn (uvloop + httptools, with the read
+deadlines and connection cap of ``flashsale.api.server``)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def serve(
     """Serve the API under /api/v1, health and metrics, and the storefront at /."""
     import uvicorn
 
+    from flashsale.api.server import uvicorn_options
+
     if not settings.redis_url:
         raise click.ClickException(
             "FLASHSALE_REDIS_URL is not set: `flashsale serve` needs a running Redis "
@@ -54,11 +57,10 @@ def serve(
             host=host or settings.host,
             port=port or settings.port,
             workers=workers,
-            loop="uvloop",
-            http="httptools",
             access_log=access_log,
             log_level=settings.log_level.lower(),
-            backlog=4096,
+            # httptools with deadlines on reading a request and a cap on connections (api/server.py)
+            **uvicorn_options(settings),
         )
     finally:
         if metrics_dir is not None:

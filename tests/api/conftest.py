@@ -16,6 +16,7 @@ import redis
 import uvicorn
 from flashsale.api.app import create_app
 from flashsale.api.payments import PaymentGateway, SimulatedGateway
+from flashsale.api.server import uvicorn_options
 from flashsale.engine import Engine, Sale, SaleSettings
 from flashsale.engine.settings import Settings
 
@@ -55,11 +56,9 @@ def start_api(settings: Settings, gateway: PaymentGateway | None = None) -> ApiS
         create_app(settings, gateway=gateway),
         host="127.0.0.1",
         port=port,
-        loop="uvloop",
-        http="httptools",
         log_level="warning",
         access_log=False,
-        backlog=4096,
+        **uvicorn_options(settings),  # what `flashsale serve` runs: its protocol, deadlines and cap
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)

@@ -30,6 +30,8 @@ BODIES_REFUSED: list[tuple[str, bytes]] = [
     ("quantity as text", b'{"skuId": "SKU-001", "quantity": "1"}'),
     ("sku with a key separator", b'{"skuId": "SKU:001"}'),
     ("empty body", b""),
+    ("a number, then bytes that are no JSON", b"0\xff\xfe-+"),
+    ("integral float as text", b'{"skuId": "SKU-001", "quantity": "1.0"}'),
 ]
 
 
@@ -41,6 +43,41 @@ def test_a_bad_reservation_body_is_a_400_validation_error_and_changes_nothing(
     headers = {**api.auth("alice"), "Content-Type": "application/json"}
     assert_error(http.post(f"{V1}/reservations", content=body, headers=headers), 400, "VALIDATION_ERROR")
     assert engine.get_sale(SKU).available == 10
+
+
+@pytest.mark.parametrize("quantity", [b"2.0", b"2e0", b"20E-1"])
+def test_a_number_without_a_fraction_is_an_integer_as_json_schema_says(
+    api: ApiServer, http: httpx.Client, load_sale: Callable[..., Sale], engine: Engine, quantity: bytes
+) -> None:
+    load_sale(per_user_limit=2)
+    headers = {**api.auth("alice"), "Content-Type": "application/json"}
+    body = b'{"skuId": "SKU-001", "quantity": ' + quantity + b"}"
+    created = http.post(f"{V1}/reservations", content=body, headers=headers)
+    assert created.status_code == 201, created.text
+    assert created.json()["quantity"] == 2
+    assert engine.get_sale(SKU).reserved == 2
+
+
+IDEMPOTENCY_KEYS_REFUSED = {
+    "empty": b"",
+    "201 characters": b"k" * 201,
+    "UTF-8": "café-1".encode(),
+    "latin-1": "×ø".encode("latin-1"),
+    "a tab inside": b"tab\tinside",
+}
+
+
+@pytest.mark.parametrize("key", IDEMPOTENCY_KEYS_REFUSED.values(), ids=IDEMPOTENCY_KEYS_REFUSED.keys())
+def test_an_idempotency_key_that_is_not_1_to_200_printable_ascii_characters_is_a_400(
+    api: ApiServer, http: httpx.Client, load_sale: Callable[..., Sale], engine: Engine, key: bytes
+) -> None:
+    load_sale()
+    headers: dict[str, str | bytes] = {**api.auth("alice"), "Idempotency-Key": key}
+    refused = http.post(f"{V1}/reservations", json={"skuId": SKU}, headers=headers)
+    assert_error(refused, 400, "INVALID_ARGUMENT")
+    assert engine.get_sale(SKU).reserved == 0
+    kept = {**api.auth("alice"), "Idempotency-Key": "k" * 200}
+    assert http.post(f"{V1}/reservations", json={"skuId": SKU}, headers=kept).status_code == 201
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
@@ -103,6 +140,16 @@ UNAUTHORIZED: list[tuple[str, dict[str, str]]] = [
     ("no subject", {"Authorization": f"Bearer {_token(sub=None)}"}),
     ("wrong issuer", {"Authorization": f"Bearer {_token(iss='someone-else')}"}),
     ("subject with a key separator", {"Authorization": f"Bearer {_token(sub='ali:ce')}"}),
+    ("subject not a string", {"Authorization": f"Bearer {_token(sub=12345)}"}),
+    ("no issuer", {"Authorization": f"Bearer {_token(iss=None)}"}),
+    # exp and iat are JSON numbers, nothing PyJWT's int() happens to take.
+    ("expiry as a string", {"Authorization": f"Bearer {_token(exp=str(int(time.time()) + 3600))}"}),
+    ("expiry as a float string", {"Authorization": f"Bearer {_token(exp=f'{time.time() + 3600:.1f}')}"}),
+    ("expiry past the year 9999", {"Authorization": f"Bearer {_token(exp=10**400)}"}),
+    ("no issued-at", {"Authorization": f"Bearer {_token(iat=None)}"}),
+    ("issued-at as a string", {"Authorization": f"Bearer {_token(iat=str(int(time.time())))}"}),
+    ("issued-at true", {"Authorization": f"Bearer {_token(iat=True)}"}),
+    ("issued-at in the future", {"Authorization": f"Bearer {_token(iat=int(time.time()) + 600)}"}),
 ]
 
 
@@ -134,6 +181,15 @@ def test_a_user_over_the_request_rate_gets_429_with_retry_after_and_others_are_u
         assert "per second" in limited["message"]
         assert int(answers[-1].headers["Retry-After"]) >= 1
         assert http.get(f"{V1}/reservations/rsv_0_x", headers=api.auth("patient")).status_code == 404
+
+
+def test_a_token_with_numeric_claims_and_fractional_times_is_accepted(
+    api: ApiServer, http: httpx.Client
+) -> None:
+    now = time.time()
+    token = _token(iat=now - 1.5, exp=now + 60.25)
+    response = http.get(f"{V1}/reservations/rsv_0_x", headers={"Authorization": f"Bearer {token}"})
+    assert_error(response, 404, "NOT_FOUND")
 
 
 def test_unknown_paths_and_methods_answer_in_the_error_shape(api: ApiServer, http: httpx.Client) -> None:

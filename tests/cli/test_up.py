@@ -232,20 +232,24 @@ def test_up_from_an_empty_directory_serves_a_sale_end_to_end_and_stops_clean(
     )
     assert [m["type"] for m in order_events] == ["checkout_started", "confirmed"]
 
-    # Another shell sources the printed env file and reaches the same stack with any command.
+    # Another shell, a clean one (no venv activated, no FLASHSALE_*), sources the printed env file and
+    # reaches the same stack with a bare `flashsale`: the file puts this install first on PATH.
     env_file = stack.value("Other shell").split()[1]
-    flashsale = shutil.which("flashsale", path=str(Path(sys.executable).parent)) or "flashsale"
-    status = subprocess.run(
-        ["bash", "-c", f". {env_file} && {flashsale} sale status && {flashsale} worker lag --json"],
+    other_shell = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-c", f". {env_file} && flashsale token alice && "
+         "flashsale sale status && flashsale worker lag --json"],
         cwd=tmp_path,
-        env=clean_env(),
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=60,
-    )
-    assert status.returncode == 0, status.stderr
-    assert "SKU-PS5-SLIM" in status.stdout
-    assert '"partition"' in status.stdout
+    )  # fmt: skip
+    assert other_shell.returncode == 0, other_shell.stderr
+    token, _, rest = other_shell.stdout.partition("\n")
+    assert "SKU-PS5-SLIM" in rest
+    assert '"partition"' in rest
+    mine = httpx.get(f"{api}/reservations/{reservation_id}", headers={"Authorization": f"Bearer {token}"})
+    assert mine.status_code == 200, mine.text  # alice's token, signed with this stack's secret
 
     stack.process.send_signal(signal.SIGTERM)
     assert stack.finish() == 0, "\n".join(stack.lines)
@@ -274,6 +278,27 @@ def test_a_dying_child_stops_the_whole_stack(start_up: Callable[..., RunningStac
     output = "\n".join(stack.lines)
     assert "the worker ended by SIGKILL; stopping the stack" in output
     assert_all_gone(children)
+
+
+@pytest.mark.parametrize(
+    ("process_name", "title"),
+    [("redis-server", "Redis"), ("postgres", "PostgreSQL"), ("tansu", "Kafka (Tansu)")],
+)
+def test_a_killed_embedded_server_stops_the_whole_stack_and_is_named(
+    start_up: Callable[..., RunningStack], process_name: str, title: str
+) -> None:
+    stack = start_up("--no-demo")
+    stack.wait_for(r"^Logs\s")
+    children = stack.descendants()
+    # The server itself (PostgreSQL's postmaster, not one of its backends): a direct child of `up`.
+    server = next(p for p in psutil.Process(stack.process.pid).children() if p.name() == process_name)
+    server.send_signal(signal.SIGKILL)
+    assert stack.finish(timeout=60) == 1, "\n".join(stack.lines)
+    output = "\n".join(stack.lines)
+    assert f"✗ the embedded {title} server (pid {server.pid}) ended by SIGKILL; stopping the stack" in output
+    assert "Traceback" not in output
+    assert stack.lines[-1] == "Stopped what had started; nothing left running."
+    assert_all_gone(children)  # the worker, the API, the other servers, and what the dead one left
 
 
 @pytest.fixture
