@@ -34,7 +34,12 @@ STATUS_BY_CODE: dict[str, int] = {
     "CHECKOUT_IN_PROGRESS": 409,
     "INVALID_STATE": 409,
     "RESERVATION_EXPIRED": 410,
+    # The write-behind backlog reached its memory budget (PostgreSQL or Kafka away too long): nothing was
+    # written, try again later.
+    "BACKLOG_FULL": 503,
 }
+# Refusals a client should simply retry after a while.
+RETRY_AFTER_S = {"BACKLOG_FULL": 5}
 
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 _HTTP_MESSAGES = {
@@ -86,7 +91,9 @@ async def error_response(request: Request, exc: Exception) -> Response:
     """The one exception handler: any exception -> status + the error shape."""
     path: str = request.scope["path"]  # as routed: decoded, where request.url re-escapes ? # and \
     if isinstance(exc, FlashSaleError):
-        return render(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, path)
+        retry = RETRY_AFTER_S.get(exc.code)
+        headers = {"Retry-After": str(retry)} if retry else None
+        return render(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, path, headers)
     if isinstance(exc, ApiError):
         return render(exc.status, exc.code, exc.message, path, exc.headers, exc.order)
     if isinstance(exc, HTTPException):

@@ -48,7 +48,9 @@ class ApiMetrics:
             registry=self.registry,
         )
 
-    def exposition(self, sales: Iterable[Sale] | None, lags: Iterable[PartitionLag]) -> bytes:
+    def exposition(
+        self, sales: Iterable[Sale] | None, lags: Iterable[PartitionLag], backlog_limit: int = 0
+    ) -> bytes:
         """The text format for a scrape: this process's (or all workers') series, then live stock and lag
         (``sales`` None: Redis did not answer, flashsale_redis_up is 0 and there is no stock to show)."""
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
@@ -58,17 +60,18 @@ class ApiMetrics:
         else:
             counted = generate_latest(self.registry)
         live = CollectorRegistry()
-        live.register(_LiveState(sales, list(lags)))
+        live.register(_LiveState(sales, list(lags), backlog_limit))
         return counted + generate_latest(live)
 
 
 class _LiveState(Collector):
     """Gauges read from Redis just before the scrape: there is nothing to keep in step between scrapes."""
 
-    def __init__(self, sales: Iterable[Sale] | None, lags: list[PartitionLag]) -> None:
+    def __init__(self, sales: Iterable[Sale] | None, lags: list[PartitionLag], backlog_limit: int) -> None:
         self.redis_up = sales is not None
         self.sales = list(sales or ())
         self.lags = lags
+        self.backlog_limit = backlog_limit
 
     def collect(self) -> Iterator[Metric]:
         up = int(self.redis_up)
@@ -93,13 +96,30 @@ class _LiveState(Collector):
             "How long the oldest of those events has waited (0 when none)",
             labels=["partition"],
         )
+        stalled = GaugeMetricFamily(
+            "flashsale_writeback_partition_stalled",
+            "1 when the worker stopped a partition on an event a sink can never take, or on events Redis "
+            "lost (flashsale worker lag says which; flashsale worker resume after the fix)",
+            labels=["partition"],
+        )
+        budget = GaugeMetricFamily(
+            "flashsale_writeback_backlog_budget_ratio",
+            "A partition's unapplied events over the budget at which reserve refuses (BACKLOG_FULL)",
+            labels=["partition"],
+        )
         for lag in self.lags:
-            pending.add_metric([str(lag.partition)], lag.pending)
-            age.add_metric([str(lag.partition)], lag.oldest_age_ms / 1000)
+            label = [str(lag.partition)]
+            pending.add_metric(label, lag.pending)
+            age.add_metric(label, lag.oldest_age_ms / 1000)
+            stalled.add_metric(label, int(lag.stalled_event is not None))
+            if self.backlog_limit:
+                budget.add_metric(label, lag.pending / self.backlog_limit)
         yield stock
         yield paused
         yield pending
         yield age
+        yield stalled
+        yield budget
 
 
 class RequestTimer:

@@ -50,7 +50,8 @@ _STATUS_TEXT = {
     415: "UNSUPPORTED_MEDIA_TYPE (send application/json)",
     429: "RATE_LIMITED (see Retry-After)",
     502: "PAYMENT_GATEWAY_ERROR",
-    503: "SERVICE_UNAVAILABLE: Redis unreachable, or the process at its connection limit (Retry-After)",
+    503: "SERVICE_UNAVAILABLE: Redis unreachable or the process at its connection limit; BACKLOG_FULL: the "
+    "write-behind backlog is at its memory budget (both with Retry-After)",
 }
 
 

@@ -228,11 +228,12 @@ async def ready(api: Api, call: Call) -> Readiness | Response:
 async def metrics(api: Api, call: Call) -> Response:
     """Prometheus metrics in the text format."""
     try:
-        lags = await read_lag_async(api.engine.redis, api.settings)
+        lags = await read_lag_async(api.engine.redis, api.engine.keys)
         sales = await api.engine.list_sales()
     except RedisError:  # still answer: the request counters are what shows an outage
         return Response(api.metrics.exposition(None, ()), media_type=CONTENT_TYPE_LATEST)
-    return Response(api.metrics.exposition(sales, lags), media_type=CONTENT_TYPE_LATEST)
+    limit = api.engine.config.backlog_limit_events
+    return Response(api.metrics.exposition(sales, lags, limit), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(api: Api, call: Call) -> Response:

@@ -54,7 +54,7 @@ class Stack:
     def lag(self) -> PartitionLag:
         client = redis.Redis.from_url(str(self.settings.redis_url), decode_responses=True)
         try:
-            return total_lag(read_lag(client, self.settings))
+            return total_lag(read_lag(client, self.settings.keyspace()))
         finally:
             client.close()
 

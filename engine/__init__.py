@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .errors import (
         AlreadyPurchased,
         AlreadyReserved,
+        BacklogFull,
         CheckoutInProgress,
         FlashSaleError,
         Forbidden,
@@ -36,6 +37,7 @@ __all__ = [
     "AlreadyPurchased",
     "AlreadyReserved",
     "AsyncEngine",
+    "BacklogFull",
     "CheckoutInProgress",
     "Counters",
     "Engine",

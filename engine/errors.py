@@ -60,6 +60,12 @@ class CheckoutInProgress(FlashSaleError):
     code = "CHECKOUT_IN_PROGRESS"
 
 
+class BacklogFull(FlashSaleError):
+    """The partition's write-behind backlog reached its budget: nothing was written; try again later."""
+
+    code = "BACKLOG_FULL"
+
+
 ERRORS_BY_CODE: dict[str, type[FlashSaleError]] = {
     cls.code: cls
     for cls in (
@@ -74,6 +80,7 @@ ERRORS_BY_CODE: dict[str, type[FlashSaleError]] = {
         InvalidArgument,
         Forbidden,
         CheckoutInProgress,
+        BacklogFull,
     )
 }
 

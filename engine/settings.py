@@ -12,8 +12,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from .keys import Keyspace
 
 PREFIX = "FLASHSALE_"
 
@@ -113,6 +117,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             return msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as error:
             raise ValueError(f"bad setting: {error}") from None
+
+    def keyspace(self) -> Keyspace:
+        """The key layout these settings name."""
+        from .keys import Keyspace  # keys reads this module's defaults
+
+        return Keyspace(self.partitions, self.key_prefix)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(

@@ -16,14 +16,32 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from flashsale.engine.events import Event
+from flashsale.engine.events import Event, stream_id_key
 from flashsale.writeback.messages import Topics, messages
 
 log = logging.getLogger("flashsale.writeback.kafka")
 
 
+# Delivery errors no retry cures: the broker refuses the message itself (writeback.stalls).
+_PERMANENT = {
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_RECORD,
+    KafkaError.INVALID_MSG,
+    KafkaError.INVALID_MSG_SIZE,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.UNSUPPORTED_VERSION,
+}
+
+
 class PublishFailed(RuntimeError):
-    """Some messages of a batch were not acknowledged; the batch must be published again."""
+    """Some messages of a batch were not acknowledged. ``permanent``: the broker refused a message itself
+    (retrying cannot help: the worker stops the partition); otherwise the batch is published again."""
+
+    def __init__(self, message: str, *, permanent: bool = False, first_failed: str | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.first_failed = first_failed  # the stream id of the first event a permanent error refused
 
 
 def producer_config(bootstrap: str, message_timeout_ms: int) -> dict[str, Any]:
@@ -66,13 +84,17 @@ class _Delivery:
         self.loop = loop
         self.pending = expected
         self.errors: list[str] = []
+        self.refused: list[str] = []  # stream ids of events whose message the broker refused for good
         self.done: asyncio.Future[None] = loop.create_future()
         self._lock = threading.Lock()
 
-    def report(self, error: KafkaError | None, _message: Any) -> None:
+    def report(self, error: KafkaError | None, stream_id: str) -> None:
         with self._lock:
-            if error is not None and len(self.errors) < 5:
-                self.errors.append(str(error))
+            if error is not None:
+                if len(self.errors) < 5:
+                    self.errors.append(str(error))
+                if error.code() in _PERMANENT:
+                    self.refused.append(stream_id)
             self.pending -= 1
             finished = self.pending == 0
         if finished:
@@ -112,28 +134,39 @@ class Publisher:
         """Sends every event to its topics and waits until the broker acknowledged all; returns the count."""
         loop = asyncio.get_running_loop()
         outgoing = [
-            (topic, event.sku, body) for event in events for topic, body in messages(event, self.topics)
+            (topic, event.sku, body, event.stream_id)
+            for event in events
+            for topic, body in messages(event, self.topics)
         ]
         if not outgoing:
             return 0
         delivery = _Delivery(loop, len(outgoing))
         produce = self._producer.produce
-        for topic, key, body in outgoing:
+        for topic, key, body, stream_id in outgoing:
+
+            def report(error: KafkaError | None, _message: Any, stream_id: str = stream_id) -> None:
+                delivery.report(error, stream_id)
+
             while True:
                 try:
-                    produce(topic, body, key, on_delivery=delivery.report)
+                    produce(topic, body, key, on_delivery=report)
                     break
                 except BufferError:
                     # The local queue is full (broker slow or away): let deliveries drain, then go on.
                     await asyncio.sleep(0.05)
                 except KafkaException as error:
                     # A fatal producer error (e.g. the idempotence sequence was broken): start over.
-                    delivery.report(error.args[0], None)
+                    delivery.report(error.args[0], stream_id)
                     break
         await delivery.done
         if delivery.errors:
             self.broken = True
-            raise PublishFailed("; ".join(delivery.errors))
+            refused = sorted(delivery.refused, key=stream_id_key)
+            raise PublishFailed(
+                "; ".join(delivery.errors),
+                permanent=bool(refused),
+                first_failed=refused[0] if refused else None,
+            )
         return len(outgoing)
 
     def close(self, timeout_s: float = 5.0) -> None:

@@ -6,8 +6,8 @@ each sink has taken, and the worker holding the partition's lease. The worker tr
 what both sinks took, so the stream holds little besides pending events and the count is cheap.
 
     from flashsale.writeback.lag import read_lag, total_lag
-    lags = read_lag(redis.Redis.from_url(url), settings)           # sync (CLI)
-    lags = await read_lag_async(aioredis.Redis.from_url(url), settings)  # asyncio (API, metrics)
+    lags = read_lag(redis.Redis.from_url(url), keyspace)           # sync (CLI)
+    lags = await read_lag_async(aioredis.Redis.from_url(url), keyspace)  # asyncio (API, metrics)
     total_lag(lags).pending, total_lag(lags).oldest_age_ms
 """
 
@@ -20,10 +20,10 @@ import redis
 import redis.asyncio as aioredis
 from flashsale.engine.events import stream_id_key
 from flashsale.engine.keys import Keyspace
-from flashsale.engine.settings import Settings
+from flashsale.writeback.stalls import STALL_FIELDS, Stall, stall_from_fields
 
-# (applied, published, cursor = the lesser of the two, lease owner, stream length)
-_Row = tuple[str, str, str, str | None, int]
+# (applied, published, cursor = the lesser of the two, lease owner, stream length, stall mark)
+_Row = tuple[str, str, str, str | None, int, Stall | None]
 
 # How many already-taken entries we count past when the stream was not trimmed yet (a batch, normally).
 _TAKEN_SCAN_LIMIT = 100_000
@@ -36,6 +36,11 @@ class PartitionLag(msgspec.Struct, kw_only=True, frozen=True):
     applied_id: str  # last stream id in PostgreSQL ("0-0": none)
     published_id: str  # last stream id acknowledged by Kafka
     owner: str | None  # worker id holding the lease, None when no worker runs this partition
+    # Stopped on an event a sink can never take, or on lost events (writeback.stalls): until resumed.
+    stalled_event: str | None = None
+    stalled_sink: str | None = None
+    stalled_error: str | None = None
+    stalled_at_ms: int | None = None
 
 
 def total_lag(lags: list[PartitionLag]) -> PartitionLag:
@@ -56,14 +61,10 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _keyspace(settings: Settings) -> Keyspace:
-    return Keyspace(settings.partitions, settings.key_prefix)
-
-
 def _first_round(pipe: Any, keyspace: Keyspace) -> None:
     pipe.time()
     for p in keyspace.all():
-        pipe.hmget(p.writeback_progress(), "applied", "published")
+        pipe.hmget(p.writeback_progress(), "applied", "published", *STALL_FIELDS)
         pipe.get(p.writeback_lease())
         pipe.xlen(p.events())
 
@@ -77,19 +78,20 @@ def _cursors(replies: list[Any], keyspace: Keyspace) -> tuple[int, list[_Row]]:
         applied = _text(progress[0]) or "0-0"
         published = _text(progress[1]) or "0-0"
         cursor = min(applied, published, key=stream_id_key)
-        rows.append((applied, published, cursor, _text(owner), int(length)))
+        stall = stall_from_fields(i, dict(zip(STALL_FIELDS, progress[2:], strict=True)))
+        rows.append((applied, published, cursor, _text(owner), int(length), stall))
     return now_ms, rows
 
 
 def _second_round(pipe: Any, keyspace: Keyspace, rows: list[_Row]) -> None:
-    for p, (_applied, _published, cursor, _owner, _length) in zip(keyspace.all(), rows, strict=True):
+    for p, (_applied, _published, cursor, _owner, _length, _stall) in zip(keyspace.all(), rows, strict=True):
         pipe.xrange(p.events(), f"({cursor}" if cursor != "0-0" else "-", "+", count=1)
         pipe.xrange(p.events(), "-", cursor, count=_TAKEN_SCAN_LIMIT)
 
 
 def _lags(now_ms: int, rows: list[_Row], replies: list[Any]) -> list[PartitionLag]:
     lags = []
-    for i, (applied, published, _cursor, owner, length) in enumerate(rows):
+    for i, (applied, published, _cursor, owner, length, stall) in enumerate(rows):
         oldest, taken = replies[2 * i], replies[2 * i + 1]
         pending = max(length - len(taken), 0)
         age = 0
@@ -103,14 +105,17 @@ def _lags(now_ms: int, rows: list[_Row], replies: list[Any]) -> list[PartitionLa
                 applied_id=applied,
                 published_id=published,
                 owner=owner,
+                stalled_event=stall.event_id if stall else None,
+                stalled_sink=stall.sink if stall else None,
+                stalled_error=stall.error if stall else None,
+                stalled_at_ms=stall.at_ms if stall else None,
             )
         )
     return lags
 
 
-def read_lag(client: redis.Redis, settings: Settings) -> list[PartitionLag]:
+def read_lag(client: redis.Redis, keyspace: Keyspace) -> list[PartitionLag]:
     """Lag of every partition (sync client)."""
-    keyspace = _keyspace(settings)
     pipe = client.pipeline(transaction=False)
     _first_round(pipe, keyspace)
     now_ms, rows = _cursors(pipe.execute(), keyspace)
@@ -119,9 +124,8 @@ def read_lag(client: redis.Redis, settings: Settings) -> list[PartitionLag]:
     return _lags(now_ms, rows, pipe.execute())
 
 
-async def read_lag_async(client: aioredis.Redis, settings: Settings) -> list[PartitionLag]:
+async def read_lag_async(client: aioredis.Redis, keyspace: Keyspace) -> list[PartitionLag]:
     """Lag of every partition (asyncio client)."""
-    keyspace = _keyspace(settings)
     pipe = client.pipeline(transaction=False)
     _first_round(pipe, keyspace)
     now_ms, rows = _cursors(await pipe.execute(), keyspace)

@@ -43,17 +43,18 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aioredis
 from flashsale.engine import AsyncEngine
-from flashsale.engine.events import Event, parse_entry, stream_id_key
-from flashsale.engine.keys import Keyspace
+from flashsale.engine.events import Event, UnknownEvent, parse_entry, stream_id_key
 from flashsale.engine.settings import Settings
+from flashsale.writeback import stalls
 from flashsale.writeback.batch import Batch
-from flashsale.writeback.kafka import Publisher, ensure_topics
+from flashsale.writeback.kafka import Publisher, PublishFailed, ensure_topics
 from flashsale.writeback.lag import read_lag, read_lag_async, total_lag
 from flashsale.writeback.leases import Leases
 from flashsale.writeback.messages import Topics
 from flashsale.writeback.postgres import apply_batch, ensure_offset, unapplied
+from flashsale.writeback.stalls import PermanentSinkError, is_permanent
 from psycopg_pool import AsyncConnectionPool
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 log = logging.getLogger("flashsale.writeback")
 
@@ -85,6 +86,7 @@ class WorkerStats:
     published_messages: int = 0  # Kafka messages (an event goes to one to three topics)
     batches: int = 0
     expired: int = 0  # reservations the sweeper ended
+    stalls: int = 0  # partitions stopped on an event a sink can never take (writeback.stalls)
     sink_failures: dict[str, int] = field(default_factory=lambda: {"postgres": 0, "kafka": 0})
 
 
@@ -99,9 +101,15 @@ class _Abandon(Exception):
     """The partition's batch is given up: the worker stops or lost the lease. Nothing half-done remains."""
 
 
-def _next_id(stream_id: str) -> str:
-    ms, seq = stream_id_key(stream_id)
-    return f"{ms}-{seq + 1}"
+def _parse(p: int, entries: Any) -> tuple[list[Event], PermanentSinkError | None]:
+    """The readable events up to the first entry this worker cannot read, and that entry's error."""
+    events: list[Event] = []
+    for stream_id, fields in entries:
+        try:
+            events.append(parse_entry(p, stream_id, fields))
+        except UnknownEvent as error:
+            return events, PermanentSinkError("worker", stream_id, error)
+    return events, None
 
 
 def _default_worker_id() -> str:
@@ -119,7 +127,7 @@ class Worker:
         self.worker_id = self.options.worker_id or _default_worker_id()
         self.batch_size = self.options.batch_size or settings.worker_batch_size
         self.lease_ms = self.options.lease_ms or settings.worker_lease_ms
-        self.keyspace = Keyspace(settings.partitions, settings.key_prefix)
+        self.keyspace = settings.keyspace()
         self.topics = Topics(settings.topic_reservations, settings.topic_orders, settings.topic_inventory)
         self.stats = WorkerStats()
         self._owned: dict[int, asyncio.Task[None]] = {}
@@ -216,7 +224,7 @@ class Worker:
             self._owned[p] = asyncio.create_task(self._drain_partition(p), name=f"drain-{p}")
 
     async def _log_lag(self) -> None:
-        lags = await read_lag_async(self.redis, self.settings)
+        lags = await read_lag_async(self.redis, self.keyspace)
         mine = [lag for lag in lags if lag.partition in self._owned]
         total = total_lag(mine)
         if total.pending:
@@ -231,28 +239,12 @@ class Worker:
 
     # -- draining -----------------------------------------------------------------------------------------
     async def _drain_partition(self, p: int) -> None:
-        partition = self.keyspace.partition(p)
-        stream = partition.events()
         try:
-            applied = await self._retry("postgres", p, lambda: self._read_applied(p))
-            published = str(await self.redis.hget(partition.writeback_progress(), "published") or "0-0")
-            await self._check_stream_not_behind(p, applied)
-            log.info(
-                "event=partition_resumed worker=%s partition=%d applied=%s published=%s",
-                self.worker_id, p, applied, published,
-            )  # fmt: skip
             while self._holds(p):
-                cursor = min(applied, published, key=stream_id_key)
-                start = "-" if cursor == "0-0" else f"({cursor}"
-                entries: Any = await self.redis.xrange(stream, start, "+", count=self.batch_size)
-                if not entries:
-                    await self._idle()
-                    continue
-                events = [parse_entry(p, stream_id, fields) for stream_id, fields in entries]
-                applied = await self._to_postgres(p, events, applied)
-                published = await self._to_kafka(p, events, published)
-                self.stats.batches += 1
-                await self._record(p, applied, published)
+                try:
+                    await self._drain_until_stalled(p)
+                except PermanentSinkError as error:
+                    await self._stall(p, error)
         except _Abandon:
             log.info("event=batch_abandoned worker=%s partition=%d", self.worker_id, p)
         except (redis.RedisError, OSError) as error:
@@ -269,35 +261,118 @@ class Worker:
                 await self.leases.release(p)
             log.info("event=partition_released worker=%s partition=%d", self.worker_id, p)
 
-    async def _check_stream_not_behind(self, p: int, applied: str) -> None:
-        """Warns when PostgreSQL has applied ids the stream never reached: Redis lost data (restarted
-        without AOF, or restored from an older snapshot), so its counters may now be behind PostgreSQL."""
+    async def _drain_until_stalled(self, p: int) -> None:
+        """Drains the partition's stream while the lease is ours; PermanentSinkError when it must stop."""
+        partition = self.keyspace.partition(p)
+        stream = partition.events()
+        earlier = await stalls.read(self.redis, partition)
+        if earlier is not None:  # stopped before (by this worker or one that died): wait for the operator
+            await self._wait_until_resumed(p, earlier)
+            return
+        applied = await self._retry("postgres", p, lambda: self._read_applied(p))
+        published = str(await self.redis.hget(partition.writeback_progress(), "published") or "0-0")
+        await self._check_no_events_lost(p, applied)
+        log.info(
+            "event=partition_resumed worker=%s partition=%d applied=%s published=%s",
+            self.worker_id, p, applied, published,
+        )  # fmt: skip
+        while self._holds(p):
+            cursor = min(applied, published, key=stream_id_key)
+            start = "-" if cursor == "0-0" else f"({cursor}"
+            entries: Any = await self.redis.xrange(stream, start, "+", count=self.batch_size)
+            if not entries:
+                await self._idle()
+                continue
+            events, unreadable = _parse(p, entries)
+            if events:
+                applied = await self._to_postgres(p, events, applied)
+                published = await self._to_kafka(p, events, published)
+                self.stats.batches += 1
+                await self._record(p, applied, published)
+            if unreadable is not None:
+                raise unreadable
+
+    async def _check_no_events_lost(self, p: int, applied: str) -> None:
+        """The stream must still hold the event at PostgreSQL's applied offset (the trim keeps it): else
+        Redis lost events PostgreSQL already has, whatever ids newer events have taken since."""
+        if applied == "0-0":
+            return
+        partition = self.keyspace.partition(p)
+        stream = partition.events()
+        if await self.redis.xrange(stream, applied, applied):
+            return
         try:
-            info = await self.redis.xinfo_stream(self.keyspace.partition(p).events())
-            last = str(info.get("last-generated-id") or "0-0")
+            last = str((await self.redis.xinfo_stream(stream)).get("last-generated-id") or "0-0")
         except redis.ResponseError:
             last = "0-0"  # no stream at all
-        if stream_id_key(last) < stream_id_key(applied):
-            log.error(
-                "event=stream_behind_postgres worker=%s partition=%d stream_last_id=%s applied=%s "
-                "hint=%r",
-                self.worker_id, p, last, applied,
-                "Redis lost events PostgreSQL has: compare with `flashsale reconcile` and rebuild Redis",
-            )  # fmt: skip
+        if last == applied:
+            return  # trimmed to the offset by a worker of a release that did not keep it, nothing since
+        if await self.redis.hget(partition.writeback_progress(), "rebuilt_after") == applied:
+            return  # flashsale reconcile rebuilt Redis to continue after this offset
+        raise PermanentSinkError(
+            "redis",
+            applied,
+            f"the stream no longer holds the event at PostgreSQL's applied offset (its last id is {last}): "
+            "Redis lost events PostgreSQL has (restarted without AOF, or restored from an older copy). "
+            "Stop the stack, run `flashsale reconcile --repair redis-from-postgres`, then "
+            f"`flashsale worker resume {p}`",
+        )
 
-    async def _idle(self) -> None:
+    async def _stall(self, p: int, error: PermanentSinkError) -> None:
+        """Stops the partition loudly and keeps its lease until an operator resumes it."""
+        partition = self.keyspace.partition(p)
+        await stalls.mark(self.redis, partition, error)
+        self.stats.stalls += 1
+        log.error(
+            "event=partition_stalled worker=%s partition=%d sink=%s stream_id=%s error=%r hint=%r",
+            self.worker_id, p, error.sink, error.event_id, error.error[:500],
+            f"fix the cause, then `flashsale worker resume {p}` (README: What can be lost)",
+        )  # fmt: skip
+        stall = await stalls.read(self.redis, partition)
+        if stall is not None:
+            await self._wait_until_resumed(p, stall)
+
+    async def _wait_until_resumed(self, p: int, stall: stalls.Stall) -> None:
+        partition = self.keyspace.partition(p)
+        while self._holds(p):
+            if await stalls.read(self.redis, partition) is None:
+                log.info(
+                    "event=partition_unstalled worker=%s partition=%d stream_id=%s",
+                    self.worker_id, p, stall.event_id,
+                )  # fmt: skip
+                return
+            await self._idle(seconds=1.0)
+
+    async def _idle(self, seconds: float | None = None) -> None:
         assert self._stopping is not None
+        wait = self.options.idle_poll_ms / 1000 if seconds is None else seconds
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), self.options.idle_poll_ms / 1000)
+            await asyncio.wait_for(self._stopping.wait(), wait)
 
     async def _read_applied(self, p: int) -> str:
         async with self.pool.connection() as conn:
             return await ensure_offset(conn, p)
 
     async def _to_postgres(self, p: int, events: list[Event], applied: str) -> str:
+        """Applies the events after ``applied``; on an error no retry cures, applies every event before the
+        one PostgreSQL refuses (halving the run) and raises PermanentSinkError at that one."""
         pending = unapplied(events, applied)
         if not pending:
             return applied
+        try:
+            return await self._apply(p, pending, applied)
+        except PermanentSinkError:
+            raise
+        except Exception as error:
+            if not is_permanent(error):
+                raise
+            if len(pending) == 1:
+                raise PermanentSinkError("postgres", pending[0].stream_id, error) from error
+        half = len(pending) // 2
+        applied = await self._to_postgres(p, pending[:half], applied)
+        return await self._to_postgres(p, pending[half:], applied)
+
+    async def _apply(self, p: int, pending: list[Event], applied: str) -> str:
         state = _PostgresAttempt(applied, pending)
 
         async def attempt() -> str:
@@ -328,7 +403,12 @@ class Worker:
             await self._ensure_publisher()
             return await self.publisher.publish(pending)
 
-        sent = await self._retry("kafka", p, attempt)
+        try:
+            sent = await self._retry("kafka", p, attempt)
+        except PublishFailed as error:
+            if not error.permanent:
+                raise
+            raise PermanentSinkError("kafka", error.first_failed or pending[0].stream_id, error) from error
         self.stats.published_messages += sent
         self.stats.published_events += len(pending)
         return pending[-1].stream_id
@@ -369,8 +449,10 @@ class Worker:
             },
         )
         if self.options.trim:
+            # Below what both sinks took, keeping the entry at the floor itself: a takeover checks that the
+            # event at PostgreSQL's offset is still there (writeback.stalls: lost events).
             floor = min(applied, published, key=stream_id_key)
-            pipe.xtrim(partition.events(), minid=_next_id(floor), approximate=False)
+            pipe.xtrim(partition.events(), minid=floor, approximate=False)
         await pipe.execute()
 
     async def _retry(self, sink: str, p: int, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -397,7 +479,7 @@ class Worker:
         retrying = AsyncRetrying(
             wait=wait_exponential_jitter(multiplier=0.05, max=self.options.retry_max_s, jitter=0.05),
             stop=give_up,
-            retry=retry_if_exception_type(Exception),
+            retry=retry_if_exception(lambda error: not is_permanent(error)),
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -530,7 +612,7 @@ def wait_drained(settings: Settings, *, timeout_s: float = 60.0, poll_s: float =
     try:
         deadline = time.monotonic() + timeout_s
         while True:
-            if total_lag(read_lag(client, settings)).pending == 0:
+            if total_lag(read_lag(client, settings.keyspace())).pending == 0:
                 return True
             if time.monotonic() > deadline:
                 return False

@@ -47,7 +47,7 @@ class Settings:
 
 
 async def _sample(client: aioredis.Redis, stack: Stack, t0: float) -> tuple[float, int, int]:
-    lag = total_lag(await read_lag_async(client, stack.settings))
+    lag = total_lag(await read_lag_async(client, stack.settings.keyspace()))
     return round(time.perf_counter() - t0, 3), lag.pending, lag.oldest_age_ms
 
 

@@ -177,7 +177,7 @@ def _repair(
     assert settings.database_url is not None
     from flashsale.writeback.lag import read_lag
 
-    owners = sorted({lag.owner for lag in read_lag(engine.redis, settings) if lag.owner})
+    owners = sorted({lag.owner for lag in read_lag(engine.redis, engine.keys) if lag.owner})
     if owners:
         raise click.ClickException(
             f"write-behind worker(s) {', '.join(owners)} hold partition leases: stop them (and the API) "

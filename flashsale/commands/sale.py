@@ -353,7 +353,7 @@ def status(settings: Settings, as_json: bool) -> None:
 
     engine = engine_for(settings)
     try:
-        document = sale_status(engine, read_lag(engine.redis, settings))
+        document = sale_status(engine, read_lag(engine.redis, engine.keys))
     except redis.RedisError as error:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
     finally:

@@ -52,7 +52,7 @@ def lag(settings: Settings, as_json: bool) -> None:
         raise click.ClickException("FLASHSALE_REDIS_URL is not set")
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        lags = read_lag(client, settings)
+        lags = read_lag(client, settings.keyspace())
     except redis.RedisError as error:
         raise click.ClickException(f"cannot read lag from Redis: {error}") from None
     finally:
@@ -69,3 +69,47 @@ def lag(settings: Settings, as_json: bool) -> None:
             f"{row.applied_id} / {row.published_id}"
         )
     click.echo(f"{'total':>9} {total.pending:>9} {total.oldest_age_ms:>10}")
+    for row in lags:
+        if row.stalled_event is not None:
+            where = f"STALLED partition {row.partition}: {row.stalled_sink}"
+            click.echo(
+                f"{where} cannot take event {row.stalled_event}: {row.stalled_error}\n"
+                f"  fix the cause, then: flashsale worker resume {row.partition}"
+            )
+
+
+@worker.command()
+@click.argument("partitions", nargs=-1, type=click.IntRange(min=0))
+@click.option("--all", "every", is_flag=True, help="Every stalled partition.")
+@click.pass_obj
+def resume(settings: Settings, partitions: tuple[int, ...], every: bool) -> None:
+    """Let the worker retry partitions it stopped (see `flashsale worker lag`), once the cause is fixed.
+
+    A partition stops on an event a sink can never take (PostgreSQL refusing a value, an event this worker
+    cannot read) or when Redis lost events PostgreSQL has; README: What can be lost, in which failure.
+    """
+    from flashsale.writeback.lag import read_lag
+    from flashsale.writeback.stalls import clear_fields
+
+    if not settings.redis_url:
+        raise click.ClickException("FLASHSALE_REDIS_URL is not set")
+    if not partitions and not every:
+        raise click.UsageError("name the partitions to resume, or --all")
+    keyspace = settings.keyspace()
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        stalled = {row.partition for row in read_lag(client, keyspace) if row.stalled_event is not None}
+        chosen = stalled if every else set(partitions)
+        unknown = sorted(p for p in chosen if p >= keyspace.partitions)
+        if unknown:
+            raise click.ClickException(f"no partition {unknown[0]}: there are {keyspace.partitions}")
+        for p in sorted(chosen):
+            if p not in stalled:
+                click.echo(f"partition {p} is not stalled")
+                continue
+            client.hdel(keyspace.partition(p).writeback_progress(), *clear_fields())
+            click.echo(f"partition {p} resumed: the worker holding it retries now")
+    except redis.RedisError as error:
+        raise click.ClickException(f"cannot reach Redis: {error}") from None
+    finally:
+        client.close()

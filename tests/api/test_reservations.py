@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import redis
 from flashsale.engine import Engine, Sale
 
 from tests.api.conftest import SKU, ApiServer
@@ -149,3 +150,22 @@ def test_a_retry_with_the_same_idempotency_key_gets_the_first_reservation(
     assert repeat.json()["id"] == first.json()["id"] != other.json()["id"]
     assert engine.get_sale(SKU).reserved == 2
     assert_error(reserve(http, api, "alice", headers={"Idempotency-Key": "x" * 201}), 400, "INVALID_ARGUMENT")
+
+
+def test_a_full_write_behind_backlog_is_a_503_with_retry_after_and_nothing_written(
+    start_server: Callable[..., ApiServer], load_sale: Callable[..., Sale], store: redis.Redis
+) -> None:
+    api = start_server(backlog_budget_mb=1)  # a partition's stream may then hold this many unapplied events:
+    limit = api.settings.engine_config().backlog_limit_events
+    load_sale(total=5)
+    stream = api.settings.keyspace().for_sku(SKU).events()
+    pipe = store.pipeline(transaction=False)
+    for _ in range(limit):  # a sink away long enough: the partition's events wait in its stream
+        pipe.xadd(stream, {"e": '["restocked","SKU-001",1,0,5]'})
+    pipe.execute()
+    with api.client() as http:
+        response = reserve(http, api, "alice")
+    assert_error(response, 503, "BACKLOG_FULL")
+    assert response.headers["retry-after"] == "5"
+    sale = store.hmget(api.settings.keyspace().for_sku(SKU).sku(SKU), "available", "reserved")
+    assert sale == ["5", "0"]

@@ -31,7 +31,7 @@ def _settings(base: Settings, **changes: object) -> Settings:
 def _pending(settings: Settings) -> int:
     client = redis.Redis.from_url(str(settings.redis_url))
     try:
-        return total_lag(read_lag(client, settings)).pending
+        return total_lag(read_lag(client, settings.keyspace())).pending
     finally:
         client.close()
 

@@ -102,7 +102,7 @@ def test_lag_counts_events_no_worker_has_taken_and_drops_to_zero_after_a_drain(
         engine.reserve("MUG", f"user-{i}")
     time.sleep(0.05)
     client = redis.Redis.from_url(str(settings.redis_url))
-    lags = read_lag(client, settings)
+    lags = read_lag(client, settings.keyspace())
     mug = next(lag for lag in lags if lag.partition == engine.keys.for_sku("MUG").index)
     assert (mug.pending, mug.owner, mug.applied_id) == (21, None, "0-0")
     assert mug.oldest_age_ms >= 50
@@ -116,7 +116,7 @@ def test_lag_counts_events_no_worker_has_taken_and_drops_to_zero_after_a_drain(
 
     with WorkerThread(settings, WorkerOptions(sweep=False)) as worker:
         assert worker.wait_drained(timeout_s=30)
-        mug = read_lag(client, settings)[mug.partition]
+        mug = read_lag(client, settings.keyspace())[mug.partition]
         assert (mug.pending, mug.oldest_age_ms, mug.owner) == (0, 0, worker.worker.worker_id)
         assert mug.applied_id == mug.published_id != "0-0"
     table = runner.invoke(main, ["worker", "lag"], env=env)

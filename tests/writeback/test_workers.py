@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import redis
-from flashsale.engine import Engine, Keyspace
+from flashsale.engine import Engine
 from flashsale.engine.settings import Settings
 from flashsale.writeback import WorkerOptions, spawn_worker, wait_drained
 from writeback_checks import Shop, assert_postgres_equals_redis
@@ -26,7 +26,7 @@ _LOG_LINE = re.compile(
 def _holdings(client: redis.Redis, settings: Settings, *workers: str) -> dict[str, set[int]]:
     held = {}
     for name in workers:
-        value = client.get(Keyspace(settings.partitions, settings.key_prefix).writeback_worker(name))
+        value = client.get(settings.keyspace().writeback_worker(name))
         held[name] = {int(p) for p in value.decode().split(",") if p} if value else set()
     return held
 
