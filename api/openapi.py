@@ -16,7 +16,7 @@ _REF = "#/components/schemas/{name}"
 # Path parameters as the engine takes them: a SKU is an Identifier; a reservation or order id is the
 # engine's ENTITY_ID (engine/keys.py: kind, partition, random part; ASCII only). Anything else is
 # refused (400 for a SKU, 404 for an id) without touching Redis.
-_ENTITY_ID = "_(0|[1-9][0-9]{0,4})_[0-9a-zA-Z]{1,64}$"
+_ENTITY_ID = "_(0|[1-9][0-9]{0,4})_[0-9a-zA-Z_-]{1,64}$"
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "skuId": msgspec.json.schema(Identifier),
     "reservationId": {"type": "string", "pattern": f"^rsv{_ENTITY_ID}", "examples": ["rsv_3_9f8e7d"]},

@@ -26,10 +26,10 @@ Identifier = Annotated[
     ),
 ]
 # The descriptions below document what the engine mints (engine.keys): the SKU's partition, so a lookup
-# by id needs no index, then 96 random bits as 24 lowercase hex digits.
+# by id needs no index, then 96 random bits as 16 URL-safe base64 characters (A-Z a-z 0-9 - _).
 _ENTITY_ID_RULE = (
     "<partition> is the SKU's partition (a decimal number, 0-15 with the default 16 partitions) and "
-    "<random> 24 lowercase hex digits"
+    "<random> 16 URL-safe base64 characters (96 random bits: A-Z a-z 0-9 - _)"
 )
 SkuId = Annotated[str, Meta(description=f"The SKU's id: {_IDENTIFIER_RULE}.", examples=["SKU-001"])]
 UserId = Annotated[str, Meta(description=f"The user's id (the token's sub): {_IDENTIFIER_RULE}.")]
@@ -37,20 +37,23 @@ ReservationId = Annotated[
     str,
     Meta(
         description=f"A reservation id, rsv_<partition>_<random>: {_ENTITY_ID_RULE}.",
-        examples=["rsv_3_5f0c2a9e8b7d4c1fa2e3b4c5"],
+        examples=["rsv_3_X2k9-b7Qm_Lw0aZc"],
     ),
 ]
 OrderId = Annotated[
     str,
     Meta(
         description=f"An order id, ord_<partition>_<random>: {_ENTITY_ID_RULE}.",
-        examples=["ord_3_9c1e5a7f3b2d4e6f8a0b1c2d"],
+        examples=["ord_3_pQ4n_8sKj2V-yT0d"],
     ),
 ]
-# The engine's bounds (engine/bounds.py): what passes here passes the scripts and fits every sink. A price
-# has at most 7 digits before the point: 9,999,999.99 is below MAX_PRICE_CENTS.
-_MONEY_DIGITS = len(str(bounds.MAX_PRICE_CENTS // 100)) - 1
-Money = Annotated[str, Meta(pattern=rf"^\d{{1,{_MONEY_DIGITS}}}(\.\d{{1,2}})?$", examples=["19.99"])]
+# The engine's bounds (engine/bounds.py): what passes here passes the scripts and fits every sink. A unit
+# price has at most 7 digits before the point (9,999,999.99 is below MAX_PRICE_CENTS); an order's total,
+# a price times a quantity, up to 13.
+_PRICE_DIGITS = len(str(bounds.MAX_PRICE_CENTS // 100)) - 1
+_TOTAL_DIGITS = len(str(bounds.MAX_PRICE_CENTS * bounds.MAX_PER_USER_LIMIT // 100))
+Price = Annotated[str, Meta(pattern=rf"^\d{{1,{_PRICE_DIGITS}}}(\.\d{{1,2}})?$", examples=["19.99"])]
+Money = Annotated[str, Meta(pattern=rf"^\d{{1,{_TOTAL_DIGITS}}}(\.\d{{1,2}})?$", examples=["19.99"])]
 Quantity = Annotated[int, Meta(ge=1, le=bounds.MAX_PER_USER_LIMIT)]
 PaymentMethod = Annotated[
     str, Meta(min_length=1, max_length=bounds.MAX_PAYMENT_METHOD_BYTES, examples=["CREDIT_CARD"])
@@ -92,8 +95,8 @@ class SaleRequest(Request):
     """Creates a SKU's sale or changes it; a field left out keeps its value. A new SKU needs ``total``."""
 
     name: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
-    price: Money | None = None
-    flash_sale_price: Money | None = None
+    price: Price | None = None
+    flash_sale_price: Price | None = None
     total: Annotated[int, Meta(ge=0, le=bounds.MAX_UNITS)] | None = None
     per_user_limit: Annotated[int, Meta(ge=1, le=bounds.MAX_PER_USER_LIMIT)] | None = None
     starts_at: Timestamp | None = None
@@ -123,8 +126,8 @@ class Product(Response):
 
     sku_id: SkuId
     name: str
-    price: Money
-    flash_sale_price: Money
+    price: Price
+    flash_sale_price: Price
     total: int
     available: int
     reserved: int
@@ -155,7 +158,7 @@ class OrderBody(Response):
     sku_id: SkuId
     user_id: UserId
     quantity: int
-    unit_price: Money
+    unit_price: Price
     total_price: Money
     status: OrderStatus
     payment_method: str
@@ -212,7 +215,7 @@ def money(cents: int) -> str:
 
 
 def cents(amount: str) -> int:
-    """ "19.9" -> 1990. The pattern of ``Money`` has already been checked by the decoder."""
+    """ "19.9" -> 1990. The pattern of ``Price`` has already been checked by the decoder."""
     match = _MONEY.match(amount)
     if match is None:
         raise ValueError(f"not an amount of money: {amount!r}")

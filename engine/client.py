@@ -61,8 +61,10 @@ class _Common:
             raise _raise_engine_error(reply)
         return call.parse(reply)
 
-    def _reservation_key(self, reservation_id: str) -> str:
-        return self.keys.for_reservation(reservation_id).reservation(reservation_id)
+    def _reservation_keys(self, reservation_id: str) -> tuple[str, str]:
+        """Where a reservation's record is: a field of the open hash while open, else a key of its own."""
+        p = self.keys.for_reservation(reservation_id)
+        return p.open_holds(), p.reservation(reservation_id)
 
     def _order_key(self, order_id: str) -> str:
         return self.keys.for_order(order_id).order(order_id)
@@ -201,7 +203,12 @@ class Engine(_Common):
         return [sale for values in pipe.execute() if (sale := sale_from_values(values)) is not None]
 
     def get_reservation(self, reservation_id: str) -> Reservation:
-        return self._reservation(self.redis.get(self._reservation_key(reservation_id)), reservation_id)
+        open_holds, ended = self._reservation_keys(reservation_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(open_holds, reservation_id)
+        pipe.get(ended)
+        is_open, is_ended = pipe.execute()
+        return self._reservation(is_open or is_ended, reservation_id)
 
     def get_order(self, order_id: str) -> Order:
         return self._entity(self.redis.hgetall(self._order_key(order_id)), Order, f"order {order_id!r}")
@@ -342,8 +349,12 @@ class AsyncEngine(_Common):
         return [sale for values in await pipe.execute() if (sale := sale_from_values(values)) is not None]
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
-        record = await self.redis.get(self._reservation_key(reservation_id))
-        return self._reservation(record, reservation_id)
+        open_holds, ended = self._reservation_keys(reservation_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(open_holds, reservation_id)
+        pipe.get(ended)
+        is_open, is_ended = await pipe.execute()
+        return self._reservation(is_open or is_ended, reservation_id)
 
     async def get_order(self, order_id: str) -> Order:
         return self._entity(await self.redis.hgetall(self._order_key(order_id)), Order, f"order {order_id!r}")

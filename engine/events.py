@@ -50,7 +50,8 @@ LAYOUT: dict[EventType, tuple[str, ...]] = {
         "paused",
     ),
     EventType.RESTOCKED: ("delta", "total"),
-    EventType.RESERVED: ("reservation_id", "user", "quantity", "expires_at"),
+    # A hold expires at `at` + its ttl: the ttl is shorter to carry than the moment.
+    EventType.RESERVED: ("reservation_id", "user", "quantity", "ttl_ms"),
     EventType.RELEASED: ("reservation_id", "user", "quantity", "order_id"),
     EventType.EXPIRED: ("reservation_id", "user", "quantity", "order_id"),
     EventType.CHECKOUT_STARTED: (
@@ -124,6 +125,8 @@ def parse_entry(partition: int, stream_id: str, fields: dict[str, Any]) -> Event
         values = dict(zip(LAYOUT[kind], body[3:], strict=True))
         if "paused" in values:
             values["paused"] = bool(values["paused"])
+        if "ttl_ms" in values:
+            values["expires_at"] = int(body[2]) + int(values.pop("ttl_ms"))
         return Event(
             id=event_id,
             partition=partition,

@@ -7,11 +7,13 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
                                        user h:<user> (units held now), b:<user> (units bought): the limit
     fs:{p3}:skus               set     the partition's SKU ids (the catalog)
     fs:{p3}:holds:<sku>        zset    the SKU's open holds: reservation id -> deadline ms (expiry)
-    fs:{p3}:r:<reservation id> string  one reservation: "sku user quantity status created_at expires_at
-                                       order_id pay_until ended_at" (lua/includes/reservations.lua)
+    fs:{p3}:open               hash    the open reservations: reservation id -> its record "sku user quantity
+                                       status created_at expires_at order_id pay_until ended_at"
+    fs:{p3}:r:<reservation id> string  an ended reservation's record, kept for the retention period
+                                       (lua/includes/reservations.lua)
     fs:{p3}:order:<order id>   hash    one order
-    fs:{p3}:idem:<generation>  hash    first answers of idempotent calls, field "<op>:<scope>:<user>:<key>",
-                                       generation = now // idempotency ttl (lua/includes/idempotency.lua)
+    fs:{p3}:idem:<generation>  hash    first answers of idempotent calls, field "<op>:<digest of scope, user
+                                       and key>"; generation = now // idempotency ttl (idempotency.lua)
     fs:{p3}:events             stream  every state change of the partition, in order (engine/events.py)
     fs:{p3}:writeback:lease    string  the write-behind worker holding the partition (a lease)
     fs:{p3}:writeback          hash    applied (PostgreSQL), published (Kafka): stream ids each sink took
@@ -23,6 +25,8 @@ Reservation and order ids carry their partition (``rsv_3_…``, ``ord_3_…``), 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import zlib
@@ -32,7 +36,7 @@ from .errors import NotFound
 from .settings import KEY_PREFIX, PARTITIONS
 
 # A reservation or order id: kind, partition, random part; ASCII only (re.ASCII: \d is [0-9] alone).
-ENTITY_ID = re.compile(r"(rsv|ord)_(0|[1-9]\d{0,4})_([0-9a-zA-Z]{1,64})", re.ASCII)
+ENTITY_ID = re.compile(r"(rsv|ord)_(0|[1-9]\d{0,4})_([0-9a-zA-Z_-]{1,64})", re.ASCII)
 
 
 def partition_of(sku: str, partitions: int) -> int:
@@ -61,7 +65,12 @@ class Partition:
     def holds(self, sku: str) -> str:
         return f"{self.tag}holds:{sku}"
 
+    def open_holds(self) -> str:
+        """The hash of the partition's open reservations (field: the id, value: its record)."""
+        return f"{self.tag}open"
+
     def reservation(self, reservation_id: str) -> str:
+        """An ended reservation's record (an open one is a field of ``open_holds``)."""
         return f"{self.tag}r:{reservation_id}"
 
     def order(self, order_id: str) -> str:
@@ -144,14 +153,21 @@ def bought_field(user: str) -> str:
 
 
 def idempotency_field(operation: str, scope: str, user: str, key: str) -> str:
-    """A first answer's field: scoped to the user and to what the call is about (SKU, reservation, order)."""
-    return f"{operation}:{scope}:{user}:{key}"
+    """A first answer's field: scoped to the user and to what the call is about (SKU, reservation, order).
+    The three are digested (120 bits) so that every answer's field is as short, whatever the key."""
+    digest = hashlib.blake2b(f"{scope}\0{user}\0{key}".encode(), digest_size=15).digest()
+    return f"{operation}:{base64.urlsafe_b64encode(digest).decode()}"
+
+
+def _random_part() -> str:
+    # 96 random bits as 16 URL-safe base64 characters: unique for good (PostgreSQL keeps every id), and
+    # short, since a hold's id is stored three times (its record's field, its holds entry, its event).
+    return base64.urlsafe_b64encode(os.urandom(12)).decode()
 
 
 def new_reservation_id(partition: Partition) -> str:
-    # 96 random bits as 24 hex digits: unique for good (PostgreSQL keeps every id), short in memory.
-    return f"rsv_{partition.index}_{os.urandom(12).hex()}"
+    return f"rsv_{partition.index}_{_random_part()}"
 
 
 def new_order_id(partition: Partition) -> str:
-    return f"ord_{partition.index}_{os.urandom(12).hex()}"
+    return f"ord_{partition.index}_{_random_part()}"

@@ -93,7 +93,7 @@ class Operations:
         rid = new_reservation_id(p)
         return Call(
             "reserve",
-            (p.sku(sku), p.holds(sku), p.events(), p.reservation(rid)),
+            (p.sku(sku), p.holds(sku), p.events(), p.open_holds()),
             (
                 user,
                 str(quantity),
@@ -115,7 +115,7 @@ class Operations:
         order_id = new_order_id(p)
         return Call(
             "begin_checkout",
-            (p.reservation(reservation_id), p.events(), p.order(order_id)),
+            (p.open_holds(), p.reservation(reservation_id), p.events(), p.order(order_id)),
             (
                 user,
                 order_id,
@@ -156,7 +156,7 @@ class Operations:
         identifier(user, "user id")
         return Call(
             "release",
-            (p.reservation(reservation_id), p.events()),
+            (p.open_holds(), p.reservation(reservation_id), p.events()),
             (user, reservation_id),
             lambda record: reservation_from_record(reservation_id, record),
         )

@@ -4,9 +4,10 @@
   the payment grace period ends. The hold's units stay reserved.
 
   Input:
-    KEYS[1] reservation          fs:{pN}:r:<reservation id>
-    KEYS[2] partition stream     fs:{pN}:events
-    KEYS[3] new order            fs:{pN}:order:<order id>
+    KEYS[1] open holds           fs:{pN}:open   the partition's open reservation records
+    KEYS[2] ended reservation    fs:{pN}:r:<reservation id>   (its record once it ended)
+    KEYS[3] partition stream     fs:{pN}:events
+    KEYS[4] new order            fs:{pN}:order:<order id>
     ARGV[1] user id              the caller; must own the reservation
     ARGV[2] new order id
     ARGV[3] payment method       1..64 bytes
@@ -32,10 +33,10 @@
 --@include holds
 --@include idempotency
 
-local resKey, stream, orderKey = KEYS[1], KEYS[2], KEYS[3]
+local stream, orderKey = KEYS[3], KEYS[4]
 local user, orderId, method, graceMs, rid = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local idemTtl, idemField = tonumber(ARGV[6] or 0), ARGV[7]
-local prefix = string.match(resKey, '^(.*:)r:')
+local prefix = string.match(KEYS[1], '^(.*:)open$')
 local now = nowMs()
 
 if idemTtl > 0 then
@@ -46,7 +47,7 @@ end
 if #method < 1 or #method > MAX_PAYMENT_METHOD_BYTES then
   return refuse('INVALID_ARGUMENT', 'payment method must be 1-' .. MAX_PAYMENT_METHOD_BYTES .. ' bytes')
 end
-local r = readReservation(resKey)
+local r = readReservation(prefix, rid)
 if not r then return refuse('NOT_FOUND', 'no reservation ' .. rid) end
 if r.user ~= user then return refuse('FORBIDDEN', 'reservation ' .. rid .. ' belongs to another user') end
 if r.status == 'EXPIRED' then
@@ -70,7 +71,7 @@ local order = {'id', orderId, 'reservation_id', rid, 'sku', r.sku, 'user', user,
   'payment_method', method, 'created_at', now, 'updated_at', now}
 rcall('HSET', orderKey, unpack(order))
 r.order_id, r.pay_until = orderId, math.max(r.expires_at, now + graceMs)
-writeReservation(resKey, r)
+writeReservation(prefix, rid, r)
 rcall('ZADD', prefix .. 'holds:' .. r.sku, r.pay_until, rid)
 emit(stream, 'checkout_started', r.sku, now, ',"' .. rid .. '","' .. orderId .. '","' .. user .. '",'
   .. r.quantity .. ',' .. int(unitPrice) .. ',' .. jtext(method) .. ',' .. r.pay_until)

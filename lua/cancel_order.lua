@@ -35,8 +35,7 @@ local owner, status, rid, sku, qty = o[1], o[2], o[3], o[4], tonumber(o[5])
 local now = nowMs()
 
 if status == 'PENDING' then
-  local resKey = reservationKey(prefix, rid)
-  local r = readReservation(resKey)
+  local r = readReservation(prefix, rid)
   if not r or r.status ~= 'RESERVED' or r.order_id ~= orderId then
     return refuse('INVALID_STATE', 'reservation ' .. rid .. ' is not being paid for by order ' .. orderId)
   end
@@ -47,7 +46,7 @@ if status == 'PENDING' then
   -- Checks done; writes follow.
   returnUnits(prefix, rid, r)
   r.status, r.ended_at, r.pay_until = 'CANCELLED', now, 0
-  writeReservation(resKey, r)
+  writeReservation(prefix, rid, r)
   rcall('HSET', orderKey, 'status', 'CANCELLED', 'updated_at', now)
   rcall('PEXPIRE', orderKey, RETENTION_MS)
   emit(stream, 'checkout_cancelled', sku, now, ',"' .. rid .. '","' .. orderId .. '","' .. owner .. '",' .. qty)

@@ -49,8 +49,7 @@ if o[2] ~= 'PENDING' then
   return remember(prefix, idemField, idemTtl, now, refuse('INVALID_STATE', 'order ' .. orderId .. ' is ' .. o[2]))
 end
 local rid, sku, qty = o[3], o[4], tonumber(o[5])
-local resKey = reservationKey(prefix, rid)
-local r = readReservation(resKey)
+local r = readReservation(prefix, rid)
 if not r or r.status ~= 'RESERVED' or r.order_id ~= orderId then
   -- Cannot happen through these scripts: a PENDING order's hold is open and paid for by it.
   return refuse('INVALID_STATE', 'reservation ' .. rid .. ' is not being paid for by order ' .. orderId)
@@ -70,7 +69,7 @@ rcall('HSET', skuKey, 'reserved', tonumber(c[1]) - qty, 'sold', tonumber(c[2]) +
 if held > 0 then rcall('HSET', skuKey, heldField, held) else rcall('HDEL', skuKey, heldField) end
 rcall('ZREM', prefix .. 'holds:' .. sku, rid)
 r.status, r.ended_at, r.pay_until = 'CONFIRMED', now, 0
-writeReservation(resKey, r)
+writeReservation(prefix, rid, r)
 rcall('HSET', orderKey, 'status', 'CONFIRMED', 'transaction_id', transactionId, 'updated_at', now)
 emit(stream, 'confirmed', sku, now, ',"' .. rid .. '","' .. orderId .. '","' .. user .. '",' .. qty .. ','
   .. jtext(transactionId))

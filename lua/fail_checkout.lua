@@ -35,11 +35,10 @@ if o[2] ~= 'PENDING' then return refuse('INVALID_STATE', 'order ' .. orderId .. 
 -- Checks done; writes follow.
 local rid, sku = o[3], o[4]
 local now = nowMs()
-local resKey = reservationKey(prefix, rid)
-local r = readReservation(resKey)
+local r = readReservation(prefix, rid)
 if r and r.status == 'RESERVED' and r.order_id == orderId then
   r.order_id, r.pay_until = nil, 0
-  writeReservation(resKey, r)
+  writeReservation(prefix, rid, r)
   rcall('ZADD', prefix .. 'holds:' .. sku, r.expires_at, rid)
 end
 rcall('HSET', orderKey, 'status', 'FAILED', 'failure_reason', reason, 'updated_at', now)

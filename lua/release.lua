@@ -2,12 +2,13 @@
   The user lets go of a reservation: RESERVED -> CANCELLED, its units back to available.
 
   Input:
-    KEYS[1] reservation          fs:{pN}:r:<reservation id>
-    KEYS[2] partition stream     fs:{pN}:events
+    KEYS[1] open holds           fs:{pN}:open   the partition's open reservation records
+    KEYS[2] ended reservation    fs:{pN}:r:<reservation id>   (its record once it ended)
+    KEYS[3] partition stream     fs:{pN}:events
     ARGV[1] user id              the caller; must own the reservation
     ARGV[2] reservation id
   Output:
-    the reservation record (status CANCELLED; lua/includes/reservations.lua)
+    the reservation's record (status CANCELLED; lua/includes/reservations.lua)
     error NOT_FOUND            no such reservation (nothing written)
     error FORBIDDEN            the reservation is another user's (nothing written)
     error INVALID_STATE        it is CONFIRMED or CANCELLED (nothing written)
@@ -20,11 +21,11 @@
 --@include events
 --@include holds
 
-local resKey, stream = KEYS[1], KEYS[2]
+local stream = KEYS[3]
 local user, rid = ARGV[1], ARGV[2]
-local prefix = string.match(resKey, '^(.*:)r:')
+local prefix = string.match(KEYS[1], '^(.*:)open$')
 
-local r = readReservation(resKey)
+local r = readReservation(prefix, rid)
 if not r then return refuse('NOT_FOUND', 'no reservation ' .. rid) end
 if r.user ~= user then return refuse('FORBIDDEN', 'reservation ' .. rid .. ' belongs to another user') end
 if r.status == 'EXPIRED' then return refuse('RESERVATION_EXPIRED', 'reservation ' .. rid .. ' has expired') end

@@ -11,7 +11,8 @@
     KEYS[1] sku hash          fs:{pN}:sku:<sku>   counters, sale settings, h:<user> / b:<user> counts
     KEYS[2] sku holds         fs:{pN}:holds:<sku>   zset reservation id -> deadline ms
     KEYS[3] partition stream  fs:{pN}:events
-    KEYS[4] new reservation   fs:{pN}:r:<reservation id>   (the record: lua/includes/reservations.lua)
+    KEYS[4] open holds        fs:{pN}:open   the partition's open reservation records, one field each
+                              (lua/includes/reservations.lua)
     ARGV[1] user id
     ARGV[2] quantity          integer 1..per_user_limit
     ARGV[3] new reservation id
@@ -31,12 +32,12 @@
     error OUT_OF_STOCK       fewer units available than asked for
     error BACKLOG_FULL       the write-behind backlog of this partition is at its budget (nothing written)
     (a limit or stock refusal may first have ended lapsed holds, each with its own event)
-  Event: ["reserved", sku, at, reservation id, user, quantity, expires_at]
+  Event: ["reserved", sku, at, reservation id, user, quantity, ttl ms]   (expires at = at + ttl)
 ]]
 --@include common
 --@include events
 
-local skuKey, holdsKey, stream, resKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local skuKey, holdsKey, stream, openHolds = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local user, rid = ARGV[1], ARGV[3]
 local idemTtl, idemField = tonumber(ARGV[6] or 0), ARGV[7]
 local prefix, sku = skuKeyParts(skuKey)
@@ -111,7 +112,7 @@ end
 local expiresAt = tostring(now + ttl)
 local qtyText, nowText = tostring(qty), tostring(now)
 rcall('HSET', skuKey, 'available', available - qty, 'reserved', reserved + qty, heldField, held + qty)
-rcall('SET', resKey, sku .. ' ' .. user .. ' ' .. qtyText .. ' RESERVED ' .. nowText .. ' ' .. expiresAt .. ' - 0 0')
+rcall('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' RESERVED ' .. nowText .. ' ' .. expiresAt .. ' - 0 0')
 rcall('ZADD', holdsKey, expiresAt, rid)
-emit(stream, 'reserved', sku, nowText, ',"' .. rid .. '","' .. user .. '",' .. qtyText .. ',' .. expiresAt)
+emit(stream, 'reserved', sku, nowText, ',"' .. rid .. '","' .. user .. '",' .. qtyText .. ',' .. s[6])
 return answer(rid .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresAt)

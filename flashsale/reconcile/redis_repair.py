@@ -139,10 +139,16 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
     by_sku_ord: dict[str, list[Record]] = {}
     for order in target.orders.values():
         by_sku_ord.setdefault(order["sku"], []).append(order)
+    open_now: dict[str, list[str]] = {}  # sku -> its records in the open hashes now
+    for rid, res in snap.redis.reservations.items():
+        if res["status"] == OPEN:
+            open_now.setdefault(res["sku"], []).append(rid)
     for sku, sale in sorted(target.sales.items()):
         p = keys.for_sku(sku)
         pipe = engine.redis.pipeline(transaction=True)
         pipe.delete(p.sku(sku), p.holds(sku))
+        if open_now.get(sku):
+            pipe.hdel(p.open_holds(), *open_now[sku])
         pipe.hset(p.sku(sku), mapping=_sale_hash(sale))
         for (user_sku, user), (held, bought) in target.users.items():
             if user_sku == sku and held:
@@ -153,9 +159,11 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
         for res in by_sku_res.get(sku, []):
             key = p.reservation(res["id"])
             if res["status"] == OPEN:
-                pipe.set(key, _record(res))
+                pipe.delete(key)
+                pipe.hset(p.open_holds(), res["id"], _record(res))
                 pipe.zadd(p.holds(sku), {res["id"]: deadline(res)})
             else:
+                pipe.hdel(p.open_holds(), res["id"])
                 pipe.set(key, _record(res), px=_left(res.get("ended_at"), now))
         for order in by_sku_ord.get(sku, []):
             key = p.order(order["id"])
@@ -166,13 +174,17 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
         pipe.execute()
         log.info("event=redis_rebuilt sku=%s", sku)
     for rid in plan.stale_reservations:
-        engine.redis.delete(engine.keys.for_reservation(rid).reservation(rid))
+        p = engine.keys.for_reservation(rid)
+        engine.redis.hdel(p.open_holds(), rid)
+        engine.redis.delete(p.reservation(rid))
     for oid in plan.stale_orders:
         engine.redis.delete(engine.keys.for_order(oid).order(oid))
     for sku in plan.orphans:
         p = keys.for_sku(sku)
         pipe = engine.redis.pipeline(transaction=True)
         pipe.delete(p.sku(sku), p.holds(sku))
+        if open_now.get(sku):
+            pipe.hdel(p.open_holds(), *open_now[sku])
         pipe.srem(p.catalog(), sku)
         pipe.execute()
         log.info("event=redis_orphan_removed sku=%s", sku)

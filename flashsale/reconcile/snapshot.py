@@ -190,13 +190,14 @@ def _scan(engine: Engine, pattern: str) -> list[str]:
 def _read_partition(engine: Engine, p: Partition, applied: str, state: RedisState) -> bool:
     """One partition in one MULTI; False when an unapplied event names a record the listing missed."""
     skus = sorted(str(s) for s in engine.redis.smembers(p.catalog()))
-    record_keys = _scan(engine, p.reservation("*"))
+    record_keys = _scan(engine, p.reservation("*"))  # ended reservations (open ones: the open hash)
     order_keys = _scan(engine, p.order("*"))
     pipe = engine.redis.pipeline(transaction=True)
     for sku in skus:
         pipe.hgetall(p.sku(sku))
         pipe.zrange(p.holds(sku), 0, -1, withscores=True)
     pipe.xrange(p.events(), f"({applied}" if applied != "0-0" else "-", "+")
+    pipe.hgetall(p.open_holds())
     for key in record_keys:
         pipe.get(key)
     for key in order_keys:
@@ -213,7 +214,10 @@ def _read_partition(engine: Engine, p: Partition, applied: str, state: RedisStat
         state.holds[sku] = {str(rid): int(deadline) for rid, deadline in holds}
     events = [parse_entry(p.index, sid, fields) for sid, fields in replies[at]]
     state.unapplied[p.index] = events
-    at += 1
+    open_records = replies[at + 1]
+    for rid, value in open_records.items():
+        state.reservations[rid] = reservation_from_record(rid, value)
+    at += 2
     prefix = len(p.reservation(""))
     for key, value in zip(record_keys, replies[at : at + len(record_keys)], strict=True):
         if value is not None:
@@ -224,7 +228,8 @@ def _read_partition(engine: Engine, p: Partition, applied: str, state: RedisStat
             state.orders[fields["id"]] = order_from_hash(fields)
     created = {e.reservation_id for e in events if e.type == "reserved"}
     created |= {e.order_id for e in events if e.type == "checkout_started"}
-    known = {key[prefix:] for key in record_keys} | {key[len(p.order("")) :] for key in order_keys}
+    known = set(open_records) | {key[prefix:] for key in record_keys}
+    known |= {key[len(p.order("")) :] for key in order_keys}
     return created <= known
 
 

@@ -29,7 +29,7 @@ end
 local function endHold(prefix, stream, rid, r, status, kind, now)
   returnUnits(prefix, rid, r)
   r.status, r.ended_at, r.pay_until = status, now, 0
-  writeReservation(reservationKey(prefix, rid), r)
+  writeReservation(prefix, rid, r)
   local orderId = r.order_id
   if orderId then
     local orderKey = prefix .. 'order:' .. orderId
@@ -46,7 +46,7 @@ local function expireDue(prefix, stream, sku, now, limit)
   local ended = 0
   for i = 1, #due do
     local rid = due[i]
-    local r = readReservation(reservationKey(prefix, rid))
+    local r = readReservation(prefix, rid)
     if r and r.status == 'RESERVED' and deadline(r) <= now then
       endHold(prefix, stream, rid, r, 'EXPIRED', 'expired', now)
       ended = ended + 1

@@ -1,17 +1,23 @@
 --[[
-  The reservation record: one string per reservation at fs:{pN}:r:<reservation id>, nine fields in this
-  order, separated by single spaces (ids and SKUs never contain spaces; '-' and 0 stand for "none"):
+  The reservation record: one string of nine fields in this order, separated by single spaces (ids and
+  SKUs never contain spaces; '-' and 0 stand for "none"):
 
     sku user quantity status created_at expires_at order_id pay_until ended_at
 
-  One string, not a hash: creating it costs a fraction of a 9-field hash, in CPU and memory (README,
-  Performance). engine/models.py reads the same layout.
+  An open hold's record is a field of its partition's hash fs:{pN}:open (field: the reservation id); when
+  the hold ends, its record moves to a key of its own, fs:{pN}:r:<reservation id>, kept for RETENTION_MS.
+  A field of a shared hash, not a key or a hash per hold: far less memory per hold, and cheaper to create
+  (README, Performance). engine/models.py reads the same layout.
 ]]
 --@include common
 
 local RESERVATION_PATTERN = '^(%S+) (%S+) (%d+) (%u+) (%d+) (%d+) (%S+) (%d+) (%d+)$'
 
-local function reservationKey(prefix, rid)
+local function openKey(prefix)
+  return prefix .. 'open'
+end
+
+local function endedKey(prefix, rid)
   return prefix .. 'r:' .. rid
 end
 
@@ -21,8 +27,8 @@ local function packReservation(r)
 end
 
 -- The record as a table, or nil when there is none (or it is not a reservation record).
-local function readReservation(key)
-  local value = rcall('GET', key)
+local function readReservation(prefix, rid)
+  local value = rcall('HGET', openKey(prefix), rid) or rcall('GET', endedKey(prefix, rid))
   if not value then return nil end
   local sku, user, qty, status, created, expires, order, payUntil, ended = string.match(value, RESERVATION_PATTERN)
   if not sku then return nil end
@@ -33,12 +39,13 @@ local function readReservation(key)
   }
 end
 
--- An open hold's record; an ended one is kept for RETENTION_MS.
-local function writeReservation(key, r)
+-- An open hold's record in the open hash; an ended one in a key of its own, kept for RETENTION_MS.
+local function writeReservation(prefix, rid, r)
   if r.status == 'RESERVED' then
-    rcall('SET', key, packReservation(r))
+    rcall('HSET', openKey(prefix), rid, packReservation(r))
   else
-    rcall('SET', key, packReservation(r), 'PX', RETENTION_MS)
+    rcall('HDEL', openKey(prefix), rid)
+    rcall('SET', endedKey(prefix, rid), packReservation(r), 'PX', RETENTION_MS)
   end
 end
 

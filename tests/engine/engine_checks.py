@@ -106,7 +106,7 @@ def read_partition(engine: Engine, index: int) -> PartitionState:
     for key in keys:
         kind = key[len(p.tag) :].split(":", 1)[0]
         kinds.append(kind)
-        if kind in ("sku", "order", "idem"):
+        if kind in ("sku", "order", "idem", "open"):
             pipe.hgetall(key)
         elif kind == "r":
             pipe.get(key)
@@ -120,7 +120,7 @@ def read_partition(engine: Engine, index: int) -> PartitionState:
             pipe.type(key)
     state = PartitionState(index)
     for key, kind, value in zip(keys, kinds, pipe.execute(), strict=True):
-        name = key[len(p.tag) + len(kind) + 1 :]
+        name = key[len(p.tag) + len(kind) + 1 :]  # "" for the partition-wide keys (open, events, skus)
         if kind == "sku":
             state.sales[name] = {f: v for f, v in value.items() if not f.startswith(("h:", "b:"))}
             for f, v in value.items():
@@ -128,7 +128,14 @@ def read_partition(engine: Engine, index: int) -> PartitionState:
                     counts = state.users.setdefault((name, f[2:]), {"held": 0, "purchased": 0})
                     counts["held" if f.startswith("h:") else "purchased"] = int(v)
         elif kind == "r":
+            assert name not in state.reservations, f"reservation {name} is both open and ended"
+            assert parse_record(value)["status"] != "RESERVED", f"open reservation {name} has an ended record"
             state.reservations[name] = parse_record(value)
+        elif kind == "open":
+            for rid, record in value.items():
+                assert rid not in state.reservations, f"reservation {rid} is both open and ended"
+                assert parse_record(record)["status"] == "RESERVED", f"ended reservation {rid} still open"
+                state.reservations[rid] = parse_record(record)
         elif kind == "order":
             state.orders[name] = value
         elif kind == "holds":

@@ -132,7 +132,7 @@ def test_the_keys_the_scripts_build_themselves_share_the_slot_of_the_call(gracel
     for name in ("cancel_order", "fulfil_order", "release"):
         assert touched_by[name], name
     kinds = {k.split(":")[2] for k in touched_by["reserve"]}
-    assert {"sku", "holds", "r", "events", "idem"} <= kinds
+    assert {"sku", "holds", "open", "events", "idem"} <= kinds
     assert "order" in {k.split(":")[2] for k in touched_by["reserve"] | touched_by["expire"]}
     # ... and every key in Redis, grouped by hash tag, is in the slot of its tag's partition.
     by_tag: dict[str, set[int]] = {}

@@ -15,7 +15,7 @@ from flashsale.engine.operations import identifier
 
 SCHEMAS: dict[str, Any] = build(ENDPOINTS)["components"]["schemas"]
 DOCUMENTED_RULE = re.compile(r"\[A-Za-z0-9-_\.@\]\{1,128\}")  # as the descriptions write it
-MINTED = {"rsv": r"rsv_(\d+)_[0-9a-f]{24}", "ord": r"ord_(\d+)_[0-9a-f]{24}"}
+MINTED = {"rsv": r"rsv_(\d+)_[0-9A-Za-z_-]{16}", "ord": r"ord_(\d+)_[0-9A-Za-z_-]{16}"}
 
 
 def engine_accepts(text: str) -> bool:
@@ -46,7 +46,7 @@ def test_reservation_and_order_ids_are_described_with_the_engines_format(
 ) -> None:
     prop = described(schema, field)
     assert f"{kind}_<partition>_<random>" in prop["description"]
-    assert "24 lowercase hex digits" in prop["description"]
+    assert "16 URL-safe base64 characters" in prop["description"]
     (example,) = prop["examples"]
     assert re.fullmatch(MINTED[kind], example)
     assert ENTITY_ID.fullmatch(example)
