@@ -63,7 +63,8 @@ class Payment(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def approved(self) -> bool:
-        return self.status != PaymentStatus.DECLINED
+        """Whether the money is held or taken: an order may be confirmed against this payment."""
+        return self.status in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED)
 
 
 class UnsettledPayments(msgspec.Struct, frozen=True, kw_only=True):

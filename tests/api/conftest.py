@@ -1,6 +1,6 @@
 """A real API server: uvicorn (uvloop + httptools) on a free loopback port, in a thread of the test
 process, talking to the session's real Redis (tests/conftest.py). The thread lets a test look at the
-app's payment gateway, e.g. to count charges."""
+app's payment gateway (a simulated one unless a test passes its own)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 import redis
 import uvicorn
 from flashsale.api.app import create_app
-from flashsale.api.payments import PaymentGateway, SimulatedGateway
 from flashsale.api.server import uvicorn_options
 from flashsale.engine import Engine, Sale, SaleSettings
 from flashsale.engine.settings import Settings
+from flashsale.writeback.payments import PaymentGateway, SimulatedGateway
 
 from flashsale.commands.token import mint
 from flashsale.launcher import free_port
