@@ -17,6 +17,7 @@ from flashsale.api.auth import Caller, issue_token
 from flashsale.api.context import Api
 from flashsale.api.errors import ApiError
 from flashsale.api.health import readiness
+from flashsale.api.metrics import read_payments
 from flashsale.api.schemas import (
     Alive,
     CheckoutRequest,
@@ -233,7 +234,8 @@ async def metrics(api: Api, call: Call) -> Response:
         sales = await api.engine.list_sales()
     except RedisError:  # still answer: the request counters are what shows an outage
         return Response(api.metrics.exposition(None, ()), media_type=CONTENT_TYPE_LATEST)
-    return Response(api.metrics.exposition(sales, lags), media_type=CONTENT_TYPE_LATEST)
+    payments = await read_payments(api.gateway, api.engine.redis, api.engine.keys)
+    return Response(api.metrics.exposition(sales, lags, payments), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(api: Api, call: Call) -> Response:
