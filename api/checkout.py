@@ -105,10 +105,7 @@ class Checkout:
             )
         except FlashSaleError as refusal:
             # E.g. the payment took longer than the grace period and the hold ended: release the money.
-            log.warning(
-                "event=payment_voided order=%s user=%s reason=confirm_refused code=%s",
-                pending.id, user, refusal.code,
-            )  # fmt: skip
+            log.warning("event=confirm_refused order=%s user=%s code=%s", pending.id, user, refusal.code)
             await self._give_back(pending.id, "confirm_refused")
             raise
         except RedisError as error:
