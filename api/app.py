@@ -23,11 +23,11 @@ from flashsale.api.context import Api
 from flashsale.api.decoding import read_json
 from flashsale.api.errors import ApiError, CatchAll, error_response
 from flashsale.api.metrics import ApiMetrics, RequestTimer
-from flashsale.api.payments import PaymentGateway, SimulatedGateway
 from flashsale.api.ratelimit import UserRateLimiter
 from flashsale.api.routes import ENDPOINTS, Call, Endpoint
 from flashsale.engine import AsyncEngine, FlashSaleError
 from flashsale.engine.settings import Settings
+from flashsale.writeback.payments import PaymentGateway, SimulatedGateway
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import URLPath
@@ -159,7 +159,9 @@ def create_app(
     static_dir: Path = STATIC_DIR,
 ) -> Starlette:
     """The API. Without ``engine`` it connects to ``settings.redis_url`` at startup (a waiting pool of
-    ``redis_max_connections``) and closes it at shutdown; a given engine is the caller's to close."""
+    ``redis_max_connections``) and closes it at shutdown; a given engine is the caller's to close.
+    Without ``gateway`` it pays through the simulated gateway (FLASHSALE_PAYMENT_DELAY_MS); a simulated
+    gateway not bound to a Redis client is bound to the engine's."""
     if not settings.jwt_secret:
         raise ValueError("FLASHSALE_JWT_SECRET is not set: the API cannot verify bearer tokens without it")
     if engine is None and not settings.redis_url:
@@ -179,13 +181,18 @@ def create_app(
             await live.load_scripts()
         except RedisError as error:  # not fatal: readiness says DOWN, NOSCRIPT reloads them later
             log.warning("event=scripts_not_loaded error=%r", str(error))
+        payments = gateway or SimulatedGateway(delay_s=settings.payment_delay_ms / 1000)
+        if isinstance(payments, SimulatedGateway) and not payments.bound:
+            # The simulated gateway's ledger is in Redis: through this app's pool, on this event loop.
+            payments.bind(live.redis, live.keys)
         app.state.api = Api(
             settings=settings,
             engine=live,
             auth=Authenticator(settings.jwt_secret or "", settings.jwt_issuer),
             limiter=UserRateLimiter(settings.user_rate_limit_per_s, settings.user_rate_burst),
             metrics=metrics,
-            checkout=Checkout(live, gateway or SimulatedGateway(), metrics),
+            gateway=payments,
+            checkout=Checkout(live, payments, metrics),
             reads=SingleFlight(),
             openapi=msgspec.json.encode(openapi.build(ENDPOINTS)),
         )
@@ -217,5 +224,4 @@ def create_app(
 def app_from_env() -> Starlette:
     """Factory for uvicorn: settings from FLASHSALE_* variables (FLASHSALE_PAYMENT_DELAY_MS slows the
     simulated payment gateway, for demos and load tests)."""
-    settings = Settings.from_env()
-    return create_app(settings, gateway=SimulatedGateway(delay_s=settings.payment_delay_ms / 1000))
+    return create_app(Settings.from_env())

@@ -11,6 +11,7 @@ from flashsale.api.metrics import ApiMetrics
 from flashsale.api.ratelimit import UserRateLimiter
 from flashsale.engine import AsyncEngine
 from flashsale.engine.settings import Settings
+from flashsale.writeback.payments import PaymentGateway
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Api:
     auth: Authenticator
     limiter: UserRateLimiter
     metrics: ApiMetrics
+    gateway: PaymentGateway
     checkout: Checkout
     reads: SingleFlight
     openapi: bytes

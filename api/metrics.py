@@ -1,6 +1,7 @@
 """Prometheus metrics of the API: request latency by route template, reservations and checkouts by
-outcome, and, read from Redis at scrape time, stock per SKU and write-behind lag per partition (the
-worker's own figures, ``writeback.lag``).
+outcome, and, read from Redis at scrape time, stock per SKU, write-behind lag per partition (the
+worker's own figures, ``writeback.lag``) and payments: the gateway's moves, its unsettled payments per
+partition, and what settlement did (``writeback.settlement``, which runs in the worker).
 
 With several worker processes (``flashsale serve --workers N``), ``PROMETHEUS_MULTIPROC_DIR`` is set by
 the serve command and the counters and histograms of all workers are summed at scrape time.
@@ -11,16 +12,37 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
+import redis.asyncio as aioredis
 from flashsale.engine import Sale
+from flashsale.engine.keys import Keyspace
 from flashsale.writeback.lag import PartitionLag
+from flashsale.writeback.payments import GatewayError, GatewayReport, PaymentGateway
+from flashsale.writeback.settlement import read_settlements
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class PaymentFigures(NamedTuple):
+    gateway: GatewayReport
+    settlements: dict[str, int]  # action -> payments settlement captured, voided, refunded, finalized
+
+
+async def read_payments(
+    gateway: PaymentGateway, client: aioredis.Redis, keyspace: Keyspace
+) -> PaymentFigures | None:
+    """The payment figures of a scrape; None when the gateway or Redis did not answer."""
+    try:
+        return PaymentFigures(await gateway.report(), await read_settlements(client, keyspace))
+    except (GatewayError, RedisError, OSError):
+        return None
 
 
 class ApiMetrics:
@@ -49,10 +71,15 @@ class ApiMetrics:
         )
 
     def exposition(
-        self, sales: Iterable[Sale] | None, lags: Iterable[PartitionLag], backlog_limit: int = 0
+        self,
+        sales: Iterable[Sale] | None,
+        lags: Iterable[PartitionLag],
+        backlog_limit: int = 0,
+        payments: PaymentFigures | None = None,
     ) -> bytes:
-        """The text format for a scrape: this process's (or all workers') series, then live stock and lag
-        (``sales`` None: Redis did not answer, flashsale_redis_up is 0 and there is no stock to show)."""
+        """The text format for a scrape: this process's (or all workers') series, then live stock, lag,
+        backlog and payments (``sales`` None: Redis did not answer, flashsale_redis_up is 0 and there is no
+        stock to show; ``payments`` None: no payment series)."""
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             merged = CollectorRegistry()
             MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
@@ -60,18 +87,25 @@ class ApiMetrics:
         else:
             counted = generate_latest(self.registry)
         live = CollectorRegistry()
-        live.register(_LiveState(sales, list(lags), backlog_limit))
+        live.register(_LiveState(sales, list(lags), backlog_limit, payments))
         return counted + generate_latest(live)
 
 
 class _LiveState(Collector):
     """Gauges read from Redis just before the scrape: there is nothing to keep in step between scrapes."""
 
-    def __init__(self, sales: Iterable[Sale] | None, lags: list[PartitionLag], backlog_limit: int) -> None:
+    def __init__(
+        self,
+        sales: Iterable[Sale] | None,
+        lags: list[PartitionLag],
+        backlog_limit: int,
+        payments: PaymentFigures | None,
+    ) -> None:
         self.redis_up = sales is not None
         self.sales = list(sales or ())
         self.lags = lags
         self.backlog_limit = backlog_limit
+        self.payments = payments
 
     def collect(self) -> Iterator[Metric]:
         up = int(self.redis_up)
@@ -120,6 +154,42 @@ class _LiveState(Collector):
         yield age
         yield stalled
         yield budget
+        if self.payments is not None:
+            yield from _payment_metrics(self.payments)
+
+
+def _payment_metrics(figures: PaymentFigures) -> Iterator[Metric]:
+    moves = CounterMetricFamily(
+        "flashsale_payments",
+        "Payment gateway moves by result (authorized, declined, captured, voided, refunded)",
+        labels=["result"],
+    )
+    for result, count in sorted(figures.gateway.counts.items()):
+        moves.add_metric([result], count)
+    settled = CounterMetricFamily(
+        "flashsale_payment_settlements",
+        "Payments the settlement pass settled, by action (capture, void, refund, finalize)",
+        labels=["action"],
+    )
+    for action, count in sorted(figures.settlements.items()):
+        settled.add_metric([action], count)
+    unsettled = GaugeMetricFamily(
+        "flashsale_payments_unsettled",
+        "Payments not final yet: authorizations, and captures whose order is being cancelled",
+        labels=["partition"],
+    )
+    oldest = GaugeMetricFamily(
+        "flashsale_payments_unsettled_seconds",
+        "How long the oldest of those payments has not been final (0 when none)",
+        labels=["partition"],
+    )
+    for partition in figures.gateway.unsettled:
+        unsettled.add_metric([str(partition.partition)], partition.count)
+        oldest.add_metric([str(partition.partition)], partition.oldest_age_ms / 1000)
+    yield moves
+    yield settled
+    yield unsettled
+    yield oldest
 
 
 class RequestTimer:

@@ -17,6 +17,7 @@ from flashsale.api.auth import Caller, issue_token
 from flashsale.api.context import Api
 from flashsale.api.errors import ApiError
 from flashsale.api.health import readiness
+from flashsale.api.metrics import read_payments
 from flashsale.api.schemas import (
     Alive,
     CheckoutRequest,
@@ -149,8 +150,9 @@ async def get_order(api: Api, call: Call) -> OrderBody:
 
 
 async def cancel_order(api: Api, call: Call) -> OrderBody:
-    """Cancel one of the caller's confirmed orders: its units go back on sale."""
-    return schemas.order(await api.engine.cancel_order(call.param("orderId"), call.user))
+    """Cancel one of the caller's orders, confirmed or still paying: its units go back on sale and its
+    payment is refunded (or its authorization voided)."""
+    return schemas.order(await api.checkout.cancel(call.param("orderId"), call.user))
 
 
 # -- admin -------------------------------------------------------------------------------------------------
@@ -196,8 +198,8 @@ async def fulfil_order(api: Api, call: Call) -> OrderBody:
 
 
 async def admin_cancel_order(api: Api, call: Call) -> OrderBody:
-    """Cancel any confirmed order."""
-    return schemas.order(await api.engine.cancel_order(call.param("orderId"), call.user, admin=True))
+    """Cancel any confirmed or still paying order, refunding (or voiding) its payment."""
+    return schemas.order(await api.checkout.cancel(call.param("orderId"), call.user, admin=True))
 
 
 # -- demo --------------------------------------------------------------------------------------------------
@@ -233,7 +235,8 @@ async def metrics(api: Api, call: Call) -> Response:
     except RedisError:  # still answer: the request counters are what shows an outage
         return Response(api.metrics.exposition(None, ()), media_type=CONTENT_TYPE_LATEST)
     limit = api.engine.config.backlog_limit_events
-    return Response(api.metrics.exposition(sales, lags, limit), media_type=CONTENT_TYPE_LATEST)
+    payments = await read_payments(api.gateway, api.engine.redis, api.engine.keys)
+    return Response(api.metrics.exposition(sales, lags, limit, payments), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(api: Api, call: Call) -> Response:
@@ -260,7 +263,7 @@ ENDPOINTS: list[Endpoint] = [
              errors=(*_BODY, 402, *_USER, 409, 410, 502)),
     Endpoint("GET", f"{V1}/orders/{{orderId}}", get_order, returns=OrderBody, errors=_USER),
     Endpoint("POST", f"{V1}/orders/{{orderId}}/cancel", cancel_order, returns=OrderBody,
-             errors=(*_USER, 409)),
+             errors=(*_USER, 409, 502)),
     Endpoint("PUT", f"{ADMIN}/sales/{{skuId}}", put_sale, "admin", body=SaleRequest, returns=Product,
              errors=(*_BODY, *_ADMIN)),
     Endpoint("POST", f"{ADMIN}/sales/{{skuId}}/restock", restock, "admin", body=RestockRequest,
@@ -270,7 +273,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", f"{ADMIN}/orders/{{orderId}}/fulfil", fulfil_order, "admin", returns=OrderBody,
              errors=(*_ADMIN, 409)),
     Endpoint("POST", f"{ADMIN}/orders/{{orderId}}/cancel", admin_cancel_order, "admin", returns=OrderBody,
-             errors=(*_ADMIN, 409)),
+             errors=(*_ADMIN, 409, 502)),
     Endpoint("POST", f"{V1}/demo/token", demo_token, "public", body=DemoTokenRequest, returns=DemoToken,
              status=201, errors=(*_BODY, 404)),
     Endpoint("GET", "/health", alive, "public", returns=Alive),

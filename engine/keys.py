@@ -15,6 +15,11 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
     fs:{p3}:idem:<generation>  hash    first answers of idempotent calls, field "<op>:<digest of scope, user
                                        and key>"; generation = now // idempotency ttl (idempotency.lua)
     fs:{p3}:events             stream  every state change of the partition, in order (engine/events.py)
+    fs:{p3}:gw:<order id>      hash    the simulated payment gateway's record of one order's payment
+                                       (status, amount, method, transaction, review) (writeback/payments.py)
+    fs:{p3}:gw:unsettled       zset    order id -> ms since its payment is not final: the settlement's list
+    fs:{p3}:gw:counts          hash    the gateway's authorizations, declines, captures, voids, refunds
+    fs:{p3}:settlement         hash    payments the settlement pass captured, voided, refunded (counts)
     fs:{p3}:writeback:lease    string  the write-behind worker holding the partition (a lease)
     fs:{p3}:writeback          hash    applied (PostgreSQL), published (Kafka): stream ids each sink took
     fs:writeback:workers       zset    worker id -> last heartbeat ms: the live workers
@@ -85,6 +90,22 @@ class Partition:
 
     def writeback_lease(self) -> str:
         return f"{self.tag}writeback:lease"
+
+    def payment(self, order_id: str) -> str:
+        """The simulated payment gateway's record of one order's payment (the order's partition)."""
+        return f"{self.tag}gw:{order_id}"
+
+    def payments_unsettled(self) -> str:
+        """The gateway's list of payments that are not final: order id -> ms since when."""
+        return f"{self.tag}gw:unsettled"
+
+    def payment_counts(self) -> str:
+        """The gateway's counts of authorizations, declines, captures, voids and refunds."""
+        return f"{self.tag}gw:counts"
+
+    def settlements(self) -> str:
+        """Counts of what the settlement pass did (capture, void, refund)."""
+        return f"{self.tag}settlement"
 
     def writeback_progress(self) -> str:
         return f"{self.tag}writeback"

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flashsale.writeback", description=__doc__)
     parser.add_argument("--worker-id", default=None, help="name in leases and logs")
     parser.add_argument("--no-sweep", action="store_true", help="do not run the expiry sweeper")
+    parser.add_argument("--no-settle", action="store_true", help="do not run payment settlement")
     parser.add_argument("--no-trim", action="store_true", help="keep the streams whole")
     parser.add_argument("--batch-size", type=int, default=None, help="events per batch")
     parser.add_argument("--lease-ms", type=int, default=None, help="partition lease length")
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     options = WorkerOptions(
         worker_id=args.worker_id,
         sweep=not args.no_sweep,
+        settle=not args.no_settle,
         trim=not args.no_trim,
         batch_size=args.batch_size,
         lease_ms=args.lease_ms,

@@ -51,7 +51,9 @@ from flashsale.writeback.kafka import Publisher, PublishFailed, ensure_topics
 from flashsale.writeback.lag import read_lag, read_lag_async, total_lag
 from flashsale.writeback.leases import Leases
 from flashsale.writeback.messages import Topics
+from flashsale.writeback.payments import GatewayError, PaymentGateway, SimulatedGateway
 from flashsale.writeback.postgres import apply_batch, ensure_offset, unapplied
+from flashsale.writeback.settlement import Settlement
 from flashsale.writeback.stalls import PermanentSinkError, is_permanent
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
@@ -67,6 +69,8 @@ class WorkerOptions:
 
     worker_id: str | None = None  # default: <hostname>-<pid>-<random>
     sweep: bool = True  # run the expiry sweeper on the partitions this worker holds
+    settle: bool = True  # run payment settlement (writeback.settlement) on the partitions this worker holds
+    settle_interval_ms: int = 1000
     trim: bool = True  # trim streams below what both sinks took (off: keep the whole log, e.g. to replay)
     batch_size: int | None = None  # Settings.worker_batch_size
     lease_ms: int | None = None  # Settings.worker_lease_ms
@@ -87,6 +91,7 @@ class WorkerStats:
     batches: int = 0
     expired: int = 0  # reservations the sweeper ended
     stalls: int = 0  # partitions stopped on an event a sink can never take (writeback.stalls)
+    settled: int = 0  # payments settlement captured, voided, refunded or finalized
     sink_failures: dict[str, int] = field(default_factory=lambda: {"postgres": 0, "kafka": 0})
 
 
@@ -117,7 +122,13 @@ def _default_worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, settings: Settings, options: WorkerOptions | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        options: WorkerOptions | None = None,
+        *,
+        gateway: PaymentGateway | None = None,  # settlement's gateway; default: the simulated one
+    ) -> None:
         if not settings.redis_url or not settings.database_url or not settings.kafka_bootstrap:
             raise ValueError(
                 "the worker needs FLASHSALE_REDIS_URL, FLASHSALE_DATABASE_URL and FLASHSALE_KAFKA_BOOTSTRAP"
@@ -137,6 +148,7 @@ class Worker:
         self._topics_ready = False
         self._publisher_lock = asyncio.Lock()
         self.started = threading.Event()
+        self.gateway = gateway
 
     # -- public -------------------------------------------------------------------------------------------
     @property
@@ -182,6 +194,8 @@ class Worker:
         background = [asyncio.create_task(self._lease_loop(), name="leases")]
         if self.options.sweep:
             background.append(asyncio.create_task(self._sweep_loop(), name="sweeper"))
+        if self.options.settle:
+            background.append(asyncio.create_task(self._settle_loop(), name="settlement"))
         self.started.set()
         try:
             await self._stopping.wait()
@@ -518,6 +532,23 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
+    # -- payment settlement -------------------------------------------------------------------------------
+    async def _settle_loop(self) -> None:
+        assert self._stopping is not None
+        gateway = self.gateway or SimulatedGateway(self.redis, self.keyspace)
+        settlement = Settlement(self.engine, gateway)
+        interval = self.options.settle_interval_ms / 1000
+        while not self._stopping.is_set():
+            for p in sorted(self.owned_partitions):
+                try:
+                    self.stats.settled += len(await settlement.settle_partition(p))
+                except (redis.RedisError, OSError, GatewayError) as error:
+                    log.warning(
+                        "event=settle_failed worker=%s partition=%d error=%r", self.worker_id, p, str(error)
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+
     # -- stopping -----------------------------------------------------------------------------------------
     async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:
         log.info("event=worker_stopping worker=%s partitions=%d", self.worker_id, len(self._owned))
@@ -629,6 +660,8 @@ def worker_command(options: WorkerOptions | None = None) -> list[str]:
         args += ["--worker-id", o.worker_id]
     if not o.sweep:
         args.append("--no-sweep")
+    if not o.settle:
+        args.append("--no-settle")
     if not o.trim:
         args.append("--no-trim")
     if o.batch_size:

@@ -11,6 +11,7 @@ from flashsale.engine.settings import Settings
 @click.group(invoke_without_command=True)
 @click.option("--worker-id", default=None, help="Name in leases and logs (default: host-pid-random).")
 @click.option("--no-sweep", is_flag=True, help="Do not run the reservation expiry sweeper.")
+@click.option("--no-settle", is_flag=True, help="Do not run payment settlement (capture, void, refund).")
 @click.option("--no-trim", is_flag=True, help="Keep the streams whole (no XTRIM) e.g. to replay them later.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=None, help="Events per batch.")
 @click.option("--lease-ms", type=click.IntRange(500, 600_000), default=None, help="Partition lease length.")
@@ -19,6 +20,7 @@ def worker(
     ctx: click.Context,
     worker_id: str | None,
     no_sweep: bool,
+    no_settle: bool,
     no_trim: bool,
     batch_size: int | None,
     lease_ms: int | None,
@@ -31,7 +33,12 @@ def worker(
 
     settings: Settings = ctx.obj
     options = WorkerOptions(
-        worker_id=worker_id, sweep=not no_sweep, trim=not no_trim, batch_size=batch_size, lease_ms=lease_ms
+        worker_id=worker_id,
+        sweep=not no_sweep,
+        settle=not no_settle,
+        trim=not no_trim,
+        batch_size=batch_size,
+        lease_ms=lease_ms,
     )
     try:
         run_until_signalled(settings, options)

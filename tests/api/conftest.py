@@ -1,6 +1,6 @@
 """A real API server: uvicorn (uvloop + httptools) on a free loopback port, in a thread of the test
 process, talking to the session's real Redis (tests/conftest.py). The thread lets a test look at the
-app's payment gateway, e.g. to count charges."""
+app's payment gateway (a simulated one unless a test passes its own)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 import redis
 import uvicorn
 from flashsale.api.app import create_app
-from flashsale.api.payments import PaymentGateway, SimulatedGateway
 from flashsale.api.server import uvicorn_options
-from flashsale.engine import Engine, Sale, SaleSettings
+from flashsale.engine import AsyncEngine, Engine, Sale, SaleSettings
 from flashsale.engine.settings import Settings
+from flashsale.writeback.payments import PaymentGateway, SimulatedGateway
 
 from flashsale.commands.token import mint
 from flashsale.launcher import free_port
@@ -49,11 +49,13 @@ class ApiServer:
         self.thread.join(timeout=15)
 
 
-def start_api(settings: Settings, gateway: PaymentGateway | None = None) -> ApiServer:
+def start_api(
+    settings: Settings, gateway: PaymentGateway | None = None, engine: AsyncEngine | None = None
+) -> ApiServer:
     gateway = gateway or SimulatedGateway()
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings, gateway=gateway),
+        create_app(settings, engine, gateway=gateway),
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -84,11 +86,14 @@ def api_settings(redis_url: str | None, **overrides: Any) -> Settings:
 
 @pytest.fixture
 def start_server(redis_url: str) -> Iterator[Callable[..., ApiServer]]:
-    """Starts servers with custom settings or gateway; stops them after the test."""
+    """Starts servers with custom settings, gateway or engine; stops them after the test."""
     started: list[ApiServer] = []
 
-    def start(gateway: PaymentGateway | None = None, **overrides: Any) -> ApiServer:
-        server = start_api(api_settings(overrides.pop("redis_url", redis_url), **overrides), gateway)
+    def start(
+        gateway: PaymentGateway | None = None, engine: AsyncEngine | None = None, **overrides: Any
+    ) -> ApiServer:
+        settings = api_settings(overrides.pop("redis_url", redis_url), **overrides)
+        server = start_api(settings, gateway, engine)
         started.append(server)
         return server
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from flashsale.api.payments import SimulatedGateway
 from flashsale.engine import Engine, Sale
+from flashsale.writeback.payments import SimulatedGateway
 
 from flashsale.launcher import free_port
 from tests.api.conftest import SECRET, SKU, ApiServer

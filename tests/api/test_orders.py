@@ -1,4 +1,5 @@
-"""Checkout through the simulated gateway, orders and their cancellation, over real HTTP and Redis."""
+"""Checkout through the simulated gateway (authorize -> confirm -> capture), orders and their cancellation,
+over real HTTP and Redis. The gateway's ledger is in Redis: the tests count its moves there."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from typing import Any
 
 import aiohttp
 import httpx
-from flashsale.api.payments import DECLINING_METHOD, Charge, SimulatedGateway
+import msgspec
+import redis
 from flashsale.engine import Engine, Sale
+from flashsale.engine.keys import Keyspace
+from flashsale.writeback.payments import COUNTS, DECLINING_METHOD, Payment, PaymentStatus, SimulatedGateway
 
 from tests.api.conftest import SKU, ApiServer
 from tests.api.test_reservations import V1, assert_error, reserve
@@ -28,9 +32,45 @@ def checkout(
     return http.post(f"{V1}/orders/checkout", json=body, headers={**api.auth(user), **extra})
 
 
+def gateway_counts(redis_url: str) -> dict[str, int]:
+    """The simulated gateway's counts of authorizations, declines, captures, voids and refunds."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        totals = dict.fromkeys(COUNTS, 0)
+        for p in Keyspace().all():
+            for name, value in client.hgetall(p.payment_counts()).items():
+                totals[name] += int(value)
+        return totals
+    finally:
+        client.close()
+
+
+def payment_of(redis_url: str, order_id: str) -> Payment | None:
+    """The simulated gateway's record of an order's payment."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        fields = client.hgetall(Keyspace().for_order(order_id).payment(order_id))
+    finally:
+        client.close()
+    return msgspec.convert(fields, Payment, strict=False) if "status" in fields else None
+
+
+def unsettled(redis_url: str) -> list[str]:
+    """Every order id on the gateway's unsettled list."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return [oid for p in Keyspace().all() for oid in client.zrange(p.payments_unsettled(), 0, -1)]
+    finally:
+        client.close()
+
+
+def moves(api: ApiServer) -> dict[str, int]:
+    return gateway_counts(str(api.settings.redis_url))
+
+
 def charges(api: ApiServer) -> int:
-    assert isinstance(api.gateway, SimulatedGateway)
-    return len(api.gateway.charges)
+    """Authorizations made: one per order paid for, whatever happened to it after."""
+    return moves(api)["authorized"]
 
 
 def test_checkout_confirms_the_order_and_moves_the_units_to_sold(
@@ -50,7 +90,12 @@ def test_checkout_confirms_the_order_and_moves_the_units_to_sold(
     assert engine.get_reservation(rid).status == "CONFIRMED"
     sale = engine.get_sale(SKU)
     assert (sale.available, sale.reserved, sale.sold) == (1, 0, 2)
-    assert charges(api) == 1
+    assert moves(api) == {**moves(api), "authorized": 1, "captured": 1, "voided": 0}
+    payment = payment_of(str(api.settings.redis_url), order["id"])
+    assert payment is not None
+    assert (payment.status, payment.amount_cents) == (PaymentStatus.CAPTURED, 9_998)
+    assert payment.transaction_id == order["transactionId"]
+    assert unsettled(str(api.settings.redis_url)) == []
     # The reservation is paid for: paying again is a state error, not a second charge.
     assert_error(checkout(http, api, "alice", rid), 409, "INVALID_STATE")
     assert charges(api) == 1
@@ -74,6 +119,7 @@ def test_a_declined_payment_answers_402_with_the_failed_order_and_the_hold_can_b
     assert retried.status_code == 201
     assert retried.json()["status"] == "CONFIRMED"
     assert engine.get_sale(SKU).sold == 1
+    assert (moves(api)["declined"], moves(api)["authorized"], moves(api)["captured"]) == (1, 1, 1)
 
 
 def test_an_unknown_payment_method_is_refused_before_anything_changes(
@@ -108,7 +154,7 @@ def test_two_concurrent_checkouts_of_one_reservation_charge_once_and_the_second_
     statuses = sorted(status for status, _ in answers)
     assert statuses == [201, 409, 409, 409, 409], answers
     assert {body["error"] for status, body in answers if status == 409} == {"CHECKOUT_IN_PROGRESS"}
-    assert charges(api) == 1
+    assert (moves(api)["authorized"], moves(api)["captured"]) == (1, 1)
     sale = engine.get_sale(SKU)
     assert (sale.reserved, sale.sold) == (0, 1)
 
@@ -147,22 +193,28 @@ def test_an_order_is_private_to_its_user_and_cancelling_it_returns_the_units(
     assert (sale.available, sale.sold) == (1, 0)
     again = http.post(f"{V1}/orders/{order_id}/cancel", headers=api.auth("alice"))
     assert_error(again, 409, "INVALID_STATE")
+    # The shopper got the money back, once.
+    refunded = payment_of(str(api.settings.redis_url), order_id)
+    assert refunded is not None
+    assert refunded.status == PaymentStatus.REFUNDED
+    assert (moves(api)["captured"], moves(api)["refunded"]) == (1, 1)
+    assert unsettled(str(api.settings.redis_url)) == []
     # The unit and the user's limit are free again.
     assert reserve(http, api, "alice").status_code == 201
 
 
 class PausingGateway(SimulatedGateway):
-    """Says (across threads) when a charge has started, then takes its time."""
+    """Says (across threads) when an authorization has started, then takes its time."""
 
     def __init__(self) -> None:
         super().__init__(delay_s=0.5)
         self.charging = threading.Event()
 
-    async def charge(
+    async def authorize(
         self, *, order_id: str, amount_cents: int, method: str, transaction_id: str | None
-    ) -> Charge:
+    ) -> Payment:
         self.charging.set()
-        return await super().charge(
+        return await super().authorize(
             order_id=order_id, amount_cents=amount_cents, method=method, transaction_id=transaction_id
         )
 
@@ -193,24 +245,24 @@ def test_releasing_a_reservation_while_its_payment_is_in_flight_is_refused(
 
 
 class HeldGateway(SimulatedGateway):
-    """Approves, but only when the test lets the charge finish."""
+    """Authorizes, but only when the test lets the authorization finish."""
 
     def __init__(self) -> None:
         super().__init__()
         self.charging = threading.Event()
         self.proceed = threading.Event()
 
-    async def charge(
+    async def authorize(
         self, *, order_id: str, amount_cents: int, method: str, transaction_id: str | None
-    ) -> Charge:
+    ) -> Payment:
         self.charging.set()
         await asyncio.to_thread(self.proceed.wait, 20)
-        return await super().charge(
+        return await super().authorize(
             order_id=order_id, amount_cents=amount_cents, method=method, transaction_id=transaction_id
         )
 
 
-def test_a_payment_that_outlives_its_hold_is_refunded_and_the_order_stays_failed(
+def test_a_payment_that_outlives_its_hold_is_voided_and_the_order_stays_failed(
     start_server: Callable[..., ApiServer], load_sale: Callable[..., Sale], engine: Engine
 ) -> None:
     gateway = HeldGateway()
@@ -231,11 +283,16 @@ def test_a_payment_that_outlives_its_hold_is_refunded_and_the_order_stays_failed
 
     status, body = asyncio.run(pay_too_late())
     assert (status, body["error"]) == (409, "INVALID_STATE")
-    assert [charge.order_id for charge in gateway.refunds] == list(gateway.charges)
     reservation = engine.get_reservation(rid)
     assert reservation.status == "EXPIRED"
     assert reservation.order_id is not None
     assert engine.get_order(reservation.order_id).status == "FAILED"
+    # The authorization was released, never captured.
+    voided = payment_of(str(api.settings.redis_url), reservation.order_id)
+    assert voided is not None
+    assert voided.status == PaymentStatus.VOIDED
+    assert moves(api) == {**moves(api), "authorized": 1, "captured": 0, "voided": 1}
+    assert unsettled(str(api.settings.redis_url)) == []
     sale = engine.get_sale(SKU)
     assert (sale.available, sale.reserved, sale.sold) == (10, 0, 0)
 
@@ -262,5 +319,5 @@ def test_concurrent_repeats_with_one_idempotency_key_share_one_order_and_one_cha
     assert [status for status, _ in answers] == [201, 201, 201], answers
     assert len({body["id"] for _, body in answers}) == 1
     assert {body["status"] for _, body in answers} == {"CONFIRMED"}
-    assert charges(api) == 1
+    assert (moves(api)["authorized"], moves(api)["captured"]) == (1, 1)
     assert engine.get_sale(SKU).sold == 1
