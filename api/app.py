@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,23 +21,22 @@ from flashsale.api.checkout import Checkout
 from flashsale.api.coalescing import SingleFlight
 from flashsale.api.context import Api
 from flashsale.api.decoding import read_json
-from flashsale.api.errors import ApiError, CatchAll, error_response
-from flashsale.api.metrics import ApiMetrics, RequestTimer
+from flashsale.api.edge import Edge
+from flashsale.api.metrics import ApiMetrics
 from flashsale.api.ratelimit import UserRateLimiter
 from flashsale.api.routes import ENDPOINTS, Call, Endpoint
-from flashsale.engine import AsyncEngine, FlashSaleError
+from flashsale.engine import AsyncEngine
 from flashsale.engine.settings import Settings
 from flashsale.writeback.payments import PaymentGateway, SimulatedGateway
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import URLPath
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match, NoMatchFound, Route
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route, Router
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("flashsale.api")
 
@@ -45,11 +44,17 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 _encoder = msgspec.json.Encoder()
 
 
-def _responder(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+_JSON_HEADERS = (b"content-type", b"application/json")
+
+
+def _responder(endpoint: Endpoint) -> ASGIApp:
+    """One endpoint as a plain ASGI app (no Starlette ``Response`` or ``request_response`` wrapper on the
+    way): who calls, the body, the handler, then the answer's two messages. Exceptions go up to ``Edge``."""
     handler, access, body_type, status = endpoint.handler, endpoint.access, endpoint.body, endpoint.status
 
-    async def respond(request: Request) -> Response:
-        api: Api = request.app.state.api
+    async def respond(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        api: Api = scope["app"].state.api
         caller = None
         if access == "user":
             caller = api.auth.caller(request)
@@ -59,10 +64,25 @@ def _responder(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         body = None if body_type is None else await read_json(request, body_type, api.settings.max_body_bytes)
         result = await handler(api, Call(request, caller, body))
         if isinstance(result, Response):
-            return result
-        return Response(_encoder.encode(result), status, media_type="application/json")
+            await result(scope, receive, send)
+            return
+        encoded = _encoder.encode(result)
+        headers = [_JSON_HEADERS, (b"content-length", b"%d" % len(encoded))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": encoded})
 
     return respond
+
+
+class _ByMethod:
+    """A path's endpoints by method, as an ASGI app: an object, not a function, so Starlette's Route calls
+    it as it is rather than wrapping it in ``request_response`` (a Request, an exception wrapper)."""
+
+    def __init__(self, responders: dict[str, ASGIApp]) -> None:
+        self.responders = responders
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.responders[scope["method"]](scope, receive, send)
 
 
 class ApiPath(Route):
@@ -75,10 +95,9 @@ class ApiPath(Route):
         if "GET" in responders:
             responders.setdefault("HEAD", responders["GET"])
 
-        async def by_method(request: Request) -> Response:
-            return await responders[request.method](request)
-
-        super().__init__(path, by_method, methods=list(responders), name=endpoints[0].handler.__name__)
+        super().__init__(
+            path, _ByMethod(responders), methods=list(responders), name=endpoints[0].handler.__name__
+        )
         self.allow = ", ".join(sorted(responders))
         # The API's paths without parameters: they are theirs, not this template's (OpenAPI's rule,
         # concrete before templated), so GET /orders/checkout is 405, not "no order 'checkout'".
@@ -151,6 +170,49 @@ def _routes(static_dir: Path) -> list[BaseRoute]:
     return [*api_routes, Storefront(static_dir, api_routes)]
 
 
+class ApiRouter(Router):
+    """Starlette's router, with the API's paths that have no parameter found in a dict: Router tries its
+    routes one by one (a regex each), and the busiest paths (POST /reservations, /orders/checkout) are
+    such paths. Same answer as the scan: no templated route claims a concrete path (``ApiPath.concrete``)
+    and the storefront claims no API path, so the route found is the only one that could match."""
+
+    def __init__(self, routes: list[BaseRoute], lifespan: Any) -> None:
+        # No 307 from /api/v1/reservations/ to /api/v1/reservations: a path the API lacks is 404 whatever
+        # the method (Starlette redirected the methods the storefront does not take, and only those).
+        super().__init__(routes, redirect_slashes=False, lifespan=lifespan)
+        self.concrete = {
+            route.path: route for route in routes if isinstance(route, ApiPath) and not route.param_convertors
+        }
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.concrete.get(_route_path(scope)) if scope["type"] == "http" else None
+        if route is None:
+            await super().app(scope, receive, send)
+            return
+        scope["router"] = self
+        scope["route"] = route
+        _, child_scope = route.matches(scope)  # FULL, or PARTIAL for a method it lacks: 405 in handle
+        scope.update(child_scope)
+        await route.handle(scope, receive, send)
+
+
+class App(Starlette):
+    """Starlette, with ``Edge`` (api/edge.py) as the one layer around the router in place of Starlette's
+    ServerErrorMiddleware and ExceptionMiddleware (every exception meets ``errors.error_response`` there),
+    and the ``ApiRouter``."""
+
+    def __init__(self, *, metrics: ApiMetrics, routes: list[BaseRoute], lifespan: Any) -> None:
+        self.metrics = metrics
+        super().__init__()
+        self.router = ApiRouter(routes, lifespan)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app: ASGIApp = self.router
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return Edge(app, self.metrics)
+
+
 def create_app(
     settings: Settings,
     engine: AsyncEngine | None = None,
@@ -203,22 +265,7 @@ def create_app(
             if own_engine:
                 await live.close()
 
-    handlers: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
-        FlashSaleError: error_response,
-        ApiError: error_response,
-        HTTPException: error_response,
-        RedisError: error_response,
-    }
-    app = Starlette(
-        routes=_routes(static_dir),
-        middleware=[Middleware(RequestTimer, metrics=metrics), Middleware(CatchAll)],
-        exception_handlers=handlers,
-        lifespan=lifespan,
-    )
-    # No 307 from /api/v1/reservations/ to /api/v1/reservations: a path the API lacks is 404 whatever
-    # the method (Starlette redirected the methods the storefront does not take, and only those).
-    app.router.redirect_slashes = False
-    return app
+    return App(metrics=metrics, routes=_routes(static_dir), lifespan=lifespan)
 
 
 def app_from_env() -> Starlette:

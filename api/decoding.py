@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from flashsale.api.errors import ApiError, validation_error
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 T = TypeVar("T")
 
@@ -38,18 +38,22 @@ async def read_json(request: Request, into: type[T], limit: int) -> T:
         if int(declared) > limit:
             raise _too_large(limit)
     # Counted while reading: a chunked body has no Content-Length to trust.
+    # Read from ASGI's receive directly (the one reader of this request's body): no async generator.
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # The client went away mid-body, or was cut off as too slow (api.server): not a server error.
-        raise ApiError(408, "REQUEST_TIMEOUT", "the request body did not arrive in full") from None
-    body = b"".join(chunks)
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            # The client went away mid-body, or was cut off as too slow (api.server): not a server error.
+            raise ApiError(408, "REQUEST_TIMEOUT", "the request body did not arrive in full")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     try:
         decoded: T = _decoder(into).decode(body)
     except msgspec.ValidationError:

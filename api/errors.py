@@ -17,7 +17,6 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("flashsale.api")
 
@@ -108,33 +107,3 @@ async def error_response(request: Request, exc: Exception) -> Response:
         return render(503, "SERVICE_UNAVAILABLE", "the reservation store is unreachable, try again", path)
     log.error("event=unhandled_error method=%s path=%s", request.method, path, exc_info=exc)
     return render(500, "INTERNAL_ERROR", "unexpected error; it has been logged", path)
-
-
-class CatchAll:
-    """Turns an exception no handler claimed into the 500 error shape, logged once with its traceback.
-
-    (Starlette's own last-resort handler re-raises after answering, so the server would log it twice.)
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_tracking(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_tracking)
-        except Exception as exc:
-            response = await error_response(Request(scope), exc)
-            if started:  # too late for a clean answer; the server closes the connection
-                raise
-            await response(scope, receive, send)

@@ -10,7 +10,6 @@ the serve command and the counters and histograms of all workers are summed at s
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -25,7 +24,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -190,35 +188,3 @@ def _payment_metrics(figures: PaymentFigures) -> Iterator[Metric]:
     yield settled
     yield unsettled
     yield oldest
-
-
-class RequestTimer:
-    """ASGI middleware: observes every HTTP request's latency, labelled by its route template."""
-
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None)
-            # Unmatched paths share one label: a scanner must not create a series per URL it tries.
-            label = (template or "/") if route is not None else "unmatched"
-            self.metrics.request_seconds.labels(scope["method"], label, str(status)).observe(
-                time.perf_counter() - started
-            )

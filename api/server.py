@@ -165,4 +165,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "http": functools.partial(GuardedHttpProtocol, limits=Limits.of(settings)),
         "loop": "uvloop",
         "backlog": 4096,
+        # The API reads no client address (the user comes from the token, the rate limit is per user), so
+        # no X-Forwarded-For rewriting layer on every request, and no "server: uvicorn" header to send.
+        "proxy_headers": False,
+        "server_header": False,
     }
