@@ -26,6 +26,10 @@ SCENARIOS = {
     "http": ("http", "5: POST /reservations end to end through `flashsale serve`, driven by wrk."),
     "write-behind": ("write_behind", "6: write-behind drain rate and lag under a steady reserve load."),
     "full-sale": ("full_sale", "7: a whole sale: reserve, 70% checkout, 20% release, 10% expire."),
+    "cluster-clients": (
+        "cluster_clients",
+        "Redis Cluster clients side by side: flashsale's per-node auto-pipeline, redis-py, coredis, glide.",
+    ),
 }
 
 
