@@ -13,6 +13,8 @@ auto-pipeline, once per node). ``from_settings`` builds whichever the settings n
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -23,7 +25,7 @@ import redis.cluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ClusterDownError, ClusterError, NoScriptError, ResponseError, TryAgainError
 from redis.retry import Retry
 
 from .cluster import ClusterRouter
@@ -172,10 +174,13 @@ class _Common:
 class Engine(_Common):
     """The sync client, safe to share between threads (its connection pool waits when exhausted)."""
 
-    def __init__(self, client: SyncClient, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, client: SyncClient, config: EngineConfig | None = None, *, redirect_timeout: float = 10.0
+    ) -> None:
         super().__init__(config)
         self.redis = client
         self.cluster = isinstance(client, redis.cluster.RedisCluster)
+        self.redirect_timeout = redirect_timeout
 
     @classmethod
     def from_url(
@@ -192,7 +197,7 @@ class Engine(_Common):
         client = redis_client(
             url, cluster=cluster, max_connections=max_connections, pool_timeout=pool_timeout
         )
-        return cls(client, config)
+        return cls(client, config, redirect_timeout=pool_timeout)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, max_connections: int | None = None) -> Engine:
@@ -211,15 +216,35 @@ class Engine(_Common):
 
     def _run(self, call: Call[T]) -> T:
         sha = self.scripts[call.script].sha
+        evalsha = self._evalsha_on_cluster if self.cluster else self.redis.evalsha
         try:
             try:
-                reply = self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
+                reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
             except NoScriptError:
                 self.load_scripts()
-                reply = self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
+                reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
         except ResponseError as error:
             raise _raise_engine_error(error) from None
         return call.parse(reply)
+
+    def _evalsha_on_cluster(self, sha: str, count: int, *keys_and_args: str | int) -> Any:
+        """redis-py follows MOVED and ASK, and gives TRYAGAIN (a migrating slot whose keys are split, which
+        every call that creates a key meets until the migration ends) 16 tries, about half a second.
+        Answers that say the script did not run are waited out here, up to the pool timeout."""
+        deadline = time.monotonic() + self.redirect_timeout
+        pause = 0.002
+        while True:
+            try:
+                return self.redis.evalsha(sha, count, *keys_and_args)
+            except (TryAgainError, ClusterDownError, ClusterError) as error:
+                # Of the plain ClusterErrors only "TTL exhausted." (redirections ran out) says nothing ran.
+                plain = isinstance(error, ClusterError) and not isinstance(error, ClusterDownError)
+                if plain and str(error) != "TTL exhausted.":
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause * (0.5 + random.random()))
+                pause = min(pause * 2, 0.1)
 
     # -- state changes: one script each -------------------------------------------------------------------
     def load_sale(self, settings: SaleSettings) -> Sale:

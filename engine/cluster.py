@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -119,6 +120,7 @@ class ClusterRouter:
         self._refreshing: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.refreshes = 0  # how often the map was read (tests and metrics)
+        self.redirections: Counter[str] = Counter()  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN answers met
 
     # -- nodes ------------------------------------------------------------------------------------------
     def client(self, address: Address) -> aioredis.Redis:
@@ -237,6 +239,7 @@ class ClusterRouter:
         redirects, pause = 0, 0.002
         while True:
             word, *rest = str(error).split(" ")
+            self.redirections[word] += 1
             if word == _MOVED:
                 redirects += 1
                 self.slots.owners[slot] = _address(rest[1])
@@ -248,6 +251,8 @@ class ClusterRouter:
             else:  # TRYAGAIN, CLUSTERDOWN: nothing ran; wait and send to the owner again
                 if loop.time() + pause > deadline:
                     raise error
+                # Waiting is bounded by time: the ASK that led here is no ping-pong to count.
+                redirects = 0
                 if word == _CLUSTERDOWN:
                     self._refresh_soon()
                 await asyncio.sleep(pause * (0.5 + random.random()))
