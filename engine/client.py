@@ -31,7 +31,7 @@ from redis.retry import Retry
 from .cluster import ClusterRouter
 from .errors import FlashSaleError, NotFound, from_reply
 from .events import Event, parse_entry
-from .keys import Partition, bought_field, held_field
+from .keys import Partition, bought_field, check_layout, held_field
 from .models import (
     SALE_FIELDS,
     Order,
@@ -211,8 +211,17 @@ class Engine(_Common):
         )
 
     def load_scripts(self) -> None:
+        """Loads the scripts (on a cluster: on every master) and checks the keyspace's partition count
+        (``check_layout``): what every process does once before its first call."""
         for script in self.scripts.values():
-            self.redis.script_load(script.source)  # on a cluster: on every master
+            self.redis.script_load(script.source)
+        self.check_layout()
+
+    def check_layout(self) -> None:
+        """Records this process's partition count on first use; PartitionCountMismatch on another."""
+        key = self.keys.layout()
+        self.redis.hsetnx(key, "partitions", self.config.partitions)
+        check_layout(self.redis.hget(key, "partitions"), self.config.partitions, key)
 
     def _run(self, call: Call[T]) -> T:
         sha = self.scripts[call.script].sha
@@ -398,12 +407,26 @@ class AsyncEngine(_Common):
         )
 
     async def load_scripts(self) -> None:
+        """Loads the scripts (on a cluster: on every master, after reading the slot map) and checks the
+        keyspace's partition count (``check_layout``)."""
         if self._router is not None:
             await self._router.refresh()  # the slot map, read before the first call
             await asyncio.gather(*(self._load_scripts_on(client) for client in self._router.masters()))
-            return
-        for script in self.scripts.values():
-            await self.redis.script_load(script.source)
+        else:
+            for script in self.scripts.values():
+                await self.redis.script_load(script.source)
+        await self.check_layout()
+
+    async def check_layout(self) -> None:
+        """Records this process's partition count on first use; PartitionCountMismatch on another."""
+        key, count = self.keys.layout(), self.config.partitions
+        if self._router is not None:
+            await self._read(key, "HSETNX", key, "partitions", count)
+            recorded = await self._read(key, "HGET", key, "partitions")
+        else:
+            await self.redis.hsetnx(key, "partitions", count)
+            recorded = await self.redis.hget(key, "partitions")
+        check_layout(recorded, count, key)
 
     async def _load_scripts_on(self, client: aioredis.Redis) -> None:
         """Every script into one cluster node's cache (every master, or one that answered NOSCRIPT)."""

@@ -241,9 +241,35 @@ def free_cluster_port() -> int:
     raise LaunchError("no free pair of ports (node and node + 10000) for a Redis Cluster node")
 
 
-def slot_ranges(masters: int) -> list[tuple[int, int]]:
-    """The 16384 slots split into ``masters`` contiguous ranges, as even as they go (first, last)."""
-    return [(i * CLUSTER_SLOTS // masters, (i + 1) * CLUSTER_SLOTS // masters - 1) for i in range(masters)]
+def slot_ranges(masters: int, partition_slots: list[int] | None = None) -> list[tuple[int, int]]:
+    """The 16384 slots split into ``masters`` contiguous ranges (first, last).
+
+    Without ``partition_slots``, as even as they go. With them (the slot of each partition's hash tag),
+    cut between partitions so each master serves an equal share of the partitions, give or take one:
+    flashsale's keys live in those few slots only, and an even split of the slots spreads 16 partitions
+    over 3 masters 4/5/7 (the tags' CRC16s are not evenly spaced), this split 5/5/6.
+    """
+    count = len(set(partition_slots or ()))
+    if count < masters:
+        return [
+            (i * CLUSTER_SLOTS // masters, (i + 1) * CLUSTER_SLOTS // masters - 1) for i in range(masters)
+        ]
+    used = sorted(set(partition_slots or ()))
+    cuts = [0]
+    for i in range(1, masters):
+        last_of_group, first_of_next = used[i * count // masters - 1], used[i * count // masters]
+        cuts.append((last_of_group + first_of_next + 1) // 2)
+    cuts.append(CLUSTER_SLOTS)
+    return [(cuts[i], cuts[i + 1] - 1) for i in range(masters)]
+
+
+def partition_slots(partitions: int, prefix: str = "fs") -> list[int]:
+    """The slot of each partition's hash tag (``{p<N>}``), as the engine's key layout puts them."""
+    from redis.crc import key_slot
+
+    from flashsale.engine.keys import Keyspace
+
+    return [key_slot(p.tag.encode()) for p in Keyspace(partitions, prefix).all()]
 
 
 class RedisClusterNode(RedisServer):
@@ -300,7 +326,9 @@ class RedisCluster:
     and ``replicas`` replicas of each master, from the same redis-server as RedisServer.
 
     Formed with CLUSTER ADDSLOTS / SET-CONFIG-EPOCH / MEET / REPLICATE (what ``redis-cli --cluster create``
-    does, minus the subprocess and its prompts) and started only once every node agrees on the slots.
+    does, minus the subprocess and its prompts) and started only once every node agrees on the slots. The
+    slots are cut between partitions (``slot_ranges``): each master serves an equal share of the
+    ``partitions`` partitions (None: an even split of the slots, as redis-cli makes).
     With ``data_dir`` each node keeps nodes.conf and an append-only file in ``data_dir/node-<i>``, and
     ``cluster.json`` there records the ports: a later start on the same directory brings the same cluster
     back (same ports, same slots, same data) instead of forming a new one.
@@ -320,6 +348,7 @@ class RedisCluster:
         data_dir: Path | None = None,
         ports: list[int] | None = None,
         node_timeout_ms: int = 5000,
+        partitions: int | None = 16,
     ) -> None:
         if masters < 1 or replicas < 0:
             raise ValueError("a cluster needs at least one master, and replicas >= 0")
@@ -330,6 +359,7 @@ class RedisCluster:
         self.data_dir = data_dir
         self.requested_ports = ports
         self.node_timeout_ms = node_timeout_ms
+        self.partitions = partitions
         self.nodes: list[RedisClusterNode] = []
 
     # -- what clients and tests need ------------------------------------------------------------------
@@ -410,7 +440,7 @@ class RedisCluster:
     def _form(self) -> None:
         masters, first = self.masters, self.nodes[0]
         for epoch, (node, (low, high)) in enumerate(
-            zip(masters, slot_ranges(self.master_count), strict=True), start=1
+            zip(masters, self.planned_slot_ranges(), strict=True), start=1
         ):
             client = node.client()
             try:
@@ -434,6 +464,11 @@ class RedisCluster:
                 _retry_until(partial(client.execute_command, "CLUSTER", "REPLICATE", master_id), 15)
             finally:
                 client.close()
+
+    def planned_slot_ranges(self) -> list[tuple[int, int]]:
+        """The slot range each master is formed with (master i serves range i)."""
+        slots = partition_slots(self.partitions) if self.partitions else None
+        return slot_ranges(self.master_count, slots)
 
     def wait_until_ready(self, timeout: float = 30) -> None:
         """Until every node says cluster_state:ok, all agree on which master serves which slots, and each
