@@ -117,8 +117,7 @@ class ClusterRouter:
         self.slots = SlotMap()
         self._clients: dict[Address, aioredis.Redis] = {}
         self._lanes: dict[Address, AutoPipeline] = {}
-        self._refreshing: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._refreshing: asyncio.Future[None] | None = None
         self.refreshes = 0  # how often the map was read (tests and metrics)
         self.redirections: Counter[str] = Counter()  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN answers met
 
@@ -161,10 +160,10 @@ class ClusterRouter:
         await asyncio.shield(self._refreshing)
 
     def _refresh_soon(self) -> None:
+        """A refresh in the background, unless one is running: a dead node fails a whole pipeline at
+        once, and its calls must not each start a read of the map (nor each log its failure)."""
         if self._refreshing is None or self._refreshing.done():
-            task = asyncio.ensure_future(self.refresh())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._refreshing = task = asyncio.ensure_future(self._read_map())
             task.add_done_callback(_ignore_failure)
 
     async def _read_map(self) -> None:
@@ -298,8 +297,6 @@ class ClusterRouter:
     async def close(self) -> None:
         for lane in self._lanes.values():
             await lane.close()
-        for task in list(self._background):
-            task.cancel()
         if self._refreshing is not None:
             self._refreshing.cancel()
         for client in self._clients.values():
@@ -313,6 +310,6 @@ async def _no_scripts(client: aioredis.Redis) -> None:
     raise RuntimeError("ClusterRouter.load_scripts was not set")
 
 
-def _ignore_failure(task: asyncio.Task[None]) -> None:
+def _ignore_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("event=slot_map_refresh_failed error=%s", task.exception())
