@@ -15,7 +15,8 @@ each attempt a distinct user, with stock enough for every call: every call does 
 - ``coredis``: ``coredis.RedisCluster`` (RESP3), its retry policy limited to CLUSTERDOWN: the default also
   retries ConnectionError and TimeoutError, which re-sends a script whose reply was lost.
 - ``valkey-glide``: ``GlideClusterClient.invoke_script`` (Rust core, one multiplexed connection per node,
-  automatic pipelining). It has no switch that stops it re-sending a request after a dropped connection.
+  automatic pipelining). We found no setting that promises a request is never re-sent after a dropped
+  connection (its recovery queue re-sends only requests not yet written, by its documentation).
 
 Then the guarantee probe, per candidate: the same reserve calls on one SKU with a per-user limit of 1,000
 while a thread kills every client connection of every master (CLIENT KILL) every 20 ms. Each attempt is a
