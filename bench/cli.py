@@ -26,6 +26,10 @@ SCENARIOS = {
     "http": ("http", "5: POST /reservations end to end through `flashsale serve`, driven by wrk."),
     "write-behind": ("write_behind", "6: write-behind drain rate and lag under a steady reserve load."),
     "full-sale": ("full_sale", "7: a whole sale: reserve, 70% checkout, 20% release, 10% expire."),
+    "cluster-clients": (
+        "cluster_clients",
+        "Redis Cluster clients side by side: flashsale's per-node auto-pipeline, redis-py, coredis, glide.",
+    ),
 }
 
 
@@ -50,6 +54,20 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
         click.option("--no-redis-benchmark", is_flag=True, help="Skip the redis-benchmark ceilings."),
+        click.option(
+            "--redis-cluster",
+            "redis_cluster",
+            type=click.IntRange(1, 16),
+            multiple=True,
+            help="many-skus: run on a launcher-started Redis Cluster of N masters instead (repeat: 1, 2, 4).",
+        ),
+        click.option(
+            "--client-processes",
+            type=click.IntRange(1, 64),
+            default=1,
+            show_default=True,
+            help="many-skus --redis-cluster: client processes sharing the attempts.",
+        ),
     ]
     for decorate in reversed(decorators):
         command = decorate(command)
@@ -65,6 +83,8 @@ def _run(name: str, **raw: Any) -> None:
         loop=raw["loop"],
         plots=not raw["no_plots"],
         redis_benchmark=not raw["no_redis_benchmark"],
+        redis_cluster=tuple(raw["redis_cluster"]),
+        client_processes=raw["client_processes"],
     )
     module = importlib.import_module(f"flashsale.bench.scenarios.{SCENARIOS[name][0]}")
     report = module.run_scenario(options)

@@ -25,5 +25,8 @@ class Options:
     plots: bool = True
     # redis-benchmark (Debian's redis-tools) for the server's own ceiling; off in CI's smoke test.
     redis_benchmark: bool = True
+    # Redis Cluster sizes (masters) to run on instead of one Redis (many-skus), and the client processes.
+    redis_cluster: tuple[int, ...] = ()
+    client_processes: int = 1
     # Unique per run, so a scenario pointed at a shared server never touches another run's keys.
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])

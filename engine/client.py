@@ -4,22 +4,34 @@ Every state change is one EVALSHA of a script in ``lua/`` (built by ``engine.ope
 plain HGETALL/XRANGE. The asyncio client auto-pipelines (``engine.pipelining``). Neither client lets
 redis-py retry a command on a connection error: a script must never run twice because a reply was lost;
 callers retry with an idempotency key instead.
+
+Both run on one Redis (the default) or on a Redis Cluster (``cluster=True``, FLASHSALE_REDIS_CLUSTER=1):
+the sync client through redis-py's ``RedisCluster``, the asyncio one through ``engine.cluster`` (its
+auto-pipeline, once per node). ``from_settings`` builds whichever the settings name.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ClusterDownError, ClusterError, NoScriptError, ResponseError, TryAgainError
 from redis.retry import Retry
 
+from .cluster import ClusterRouter
 from .errors import FlashSaleError, NotFound, from_reply
 from .events import Event, parse_entry
-from .keys import Partition, bought_field, held_field
+from .keys import Partition, bought_field, check_layout, held_field
 from .models import (
     SALE_FIELDS,
     Order,
@@ -34,7 +46,7 @@ from .models import (
 from .operations import Call, Operations, identifier
 from .pipelining import AutoPipeline
 from .scripts import Script, load_scripts
-from .settings import EngineConfig
+from .settings import EngineConfig, Settings
 
 T = TypeVar("T")
 
@@ -45,6 +57,63 @@ def _raise_engine_error(error: ResponseError) -> FlashSaleError | ResponseError:
 
 def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
+
+
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+AsyncClient = aioredis.Redis | aiocluster.RedisCluster
+
+
+def redis_client(
+    url: str, *, cluster: bool = False, max_connections: int = 64, pool_timeout: float = 10.0
+) -> SyncClient:
+    """A sync redis-py client as the engine wants it: decoded replies, a blocking pool (per node on a
+    cluster), and no retry of a command after a connection error. For the engine and for other layers
+    that read the engine's keys (a cluster client routes each key to its node)."""
+    if cluster:
+        return redis.cluster.RedisCluster.from_url(
+            url,
+            decode_responses=True,
+            retry=_no_retry(),
+            connection_pool_class=redis.BlockingConnectionPool,
+            max_connections=max_connections,
+            timeout=pool_timeout,
+        )
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        decode_responses=True,
+        retry=_no_retry(),
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def async_redis_client(
+    url: str, *, cluster: bool = False, max_connections: int = 32, pool_timeout: float = 10.0
+) -> AsyncClient:
+    """The asyncio twin of ``redis_client``. redis-py's asyncio cluster client has no waiting pool: past
+    ``max_connections`` per node a command fails at once (the engine's own calls never use it)."""
+    if cluster:
+        return aiocluster.RedisCluster.from_url(
+            url,
+            decode_responses=True,
+            retry=AsyncRetry(NoBackoff(), 0),
+            max_connections=max_connections,
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        decode_responses=True,
+        retry=_no_retry(),
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def _url_of(settings: Settings) -> str:
+    if not settings.redis_url:
+        raise ValueError("no Redis to connect to: set FLASHSALE_REDIS_URL")
+    return settings.redis_url
 
 
 class _Common:
@@ -107,9 +176,13 @@ class _Common:
 class Engine(_Common):
     """The sync client, safe to share between threads (its connection pool waits when exhausted)."""
 
-    def __init__(self, client: redis.Redis, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, client: SyncClient, config: EngineConfig | None = None, *, redirect_timeout: float = 10.0
+    ) -> None:
         super().__init__(config)
         self.redis = client
+        self.cluster = isinstance(client, redis.cluster.RedisCluster)
+        self.redirect_timeout = redirect_timeout
 
     @classmethod
     def from_url(
@@ -119,31 +192,70 @@ class Engine(_Common):
         *,
         max_connections: int = 64,
         pool_timeout: float = 10.0,
+        cluster: bool = False,
     ) -> Engine:
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=pool_timeout,
-            decode_responses=True,
-            retry=_no_retry(),
+        """On one Redis, or (``cluster=True``) on the Redis Cluster that ``url`` is a node of; on a cluster
+        the pool limits hold per node."""
+        client = redis_client(
+            url, cluster=cluster, max_connections=max_connections, pool_timeout=pool_timeout
         )
-        return cls(redis.Redis(connection_pool=pool), config)
+        return cls(client, config, redirect_timeout=pool_timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, max_connections: int | None = None) -> Engine:
+        """The client the settings name: FLASHSALE_REDIS_URL, FLASHSALE_REDIS_CLUSTER, the pool's size."""
+        return cls.from_url(
+            _url_of(settings),
+            settings.engine_config(),
+            max_connections=max_connections or settings.redis_max_connections,
+            pool_timeout=settings.redis_pool_timeout_s,
+            cluster=settings.redis_cluster,
+        )
 
     def load_scripts(self) -> None:
+        """Loads the scripts (on a cluster: on every master) and checks the keyspace's partition count
+        (``check_layout``): what every process does once before its first call."""
         for script in self.scripts.values():
             self.redis.script_load(script.source)
+        self.check_layout()
+
+    def check_layout(self) -> None:
+        """Records this process's partition count on first use; PartitionCountMismatch on another."""
+        key = self.keys.layout()
+        self.redis.hsetnx(key, "partitions", self.config.partitions)
+        check_layout(self.redis.hget(key, "partitions"), self.config.partitions, key)
 
     def _run(self, call: Call[T]) -> T:
         sha = self.scripts[call.script].sha
+        evalsha = self._evalsha_on_cluster if self.cluster else self.redis.evalsha
         try:
             try:
-                reply = self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
+                reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
             except NoScriptError:
                 self.load_scripts()
-                reply = self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
+                reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
         except ResponseError as error:
             raise _raise_engine_error(error) from None
         return call.parse(reply)
+
+    def _evalsha_on_cluster(self, sha: str, count: int, *keys_and_args: str | int) -> Any:
+        """redis-py follows MOVED and ASK, and gives TRYAGAIN (a migrating slot whose keys are split, which
+        every call that creates a key meets until the migration ends) 16 tries, about half a second.
+        Answers that say the script did not run are waited out here, up to the pool timeout."""
+        deadline = time.monotonic() + self.redirect_timeout
+        pause = 0.002
+        while True:
+            try:
+                return self.redis.evalsha(sha, count, *keys_and_args)
+            except (TryAgainError, ClusterDownError, ClusterError) as error:
+                # Of the plain ClusterErrors only "TTL exhausted." (redirections ran out) says nothing ran.
+                plain = isinstance(error, ClusterError) and not isinstance(error, ClusterDownError)
+                if plain and str(error) != "TTL exhausted.":
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause * (0.5 + random.random()))
+                pause = min(pause * 2, 0.1)
 
     # -- state changes: one script each -------------------------------------------------------------------
     def load_sale(self, settings: SaleSettings) -> Sale:
@@ -193,7 +305,8 @@ class Engine(_Common):
         return self._sale(self.redis.hmget(self._sku_key(sku), SALE_FIELDS), sku)
 
     def list_sales(self) -> list[Sale]:
-        """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales)."""
+        """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales); on a cluster
+        redis-py's pipeline sends each node its share at once."""
         catalogs = self.redis.pipeline(transaction=False)
         for p in self.keys.all():
             catalogs.smembers(p.catalog())
@@ -228,24 +341,31 @@ class Engine(_Common):
 
 
 class AsyncEngine(_Common):
-    """The asyncio client. Concurrent calls are auto-pipelined into shared round trips."""
+    """The asyncio client. Concurrent calls are auto-pipelined into shared round trips (per node on a
+    cluster, where the engine's reads go through the same pipelines)."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AsyncClient,
         config: EngineConfig | None = None,
         *,
         pipelining: bool = True,
         max_batch: int = 256,
         max_inflight: int = 4,
+        router: ClusterRouter | None = None,
     ) -> None:
         super().__init__(config)
         self.redis = client
-        self._pipeline = (
-            AutoPipeline(client, self.load_scripts, max_batch=max_batch, max_inflight=max_inflight)
-            if pipelining
-            else None
-        )
+        self.cluster = router is not None
+        self._router = router
+        self._pipeline: AutoPipeline | ClusterRouter | None = router
+        if router is not None:
+            router.load_scripts = self._load_scripts_on
+        if router is None and pipelining:
+            assert isinstance(client, aioredis.Redis), "a cluster client needs its router"
+            self._pipeline = AutoPipeline(
+                client, self.load_scripts, max_batch=max_batch, max_inflight=max_inflight
+            )
 
     @classmethod
     def from_url(
@@ -256,19 +376,69 @@ class AsyncEngine(_Common):
         max_connections: int = 32,
         pool_timeout: float = 10.0,
         pipelining: bool = True,
+        cluster: bool = False,
+        max_batch: int = 256,
+        max_inflight: int = 4,
     ) -> AsyncEngine:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=pool_timeout,
-            decode_responses=True,
-            retry=_no_retry(),
+        """On one Redis, or (``cluster=True``) on the Redis Cluster that ``url`` is a node of: then every
+        call goes through the auto-pipeline of its slot's node (``pipelining`` has no say), and the pool
+        limits hold per node."""
+        client = async_redis_client(
+            url, cluster=cluster, max_connections=max_connections, pool_timeout=pool_timeout
         )
-        return cls(aioredis.Redis(connection_pool=pool), config, pipelining=pipelining)
+        if not cluster:
+            return cls(client, config, pipelining=pipelining, max_batch=max_batch, max_inflight=max_inflight)
+        options = parse_url(url)
+        startup = [(str(options.pop("host", "127.0.0.1")), int(options.pop("port", 6379)))]
+        options.pop("db", None)  # a cluster has database 0 only
+        router = ClusterRouter(
+            startup,
+            {**options, "decode_responses": True, "retry": _no_retry()},
+            max_connections=max_connections,
+            pool_timeout=pool_timeout,
+            max_batch=max_batch,
+            max_inflight=max_inflight,
+            redirect_timeout=pool_timeout,
+        )
+        return cls(client, config, router=router)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, max_connections: int | None = None) -> AsyncEngine:
+        """The client the settings name: FLASHSALE_REDIS_URL, FLASHSALE_REDIS_CLUSTER, the pool's size."""
+        return cls.from_url(
+            _url_of(settings),
+            settings.engine_config(),
+            max_connections=max_connections or settings.redis_max_connections,
+            pool_timeout=settings.redis_pool_timeout_s,
+            cluster=settings.redis_cluster,
+        )
 
     async def load_scripts(self) -> None:
+        """Loads the scripts (on a cluster: on every master, after reading the slot map) and checks the
+        keyspace's partition count (``check_layout``)."""
+        if self._router is not None:
+            await self._router.refresh()  # the slot map, read before the first call
+            await asyncio.gather(*(self._load_scripts_on(client) for client in self._router.masters()))
+        else:
+            for script in self.scripts.values():
+                await self.redis.script_load(script.source)
+        await self.check_layout()
+
+    async def check_layout(self) -> None:
+        """Records this process's partition count on first use; PartitionCountMismatch on another."""
+        key, count = self.keys.layout(), self.config.partitions
+        if self._router is not None:
+            await self._read(key, "HSETNX", key, "partitions", count)
+            recorded = await self._read(key, "HGET", key, "partitions")
+        else:
+            await self.redis.hsetnx(key, "partitions", count)
+            recorded = await self.redis.hget(key, "partitions")
+        check_layout(recorded, count, key)
+
+    async def _load_scripts_on(self, client: aioredis.Redis) -> None:
+        """Every script into one cluster node's cache (every master, or one that answered NOSCRIPT)."""
         for script in self.scripts.values():
-            await self.redis.script_load(script.source)
+            await client.script_load(script.source)
 
     async def _run(self, call: Call[T]) -> T:
         sha = self.scripts[call.script].sha
@@ -335,11 +505,27 @@ class AsyncEngine(_Common):
         return await self._run(self.ops.noop(sku))
 
     # -- reads --------------------------------------------------------------------------------------------
+    # On a cluster each read is one command through its node's pipeline (``_read``); the replies are the
+    # raw RESP ones, shaped here as redis-py's callbacks shape them on one Redis.
+    async def _read(self, key: str, *command: str | int) -> Any:
+        assert self._router is not None
+        return await self._router.command(key, *command)
+
     async def get_sale(self, sku: str) -> Sale:
-        return self._sale(await self.redis.hmget(self._sku_key(sku), SALE_FIELDS), sku)
+        key = self._sku_key(sku)
+        if self._router is not None:
+            return self._sale(await self._read(key, "HMGET", key, *SALE_FIELDS), sku)
+        return self._sale(await self.redis.hmget(key, SALE_FIELDS), sku)
 
     async def list_sales(self) -> list[Sale]:
-        """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales)."""
+        """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales); on a cluster
+        both fan out, each node getting its partitions' commands in one pipeline."""
+        if self._router is not None:
+            sets = [p.catalog() for p in self.keys.all()]
+            members = await asyncio.gather(*(self._read(key, "SMEMBERS", key) for key in sets))
+            keys = [self.keys.for_sku(sku).sku(sku) for sku in self._catalog(members)]
+            rows = await asyncio.gather(*(self._read(key, "HMGET", key, *SALE_FIELDS) for key in keys))
+            return [sale for values in rows if (sale := sale_from_values(values)) is not None]
         catalogs = self.redis.pipeline(transaction=False)
         for p in self.keys.all():
             catalogs.smembers(p.catalog())
@@ -350,25 +536,51 @@ class AsyncEngine(_Common):
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         open_holds, ended = self._reservation_keys(reservation_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(open_holds, reservation_id)
-        pipe.get(ended)
-        is_open, is_ended = await pipe.execute()
+        if self._router is not None:  # open first: a hold ends by moving from there to its record, atomically
+            is_open = await self._read(open_holds, "HGET", open_holds, reservation_id)
+            is_ended = None if is_open else await self._read(ended, "GET", ended)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hget(open_holds, reservation_id)
+            pipe.get(ended)
+            is_open, is_ended = await pipe.execute()
         return self._reservation(is_open or is_ended, reservation_id)
 
     async def get_order(self, order_id: str) -> Order:
-        return self._entity(await self.redis.hgetall(self._order_key(order_id)), Order, f"order {order_id!r}")
+        key = self._order_key(order_id)
+        if self._router is not None:
+            fields: Mapping[Any, Any] = _as_map(await self._read(key, "HGETALL", key))
+        else:
+            fields = await self.redis.hgetall(key)
+        return self._entity(fields, Order, f"order {order_id!r}")
 
     async def user_counts(self, sku: str, user: str) -> UserCounts:
         fields = (held_field(identifier(user, "user id")), bought_field(user))
-        return self._counts(await self.redis.hmget(self._sku_key(sku), fields))
+        key = self._sku_key(sku)
+        if self._router is not None:
+            return self._counts(await self._read(key, "HMGET", key, *fields))
+        return self._counts(await self.redis.hmget(key, fields))
 
     async def read_events(self, partition: int, after: str = "-", count: int | None = None) -> list[Event]:
         p = self.keys.partition(partition)
         start = "-" if after == "-" else f"({after}"
+        if self._router is not None:
+            key = p.events()
+            paging = ("COUNT", count) if count is not None else ()
+            raw = await self._read(key, "XRANGE", key, start, "+", *paging)
+            entries = [(sid, _as_map(flat)) for sid, flat in raw]
+            return self._events(p, entries)
         return self._events(p, await self.redis.xrange(p.events(), start, "+", count=count))
 
     async def close(self) -> None:
         if self._pipeline is not None:
             await self._pipeline.close()
         await self.redis.aclose()
+
+
+def _as_map(reply: Any) -> dict[Any, Any]:
+    """A RESP3 map as it is, a RESP2 flat list of fields and values as a dict (redis-py 8 speaks RESP3,
+    older ones RESP2)."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))

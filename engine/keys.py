@@ -24,8 +24,16 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
     fs:{p3}:writeback          hash    applied (PostgreSQL), published (Kafka): stream ids each sink took
     fs:writeback:workers       zset    worker id -> last heartbeat ms: the live workers
     fs:writeback:worker:<id>   string  the partitions a worker holds, expiring with the worker
+    fs:{layout}                hash    partitions: the partition count this keyspace was laid out with,
+                                       written by the first process, checked by every later one
 
 Reservation and order ids carry their partition (``rsv_3_…``, ``ord_3_…``), so a lookup by id needs no index.
+
+The partition count is fixed for the life of a keyspace: a SKU's partition is ``crc32(sku) % partitions``,
+so another count would look for every SKU, reservation and order under another hash tag and find nothing
+(its stream, its worker lease, its ids' partitions all change). ``check_layout`` refuses a process whose
+count differs from the recorded one; changing it means draining the write-behind backlog, emptying Redis
+and loading the sales again from PostgreSQL (``flashsale reconcile --repair redis-from-postgres``).
 """
 
 from __future__ import annotations
@@ -161,6 +169,27 @@ class Keyspace:
 
     def all(self) -> list[Partition]:
         return list(self._all)
+
+    def layout(self) -> str:
+        """The hash recording the partition count (its own hash tag: it belongs to no partition)."""
+        return f"{self.prefix}:{{layout}}"
+
+
+class PartitionCountMismatch(RuntimeError):
+    """This process is configured with another partition count than the one Redis's keys were laid out
+    with (``fs:{layout}``): it would not find a single SKU."""
+
+
+def check_layout(recorded: object, partitions: int, key: str) -> None:
+    """Refuses to go on when ``recorded`` (what ``key`` holds after HSETNX) is not ``partitions``."""
+    if recorded is None or int(str(recorded)) == partitions:
+        return
+    raise PartitionCountMismatch(
+        f"Redis holds a keyspace laid out in {recorded} partitions ({key}), this process is configured "
+        f"with {partitions} (FLASHSALE_PARTITIONS): every SKU would map to another partition. Set "
+        f"FLASHSALE_PARTITIONS={recorded}, or move to {partitions} partitions by draining the write-behind "
+        "backlog, emptying Redis and reloading it from PostgreSQL (README, Redis Cluster)."
+    )
 
 
 def held_field(user: str) -> str:

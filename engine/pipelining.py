@@ -80,6 +80,20 @@ class AutoPipeline:
             # Dropping the future breaks it, so refusals (most calls in a sold-out sale) cost no GC time.
             del future
 
+    async def submit(self, packed: bytes) -> Any:
+        """Any command already packed to RESP (the cluster router's path: scripts and plain reads). The
+        body of ``evalsha`` again rather than a call from it, so the single-Redis hot path keeps one frame."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((packed, future))
+        if not self._start_pending and self._senders < self._max_inflight:
+            self._start_pending = True
+            loop.call_soon(self._start_sender)
+        try:
+            return await future
+        finally:
+            del future
+
     def _start_sender(self) -> None:
         self._start_pending = False
         if self._queue and self._senders < self._max_inflight:

@@ -53,6 +53,8 @@ class EngineConfig:
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Servers; None = start an embedded one (flashsale up) or fail with a clear message (other commands).
     redis_url: str | None = None
+    # FLASHSALE_REDIS_CLUSTER=1: redis_url is a node of a Redis Cluster (any node: clients learn the rest).
+    redis_cluster: bool = False
     database_url: str | None = None
     kafka_bootstrap: str | None = None
     data_dir: Path | None = None

@@ -13,8 +13,10 @@ import contextlib
 import ctypes
 import importlib
 import importlib.util
+import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,6 +25,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -177,6 +181,9 @@ class RedisServer(ManagedServer):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _extra_args(self) -> list[str]:
+        return []
+
     def start(self) -> Self:
         workdir = self._workdir(self.data_dir)
         binary = find_redis_server()
@@ -191,6 +198,7 @@ class RedisServer(ManagedServer):
             "--appendonly", "yes" if durable else "no",
             "--appendfsync", "everysec",
             "--logfile", str(workdir / "redis.log"),
+            *self._extra_args(),
         ]  # fmt: skip
         self.log_path = workdir / "redis.log"
         log.info(
@@ -205,6 +213,376 @@ class RedisServer(ManagedServer):
             self.stop()
             raise LaunchError(f"redis-server ({binary}): {error}") from None
         return self
+
+
+# -- Redis Cluster -----------------------------------------------------------------------------------------
+
+CLUSTER_SLOTS = 16384
+CLUSTER_BUS_OFFSET = 10_000  # Redis 6.2's cluster bus listens on port + 10000 (no --cluster-port before 7)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A loopback port free for a cluster node: itself and its bus port (port + 10000) both free, and
+    both below 65536 (an ephemeral port from the kernel is often too high for its bus port)."""
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randint(20_000, 55_000)
+        if _bindable(port) and _bindable(port + CLUSTER_BUS_OFFSET):
+            return port
+    raise LaunchError("no free pair of ports (node and node + 10000) for a Redis Cluster node")
+
+
+def slot_ranges(masters: int, partition_slots: list[int] | None = None) -> list[tuple[int, int]]:
+    """The 16384 slots split into ``masters`` contiguous ranges (first, last).
+
+    Without ``partition_slots``, as even as they go. With them (the slot of each partition's hash tag),
+    cut between partitions so each master serves an equal share of the partitions, give or take one:
+    flashsale's keys live in those few slots only, and an even split of the slots spreads 16 partitions
+    over 3 masters 4/5/7 (the tags' CRC16s are not evenly spaced), this split 5/5/6.
+    """
+    count = len(set(partition_slots or ()))
+    if count < masters:
+        return [
+            (i * CLUSTER_SLOTS // masters, (i + 1) * CLUSTER_SLOTS // masters - 1) for i in range(masters)
+        ]
+    used = sorted(set(partition_slots or ()))
+    cuts = [0]
+    for i in range(1, masters):
+        last_of_group, first_of_next = used[i * count // masters - 1], used[i * count // masters]
+        cuts.append((last_of_group + first_of_next + 1) // 2)
+    cuts.append(CLUSTER_SLOTS)
+    return [(cuts[i], cuts[i + 1] - 1) for i in range(masters)]
+
+
+def partition_slots(partitions: int, prefix: str = "fs") -> list[int]:
+    """The slot of each partition's hash tag (``{p<N>}``), as the engine's key layout puts them."""
+    from redis.crc import key_slot
+
+    from flashsale.engine.keys import Keyspace
+
+    return [key_slot(p.tag.encode()) for p in Keyspace(partitions, prefix).all()]
+
+
+class RedisClusterNode(RedisServer):
+    """One node of a RedisCluster: redis-server in cluster mode. Its work directory (nodes.conf, and the
+    append-only file with a data dir) outlives ``kill()``, so ``start()`` brings the same node back."""
+
+    name = "redis-node"
+    title = "Redis Cluster node"
+
+    def __init__(self, data_dir: Path | None = None, *, port: int, node_timeout_ms: int) -> None:
+        super().__init__(data_dir, port=port)
+        self.node_timeout_ms = node_timeout_ms
+        self._dir: Path | None = None
+
+    def _workdir(self, data_dir: Path | None) -> Path:
+        if self._dir is None:
+            self._dir = super()._workdir(data_dir)
+        return self._dir
+
+    def _extra_args(self) -> list[str]:
+        return [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+        ]  # fmt: skip
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, **options: Any) -> Any:
+        """A plain (non-cluster) redis-py client of this node alone; the caller closes it."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, **options)
+
+    def info(self, section: str) -> dict[str, Any]:
+        client = self.client(decode_responses=True)
+        try:
+            return dict(client.info(section))
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown, the work directory kept (start() restarts the node)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+class RedisCluster:
+    """A Redis Cluster on loopback: ``masters`` masters with the 16384 slots split evenly between them,
+    and ``replicas`` replicas of each master, from the same redis-server as RedisServer.
+
+    Formed with CLUSTER ADDSLOTS / SET-CONFIG-EPOCH / MEET / REPLICATE (what ``redis-cli --cluster create``
+    does, minus the subprocess and its prompts) and started only once every node agrees on the slots. The
+    slots are cut between partitions (``slot_ranges``): each master serves an equal share of the
+    ``partitions`` partitions (None: an even split of the slots, as redis-cli makes).
+    With ``data_dir`` each node keeps nodes.conf and an append-only file in ``data_dir/node-<i>``, and
+    ``cluster.json`` there records the ports: a later start on the same directory brings the same cluster
+    back (same ports, same slots, same data) instead of forming a new one.
+
+    ``url`` is the startup node a cluster client is given (any node would do: clients learn the rest);
+    ``urls`` names every node. ``kill(i)`` SIGKILLs one node (failover tests); ``stop()`` stops them all.
+    """
+
+    name = "redis-cluster"
+    title = "Redis Cluster"
+
+    def __init__(
+        self,
+        masters: int = 3,
+        *,
+        replicas: int = 0,
+        data_dir: Path | None = None,
+        ports: list[int] | None = None,
+        node_timeout_ms: int = 5000,
+        partitions: int | None = 16,
+    ) -> None:
+        if masters < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one master, and replicas >= 0")
+        if ports is not None and len(ports) != masters * (1 + replicas):
+            raise ValueError(f"{masters * (1 + replicas)} ports needed, {len(ports)} given")
+        self.master_count = masters
+        self.replicas_per_master = replicas
+        self.data_dir = data_dir
+        self.requested_ports = ports
+        self.node_timeout_ms = node_timeout_ms
+        self.partitions = partitions
+        self.nodes: list[RedisClusterNode] = []
+
+    # -- what clients and tests need ------------------------------------------------------------------
+    @property
+    def masters(self) -> list[RedisClusterNode]:
+        """The nodes started as masters (node i serves slot range i); a failover may change roles."""
+        return self.nodes[: self.master_count]
+
+    @property
+    def replicas(self) -> list[RedisClusterNode]:
+        return self.nodes[self.master_count :]
+
+    @property
+    def url(self) -> str:
+        """The startup node's URL: what FLASHSALE_REDIS_URL names (with FLASHSALE_REDIS_CLUSTER=1)."""
+        return self.nodes[0].url
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.nodes[0].log_path if self.nodes else None
+
+    def node_at(self, port: int) -> RedisClusterNode:
+        return next(node for node in self.nodes if node.port == port)
+
+    # -- start and stop --------------------------------------------------------------------------------
+    def _ports_file(self) -> Path | None:
+        return self.data_dir / "cluster.json" if self.data_dir is not None else None
+
+    def start(self) -> Self:
+        total = self.master_count * (1 + self.replicas_per_master)
+        ports_file = self._ports_file()
+        formed = ports_file is not None and ports_file.is_file()
+        if formed:
+            assert ports_file is not None
+            recorded = json.loads(ports_file.read_text())
+            if (recorded["masters"], recorded["replicas"]) != (self.master_count, self.replicas_per_master):
+                raise LaunchError(
+                    f"{ports_file} describes {recorded['masters']} masters with {recorded['replicas']} "
+                    f"replicas each, not {self.master_count} with {self.replicas_per_master}"
+                )
+            ports = list(recorded["ports"])
+        else:
+            ports = self.requested_ports or []
+            while len(ports) < total:
+                port = free_cluster_port()
+                if port not in ports:
+                    ports.append(port)
+        self.nodes = [
+            RedisClusterNode(
+                self.data_dir / f"node-{i}" if self.data_dir is not None else None,
+                port=port,
+                node_timeout_ms=self.node_timeout_ms,
+            )
+            for i, port in enumerate(ports)
+        ]
+        try:
+            for node in self.nodes:
+                node.start()
+            if not formed:
+                self._form()
+            self.wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        if ports_file is not None and not formed:
+            shape = {"masters": self.master_count, "replicas": self.replicas_per_master, "ports": ports}
+            ports_file.write_text(json.dumps(shape))
+        log.info(
+            "event=cluster_started masters=%d replicas_per_master=%d ports=%s",
+            self.master_count, self.replicas_per_master, ",".join(map(str, ports)),
+        )  # fmt: skip
+        return self
+
+    def _form(self) -> None:
+        masters, first = self.masters, self.nodes[0]
+        for epoch, (node, (low, high)) in enumerate(
+            zip(masters, self.planned_slot_ranges(), strict=True), start=1
+        ):
+            client = node.client()
+            try:
+                # Distinct epochs up front, as redis-cli does: no collision to resolve after MEET.
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(low, high + 1))
+            finally:
+                client.close()
+        client = first.client()
+        try:
+            for node in self.nodes[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        finally:
+            client.close()
+        self._wait("every node knows every other", self._all_known)
+        for j, replica in enumerate(self.replicas):
+            master = masters[j % self.master_count]
+            master_id = self._node_id(master)
+            client = replica.client()
+            try:
+                _retry_until(partial(client.execute_command, "CLUSTER", "REPLICATE", master_id), 15)
+            finally:
+                client.close()
+
+    def planned_slot_ranges(self) -> list[tuple[int, int]]:
+        """The slot range each master is formed with (master i serves range i)."""
+        slots = partition_slots(self.partitions) if self.partitions else None
+        return slot_ranges(self.master_count, slots)
+
+    def wait_until_ready(self, timeout: float = 30) -> None:
+        """Until every node says cluster_state:ok, all agree on which master serves which slots, and each
+        replica's link to its master is up."""
+        self._wait("the cluster is ready (state ok, slots agreed, replicas synced)", self._ready, timeout)
+
+    def _wait(self, what: str, done: Callable[[], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for node in self.nodes:
+                if node.died():
+                    raise LaunchError(f"cluster node on port {node.port} exited {node.exit_description()}")
+            with contextlib.suppress(OSError, ConnectionError, _redis_errors()):
+                if done():
+                    return
+            if time.monotonic() > deadline:
+                raise LaunchError(f"Redis Cluster: not done within {timeout:.0f}s: {what}")
+            time.sleep(0.05)
+
+    def _live(self) -> list[RedisClusterNode]:
+        return [node for node in self.nodes if node.process is not None and not node.died()]
+
+    def _all_known(self) -> bool:
+        return all(int(self._cluster_info(n)["cluster_known_nodes"]) == len(self.nodes) for n in self._live())
+
+    def _ready(self) -> bool:
+        live = self._live()
+        views = set()
+        for node in live:
+            info = self._cluster_info(node)
+            if info["cluster_state"] != "ok" or int(info["cluster_slots_assigned"]) != CLUSTER_SLOTS:
+                return False
+            views.add(tuple(sorted(self._slot_owners(node).items())))
+            replication = node.info("replication")
+            if replication["role"] == "slave" and replication.get("master_link_status") != "up":
+                return False
+        return len(views) == 1
+
+    @staticmethod
+    def _cluster_info(node: RedisClusterNode) -> dict[str, str]:
+        client = node.client(decode_responses=True)
+        try:
+            text = str(client.execute_command("CLUSTER", "INFO"))
+        finally:
+            client.close()
+        return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+    @staticmethod
+    def _node_id(node: RedisClusterNode) -> str:
+        client = node.client(decode_responses=True)
+        try:
+            return str(client.execute_command("CLUSTER", "MYID"))
+        finally:
+            client.close()
+
+    @staticmethod
+    def _slot_owners(node: RedisClusterNode) -> dict[tuple[int, int], int]:
+        """(first slot, last slot) -> port of the master serving them, as ``node`` sees it."""
+        client = node.client(decode_responses=True)
+        try:
+            # Raw reply, not redis-py's parsed form (which changed between versions).
+            rows = client.execute_command("CLUSTER", "SLOTS")
+        finally:
+            client.close()
+        owners = {}
+        for row in rows:
+            owners[(int(row[0]), int(row[1]))] = int(row[2][1])
+        return owners
+
+    def slot_owner(self, slot: int) -> RedisClusterNode:
+        """The node serving ``slot`` now, as the first live node sees it."""
+        owners = self._slot_owners(self._live()[0])
+        port = next(port for (low, high), port in owners.items() if low <= slot <= high)
+        return self.node_at(port)
+
+    def kill(self, index: int) -> RedisClusterNode:
+        """SIGKILLs node ``index`` (a crash: no shutdown); ``nodes[index].start()`` brings it back."""
+        node = self.nodes[index]
+        node.kill()
+        return node
+
+    def died(self) -> bool:
+        return any(node.died() for node in self.nodes)
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _redis_errors() -> type[Exception]:
+    import redis
+
+    return redis.RedisError
+
+
+def _retry_until(action: Callable[[], object], timeout: float) -> None:
+    """Runs ``action`` until it does not raise a Redis error (a node that has not heard of another yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            action()
+            return
+        except _redis_errors():
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------------------

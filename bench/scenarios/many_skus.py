@@ -101,6 +101,10 @@ async def _runs(url: str, s: Settings, run_id: str, report: Report) -> dict[str,
 
 
 def run_scenario(options: Options) -> Report:
+    if options.redis_cluster:
+        from flashsale.bench.scenarios import many_skus_cluster
+
+        return many_skus_cluster.run_scenario(options)
     s = Settings.for_run(options)
     report = Report("many-skus", asdict(s))
     with running(options.redis_url) as servers:

@@ -9,9 +9,9 @@ from flashsale.engine import Engine, EngineConfig
 
 
 @pytest.fixture
-def graceless_engine(redis_url: str) -> Iterator[Engine]:
+def graceless_engine(redis_url: str, on_cluster: bool) -> Iterator[Engine]:
     """An engine whose checkouts get no payment grace: a hold being paid for lapses at its own deadline."""
-    e = Engine.from_url(redis_url, EngineConfig(payment_grace_ms=0), max_connections=50)
+    e = Engine.from_url(redis_url, EngineConfig(payment_grace_ms=0), max_connections=50, cluster=on_cluster)
     e.load_scripts()
     yield e
     e.close()

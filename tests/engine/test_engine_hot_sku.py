@@ -6,6 +6,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import redis
 from engine_checks import check_invariants, event_types
 from flashsale.engine import AsyncEngine, Engine, FlashSaleError, OutOfStock, Reservation, SaleSettings
@@ -43,12 +44,14 @@ def _assert_exactly_the_stock_sold(outcomes: list[Reservation | Exception], engi
     check_invariants(engine)  # includes: replaying the stream never takes a counter below zero
 
 
+@pytest.mark.cluster
 def test_a_thousand_threads_racing_for_a_hundred_units_get_exactly_a_hundred(engine: Engine) -> None:
     engine.load_sale(SaleSettings(sku="HOT-1", total=UNITS))
     outcomes = _reserve_at_once(engine, "HOT-1", BUYERS, threads=BUYERS)
     _assert_exactly_the_stock_sold(outcomes, engine, "HOT-1")
 
 
+@pytest.mark.cluster
 async def test_a_thousand_asyncio_tasks_racing_for_a_hundred_units_get_exactly_a_hundred(
     async_engine: AsyncEngine, engine: Engine
 ) -> None:

@@ -16,6 +16,8 @@ from flashsale.engine import (
     SaleSettings,
 )
 
+pytestmark = pytest.mark.cluster
+
 
 def test_a_reserve_retried_with_the_same_key_returns_the_same_reservation(engine: Engine) -> None:
     engine.load_sale(SaleSettings(sku="IDEM-1", total=5, per_user_limit=2))

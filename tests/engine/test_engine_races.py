@@ -10,6 +10,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
+import pytest
 from engine_checks import check_invariants, event_types, run_together
 from flashsale.engine import (
     CheckoutInProgress,
@@ -23,8 +24,16 @@ from flashsale.engine import (
     SaleSettings,
 )
 
-ROUNDS = 30
+# Rounds per race: fewer on the cluster variant, which the suite's time budget pays for twice.
+ROUNDS, CLUSTER_ROUNDS = 30, 10
 T = TypeVar("T")
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def rounds(on_cluster: bool) -> int:
+    return CLUSTER_ROUNDS if on_cluster else ROUNDS
 
 
 def _at_each_deadline(
@@ -59,9 +68,11 @@ def _at_each_deadline(
     return outcomes, sum(swept)
 
 
-def test_checkout_racing_the_sweeper_at_the_deadline_has_exactly_one_outcome(engine: Engine) -> None:
-    engine.load_sale(SaleSettings(sku="RACE-1", total=ROUNDS, reservation_ttl_ms=1000))
-    holds = sorted((engine.reserve("RACE-1", f"user-{n}") for n in range(ROUNDS)), key=lambda r: r.expires_at)
+def test_checkout_racing_the_sweeper_at_the_deadline_has_exactly_one_outcome(
+    engine: Engine, rounds: int
+) -> None:
+    engine.load_sale(SaleSettings(sku="RACE-1", total=rounds, reservation_ttl_ms=1000))
+    holds = sorted((engine.reserve("RACE-1", f"user-{n}") for n in range(rounds)), key=lambda r: r.expires_at)
     outcomes, swept = _at_each_deadline(
         engine,
         "RACE-1",
@@ -80,10 +91,10 @@ def test_checkout_racing_the_sweeper_at_the_deadline_has_exactly_one_outcome(eng
         else:
             assert reservation.status == ReservationStatus.EXPIRED
             assert reservation.order_id is None
-    expired = ROUNDS - len(orders)
+    expired = rounds - len(orders)
     # (Counters compare missing types as zero.)
     assert event_types(engine) == Counter(
-        sale_loaded=1, reserved=ROUNDS, checkout_started=len(orders), expired=expired
+        sale_loaded=1, reserved=rounds, checkout_started=len(orders), expired=expired
     )
     print(f"checkout won {len(orders)}, expiry won {expired}, the sweeper ended {swept}")
     assert swept <= expired
@@ -102,10 +113,12 @@ def _hold(engine: Engine, sku: str, n: int) -> Reservation:
     return engine.reserve(sku, f"user-{n}")
 
 
-def test_checkout_racing_release_of_the_same_reservation_has_exactly_one_outcome(engine: Engine) -> None:
-    engine.load_sale(SaleSettings(sku="RACE-2", total=ROUNDS))
+def test_checkout_racing_release_of_the_same_reservation_has_exactly_one_outcome(
+    engine: Engine, rounds: int
+) -> None:
+    engine.load_sale(SaleSettings(sku="RACE-2", total=rounds))
     checkouts = 0
-    for n in range(ROUNDS):
+    for n in range(rounds):
         hold = _hold(engine, "RACE-2", n)
         checkout, release = run_together(
             partial(engine.begin_checkout, hold.id, hold.user, "card"),
@@ -124,14 +137,14 @@ def test_checkout_racing_release_of_the_same_reservation_has_exactly_one_outcome
             assert reservation.status == ReservationStatus.CANCELLED
         check_invariants(engine)
     types = event_types(engine)
-    assert (types["checkout_started"], types["released"]) == (checkouts, ROUNDS - checkouts)
+    assert (types["checkout_started"], types["released"]) == (checkouts, rounds - checkouts)
     sale = engine.get_sale("RACE-2")
-    assert (sale.reserved, sale.available) == (checkouts, ROUNDS - checkouts)
+    assert (sale.reserved, sale.available) == (checkouts, rounds - checkouts)
 
 
-def test_two_checkouts_of_one_reservation_make_exactly_one_pending_order(engine: Engine) -> None:
-    engine.load_sale(SaleSettings(sku="RACE-3", total=ROUNDS, flash_price_cents=999))
-    for n in range(ROUNDS):
+def test_two_checkouts_of_one_reservation_make_exactly_one_pending_order(engine: Engine, rounds: int) -> None:
+    engine.load_sale(SaleSettings(sku="RACE-3", total=rounds, flash_price_cents=999))
+    for n in range(rounds):
         hold = _hold(engine, "RACE-3", n)
         first, second = run_together(
             partial(engine.begin_checkout, hold.id, hold.user, "card", idempotency_key="tab-1"),
@@ -146,13 +159,13 @@ def test_two_checkouts_of_one_reservation_make_exactly_one_pending_order(engine:
         assert order.total_cents == 999
         assert engine.get_reservation(hold.id).order_id == order.id
         check_invariants(engine)
-    assert event_types(engine)["checkout_started"] == ROUNDS
-    assert engine.get_sale("RACE-3").reserved == ROUNDS  # one charge per hold, nothing sold twice
+    assert event_types(engine)["checkout_started"] == rounds
+    assert engine.get_sale("RACE-3").reserved == rounds  # one charge per hold, nothing sold twice
 
 
-def test_cancelling_one_order_twice_at_once_cancels_it_exactly_once(engine: Engine) -> None:
-    engine.load_sale(SaleSettings(sku="RACE-4", total=ROUNDS))
-    for n in range(ROUNDS):
+def test_cancelling_one_order_twice_at_once_cancels_it_exactly_once(engine: Engine, rounds: int) -> None:
+    engine.load_sale(SaleSettings(sku="RACE-4", total=rounds))
+    for n in range(rounds):
         hold = _hold(engine, "RACE-4", n)
         order = engine.begin_checkout(hold.id, hold.user, "card")
         engine.confirm(order.id, hold.user, f"tx-{n}")
@@ -167,17 +180,17 @@ def test_cancelling_one_order_twice_at_once_cancels_it_exactly_once(engine: Engi
         assert engine.user_counts("RACE-4", hold.user).purchased == 0
         check_invariants(engine)
     sale = engine.get_sale("RACE-4")
-    assert (sale.available, sale.reserved, sale.sold) == (ROUNDS, 0, 0)
-    assert event_types(engine)["order_cancelled"] == ROUNDS
+    assert (sale.available, sale.reserved, sale.sold) == (rounds, 0, 0)
+    assert event_types(engine)["order_cancelled"] == rounds
 
 
 def test_a_payment_confirmed_as_its_abandoned_checkout_times_out_has_exactly_one_outcome(
-    graceless_engine: Engine,
+    graceless_engine: Engine, rounds: int
 ) -> None:
     # No grace: a checkout's hold lapses at its own deadline, so confirm and the sweeper meet there.
     engine = graceless_engine
-    engine.load_sale(SaleSettings(sku="RACE-5", total=ROUNDS, reservation_ttl_ms=1000))
-    holds = [engine.reserve("RACE-5", f"user-{n}") for n in range(ROUNDS)]
+    engine.load_sale(SaleSettings(sku="RACE-5", total=rounds, reservation_ttl_ms=1000))
+    holds = [engine.reserve("RACE-5", f"user-{n}") for n in range(rounds)]
     orders = sorted(
         (engine.begin_checkout(h.id, h.user, "card") for h in holds),
         key=lambda o: next(h.expires_at for h in holds if h.id == o.reservation_id),
@@ -202,16 +215,16 @@ def test_a_payment_confirmed_as_its_abandoned_checkout_times_out_has_exactly_one
         else:
             assert (stored.status, stored.failure_reason) == (OrderStatus.FAILED, "CHECKOUT_TIMEOUT")
             assert reservation.status == ReservationStatus.EXPIRED
-    print(f"payment won {confirmed}, the timeout won {ROUNDS - confirmed}")
+    print(f"payment won {confirmed}, the timeout won {rounds - confirmed}")
     ended_by_confirm = sum(isinstance(o, ReservationExpired) for o in outcomes)
-    assert swept + ended_by_confirm == ROUNDS - confirmed
+    assert swept + ended_by_confirm == rounds - confirmed
     assert event_types(engine) == Counter(
         sale_loaded=1,
-        reserved=ROUNDS,
-        checkout_started=ROUNDS,
+        reserved=rounds,
+        checkout_started=rounds,
         confirmed=confirmed,
-        expired=ROUNDS - confirmed,
+        expired=rounds - confirmed,
     )
     sale = engine.get_sale("RACE-5")
-    assert (sale.available, sale.reserved, sale.sold) == (ROUNDS - confirmed, 0, confirmed)
+    assert (sale.available, sale.reserved, sale.sold) == (rounds - confirmed, 0, confirmed)
     check_invariants(engine)

@@ -115,6 +115,7 @@ def test_inside_the_window_and_after_unpausing_reserve_succeeds(engine: Engine) 
     assert engine.get_sale("RULE-5").available == 4
 
 
+@pytest.mark.cluster
 def test_sync_engine_recovers_when_redis_forgets_its_scripts(engine: Engine) -> None:
     engine.load_sale(SaleSettings(sku="RULE-6", total=3))
     engine.redis.script_flush()
@@ -142,6 +143,7 @@ async def _race_after_flush(async_engine: AsyncEngine, engine: Engine, sku: str)
     check_invariants(engine)
 
 
+@pytest.mark.cluster
 async def test_many_concurrent_async_calls_recover_when_redis_forgets_its_scripts(
     async_engine: AsyncEngine, engine: Engine
 ) -> None:

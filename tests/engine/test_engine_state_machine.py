@@ -49,6 +49,8 @@ USERS = ("u1", "u2", "u3")
 UNKNOWN_RESERVATION = f"rsv_{PARTITIONS[0]}_{'0' * 32}"
 UNKNOWN_ORDER = f"ord_{PARTITIONS[0]}_{'0' * 32}"
 KEYS = (None, None, "k1", "k2")
+# Examples per run: fewer on the cluster variant (the same rules, through the cluster clients).
+EXAMPLES, CLUSTER_EXAMPLES = 30, 10
 
 
 @dataclass
@@ -135,14 +137,17 @@ def _code(call: object) -> object:
 
 
 @pytest.mark.slow
-def test_random_operation_sequences_keep_redis_equal_to_the_model(redis_url: str) -> None:
-    engine = Engine.from_url(redis_url, EngineConfig(payment_grace_ms=GRACE_MS), max_connections=4)
+@pytest.mark.cluster
+def test_random_operation_sequences_keep_redis_equal_to_the_model(redis_url: str, on_cluster: bool) -> None:
+    engine = Engine.from_url(
+        redis_url, EngineConfig(payment_grace_ms=GRACE_MS), max_connections=4, cluster=on_cluster
+    )
     engine.load_scripts()
     try:
         run_state_machine_as_test(
             lambda: EngineMatchesModel(engine),
             settings=settings(
-                max_examples=30,
+                max_examples=CLUSTER_EXAMPLES if on_cluster else EXAMPLES,
                 stateful_step_count=40,
                 deadline=None,
                 # No shrinking and no example database: outcomes depend on real time, so a replay may

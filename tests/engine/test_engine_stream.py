@@ -7,8 +7,11 @@ import asyncio
 import random
 from collections import Counter
 
+import pytest
 from engine_checks import all_events, check_invariants, event_types, sku_in_partition
 from flashsale.engine import AsyncEngine, Engine, FlashSaleError, SaleSettings, replay
+
+pytestmark = pytest.mark.cluster
 
 SKUS = [sku_in_partition(p, stem="BURST") for p in (0, 1, 2)] + [sku_in_partition(2, stem="BURST-X")]
 USERS = [f"shopper-{n}" for n in range(40)]
