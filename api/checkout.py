@@ -64,18 +64,18 @@ class Checkout:
 
     async def __call__(self, user: str, request: CheckoutRequest, idempotency_key: str | None) -> Order:
         if not self.gateway.accepts(request.payment_method):
-            self.metrics.checkouts.labels("VALIDATION_ERROR").inc()
+            self.metrics.count_checkout("VALIDATION_ERROR")
             raise validation_error(f"payment method {request.payment_method!r} is not accepted")
         # Shielded: a client that hangs up mid-payment must not leave an authorization half way.
         try:
             order = await asyncio.shield(self._pay(user, request, idempotency_key))
         except FlashSaleError as error:
-            self.metrics.checkouts.labels(error.code).inc()
+            self.metrics.count_checkout(error.code)
             raise
         except ApiError as error:
-            self.metrics.checkouts.labels("declined" if error.status == 402 else error.code).inc()
+            self.metrics.count_checkout("declined" if error.status == 402 else error.code)
             raise
-        self.metrics.checkouts.labels("confirmed").inc()
+        self.metrics.count_checkout("confirmed")
         return order
 
     async def _pay(self, user: str, request: CheckoutRequest, idempotency_key: str | None) -> Order:

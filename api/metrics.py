@@ -67,6 +67,20 @@ class ApiMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        # outcome -> its counter child: labels() takes a lock and builds a key on every call.
+        self._outcomes: dict[tuple[Counter, str], Counter] = {}
+
+    def count_reservation(self, outcome: str) -> None:
+        self._count(self.reservations, outcome)
+
+    def count_checkout(self, outcome: str) -> None:
+        self._count(self.checkouts, outcome)
+
+    def _count(self, counter: Counter, outcome: str) -> None:
+        child = self._outcomes.get((counter, outcome))
+        if child is None:
+            child = self._outcomes[counter, outcome] = counter.labels(outcome)
+        child.inc()
 
     def exposition(
         self,

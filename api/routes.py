@@ -118,9 +118,9 @@ async def create_reservation(api: Api, call: Call) -> ReservationBody:
             body.sku_id, call.user, body.quantity, idempotency_key=call.idempotency_key
         )
     except FlashSaleError as error:
-        api.metrics.reservations.labels(error.code).inc()
+        api.metrics.count_reservation(error.code)
         raise
-    api.metrics.reservations.labels("created").inc()
+    api.metrics.count_reservation("created")
     return schemas.reservation(reservation)
 
 
