@@ -33,17 +33,20 @@ from .errors import FlashSaleError, NotFound, from_reply
 from .events import Event, parse_entry
 from .keys import Partition, bought_field, check_layout, held_field
 from .models import (
-    SALE_FIELDS,
+    SALE_AND_ROOM_FIELDS,
+    AdmitStep,
     Order,
+    QueueStanding,
     Reservation,
     Sale,
     SaleSettings,
     UserCounts,
+    WaitingRoom,
     from_hash,
     reservation_from_record,
     sale_from_values,
 )
-from .operations import Call, Operations, identifier
+from .operations import Call, Operations, RateLimit, identifier
 from .pipelining import AutoPipeline
 from .scripts import Script, load_scripts
 from .settings import EngineConfig, Settings
@@ -262,9 +265,27 @@ class Engine(_Common):
         return self._run(self.ops.load_sale(settings))
 
     def reserve(
-        self, sku: str, user: str, quantity: int = 1, *, idempotency_key: str | None = None
+        self,
+        sku: str,
+        user: str,
+        quantity: int = 1,
+        *,
+        idempotency_key: str | None = None,
+        rate: RateLimit | None = None,
     ) -> Reservation:
-        return self._run(self.ops.reserve(sku, user, quantity, idempotency_key))
+        return self._run(self.ops.reserve(sku, user, quantity, idempotency_key, rate))
+
+    def set_waiting_room(self, sku: str, room: WaitingRoom) -> Sale:
+        return self._run(self.ops.set_waiting_room(sku, room))
+
+    def join_queue(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:
+        return self._run(self.ops.queue_join(sku, user, rate))
+
+    def queue_status(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:
+        return self._run(self.ops.queue_status(sku, user, rate))
+
+    def admit(self, sku: str, worker_id: str, batch: int = 1000) -> AdmitStep:
+        return self._run(self.ops.queue_admit(sku, worker_id, batch))
 
     def begin_checkout(
         self, reservation_id: str, user: str, payment_method: str, *, idempotency_key: str | None = None
@@ -302,7 +323,7 @@ class Engine(_Common):
 
     # -- reads --------------------------------------------------------------------------------------------
     def get_sale(self, sku: str) -> Sale:
-        return self._sale(self.redis.hmget(self._sku_key(sku), SALE_FIELDS), sku)
+        return self._sale(self.redis.hmget(self._sku_key(sku), SALE_AND_ROOM_FIELDS), sku)
 
     def list_sales(self) -> list[Sale]:
         """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales); on a cluster
@@ -312,7 +333,7 @@ class Engine(_Common):
             catalogs.smembers(p.catalog())
         pipe = self.redis.pipeline(transaction=False)
         for sku in self._catalog(catalogs.execute()):
-            pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_FIELDS)
+            pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_AND_ROOM_FIELDS)
         return [sale for values in pipe.execute() if (sale := sale_from_values(values)) is not None]
 
     def get_reservation(self, reservation_id: str) -> Reservation:
@@ -463,9 +484,27 @@ class AsyncEngine(_Common):
         return await self._run(self.ops.load_sale(settings))
 
     async def reserve(
-        self, sku: str, user: str, quantity: int = 1, *, idempotency_key: str | None = None
+        self,
+        sku: str,
+        user: str,
+        quantity: int = 1,
+        *,
+        idempotency_key: str | None = None,
+        rate: RateLimit | None = None,
     ) -> Reservation:
-        return await self._run(self.ops.reserve(sku, user, quantity, idempotency_key))
+        return await self._run(self.ops.reserve(sku, user, quantity, idempotency_key, rate))
+
+    async def set_waiting_room(self, sku: str, room: WaitingRoom) -> Sale:
+        return await self._run(self.ops.set_waiting_room(sku, room))
+
+    async def join_queue(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:
+        return await self._run(self.ops.queue_join(sku, user, rate))
+
+    async def queue_status(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:
+        return await self._run(self.ops.queue_status(sku, user, rate))
+
+    async def admit(self, sku: str, worker_id: str, batch: int = 1000) -> AdmitStep:
+        return await self._run(self.ops.queue_admit(sku, worker_id, batch))
 
     async def begin_checkout(
         self, reservation_id: str, user: str, payment_method: str, *, idempotency_key: str | None = None
@@ -514,8 +553,8 @@ class AsyncEngine(_Common):
     async def get_sale(self, sku: str) -> Sale:
         key = self._sku_key(sku)
         if self._router is not None:
-            return self._sale(await self._read(key, "HMGET", key, *SALE_FIELDS), sku)
-        return self._sale(await self.redis.hmget(key, SALE_FIELDS), sku)
+            return self._sale(await self._read(key, "HMGET", key, *SALE_AND_ROOM_FIELDS), sku)
+        return self._sale(await self.redis.hmget(key, SALE_AND_ROOM_FIELDS), sku)
 
     async def list_sales(self) -> list[Sale]:
         """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales); on a cluster
@@ -524,14 +563,16 @@ class AsyncEngine(_Common):
             sets = [p.catalog() for p in self.keys.all()]
             members = await asyncio.gather(*(self._read(key, "SMEMBERS", key) for key in sets))
             keys = [self.keys.for_sku(sku).sku(sku) for sku in self._catalog(members)]
-            rows = await asyncio.gather(*(self._read(key, "HMGET", key, *SALE_FIELDS) for key in keys))
+            rows = await asyncio.gather(
+                *(self._read(key, "HMGET", key, *SALE_AND_ROOM_FIELDS) for key in keys)
+            )
             return [sale for values in rows if (sale := sale_from_values(values)) is not None]
         catalogs = self.redis.pipeline(transaction=False)
         for p in self.keys.all():
             catalogs.smembers(p.catalog())
         pipe = self.redis.pipeline(transaction=False)
         for sku in self._catalog(await catalogs.execute()):
-            pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_FIELDS)
+            pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_AND_ROOM_FIELDS)
         return [sale for values in await pipe.execute() if (sale := sale_from_values(values)) is not None]
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
