@@ -67,11 +67,20 @@ class ApiMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.joins = Counter(
+            "flashsale_queue_joins",
+            "Waiting-room joins answered by this API (joined: a new place; repeat: the same place again)",
+            ["outcome"],
+            registry=self.registry,
+        )
         # outcome -> its counter child: labels() takes a lock and builds a key on every call.
         self._outcomes: dict[tuple[Counter, str], Counter] = {}
 
     def count_reservation(self, outcome: str) -> None:
         self._count(self.reservations, outcome)
+
+    def count_join(self, outcome: str) -> None:
+        self._count(self.joins, outcome)
 
     def count_checkout(self, outcome: str) -> None:
         self._count(self.checkouts, outcome)
