@@ -17,14 +17,13 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import redis
 from flashsale.engine import Engine, Sale
 from flashsale.engine.models import WaitingRoom
 
 from flashsale.launcher import free_port, wait_for_port
 from tests.api.conftest import SECRET, SKU, ApiServer
-from tests.engine.engine_checks import keyspace
 from tests.api.test_reservations import V1, assert_error
+from tests.engine.engine_checks import keyspace
 
 WORKER = "test-admitter"
 
