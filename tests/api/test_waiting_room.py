@@ -219,6 +219,7 @@ def test_the_rate_limit_holds_across_two_api_processes(
     assert all(200 in codes for codes in answered.values())  # both processes served
     expected = BURST + RATE * elapsed  # what one bucket allows in that time
     print(
-        f"{allowed} allowed of {allowed + limited} in {elapsed:.2f} s across two processes; one bucket: {expected:.0f}"
+        f"{allowed} allowed of {allowed + limited} in {elapsed:.2f} s across two processes; "
+        f"one bucket allows {expected:.0f}"
     )
     assert abs(allowed - expected) <= 0.1 * expected + 2, (allowed, expected)
