@@ -265,7 +265,13 @@ async def metrics(api: Api, call: Call) -> Response:
         return Response(api.metrics.exposition(None, ()), media_type=CONTENT_TYPE_LATEST)
     limit = api.engine.config.backlog_limit_events
     payments = await read_payments(api.gateway, api.engine.redis, api.engine.keys)
-    return Response(api.metrics.exposition(sales, lags, limit, payments), media_type=CONTENT_TYPE_LATEST)
+    try:
+        rooms = [sale.sku for sale in sales if sale.waiting_room is not None and sale.waiting_room.on]
+        queues = [await api.engine.queue_figures(sku) for sku in rooms]
+    except RedisError:
+        queues = []
+    exposition = api.metrics.exposition(sales, lags, limit, payments, queues)
+    return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(api: Api, call: Call) -> Response:

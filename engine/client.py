@@ -36,6 +36,7 @@ from .models import (
     SALE_AND_ROOM_FIELDS,
     AdmitStep,
     Order,
+    QueueFigures,
     QueueStanding,
     Reservation,
     Sale,
@@ -43,6 +44,7 @@ from .models import (
     UserCounts,
     WaitingRoom,
     from_hash,
+    queue_figures_from,
     reservation_from_record,
     sale_from_values,
 )
@@ -351,6 +353,19 @@ class Engine(_Common):
         fields = (held_field(identifier(user, "user id")), bought_field(user))
         return self._counts(self.redis.hmget(self._sku_key(sku), fields))
 
+    def queue_figures(self, sku: str) -> QueueFigures:
+        """A waiting room's line, live admissions, counts and time in line, read in one round trip."""
+        p = self.keys.for_sku(identifier(sku, "sku"))
+        seconds, micros = self.redis.time()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(p.queue(sku))
+        pipe.zcount(p.admitted(sku), f"({now}", "+inf")
+        pipe.zcount(p.admitted(sku), "-inf", f"({-now}")
+        pipe.hgetall(p.waiting_room(sku))
+        line, unused, used, room = pipe.execute()
+        return queue_figures_from(sku, now, int(line), int(unused) + int(used), room)
+
     def read_events(self, partition: int, after: str = "-", count: int | None = None) -> list[Event]:
         """Events of a partition's stream after the given stream id ("-": from the start)."""
         p = self.keys.partition(partition)
@@ -601,6 +616,19 @@ class AsyncEngine(_Common):
         if self._router is not None:
             return self._counts(await self._read(key, "HMGET", key, *fields))
         return self._counts(await self.redis.hmget(key, fields))
+
+    async def queue_figures(self, sku: str) -> QueueFigures:
+        """A waiting room's line, live admissions, counts and time in line (one Redis)."""
+        p = self.keys.for_sku(identifier(sku, "sku"))
+        seconds, micros = await self.redis.time()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(p.queue(sku))
+        pipe.zcount(p.admitted(sku), f"({now}", "+inf")
+        pipe.zcount(p.admitted(sku), "-inf", f"({-now}")
+        pipe.hgetall(p.waiting_room(sku))
+        line, unused, used, room = await pipe.execute()
+        return queue_figures_from(sku, now, int(line), int(unused) + int(used), room)
 
     async def read_events(self, partition: int, after: str = "-", count: int | None = None) -> list[Event]:
         p = self.keys.partition(partition)

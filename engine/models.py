@@ -138,6 +138,64 @@ class AdmitStep(msgspec.Struct, kw_only=True, frozen=True):
     sent_away: int
 
 
+class QueueFigures(msgspec.Struct, kw_only=True, frozen=True):
+    """A waiting room as an operator watches it (read from its keys, lua/includes/waiting_room.lua)."""
+
+    sku: str
+    now: int
+    line: int  # shoppers in line
+    admitted_live: int  # admissions not lapsed yet (used or not)
+    joined: int  # places ever made
+    admitted: int  # shoppers ever admitted
+    lapsed: int  # admissions that lapsed unused (abandoned)
+    used: int  # admissions that ended after a reservation used them
+    sent_away: int  # shoppers told SOLD_OUT
+    closed: str | None  # SOLD_OUT while the line is closed
+    first_admitted_at: int  # ms, 0: nobody yet
+    admitted_at: int  # ms of the last admission, 0: none
+    tick_at: int  # ms of the admitter's last step, 0: none
+    wait_ms: int  # time in line of everyone admitted, summed
+    wait_buckets: dict[str, int]  # upper bound in s ("inf" last) -> shoppers admitted after that long
+
+    def wait_quantile_s(self, q: float) -> float | None:
+        """The q-quantile of time in line (upper bound of its bucket; None before any admission)."""
+        total = sum(self.wait_buckets.values())
+        if not total:
+            return None
+        seen = 0
+        for bound, count in self.wait_buckets.items():
+            seen += count
+            if seen >= q * total:
+                return float("inf") if bound == "inf" else float(bound)
+        return float("inf")
+
+
+def queue_figures_from(sku: str, now: int, line: int, live: int, room: Mapping[Any, Any]) -> QueueFigures:
+    from .bounds import QUEUE_WAIT_BUCKETS_S
+
+    def count(name: str) -> int:
+        return int(room.get(name) or 0)
+
+    bounds = [str(b) for b in QUEUE_WAIT_BUCKETS_S] + ["inf"]
+    return QueueFigures(
+        sku=sku,
+        now=now,
+        line=line,
+        admitted_live=live,
+        joined=count("joined"),
+        admitted=count("admitted"),
+        lapsed=count("lapsed"),
+        used=count("used"),
+        sent_away=count("sent_away"),
+        closed=room.get("closed") or None,
+        first_admitted_at=count("first_admitted_at"),
+        admitted_at=count("admitted_at"),
+        tick_at=count("tick_at"),
+        wait_ms=count("wait_ms"),
+        wait_buckets={bound: count(f"w:{bound}") for bound in bounds},
+    )
+
+
 class Reservation(msgspec.Struct, kw_only=True, frozen=True):
     """A hold of units for one user. ``order_id`` is set while a checkout is paying for it."""
 
