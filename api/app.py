@@ -6,6 +6,8 @@ to the endpoints of ``api.routes`` and serves the storefront (``api/static``) at
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import stat
@@ -26,6 +28,7 @@ from flashsale.api.metrics import ApiMetrics, RequestTimer
 from flashsale.api.payments import PaymentGateway, SimulatedGateway
 from flashsale.api.ratelimit import UserRateLimiter
 from flashsale.api.routes import ENDPOINTS, Call, Endpoint
+from flashsale.api.soldout import SoldOutFlags, SoldOutShortCircuit, StockListener
 from flashsale.engine import AsyncEngine, FlashSaleError
 from flashsale.engine.settings import Settings
 from redis.exceptions import RedisError
@@ -165,6 +168,7 @@ def create_app(
     if engine is None and not settings.redis_url:
         raise ValueError("FLASHSALE_REDIS_URL is not set: the API needs a Redis server to talk to")
     metrics = ApiMetrics()
+    soldout = SoldOutFlags(settings.soldout_ttl_ms / 1000)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -188,11 +192,22 @@ def create_app(
             checkout=Checkout(live, gateway or SimulatedGateway(), metrics),
             reads=SingleFlight(),
             openapi=msgspec.json.encode(openapi.build(ENDPOINTS)),
+            soldout=soldout,
         )
+        listening = None
+        if soldout.enabled:  # sold-out answers from memory, cleared by the scripts' stock messages
+            channels = [partition.stock_channel() for partition in live.keys.all()]
+            listener = StockListener(soldout, live.redis, channels, heartbeat_s=max(soldout.ttl_s, 1.0))
+            listening = asyncio.create_task(listener.run(), name="soldout-listener")
         log.info("event=api_started pid=%d redis_pool=%d", os.getpid(), settings.redis_max_connections)
         try:
             yield
         finally:
+            if listening is not None:
+                listening.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listening
+            metrics.flush_soldout_refusals()
             if own_engine:
                 await live.close()
 
@@ -202,9 +217,15 @@ def create_app(
         HTTPException: error_response,
         RedisError: error_response,
     }
+    reservations = next(e.path for e in ENDPOINTS if e.handler.__name__ == "create_reservation")
     app = Starlette(
         routes=_routes(static_dir),
-        middleware=[Middleware(RequestTimer, metrics=metrics), Middleware(CatchAll)],
+        middleware=[
+            # Sold-out refusals answered before anything else (api/soldout.py); a no-op while none is.
+            Middleware(SoldOutShortCircuit, path=reservations, metrics=metrics),
+            Middleware(RequestTimer, metrics=metrics),
+            Middleware(CatchAll),
+        ],
         exception_handlers=handlers,
         lifespan=lifespan,
     )
