@@ -248,14 +248,12 @@ class SoldOutShortCircuit:
         self.metrics = metrics
         self._decoder = msgspec.json.Decoder(ReservationRequest)
         self._observe: Callable[[float], None] | None = None  # the request histogram's series, bound once
-        self._api: Api | None = None  # the app's, from its state once its lifespan began
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        api: Api = self._api or scope["app"].state.api
-        self._api = api
+        api: Api = scope["app"].state.api
         if not len(api.soldout):  # nothing is sold out here: not a byte read
             await self.app(scope, receive, send)
             return
