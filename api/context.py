@@ -9,6 +9,7 @@ from flashsale.api.checkout import Checkout
 from flashsale.api.coalescing import SingleFlight
 from flashsale.api.metrics import ApiMetrics
 from flashsale.api.ratelimit import UserRateLimiter
+from flashsale.api.soldout import SoldOutFlags
 from flashsale.engine import AsyncEngine
 from flashsale.engine.settings import Settings
 from flashsale.writeback.payments import PaymentGateway
@@ -27,3 +28,4 @@ class Api:
     checkout: Checkout
     reads: SingleFlight
     openapi: bytes
+    soldout: SoldOutFlags

@@ -20,6 +20,8 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
     fs:{p3}:gw:unsettled       zset    order id -> ms since its payment is not final: the settlement's list
     fs:{p3}:gw:counts          hash    the gateway's authorizations, declines, captures, voids, refunds
     fs:{p3}:settlement         hash    payments the settlement pass captured, voided, refunded (counts)
+    fs:{p3}:stock              channel (pub/sub, not a key) a SKU id, published by a script that may have
+                                       made a sold-out SKU reservable again (lua/includes/stock.lua)
     fs:{p3}:writeback:lease    string  the write-behind worker holding the partition (a lease)
     fs:{p3}:writeback          hash    applied (PostgreSQL), published (Kafka): stream ids each sink took
     fs:writeback:workers       zset    worker id -> last heartbeat ms: the live workers
@@ -95,6 +97,11 @@ class Partition:
 
     def events(self) -> str:
         return f"{self.tag}events"
+
+    def stock_channel(self) -> str:
+        """The pub/sub channel on which this partition's scripts announce stock coming back (a SKU id per
+        message); every API process listens to drop its "sold out" flags (api/soldout.py)."""
+        return f"{self.tag}stock"
 
     def writeback_lease(self) -> str:
         return f"{self.tag}writeback:lease"

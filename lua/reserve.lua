@@ -25,7 +25,10 @@
     a repeat with the same idempotency field returns the first answer, refusal included
     error INVALID_ARGUMENT | INVALID_QUANTITY   malformed input (nothing written)
     error NOT_FOUND          no sale for this SKU (nothing written)
-    error OUT_OF_STOCK       sold out: fewer units available than asked for and no lapsed hold to end
+    error OUT_OF_STOCK       sold out: fewer units available than asked for and no lapsed hold to end;
+                             "sku <sku> has <n> units left; the first hold ends in <ms> ms" (relative to
+                             now) or "...; none is held": api/soldout.py answers the same from memory on
+                             that basis (nothing written)
     error SALE_NOT_ACTIVE    paused, not started or ended (nothing written)
     error ALREADY_RESERVED   the user's holds + purchases would pass the limit and they hold some now
     error ALREADY_PURCHASED  the user's purchases alone use up the limit
@@ -33,6 +36,7 @@
     error BACKLOG_FULL       the write-behind backlog of this partition is at its budget (nothing written)
     (a limit or stock refusal may first have ended lapsed holds, each with its own event)
   Event: ["reserved", sku, at, reservation id, user, quantity, ttl ms]   (expires at = at + ttl)
+  Publishes: the SKU id on fs:{pN}:stock when ending lapsed holds gives units back (includes/stock.lua)
 ]]
 --@include common
 --@include events
@@ -65,13 +69,23 @@ if qty == nil or qty < 1 then
 end
 
 -- Sold out comes first, read as cheaply as it can be: most calls of a flash sale end here. Lapsed holds
--- would give units back, so a SKU is sold out only when none of its holds has lapsed.
+-- would give units back, so a SKU is sold out only while its earliest hold's deadline is ahead. The
+-- refusal says how far ahead: an API process answers the same from memory until then, unless the
+-- SKU's stock channel says otherwise sooner (api/soldout.py).
 local available = rcall('HGET', skuKey, 'available')
 if not available then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
 available = tonumber(available)
 now = now or nowMs()
-if available < qty and #rcall('ZRANGEBYSCORE', holdsKey, '-inf', now, 'LIMIT', 0, 1) == 0 then
-  return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left'))
+if available < qty then
+  local firstEnds = rcall('ZRANGE', holdsKey, 0, 0, 'WITHSCORES')[2]
+  if not firstEnds then
+    return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left; none is held'))
+  end
+  firstEnds = tonumber(firstEnds) - now
+  if firstEnds > 0 then
+    return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left; the first hold ends in '
+      .. firstEnds .. ' ms'))
+  end
 end
 
 if not isIdentifier(user) then return refuse('INVALID_ARGUMENT', 'user id must be 1-128 letters, digits or -_.@') end

@@ -8,6 +8,11 @@ is refused for being a repeat.
      check that exactly S requests got 201 and Redis's counters add up.
   2. Paced: connections that wait between requests, about 5,000 requests/s offered, on a SKU with stock
      for all: the latency at that rate (every answer must be 201).
+  3. Sold out (issue 14): the herd that keeps pressing after the hot SKU sold out, a fixed set of
+     shoppers retrying with their tokens, against two servers side by side, alternately: one whose every
+     refusal asks Redis (``FLASHSALE_SOLDOUT_TTL_MS=0``) and one answering from its sold-out flags
+     (api/soldout.py, the default). The figure is the API's CPU per refusal (all workers, /proc),
+     the whole request through uvicorn, auth and rate limit included.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from flashsale.bench import plots
 from flashsale.bench.checks import invariant_1
 from flashsale.bench.options import Options
@@ -56,12 +62,15 @@ class Settings:
     paced_seconds: int
     tokens: int
     server_workers: int
+    soldout_seconds: int
+    soldout_rounds: int
+    soldout_shoppers: int
 
     @classmethod
     def for_run(cls, options: Options) -> Settings:
         if options.quick:
-            return cls(500, 128, 2, 5, 50, 10, 5, 60_000, 2)
-        return cls(1000, 256, 2, 15, 50, 10, 15, 200_000, 2)
+            return cls(500, 128, 2, 5, 50, 10, 5, 60_000, 2, 4, 1, 2_000)
+        return cls(1000, 256, 2, 15, 50, 10, 15, 200_000, 2, 10, 2, 2_000)
 
 
 def find_wrk() -> str | None:
@@ -168,6 +177,44 @@ def _wrk(
     return result
 
 
+SOLD_OUT_MODES = (
+    ("every refusal asks Redis (FLASHSALE_SOLDOUT_TTL_MS=0)", 0),
+    ("answered from the sold-out flag (default)", FlashsaleSettings().soldout_ttl_ms),
+)
+
+
+def _sold_out(
+    binary: str, settings: FlashsaleSettings, s: Settings, sku: str, tokens: Path, redis_url: str
+) -> dict[str, dict[str, Any]]:
+    """API CPU per sold-out refusal, flags off and on, alternately against fresh servers (same Redis)."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in SOLD_OUT_MODES}
+    for _ in range(s.soldout_rounds):
+        for name, ttl_ms in SOLD_OUT_MODES:
+            mode = msgspec.structs.replace(settings, soldout_ttl_ms=ttl_ms)
+            with _serve(mode, s.server_workers) as (url, server):
+                load = dict(connections=64, threads=1, pace_ms=0)
+                _wrk(binary, url, tokens, sku, seconds=2, **load)  # tokens verified, flags set
+                server_cpu, redis_cpu = _cpu_seconds(server.pid), redis_cpu_seconds(redis_url)
+                result = _wrk(binary, url, tokens, sku, seconds=s.soldout_seconds, **load)
+                result["server_cpu_s"] = _cpu_seconds(server.pid) - server_cpu
+                result["redis_cpu_s"] = redis_cpu_seconds(redis_url) - redis_cpu
+                runs[name].append(result)
+    figures = {}
+    for name, results in runs.items():
+        requests = sum(r["requests"] for r in results)
+        figures[name] = {
+            "requests": requests,
+            "requests_per_s": round(sum(r["requests_per_s"] for r in results) / len(results), 1),
+            "api_cpu_us_per_refusal": round(sum(r["server_cpu_s"] for r in results) / requests * 1e6, 1),
+            "redis_cpu_us_per_refusal": round(sum(r["redis_cpu_s"] for r in results) / requests * 1e6, 2),
+            "p99_ms": max(r["latency_ms"]["p99"] for r in results),
+            "statuses": {k: sum(r["statuses"].get(k, 0) for r in results) for k in results[0]["statuses"]},
+            "errors": {k: sum(r["errors"][k] for r in results) for k in results[0]["errors"]},
+            "runs": results,
+        }
+    return figures
+
+
 def run_scenario(options: Options) -> Report:
     s = Settings.for_run(options)
     report = Report("http", asdict(s))
@@ -213,6 +260,14 @@ def run_scenario(options: Options) -> Report:
                 figures[name] = result
         sale = engine.get_sale(hot)
         engine.close()
+        # The sold-out herd: the hot SKU is sold out now; a few thousand shoppers keep pressing.
+        shoppers = Path(tmp) / "shoppers.txt"
+        shoppers.write_text(
+            "".join(
+                mint(settings, f"s{options.run_id}-{i}", ttl_s=3600) + "\n" for i in range(s.soldout_shoppers)
+            )
+        )
+        sold_out = _sold_out(binary, settings, s, hot, shoppers, servers.redis_url)
     sat, paced = figures["saturation"], figures["paced"]
     counters = {
         "total": sale.total,
@@ -247,7 +302,21 @@ def run_scenario(options: Options) -> Report:
             figures[name]["tokens_reused"] is False,
             f"{figures[name]['requests']} requests, {s.tokens} tokens",
         )
-    report.figures = figures
+    for name, f in sold_out.items():
+        socket_errors = {k: v for k, v in f["errors"].items() if k != "status"}
+        report.check(
+            f"sold out, {name}: every answer is 400 OUT_OF_STOCK, no socket errors",
+            set(f["statuses"]) == {"400"} and not any(socket_errors.values()),
+            f"statuses {f['statuses']}, errors {f['errors']}",
+        )
+    (off_name, _), (on_name, _) = SOLD_OUT_MODES
+    off, on = sold_out[off_name], sold_out[on_name]
+    report.check(
+        "sold out, flag: refusals answered without Redis (under 1 µs of Redis CPU per refusal)",
+        on["redis_cpu_us_per_refusal"] < 1,
+        f"{on['redis_cpu_us_per_refusal']} µs of Redis CPU per refusal",
+    )
+    report.figures = {**figures, "sold_out": sold_out}
     rows = [
         [
             name,
@@ -278,6 +347,35 @@ def run_scenario(options: Options) -> Report:
             "redis cores",
         ],
         rows,
+    )
+    report.table(
+        f"Sold out: the API's CPU per OUT_OF_STOCK refusal, `--workers {s.server_workers}`, "
+        f"{s.soldout_shoppers:,} shoppers retrying, wrk -t 1 -c 64, "
+        f"{s.soldout_rounds} × {s.soldout_seconds} s per mode, alternately",
+        ["mode", "requests", "requests/s", "API CPU µs / refusal", "Redis CPU µs / refusal", "p99 ms"],
+        [
+            [
+                name,
+                f["requests"],
+                round(f["requests_per_s"]),
+                f["api_cpu_us_per_refusal"],
+                f["redis_cpu_us_per_refusal"],
+                f["p99_ms"],
+            ]
+            for name, f in sold_out.items()
+        ],
+    )
+    report.ratio(
+        "sold out: API CPU µs per refusal with the flag / 60 µs target",
+        on["api_cpu_us_per_refusal"],
+        60,
+        "≤ 1",
+        on["api_cpu_us_per_refusal"] <= 60,
+    )
+    report.ratio(
+        "sold out: API CPU per refusal, flag / every refusal asks Redis",
+        on["api_cpu_us_per_refusal"],
+        off["api_cpu_us_per_refusal"],
     )
     report.ratio(
         "saturation requests/s / 10,000 target",
