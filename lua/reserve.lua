@@ -38,12 +38,38 @@
   Event: ["reserved", sku, at, reservation id, user, quantity, ttl ms]   (expires at = at + ttl)
   Publishes: the SKU id on fs:{pN}:stock when ending lapsed holds gives units back (includes/stock.lua)
 ]]
+local skuKey, holdsKey, stream, openHolds = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+
+-- Sold out comes first, and before the includes below: most calls of a flash sale end here, and
+-- defining the includes' functions costs more than this whole check (Redis runs a script's body on
+-- every call). Lapsed holds would give units back, so a SKU is sold out only while its earliest hold's
+-- deadline is ahead. The refusal says how far ahead: an API process answers the same from memory until
+-- then, unless the SKU's stock channel says otherwise sooner (api/soldout.py). Plain string compares
+-- ('0', '1') rather than tonumber, whose strtod costs as much as a command. A keyed call looks for its
+-- first answer before anything else (below), and any other quantity or stock takes the full checks.
+local availableText
+if not ARGV[6] then
+  availableText = redis.call('HGET', skuKey, 'available')
+  if availableText == '0' and (ARGV[2] == '1' or string.find(ARGV[2], '^[1-9]%d?%d?%d?$')) then
+    local sku = string.sub(skuKey, string.find(skuKey, '}:', 1, true) + 6)
+    local firstEnds = redis.call('ZRANGE', holdsKey, '0', '0', 'WITHSCORES')[2]
+    if not firstEnds then
+      return redis.error_reply('OUT_OF_STOCK sku ' .. sku .. ' has 0 units left; none is held')
+    end
+    local t = redis.call('TIME')
+    firstEnds = tonumber(firstEnds) - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+    if firstEnds > 0 then
+      return redis.error_reply('OUT_OF_STOCK sku ' .. sku .. ' has 0 units left; the first hold ends in '
+        .. string.format('%d', firstEnds) .. ' ms')
+    end
+  end
+end
+
 --@include common
 --@include events
 
-local skuKey, holdsKey, stream, openHolds = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local user, rid = ARGV[1], ARGV[3]
-local idemTtl, idemField = tonumber(ARGV[6] or 0), ARGV[7]
+local idemField = ARGV[7]
 local prefix, sku = skuKeyParts(skuKey)
 
 -- The helpers of the rarer paths are defined only when a call takes them: Redis runs a script's whole
@@ -55,8 +81,9 @@ end
 
 local now
 local answer = function(reply) return reply end
-if idemTtl > 0 then
+if ARGV[6] then
   --@include idempotency
+  local idemTtl = tonumber(ARGV[6])
   now = nowMs()
   local earlier = storedAnswer(prefix, idemField, idemTtl, now)
   if earlier then return earlier end
@@ -68,11 +95,8 @@ if qty == nil or qty < 1 then
   return refuse('INVALID_QUANTITY', 'quantity must be an integer from 1 to ' .. MAX_PER_USER_LIMIT)
 end
 
--- Sold out comes first, read as cheaply as it can be: most calls of a flash sale end here. Lapsed holds
--- would give units back, so a SKU is sold out only while its earliest hold's deadline is ahead. The
--- refusal says how far ahead: an API process answers the same from memory until then, unless the
--- SKU's stock channel says otherwise sooner (api/soldout.py).
-local available = rcall('HGET', skuKey, 'available')
+-- Sold out, for the calls the check above left (a keyed call, another quantity, some units left).
+local available = availableText or rcall('HGET', skuKey, 'available')
 if not available then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
 available = tonumber(available)
 now = now or nowMs()
@@ -121,11 +145,11 @@ if rcall('XLEN', stream) >= tonumber(ARGV[4]) then
   return refuse('BACKLOG_FULL', 'the write-behind backlog of this partition is full; try again later')
 end
 
--- Checks done; writes follow. Each number is turned into text once: Lua does it with sprintf, and the
--- conversions cost as much as the ZADD (README, Performance).
-local expiresAt = tostring(now + ttl)
-local qtyText, nowText = tostring(qty), tostring(now)
-rcall('HSET', skuKey, 'available', available - qty, 'reserved', reserved + qty, heldField, held + qty)
+-- Checks done; writes follow. Each number is turned into text once, as an integer (int: Lua's own
+-- conversion, also redis.call's for a number argument, is sprintf's %.14g, dearer than the ZADD).
+local expiresAt = int(now + ttl)
+local qtyText, nowText = int(qty), int(now)
+rcall('HSET', skuKey, 'available', int(available - qty), 'reserved', int(reserved + qty), heldField, int(held + qty))
 rcall('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' RESERVED ' .. nowText .. ' ' .. expiresAt .. ' - 0 0')
 rcall('ZADD', holdsKey, expiresAt, rid)
 emit(stream, 'reserved', sku, nowText, ',"' .. rid .. '","' .. user .. '",' .. qtyText .. ',' .. s[6])
