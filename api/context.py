@@ -9,6 +9,7 @@ from flashsale.api.checkout import Checkout
 from flashsale.api.coalescing import SingleFlight
 from flashsale.api.metrics import ApiMetrics
 from flashsale.api.ratelimit import UserRateLimiter
+from flashsale.api.soldout import SoldOutFlags
 from flashsale.engine import AsyncEngine
 from flashsale.engine.operations import RateLimit
 from flashsale.engine.settings import Settings
@@ -29,3 +30,4 @@ class Api:
     checkout: Checkout
     reads: SingleFlight
     openapi: bytes
+    soldout: SoldOutFlags

@@ -54,7 +54,8 @@ _STATUS_TEXT = {
     429: "RATE_LIMITED (see Retry-After)",
     502: "PAYMENT_GATEWAY_ERROR",
     503: "SERVICE_UNAVAILABLE: Redis unreachable or the process at its connection limit; BACKLOG_FULL: the "
-    "write-behind backlog is at its memory budget (both with Retry-After)",
+    "write-behind backlog is at its memory budget; PAYMENT_PENDING (checkout): the payment is authorized but "
+    "the confirm got no answer, the PENDING order is in `order` (all with Retry-After)",
 }
 
 

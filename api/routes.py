@@ -33,6 +33,7 @@ from flashsale.api.schemas import (
     SaleRequest,
     WaitingRoomRequest,
 )
+from flashsale.api.soldout import sold_out
 from flashsale.engine import FlashSaleError, Forbidden, SaleSettings
 from flashsale.engine.models import WaitingRoom
 from flashsale.writeback.lag import read_lag_async
@@ -116,12 +117,20 @@ async def get_product(api: Api, call: Call) -> Product:
 async def create_reservation(api: Api, call: Call) -> ReservationBody:
     """Hold units of a SKU for the caller (Idempotency-Key honoured)."""
     body: ReservationRequest = call.body
+    key = call.idempotency_key
+    # Sold out, known here: the script's answer without asking it. Never with a key: a retry must get
+    # its first answer back, and a replayed refusal is no news of now (api/soldout.py).
+    if key is None and (refusal := sold_out(api, body.sku_id, body.quantity)) is not None:
+        raise refusal
+    stamp = api.soldout.stamp(body.sku_id)
     try:
         reservation = await api.engine.reserve(
-            body.sku_id, call.user, body.quantity, idempotency_key=call.idempotency_key, rate=api.rate
+            body.sku_id, call.user, body.quantity, idempotency_key=key, rate=api.rate
         )
     except FlashSaleError as error:
         api.metrics.count_reservation(error.code)
+        if key is None and error.code == "OUT_OF_STOCK":
+            api.soldout.refused(body.sku_id, stamp, error.message)
         raise
     api.metrics.count_reservation("created")
     return schemas.reservation(reservation)

@@ -217,7 +217,8 @@ class OrderBody(Response):
 
 
 class ErrorBody(Response, omit_defaults=True):
-    """The one error shape. ``order`` is present only on a declined checkout (402)."""
+    """The one error shape. ``order`` is present only on a declined checkout (402) and on a checkout whose
+    payment is pending (503 PAYMENT_PENDING)."""
 
     error: Annotated[str, Meta(examples=["OUT_OF_STOCK"])]
     message: str

@@ -32,6 +32,8 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
     fs:{p3}:wr:lease:<sku>     string  the worker admitting shoppers to this SKU's sale (a lease)
     fs:{p3}:rl:<user>          string  the user's request-rate bucket in this partition (GCRA: the next
                                        allowed moment), expiring when the bucket is full again
+    fs:{p3}:stock              channel (pub/sub, not a key) a SKU id, published by a script that may have
+                                       made a sold-out SKU reservable again (lua/includes/stock.lua)
     fs:{p3}:writeback:lease    string  the write-behind worker holding the partition (a lease)
     fs:{p3}:writeback          hash    applied (PostgreSQL), published (Kafka): stream ids each sink took
     fs:writeback:workers       zset    worker id -> last heartbeat ms: the live workers
@@ -107,6 +109,11 @@ class Partition:
 
     def events(self) -> str:
         return f"{self.tag}events"
+
+    def stock_channel(self) -> str:
+        """The pub/sub channel on which this partition's scripts announce stock coming back (a SKU id per
+        message); every API process listens to drop its "sold out" flags (api/soldout.py)."""
+        return f"{self.tag}stock"
 
     def writeback_lease(self) -> str:
         return f"{self.tag}writeback:lease"

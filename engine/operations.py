@@ -142,7 +142,7 @@ class Operations:
         args = (user, str(quantity), rid, self._backlog_limit, self.config.lazy_expiry_bound, *idempotency)
         if rate is not None and rate.per_s > 0:
             keys += (p.rate(user),)
-            args = (*args, *(() if idempotency else (0, "")), *rate.args())
+            args = (*args, *(() if idempotency else ("", "")), *rate.args())
         return Call("reserve", keys, args, lambda reply: reservation_from_reserve(sku, user, reply))
 
     def set_waiting_room(self, sku: str, room: WaitingRoom) -> Call[Sale]:

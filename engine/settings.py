@@ -88,6 +88,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     http_body_timeout_s: float = 30.0
     # Open connections (and requests in flight) per API process; a request beyond them is answered 503.
     http_max_connections: int = 2048
+    # How long an API process may answer OUT_OF_STOCK from memory after reserve refused a SKU as sold out
+    # (api/soldout.py): the bound on a false "sold out" if a stock-back message is lost. 0 = always ask Redis.
+    soldout_ttl_ms: int = 1000
 
     # Kafka topics (names and partition counts as in the design document)
     topic_reservations: str = "flash-sale-reservations"

@@ -27,6 +27,7 @@
                                ends it (units back to available, event expired) before refusing
   Event: ["checkout_started", sku, at, reservation id, order id, user, quantity, unit price cents,
           payment method, pay_until]
+  Publishes: the SKU id on fs:{pN}:stock when it ends an expired hold (includes/stock.lua)
 ]]
 --@include common
 --@include events

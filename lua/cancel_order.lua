@@ -19,6 +19,7 @@
                                payment grace ran out: the hold ends as EXPIRED here, the order FAILED
   Event: ["checkout_cancelled", sku, at, reservation id, order id, user, quantity]  (from PENDING)
          ["order_cancelled", sku, at, reservation id, order id, user, quantity]     (from CONFIRMED)
+  Publishes: the SKU id on fs:{pN}:stock whenever units go back to available (includes/stock.lua)
 ]]
 --@include common
 --@include events
@@ -61,6 +62,7 @@ local c = rcall('HMGET', skuKey, 'available', 'sold', boughtField)
 local bought = tonumber(c[3] or 0) - qty
 rcall('HSET', skuKey, 'available', tonumber(c[1]) + qty, 'sold', tonumber(c[2]) - qty)
 if bought > 0 then rcall('HSET', skuKey, boughtField, bought) else rcall('HDEL', skuKey, boughtField) end
+announceStock(prefix, sku)
 rcall('HSET', orderKey, 'status', 'CANCELLED', 'updated_at', now)
 rcall('PEXPIRE', orderKey, RETENTION_MS)
 emit(stream, 'order_cancelled', sku, now, ',"' .. rid .. '","' .. orderId .. '","' .. owner .. '",' .. qty)

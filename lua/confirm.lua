@@ -22,6 +22,7 @@
                                (nothing written)
     error RESERVATION_EXPIRED  the payment grace has passed: the hold ends here (event expired)
   Event: ["confirmed", sku, at, reservation id, order id, user, quantity, transaction id]
+  Publishes: the SKU id on fs:{pN}:stock when it ends an expired hold (includes/stock.lua)
 ]]
 --@include common
 --@include events

@@ -11,6 +11,7 @@
     the number of reservations ended (integer)
     error INVALID_ARGUMENT  malformed limit (nothing written)
   Event: ["expired", sku, at, reservation id, user, quantity, order id or null] per reservation ended
+  Publishes: the SKU id on fs:{pN}:stock once per SKU whose holds it ended (includes/stock.lua)
 ]]
 --@include common
 --@include events

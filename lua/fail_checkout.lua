@@ -15,10 +15,13 @@
     error FORBIDDEN         the order is another user's (nothing written)
     error INVALID_STATE     the order is not PENDING (nothing written)
   Event: ["checkout_failed", sku, at, reservation id, order id, user, reason]
+  Publishes: the SKU id on fs:{pN}:stock when the hold's deadline goes back from its payment grace
+             to its own expiry, maybe already passed: a sold-out answer may end sooner (includes/stock.lua)
 ]]
 --@include common
 --@include events
 --@include reservations
+--@include stock
 
 local orderKey, stream = KEYS[1], KEYS[2]
 local user, reason, orderId = ARGV[1], ARGV[2], ARGV[3]
@@ -40,6 +43,7 @@ if r and r.status == 'RESERVED' and r.order_id == orderId then
   r.order_id, r.pay_until = nil, 0
   writeReservation(prefix, rid, r)
   rcall('ZADD', prefix .. 'holds:' .. sku, r.expires_at, rid)
+  announceStock(prefix, sku)
 end
 rcall('HSET', orderKey, 'status', 'FAILED', 'failure_reason', reason, 'updated_at', now)
 rcall('PEXPIRE', orderKey, RETENTION_MS)

@@ -25,13 +25,16 @@
     (on any error nothing is written)
   Event: ["sale_loaded", sku, at, change of total, name, price_cents, flash_price_cents, total, per_user_limit,
           starts_at, ends_at, reservation_ttl_ms, paused]   (the settings after the change)
+  Publishes: the SKU id on fs:{pN}:stock on every change: total, window, pause, limit and TTL
+             all change what reserve answers (includes/stock.lua)
 ]]
 --@include common
 --@include events
 --@include sales
+--@include stock
 
 local skuKey, stream, catalogKey = KEYS[1], KEYS[2], KEYS[3]
-local _, sku = skuKeyParts(skuKey)
+local prefix, sku = skuKeyParts(skuKey)
 
 local RANGES = {
   price_cents = {0, MAX_PRICE_CENTS}, flash_price_cents = {0, MAX_PRICE_CENTS}, total = {0, MAX_UNITS},
@@ -102,4 +105,5 @@ local s = rcall('HMGET', skuKey, 'name', 'price_cents', 'flash_price_cents', 'to
   'starts_at', 'ends_at', 'reservation_ttl_ms', 'paused')
 emit(stream, 'sale_loaded', sku, now, ',' .. delta .. ',' .. jtext(s[1]) .. ',' .. s[2] .. ',' .. s[3] .. ','
   .. s[4] .. ',' .. s[5] .. ',' .. s[6] .. ',' .. s[7] .. ',' .. s[8] .. ',' .. s[9])
+announceStock(prefix, sku)
 return saleReply(skuKey)

@@ -16,6 +16,7 @@
                                it yet, this script ends it as EXPIRED (event expired) before refusing
     error CHECKOUT_IN_PROGRESS a payment for it is in flight (nothing written)
   Event: ["released", sku, at, reservation id, user, quantity, null]
+  Publishes: the SKU id on fs:{pN}:stock when the hold's units go back (includes/stock.lua)
 ]]
 --@include common
 --@include events

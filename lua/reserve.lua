@@ -21,7 +21,7 @@
     ARGV[3] new reservation id
     ARGV[4] backlog limit     refuse when the partition's stream holds this many unapplied events
     ARGV[5] lazy expiry bound how many lapsed holds of this SKU a refusal ends before judging again
-    ARGV[6] idempotency ttl ms      (optional, with ARGV[7]: the call is idempotent; 0: it is not)
+    ARGV[6] idempotency ttl ms      (optional, with ARGV[7]: the call is idempotent; '': it is not)
     ARGV[7] idempotency field       "reserve:<sku>:<user>:<key>"
     ARGV[8] rate interval ms        (optional, with ARGV[9] and KEYS[6]) lua/includes/ratelimit.lua
     ARGV[9] rate tolerance ms
@@ -30,7 +30,10 @@
     a repeat with the same idempotency field returns the first answer, refusal included
     error INVALID_ARGUMENT | INVALID_QUANTITY   malformed input (nothing written)
     error NOT_FOUND          no sale for this SKU (nothing written)
-    error OUT_OF_STOCK       sold out: fewer units available than asked for and no lapsed hold to end
+    error OUT_OF_STOCK       sold out: fewer units available than asked for and no lapsed hold to end;
+                             "sku <sku> has <n> units left; the first hold ends in <ms> ms" (relative to
+                             now) or "...; none is held": api/soldout.py answers the same from memory on
+                             that basis (nothing written)
     error SALE_NOT_ACTIVE    paused, not started or ended (nothing written)
     error ALREADY_RESERVED   the user's holds + purchases would pass the limit and they hold some now
     error ALREADY_PURCHASED  the user's purchases alone use up the limit
@@ -41,15 +44,42 @@
                              written; not remembered: the same key may succeed once admitted)
     (a limit or stock refusal may first have ended lapsed holds, each with its own event)
   Event: ["reserved", sku, at, reservation id, user, quantity, ttl ms]   (expires at = at + ttl)
+  Publishes: the SKU id on fs:{pN}:stock when ending lapsed holds gives units back (includes/stock.lua)
   A waiting-room admission used by this reservation is marked used (its score negated): it lasts until
   its deadline all the same, and the admitter counts it as used rather than abandoned.
 ]]
+local skuKey, holdsKey, stream, openHolds, admittedKey, rateKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+
+-- Sold out comes first, and before the includes below: most calls of a flash sale end here, and
+-- defining the includes' functions costs more than this whole check (Redis runs a script's body on
+-- every call). Lapsed holds would give units back, so a SKU is sold out only while its earliest hold's
+-- deadline is ahead. The refusal says how far ahead: an API process answers the same from memory until
+-- then, unless the SKU's stock channel says otherwise sooner (api/soldout.py). Plain string compares
+-- ('0', '1') rather than tonumber, whose strtod costs as much as a command. A keyed call looks for its
+-- first answer before anything else (below), and any other quantity or stock takes the full checks.
+local availableText
+if not ARGV[6] or ARGV[6] == '' then
+  availableText = redis.call('HGET', skuKey, 'available')
+  if availableText == '0' and (ARGV[2] == '1' or string.find(ARGV[2], '^[1-9]%d?%d?%d?$')) then
+    local sku = string.sub(skuKey, string.find(skuKey, '}:', 1, true) + 6)
+    local firstEnds = redis.call('ZRANGE', holdsKey, '0', '0', 'WITHSCORES')[2]
+    if not firstEnds then
+      return redis.error_reply('OUT_OF_STOCK sku ' .. sku .. ' has 0 units left; none is held')
+    end
+    local t = redis.call('TIME')
+    firstEnds = tonumber(firstEnds) - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+    if firstEnds > 0 then
+      return redis.error_reply('OUT_OF_STOCK sku ' .. sku .. ' has 0 units left; the first hold ends in '
+        .. string.format('%d', firstEnds) .. ' ms')
+    end
+  end
+end
+
 --@include common
 --@include events
 
-local skuKey, holdsKey, stream, openHolds, admittedKey, rateKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local user, rid = ARGV[1], ARGV[3]
-local idemTtl, idemField = tonumber(ARGV[6] or 0), ARGV[7]
+local idemField = ARGV[7]
 local prefix, sku = skuKeyParts(skuKey)
 
 -- The helpers of the rarer paths are defined only when a call takes them: Redis runs a script's whole
@@ -61,8 +91,9 @@ end
 
 local now
 local answer = function(reply) return reply end
-if idemTtl > 0 then
+if ARGV[6] and ARGV[6] ~= '' then
   --@include idempotency
+  local idemTtl = tonumber(ARGV[6])
   now = nowMs()
   local earlier = storedAnswer(prefix, idemField, idemTtl, now)
   if earlier then return earlier end
@@ -74,14 +105,21 @@ if qty == nil or qty < 1 then
   return refuse('INVALID_QUANTITY', 'quantity must be an integer from 1 to ' .. MAX_PER_USER_LIMIT)
 end
 
--- Sold out comes first, read as cheaply as it can be: most calls of a flash sale end here. Lapsed holds
--- would give units back, so a SKU is sold out only when none of its holds has lapsed.
-local available = rcall('HGET', skuKey, 'available')
+-- Sold out, for the calls the check above left (a keyed call, another quantity, some units left).
+local available = availableText or rcall('HGET', skuKey, 'available')
 if not available then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
 available = tonumber(available)
 now = now or nowMs()
-if available < qty and #rcall('ZRANGEBYSCORE', holdsKey, '-inf', now, 'LIMIT', 0, 1) == 0 then
-  return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left'))
+if available < qty then
+  local firstEnds = rcall('ZRANGE', holdsKey, 0, 0, 'WITHSCORES')[2]
+  if not firstEnds then
+    return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left; none is held'))
+  end
+  firstEnds = tonumber(firstEnds) - now
+  if firstEnds > 0 then
+    return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left; the first hold ends in '
+      .. firstEnds .. ' ms'))
+  end
 end
 
 if not isIdentifier(user) then return refuse('INVALID_ARGUMENT', 'user id must be 1-128 letters, digits or -_.@') end
@@ -130,13 +168,13 @@ if rcall('XLEN', stream) >= tonumber(ARGV[4]) then
   return refuse('BACKLOG_FULL', 'the write-behind backlog of this partition is full; try again later')
 end
 
--- Checks done; writes follow. Each number is turned into text once: Lua does it with sprintf, and the
--- conversions cost as much as the ZADD (README, Performance).
-local expiresAt = tostring(now + ttl)
-local qtyText, nowText = tostring(qty), tostring(now)
-rcall('HSET', skuKey, 'available', available - qty, 'reserved', reserved + qty, heldField, held + qty)
+-- Checks done; writes follow. Each number is turned into text once, as an integer (int: Lua's own
+-- conversion, also redis.call's for a number argument, is sprintf's %.14g, dearer than the ZADD).
+local expiresAt = int(now + ttl)
+local qtyText, nowText = int(qty), int(now)
+rcall('HSET', skuKey, 'available', int(available - qty), 'reserved', int(reserved + qty), heldField, int(held + qty))
 rcall('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' RESERVED ' .. nowText .. ' ' .. expiresAt .. ' - 0 0')
 rcall('ZADD', holdsKey, expiresAt, rid)
-if admission and admission > 0 then rcall('ZADD', admittedKey, -admission, user) end
+if admission and admission > 0 then rcall('ZADD', admittedKey, int(-admission), user) end
 emit(stream, 'reserved', sku, nowText, ',"' .. rid .. '","' .. user .. '",' .. qtyText .. ',' .. s[6])
 return answer(rid .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresAt)

@@ -12,13 +12,15 @@
                             MAX_UNITS (nothing written)
     error NOT_FOUND         no sale for this SKU (nothing written)
   Event: ["restocked", sku, at, delta, total after]
+  Publishes: the SKU id on fs:{pN}:stock when units are added (includes/stock.lua)
 ]]
 --@include common
 --@include events
 --@include sales
+--@include stock
 
 local skuKey, stream = KEYS[1], KEYS[2]
-local _, sku = skuKeyParts(skuKey)
+local prefix, sku = skuKeyParts(skuKey)
 local delta = parseSigned(ARGV[1], MAX_UNITS)
 
 if delta == nil or delta == 0 then
@@ -38,4 +40,5 @@ end
 local now = nowMs()
 rcall('HSET', skuKey, 'available', available + delta, 'total', total + delta, 'updated_at', now)
 emit(stream, 'restocked', sku, now, ',' .. delta .. ',' .. (total + delta))
+if delta > 0 then announceStock(prefix, sku) end
 return saleReply(skuKey)

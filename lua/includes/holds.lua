@@ -1,13 +1,15 @@
 --[[
   Ending holds. A SKU's open holds are the sorted set fs:{pN}:holds:<sku> (reservation id -> deadline);
-  the user's held units are the field h:<user> of the SKU hash.
+  the user's held units are the field h:<user> of the SKU hash. Units going back on sale are announced
+  on the partition's stock channel (includes/stock.lua).
 ]]
 --@include common
 --@include events
 --@include reservations
+--@include stock
 
 -- An open hold's units go back on sale: reserved -> available, the user's held count drops (its field
--- goes when it reaches 0), and the hold leaves its SKU's holds.
+-- goes when it reaches 0), the hold leaves its SKU's holds, and the SKU is announced (includes/stock.lua).
 local function returnUnits(prefix, rid, r)
   local skuKey = prefix .. 'sku:' .. r.sku
   local heldField = 'h:' .. r.user
@@ -21,6 +23,7 @@ local function returnUnits(prefix, rid, r)
     rcall('HDEL', skuKey, heldField)
   end
   rcall('ZREM', prefix .. 'holds:' .. r.sku, rid)
+  announceStock(prefix, r.sku)
 end
 
 -- Ends an open hold: its units go back on sale and it takes its final status (CANCELLED or EXPIRED). If
