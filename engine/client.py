@@ -173,6 +173,19 @@ class _Common:
     def _catalog(members_per_partition: list[Any]) -> list[str]:
         return sorted(str(sku) for members in members_per_partition for sku in members)
 
+    def _queue_reads(self, sku: str, now: int, pipe: Any) -> None:
+        """A waiting room's figures, asked on a pipeline: line, unused and used live admissions, state."""
+        p = self.keys.for_sku(identifier(sku, "sku"))
+        pipe.zcard(p.queue(sku))
+        pipe.zcount(p.admitted(sku), f"({now}", "+inf")
+        pipe.zcount(p.admitted(sku), "-inf", f"({-now}")
+        pipe.hgetall(p.waiting_room(sku))
+
+    @staticmethod
+    def _figures(sku: str, now: int, replies: list[Any]) -> QueueFigures:
+        line, unused, used, room = replies
+        return queue_figures_from(sku, now, int(line), int(unused) + int(used), room)
+
     @staticmethod
     def _events(partition: Partition, entries: Any) -> list[Event]:
         return [parse_entry(partition.index, stream_id, fields) for stream_id, fields in entries or ()]
@@ -355,16 +368,11 @@ class Engine(_Common):
 
     def queue_figures(self, sku: str) -> QueueFigures:
         """A waiting room's line, live admissions, counts and time in line, read in one round trip."""
-        p = self.keys.for_sku(identifier(sku, "sku"))
         seconds, micros = self.redis.time()
         now = int(seconds) * 1000 + int(micros) // 1000
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zcard(p.queue(sku))
-        pipe.zcount(p.admitted(sku), f"({now}", "+inf")
-        pipe.zcount(p.admitted(sku), "-inf", f"({-now}")
-        pipe.hgetall(p.waiting_room(sku))
-        line, unused, used, room = pipe.execute()
-        return queue_figures_from(sku, now, int(line), int(unused) + int(used), room)
+        self._queue_reads(sku, now, pipe)
+        return self._figures(sku, now, pipe.execute())
 
     def read_events(self, partition: int, after: str = "-", count: int | None = None) -> list[Event]:
         """Events of a partition's stream after the given stream id ("-": from the start)."""
@@ -619,16 +627,11 @@ class AsyncEngine(_Common):
 
     async def queue_figures(self, sku: str) -> QueueFigures:
         """A waiting room's line, live admissions, counts and time in line (one Redis)."""
-        p = self.keys.for_sku(identifier(sku, "sku"))
         seconds, micros = await self.redis.time()
         now = int(seconds) * 1000 + int(micros) // 1000
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zcard(p.queue(sku))
-        pipe.zcount(p.admitted(sku), f"({now}", "+inf")
-        pipe.zcount(p.admitted(sku), "-inf", f"({-now}")
-        pipe.hgetall(p.waiting_room(sku))
-        line, unused, used, room = await pipe.execute()
-        return queue_figures_from(sku, now, int(line), int(unused) + int(used), room)
+        self._queue_reads(sku, now, pipe)
+        return self._figures(sku, now, await pipe.execute())
 
     async def read_events(self, partition: int, after: str = "-", count: int | None = None) -> list[Event]:
         p = self.keys.partition(partition)

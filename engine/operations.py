@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from .bounds import IDENTIFIER_PATTERN, LATE_PLACES, MAX_IDEMPOTENCY_KEY_CHARS, MAX_IDENTIFIER_CHARS
 from .errors import InvalidArgument
-from .keys import Keyspace, idempotency_field, new_order_id, new_reservation_id
+from .keys import Keyspace, Partition, idempotency_field, new_order_id, new_reservation_id
 from .models import (
     AdmitStep,
     Order,
@@ -90,6 +90,18 @@ def _rate_args(rate: RateLimit | None) -> tuple[str, str]:
     return rate.args() if rate is not None and rate.per_s > 0 else ("0", "0")
 
 
+def _room_keys(p: Partition, sku: str) -> tuple[str, ...]:
+    """The keys of a SKU's waiting room, in the order queue_join and queue_admit take them."""
+    return (
+        p.sku(sku),
+        p.waiting_room(sku),
+        p.queue(sku),
+        p.admitted(sku),
+        p.queue_joined(sku),
+        p.queue_left(sku),
+    )
+
+
 def early_place() -> int:
     """A random place among those who join before the sale starts: 48 bits from the OS's generator (the
     script takes it as an argument so that it stays deterministic for replication)."""
@@ -154,15 +166,7 @@ class Operations:
         identifier(user, "user id")
         return Call(
             "queue_join",
-            (
-                p.sku(sku),
-                p.waiting_room(sku),
-                p.queue(sku),
-                p.admitted(sku),
-                p.queue_joined(sku),
-                p.queue_left(sku),
-                p.rate(user),
-            ),
+            (*_room_keys(p, sku), p.rate(user)),
             (user, str(self.early_place()), *_rate_args(rate)),
             lambda reply: standing_from_reply(sku, user, reply),
         )
@@ -181,16 +185,7 @@ class Operations:
         p = self.keys.for_sku(identifier(sku, "sku"))
         return Call(
             "queue_admit",
-            (
-                p.sku(sku),
-                p.waiting_room(sku),
-                p.queue(sku),
-                p.admitted(sku),
-                p.queue_joined(sku),
-                p.queue_left(sku),
-                p.events(),
-                p.admitter_lease(sku),
-            ),
+            (*_room_keys(p, sku), p.events(), p.admitter_lease(sku)),
             (worker_id, str(batch)),
             _admit_step,
         )

@@ -42,15 +42,11 @@ if not isIdentifier(user) then return refuse('INVALID_ARGUMENT', 'user id must b
 if early == nil then return refuse('INVALID_ARGUMENT', 'early place must be an integer below 2^48') end
 local s = rcall('HMGET', skuKey, 'waiting_room', 'wr_opens_at', 'starts_at', 'ends_at', 'wr_rate', 'available',
   'reserved')
-if not s[3] then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
-if s[1] ~= '1' then return refuse('NO_WAITING_ROOM', 'the sale of sku ' .. sku .. ' has no waiting room') end
-
+local refusal = roomRefusal(s[1], s[3], sku)
+if refusal then return refusal end
 local now = nowMs()
-local interval = tonumber(ARGV[3]) or 0
-if interval > 0 then
-  local wait = overRate(rateKey, now, interval, tonumber(ARGV[4]) or 0)
-  if wait then return rateRefusal(wait) end
-end
+refusal = rateCheck(rateKey, now, ARGV[3], ARGV[4])
+if refusal then return refusal end
 
 local startsAt, endsAt = tonumber(s[3]), tonumber(s[4])
 local status, place = standing(queueKey, admittedKey, leftKey, user, now)

@@ -30,15 +30,11 @@ local _, sku = skuKeyParts(skuKey)
 
 if not isIdentifier(user) then return refuse('INVALID_ARGUMENT', 'user id must be 1-128 letters, digits or -_.@') end
 local s = rcall('HMGET', skuKey, 'waiting_room', 'starts_at', 'ends_at', 'wr_rate')
-if not s[2] then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
-if s[1] ~= '1' then return refuse('NO_WAITING_ROOM', 'the sale of sku ' .. sku .. ' has no waiting room') end
-
+local refusal = roomRefusal(s[1], s[2], sku)
+if refusal then return refusal end
 local now = nowMs()
-local interval = tonumber(ARGV[2]) or 0
-if interval > 0 then
-  local wait = overRate(rateKey, now, interval, tonumber(ARGV[3]) or 0)
-  if wait then return rateRefusal(wait) end
-end
+refusal = rateCheck(rateKey, now, ARGV[2], ARGV[3])
+if refusal then return refusal end
 
 local status, place = standing(queueKey, admittedKey, leftKey, user, now)
 if not status then return refuse('NOT_IN_QUEUE', 'user has no place in the waiting room of sku ' .. sku) end

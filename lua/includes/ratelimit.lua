@@ -23,3 +23,13 @@ end
 local function rateRefusal(wait)
   return refuse('RATE_LIMITED', 'too many requests; the next one is allowed in ' .. int(wait) .. ' ms')
 end
+
+-- The check of the scripts that take the rate as two ARGV strings (an interval of '0' or none: off): nil
+-- when the request may go on, else its refusal.
+local function rateCheck(key, now, interval, tolerance)
+  interval = tonumber(interval) or 0
+  if interval <= 0 then return nil end
+  local wait = overRate(key, now, interval, tonumber(tolerance) or 0)
+  if wait then return rateRefusal(wait) end
+  return nil
+end

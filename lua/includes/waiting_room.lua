@@ -14,6 +14,13 @@
 
 local LEFT_SOLD_OUT, LEFT_LAPSED = 0, 1
 
+-- The refusal of a SKU whose sale is missing (no starts_at read) or has no waiting room on; nil otherwise.
+local function roomRefusal(on, startsAt, sku)
+  if not startsAt then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
+  if on ~= '1' then return refuse('NO_WAITING_ROOM', 'the sale of sku ' .. sku .. ' has no waiting room') end
+  return nil
+end
+
 -- Whether an admitted set's score is a live admission at `now` (used or not).
 local function admissionLive(score, now)
   return score ~= nil and (score > now or -score > now)

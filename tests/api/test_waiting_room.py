@@ -99,7 +99,7 @@ def test_bad_waiting_room_requests_are_refused_and_change_nothing(
     ann, admin = api.auth("ann"), api.auth("ops", admin=True)
     forged = jwt.encode(
         {"sub": "ann", "iss": "flashsale", "iat": int(time.time()), "exp": int(time.time()) + 60},
-        "not-the-secret",
+        "not-the-secret-of-this-server-0123456789",
         algorithm="HS256",
     )
 
