@@ -30,6 +30,7 @@ from flashsale.api.ratelimit import UserRateLimiter
 from flashsale.api.routes import ENDPOINTS, Call, Endpoint
 from flashsale.api.soldout import SoldOutFlags, SoldOutShortCircuit, StockListener
 from flashsale.engine import AsyncEngine
+from flashsale.engine.operations import RateLimit
 from flashsale.engine.settings import Settings
 from flashsale.writeback.payments import PaymentGateway, SimulatedGateway
 from redis.exceptions import RedisError
@@ -258,6 +259,9 @@ def create_app(
             engine=live,
             auth=Authenticator(settings.jwt_secret or "", settings.jwt_issuer),
             limiter=UserRateLimiter(settings.user_rate_limit_per_s, settings.user_rate_burst),
+            rate=RateLimit(settings.user_rate_limit_per_s, settings.user_rate_burst)
+            if settings.user_rate_limit_per_s > 0
+            else None,
             metrics=metrics,
             gateway=payments,
             checkout=Checkout(live, payments, metrics),

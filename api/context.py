@@ -11,6 +11,7 @@ from flashsale.api.metrics import ApiMetrics
 from flashsale.api.ratelimit import UserRateLimiter
 from flashsale.api.soldout import SoldOutFlags
 from flashsale.engine import AsyncEngine
+from flashsale.engine.operations import RateLimit
 from flashsale.engine.settings import Settings
 from flashsale.writeback.payments import PaymentGateway
 
@@ -22,7 +23,8 @@ class Api:
     settings: Settings
     engine: AsyncEngine
     auth: Authenticator
-    limiter: UserRateLimiter
+    limiter: UserRateLimiter  # the first line, in this process
+    rate: RateLimit | None  # the per-user rate kept in Redis, checked by the scripts of the busiest calls
     metrics: ApiMetrics
     gateway: PaymentGateway
     checkout: Checkout

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import msgspec
 from flashsale.api.schemas import ErrorBody, OrderBody
 from flashsale.engine import FlashSaleError
+from flashsale.engine.errors import RateLimited
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -33,6 +34,14 @@ STATUS_BY_CODE: dict[str, int] = {
     "CHECKOUT_IN_PROGRESS": 409,
     "INVALID_STATE": 409,
     "RESERVATION_EXPIRED": 410,
+    # The waiting room: reserve without a live admission; no room on this sale; not in its line; the
+    # line takes nobody (sold out, ended) or nobody yet; over the per-user rate kept in Redis.
+    "NOT_ADMITTED": 403,
+    "NO_WAITING_ROOM": 404,
+    "NOT_IN_QUEUE": 404,
+    "QUEUE_CLOSED": 409,
+    "QUEUE_NOT_OPEN": 409,
+    "RATE_LIMITED": 429,
     # The write-behind backlog reached its memory budget (PostgreSQL or Kafka away too long): nothing was
     # written, try again later.
     "BACKLOG_FULL": 503,
@@ -91,6 +100,8 @@ async def error_response(request: Request, exc: Exception) -> Response:
     path: str = request.scope["path"]  # as routed: decoded, where request.url re-escapes ? # and \
     if isinstance(exc, FlashSaleError):
         retry = RETRY_AFTER_S.get(exc.code)
+        if isinstance(exc, RateLimited):
+            retry = max(1, -(-exc.retry_after_ms // 1000))
         headers = {"Retry-After": str(retry)} if retry else None
         return render(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, path, headers)
     if isinstance(exc, ApiError):

@@ -18,11 +18,12 @@ from typing import NamedTuple
 import redis.asyncio as aioredis
 from flashsale.engine import Sale
 from flashsale.engine.keys import Keyspace
+from flashsale.engine.models import QueueFigures
 from flashsale.writeback.lag import PartitionLag
 from flashsale.writeback.payments import GatewayError, GatewayReport, PaymentGateway
 from flashsale.writeback.settlement import read_settlements
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
@@ -78,6 +79,12 @@ class ApiMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.joins = Counter(
+            "flashsale_queue_joins",
+            "Waiting-room joins answered by this API (joined: a new place; repeat: the same place again)",
+            ["outcome"],
+            registry=self.registry,
+        )
         # outcome -> its counter child: labels() takes a lock and builds a key on every call.
         self._outcomes: dict[tuple[Counter, str], Counter] = {}
 
@@ -99,6 +106,9 @@ class ApiMetrics:
     def count_reservation(self, outcome: str) -> None:
         self._count(self.reservations, outcome)
 
+    def count_join(self, outcome: str) -> None:
+        self._count(self.joins, outcome)
+
     def count_checkout(self, outcome: str) -> None:
         self._count(self.checkouts, outcome)
 
@@ -114,6 +124,7 @@ class ApiMetrics:
         lags: Iterable[PartitionLag],
         backlog_limit: int = 0,
         payments: PaymentFigures | None = None,
+        queues: Iterable[QueueFigures] = (),
     ) -> bytes:
         """The text format for a scrape: this process's (or all workers') series, then live stock, lag,
         backlog and payments (``sales`` None: Redis did not answer, flashsale_redis_up is 0 and there is no
@@ -126,7 +137,7 @@ class ApiMetrics:
         else:
             counted = generate_latest(self.registry)
         live = CollectorRegistry()
-        live.register(_LiveState(sales, list(lags), backlog_limit, payments))
+        live.register(_LiveState(sales, list(lags), backlog_limit, payments, list(queues)))
         return counted + generate_latest(live)
 
 
@@ -139,8 +150,10 @@ class _LiveState(Collector):
         lags: list[PartitionLag],
         backlog_limit: int,
         payments: PaymentFigures | None,
+        queues: list[QueueFigures],
     ) -> None:
         self.redis_up = sales is not None
+        self.queues = queues
         self.sales = list(sales or ())
         self.lags = lags
         self.backlog_limit = backlog_limit
@@ -195,6 +208,67 @@ class _LiveState(Collector):
         yield budget
         if self.payments is not None:
             yield from _payment_metrics(self.payments)
+        yield from _queue_metrics(self.queues, {sale.sku: sale for sale in self.sales})
+
+
+def queue_stalled_s(figures: QueueFigures, sale: Sale | None) -> float:
+    """How long shoppers have waited in line with nobody admitted while the sale could admit (live, not
+    paused, units available, the line open); 0 otherwise. With a stock factor, admissions also wait for
+    admitted shoppers to reserve, so a stall up to the admission's length can be the rule at work."""
+    if sale is None or figures.line == 0 or figures.closed or sale.paused or sale.available == 0:
+        return 0.0
+    now = figures.now
+    if now < sale.starts_at or (sale.ends_at and now >= sale.ends_at):
+        return 0.0
+    return max(0, now - max(figures.admitted_at, sale.starts_at)) / 1000
+
+
+def _queue_metrics(queues: list[QueueFigures], sales: dict[str, Sale]) -> Iterator[Metric]:
+    line = GaugeMetricFamily("flashsale_queue_length", "Shoppers in a waiting room's line", labels=["sku"])
+    live = GaugeMetricFamily(
+        "flashsale_queue_admitted_now", "Admissions of a waiting room not lapsed yet", labels=["sku"]
+    )
+    admitted = CounterMetricFamily(
+        "flashsale_queue_admitted", "Shoppers a waiting room admitted (rate(): admitted/s)", labels=["sku"]
+    )
+    abandoned = CounterMetricFamily(
+        "flashsale_queue_abandoned", "Admissions that lapsed without a reservation", labels=["sku"]
+    )
+    sent_away = CounterMetricFamily(
+        "flashsale_queue_sent_away",
+        "Shoppers sent away from the line because the SKU sold out",
+        labels=["sku"],
+    )
+    stalled = GaugeMetricFamily(
+        "flashsale_queue_stalled_seconds",
+        "How long a waiting room's line has waited with nobody admitted while the sale could admit",
+        labels=["sku"],
+    )
+    step_age = GaugeMetricFamily(
+        "flashsale_queue_admitter_step_age_seconds",
+        "Time since the admitter's last step for a waiting room (an admitter that died stops stepping)",
+        labels=["sku"],
+    )
+    waited = HistogramMetricFamily(
+        "flashsale_queue_wait_seconds",
+        "Time in line until admission (from joining, or from the start for those who joined before it)",
+        labels=["sku"],
+    )
+    for q in queues:
+        label = [q.sku]
+        line.add_metric(label, q.line)
+        live.add_metric(label, q.admitted_live)
+        admitted.add_metric(label, q.admitted)
+        abandoned.add_metric(label, q.lapsed)
+        sent_away.add_metric(label, q.sent_away)
+        stalled.add_metric(label, queue_stalled_s(q, sales.get(q.sku)))
+        step_age.add_metric(label, max(0, q.now - q.tick_at) / 1000 if q.tick_at else 0)
+        buckets, seen = [], 0
+        for bound, count in q.wait_buckets.items():
+            seen += count
+            buckets.append(("+Inf" if bound == "inf" else bound, seen))
+        waited.add_metric(label, buckets, q.wait_ms / 1000)
+    yield from (line, live, admitted, abandoned, sent_away, stalled, step_age, waited)
 
 
 def _payment_metrics(figures: PaymentFigures) -> Iterator[Metric]:

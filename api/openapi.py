@@ -33,6 +33,7 @@ _REFINEMENTS: dict[tuple[str, str], dict[str, Any]] = {
     ("RestockRequest", "delta"): {"not": {"const": 0}},
     ("SaleRequest", "startsAt"): {"pattern": _YEARS},
     ("SaleRequest", "endsAt"): {"pattern": _YEARS},
+    ("WaitingRoomRequest", "opensAt"): {"pattern": _YEARS},
 }
 
 _STATUS_TEXT = {
@@ -41,9 +42,11 @@ _STATUS_TEXT = {
     400: "Invalid input (VALIDATION_ERROR, INVALID_ARGUMENT, INVALID_QUANTITY) or OUT_OF_STOCK",
     401: "Missing, malformed or expired bearer token",
     402: "Payment declined (PAYMENT_DECLINED); the FAILED order is in `order`",
-    403: "FORBIDDEN (another user's, or not an admin) or SALE_NOT_ACTIVE",
-    404: "NOT_FOUND",
-    409: "ALREADY_RESERVED, ALREADY_PURCHASED, CHECKOUT_IN_PROGRESS or INVALID_STATE",
+    403: "FORBIDDEN (another user's, or not an admin), SALE_NOT_ACTIVE or NOT_ADMITTED (a waiting-room sale "
+    "without a live admission)",
+    404: "NOT_FOUND, NO_WAITING_ROOM (the sale has none) or NOT_IN_QUEUE",
+    409: "ALREADY_RESERVED, ALREADY_PURCHASED, CHECKOUT_IN_PROGRESS, INVALID_STATE, QUEUE_CLOSED (sold out "
+    "or ended) or QUEUE_NOT_OPEN",
     410: "RESERVATION_EXPIRED",
     413: "PAYLOAD_TOO_LARGE",
     408: "REQUEST_TIMEOUT: the body did not arrive in time (FLASHSALE_HTTP_BODY_TIMEOUT_S)",
@@ -79,6 +82,12 @@ _SALE_LINKS = {
 }
 LINKS: dict[str, dict[str, dict[str, Any]]] = {
     "put_sale": _SALE_LINKS,
+    "put_waiting_room": {
+        **_SALE_LINKS,
+        "JoinQueue": _follow("join_queue", skuId=_SKU),
+        "QueuePosition": _follow("queue_position", skuId=_SKU),
+    },
+    "join_queue": {"QueuePosition": _follow("queue_position", skuId=_SKU)},
     "resume_sale": _SALE_LINKS,
     "create_reservation": {
         "GetReservation": _follow("get_reservation", reservationId=_RESERVATION),

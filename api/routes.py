@@ -25,14 +25,17 @@ from flashsale.api.schemas import (
     DemoTokenRequest,
     OrderBody,
     Product,
+    QueueBody,
     Readiness,
     ReservationBody,
     ReservationRequest,
     RestockRequest,
     SaleRequest,
+    WaitingRoomRequest,
 )
 from flashsale.api.soldout import sold_out
 from flashsale.engine import FlashSaleError, Forbidden, SaleSettings
+from flashsale.engine.models import WaitingRoom
 from flashsale.writeback.lag import read_lag_async
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
@@ -121,7 +124,9 @@ async def create_reservation(api: Api, call: Call) -> ReservationBody:
         raise refusal
     stamp = api.soldout.stamp(body.sku_id)
     try:
-        reservation = await api.engine.reserve(body.sku_id, call.user, body.quantity, idempotency_key=key)
+        reservation = await api.engine.reserve(
+            body.sku_id, call.user, body.quantity, idempotency_key=key, rate=api.rate
+        )
     except FlashSaleError as error:
         api.metrics.count_reservation(error.code)
         if key is None and error.code == "OUT_OF_STOCK":
@@ -141,6 +146,19 @@ async def get_reservation(api: Api, call: Call) -> ReservationBody:
 async def release_reservation(api: Api, call: Call) -> ReservationBody:
     """Release one of the caller's reservations: its units go back on sale."""
     return schemas.reservation(await api.engine.release(call.param("reservationId"), call.user))
+
+
+# -- waiting room ------------------------------------------------------------------------------------------
+async def join_queue(api: Api, call: Call) -> QueueBody:
+    """Take a place in the SKU's waiting room (once: a repeat answers the same place, ``new`` false)."""
+    standing = await api.engine.join_queue(call.param("skuId"), call.user, rate=api.rate)
+    api.metrics.count_join("joined" if standing.new else "repeat")
+    return schemas.queue(standing)
+
+
+async def queue_position(api: Api, call: Call) -> QueueBody:
+    """Where the caller stands in the SKU's waiting room: place, people ahead, estimate, or admitted."""
+    return schemas.queue(await api.engine.queue_status(call.param("skuId"), call.user, rate=api.rate))
 
 
 # -- orders ------------------------------------------------------------------------------------------------
@@ -181,6 +199,19 @@ async def put_sale(api: Api, call: Call) -> Product:
         paused=body.paused,
     )
     return schemas.product(await api.engine.load_sale(settings))
+
+
+async def put_waiting_room(api: Api, call: Call) -> Product:
+    """Put a waiting room in front of a SKU's sale, change it, or turn it off (``on``: false)."""
+    body: WaitingRoomRequest = call.body
+    room = WaitingRoom(
+        on=body.on,
+        opens_at=schemas.as_ms(body.opens_at) or 0,
+        admit_per_s=body.admit_per_second,
+        stock_factor=body.stock_factor,
+        admission_ttl_ms=1000 * body.admission_seconds,
+    )
+    return schemas.product(await api.engine.set_waiting_room(call.param("skuId"), room))
 
 
 async def restock(api: Api, call: Call) -> Product:
@@ -243,7 +274,13 @@ async def metrics(api: Api, call: Call) -> Response:
         return Response(api.metrics.exposition(None, ()), media_type=CONTENT_TYPE_LATEST)
     limit = api.engine.config.backlog_limit_events
     payments = await read_payments(api.gateway, api.engine.redis, api.engine.keys)
-    return Response(api.metrics.exposition(sales, lags, limit, payments), media_type=CONTENT_TYPE_LATEST)
+    try:
+        rooms = [sale.sku for sale in sales if sale.waiting_room is not None and sale.waiting_room.on]
+        queues = [await api.engine.queue_figures(sku) for sku in rooms]
+    except RedisError:
+        queues = []
+    exposition = api.metrics.exposition(sales, lags, limit, payments, queues)
+    return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(api: Api, call: Call) -> Response:
@@ -268,11 +305,15 @@ ENDPOINTS: list[Endpoint] = [
              errors=(*_USER, 409, 410)),
     Endpoint("POST", f"{V1}/orders/checkout", checkout, body=CheckoutRequest, returns=OrderBody, status=201,
              errors=(*_BODY, 402, *_USER, 409, 410, 502)),
+    Endpoint("POST", f"{V1}/sales/{{skuId}}/queue", join_queue, returns=QueueBody, errors=(*_USER, 409)),
+    Endpoint("GET", f"{V1}/sales/{{skuId}}/queue", queue_position, returns=QueueBody, errors=_USER),
     Endpoint("GET", f"{V1}/orders/{{orderId}}", get_order, returns=OrderBody, errors=_USER),
     Endpoint("POST", f"{V1}/orders/{{orderId}}/cancel", cancel_order, returns=OrderBody,
              errors=(*_USER, 409, 502)),
     Endpoint("PUT", f"{ADMIN}/sales/{{skuId}}", put_sale, "admin", body=SaleRequest, returns=Product,
              errors=(*_BODY, *_ADMIN)),
+    Endpoint("PUT", f"{ADMIN}/sales/{{skuId}}/waiting-room", put_waiting_room, "admin",
+             body=WaitingRoomRequest, returns=Product, errors=(*_BODY, *_ADMIN)),
     Endpoint("POST", f"{ADMIN}/sales/{{skuId}}/restock", restock, "admin", body=RestockRequest,
              returns=Product, errors=(*_BODY, *_ADMIN)),
     Endpoint("POST", f"{ADMIN}/sales/{{skuId}}/pause", pause_sale, "admin", returns=Product, errors=_ADMIN),

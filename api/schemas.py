@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 from flashsale.engine import Order, OrderStatus, Reservation, ReservationStatus, Sale, bounds
+from flashsale.engine.models import QueueStanding, QueueStatus, WaitingRoom
 from msgspec import Meta
 
 # Ids become parts of Redis key names: the engine's identifier rule.
@@ -114,6 +115,22 @@ class SaleRequest(Request):
     paused: bool | None = None
 
 
+class WaitingRoomRequest(Request):
+    """A waiting room in front of a SKU's sale (the whole room: every field not given takes its default).
+    Shoppers join from ``opensAt`` (null: at any time before the start); those who join before the sale
+    starts get random places among themselves, later ones queue in arrival order; ``admitPerSecond`` are
+    let in each second from the start, each for ``admissionSeconds``; with ``stockFactor`` > 0, at most
+    that many times the units available are admitted and not yet reserving at once."""
+
+    admit_per_second: Annotated[int, Meta(ge=1, le=bounds.MAX_ADMIT_PER_S)]
+    on: bool = True
+    opens_at: Timestamp | None = None
+    stock_factor: Annotated[int, Meta(ge=0, le=bounds.MAX_STOCK_FACTOR)] = 0
+    admission_seconds: Annotated[
+        int, Meta(ge=bounds.MIN_ADMISSION_TTL_MS // 1000, le=bounds.MAX_ADMISSION_TTL_MS // 1000)
+    ] = 120
+
+
 class RestockRequest(Request):
     """Units to add to (positive) or take from (negative) the sale's total; taken units must be available."""
 
@@ -121,6 +138,16 @@ class RestockRequest(Request):
 
 
 # -- responses ---------------------------------------------------------------------------------------------
+class WaitingRoomBody(Response):
+    """A sale's waiting room: reserve needs an admission from it while ``on``."""
+
+    on: bool
+    opens_at: Moment | None
+    admit_per_second: int
+    stock_factor: int
+    admission_seconds: float
+
+
 class Product(Response):
     """A SKU on sale with its live counters (available + reserved + sold == total)."""
 
@@ -138,6 +165,27 @@ class Product(Response):
     reservation_ttl_seconds: float
     paused: bool
     updated_at: Moment
+    waiting_room: WaitingRoomBody | None = None
+
+
+class QueueBody(Response):
+    """Where the caller stands in a SKU's waiting room. WAITING: ``position`` in line (1 = next; before
+    the sale starts it is provisional, among the early crowd drawn at random) and an estimate; ADMITTED:
+    reserve before ``admittedUntil``; LAPSED: the admission ran out unused (join again); SOLD_OUT: the
+    SKU sold out while waiting; ENDED: the sale is over. ``pollAfterSeconds``: when to ask again."""
+
+    sku_id: SkuId
+    user_id: UserId
+    status: QueueStatus
+    position: int
+    ahead: int
+    line_length: int
+    estimated_wait_seconds: float
+    admitted_until: Moment | None
+    starts_at: Moment | None
+    admit_per_second: int
+    new: bool
+    poll_after_seconds: float
 
 
 class ReservationBody(Response):
@@ -240,6 +288,44 @@ def product(sale: Sale) -> Product:
         reservation_ttl_seconds=sale.reservation_ttl_ms / 1000,
         paused=sale.paused,
         updated_at=moment(sale.updated_at),
+        waiting_room=waiting_room(sale.waiting_room),
+    )
+
+
+def waiting_room(room: WaitingRoom | None) -> WaitingRoomBody | None:
+    if room is None:
+        return None
+    return WaitingRoomBody(
+        on=room.on,
+        opens_at=moment_or_none(room.opens_at),
+        admit_per_second=room.admit_per_s,
+        stock_factor=room.stock_factor,
+        admission_seconds=room.admission_ttl_ms / 1000,
+    )
+
+
+def poll_after_s(standing: QueueStanding) -> float:
+    """When a shopper's page should ask again: often near the front or once admitted, rarely far back
+    (a tenth of the estimate, 1 to 15 s): a crowd of 50,000 polls at a few thousand requests a second."""
+    if standing.status is not QueueStatus.WAITING:
+        return 5.0
+    return round(min(15.0, max(1.0, standing.estimated_wait_ms / 10_000)), 1)
+
+
+def queue(standing: QueueStanding) -> QueueBody:
+    return QueueBody(
+        sku_id=standing.sku,
+        user_id=standing.user,
+        status=standing.status,
+        position=standing.position,
+        ahead=standing.ahead,
+        line_length=standing.line,
+        estimated_wait_seconds=standing.estimated_wait_ms / 1000,
+        admitted_until=moment_or_none(standing.admitted_until),
+        starts_at=moment_or_none(standing.starts_at),
+        admit_per_second=standing.admit_per_s,
+        new=standing.new,
+        poll_after_seconds=poll_after_s(standing),
     )
 
 

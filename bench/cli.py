@@ -26,6 +26,11 @@ SCENARIOS = {
     "http": ("http", "5: POST /reservations end to end through `flashsale serve`, driven by wrk."),
     "write-behind": ("write_behind", "6: write-behind drain rate and lag under a steady reserve load."),
     "full-sale": ("full_sale", "7: a whole sale: reserve, 70% checkout, 20% release, 10% expire."),
+    "rush": (
+        "rush",
+        "The sale-start rush (0 → peak in 1 s) with and without a waiting room; Redis cost of a join, a "
+        "reserve and each per-user rate limit, side by side.",
+    ),
     "cluster-clients": (
         "cluster_clients",
         "Redis Cluster clients side by side: flashsale's per-node auto-pipeline, redis-py, coredis, glide.",

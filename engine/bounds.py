@@ -32,6 +32,20 @@ IDENTIFIER_PATTERN: Final = r"[A-Za-z0-9\-_.@]{1,128}"
 MAX_IDENTIFIER_CHARS: Final = 128
 # The sweeper's step.
 MAX_SWEEP_BATCH: Final = 10_000
+# A waiting room (lua/set_waiting_room.lua): shoppers admitted per second, the stock rule's factor (at
+# most factor x units available admitted and not yet reserving; 0 = no such rule), how long an admission
+# lasts, and the most shoppers one admitter step lets in.
+MAX_ADMIT_PER_S: Final = 50_000
+MAX_STOCK_FACTOR: Final = 1_000
+MIN_ADMISSION_TTL_MS: Final = 1_000
+MAX_ADMISSION_TTL_MS: Final = 86_400_000
+MAX_ADMIT_BATCH: Final = 5_000
+# Places in a waiting-room line: a shopper who joins before the sale starts gets a random place below
+# LATE_PLACES; one who joins later LATE_PLACES + a counter, so every early joiner is ahead of every late one.
+LATE_PLACES: Final = 2**48
+# Time in a waiting room's line until admission, counted per bucket (upper bounds in seconds; a last,
+# unbounded bucket follows): the admitter writes the counts, /metrics exposes them as a histogram.
+QUEUE_WAIT_BUCKETS_S: Final = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # Ended reservations and orders stay readable in Redis this long; PostgreSQL keeps them for good.
 RETENTION_MS: Final = 7 * 24 * 3600 * 1000
 
@@ -41,6 +55,8 @@ POSTGRES_BIGINT: Final = 2**63 - 1
 
 assert MAX_PRICE_CENTS * MAX_PER_USER_LIMIT < LUA_EXACT_INTEGER, "an order total must be exact in Lua"
 assert MAX_TIME_MS + MAX_RESERVATION_TTL_MS < LUA_EXACT_INTEGER
+assert MAX_TIME_MS + MAX_ADMISSION_TTL_MS < LUA_EXACT_INTEGER
+assert 2 * LATE_PLACES < LUA_EXACT_INTEGER, "late places (2^48 + a counter) must be exact in Lua"
 
 
 def as_lua() -> str:
@@ -59,7 +75,14 @@ def as_lua() -> str:
         "MAX_IDENTIFIER_CHARS",
         "MAX_SWEEP_BATCH",
         "RETENTION_MS",
+        "MAX_ADMIT_PER_S",
+        "MAX_STOCK_FACTOR",
+        "MIN_ADMISSION_TTL_MS",
+        "MAX_ADMISSION_TTL_MS",
+        "MAX_ADMIT_BATCH",
+        "LATE_PLACES",
     ]
     lines = ["-- Generated from engine/bounds.py by the script loader: every bound a script checks."]
     lines += [f"local {name} = {globals()[name]}" for name in names]
+    lines.append("local QUEUE_WAIT_BUCKETS_S = {" + ", ".join(map(str, QUEUE_WAIT_BUCKETS_S)) + "}")
     return "\n".join(lines) + "\n"

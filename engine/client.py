@@ -33,17 +33,22 @@ from .errors import FlashSaleError, NotFound, from_reply
 from .events import Event, parse_entry
 from .keys import Partition, bought_field, check_layout, held_field
 from .models import (
-    SALE_FIELDS,
+    SALE_AND_ROOM_FIELDS,
+    AdmitStep,
     Order,
+    QueueFigures,
+    QueueStanding,
     Reservation,
     Sale,
     SaleSettings,
     UserCounts,
+    WaitingRoom,
     from_hash,
+    queue_figures_from,
     reservation_from_record,
     sale_from_values,
 )
-from .operations import Call, Operations, identifier
+from .operations import Call, Operations, RateLimit, identifier
 from .pipelining import AutoPipeline
 from .scripts import Script, load_scripts
 from .settings import EngineConfig, Settings
@@ -168,6 +173,19 @@ class _Common:
     def _catalog(members_per_partition: list[Any]) -> list[str]:
         return sorted(str(sku) for members in members_per_partition for sku in members)
 
+    def _queue_reads(self, sku: str, now: int, pipe: Any) -> None:
+        """A waiting room's figures, asked on a pipeline: line, unused and used live admissions, state."""
+        p = self.keys.for_sku(identifier(sku, "sku"))
+        pipe.zcard(p.queue(sku))
+        pipe.zcount(p.admitted(sku), f"({now}", "+inf")
+        pipe.zcount(p.admitted(sku), "-inf", f"({-now}")
+        pipe.hgetall(p.waiting_room(sku))
+
+    @staticmethod
+    def _figures(sku: str, now: int, replies: list[Any]) -> QueueFigures:
+        line, unused, used, room = replies
+        return queue_figures_from(sku, now, int(line), int(unused) + int(used), room)
+
     @staticmethod
     def _events(partition: Partition, entries: Any) -> list[Event]:
         return [parse_entry(partition.index, stream_id, fields) for stream_id, fields in entries or ()]
@@ -262,9 +280,27 @@ class Engine(_Common):
         return self._run(self.ops.load_sale(settings))
 
     def reserve(
-        self, sku: str, user: str, quantity: int = 1, *, idempotency_key: str | None = None
+        self,
+        sku: str,
+        user: str,
+        quantity: int = 1,
+        *,
+        idempotency_key: str | None = None,
+        rate: RateLimit | None = None,
     ) -> Reservation:
-        return self._run(self.ops.reserve(sku, user, quantity, idempotency_key))
+        return self._run(self.ops.reserve(sku, user, quantity, idempotency_key, rate))
+
+    def set_waiting_room(self, sku: str, room: WaitingRoom) -> Sale:
+        return self._run(self.ops.set_waiting_room(sku, room))
+
+    def join_queue(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:
+        return self._run(self.ops.queue_join(sku, user, rate))
+
+    def queue_status(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:
+        return self._run(self.ops.queue_status(sku, user, rate))
+
+    def admit(self, sku: str, worker_id: str, batch: int = 1000) -> AdmitStep:
+        return self._run(self.ops.queue_admit(sku, worker_id, batch))
 
     def begin_checkout(
         self, reservation_id: str, user: str, payment_method: str, *, idempotency_key: str | None = None
@@ -302,7 +338,7 @@ class Engine(_Common):
 
     # -- reads --------------------------------------------------------------------------------------------
     def get_sale(self, sku: str) -> Sale:
-        return self._sale(self.redis.hmget(self._sku_key(sku), SALE_FIELDS), sku)
+        return self._sale(self.redis.hmget(self._sku_key(sku), SALE_AND_ROOM_FIELDS), sku)
 
     def list_sales(self) -> list[Sale]:
         """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales); on a cluster
@@ -312,7 +348,7 @@ class Engine(_Common):
             catalogs.smembers(p.catalog())
         pipe = self.redis.pipeline(transaction=False)
         for sku in self._catalog(catalogs.execute()):
-            pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_FIELDS)
+            pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_AND_ROOM_FIELDS)
         return [sale for values in pipe.execute() if (sale := sale_from_values(values)) is not None]
 
     def get_reservation(self, reservation_id: str) -> Reservation:
@@ -329,6 +365,14 @@ class Engine(_Common):
     def user_counts(self, sku: str, user: str) -> UserCounts:
         fields = (held_field(identifier(user, "user id")), bought_field(user))
         return self._counts(self.redis.hmget(self._sku_key(sku), fields))
+
+    def queue_figures(self, sku: str) -> QueueFigures:
+        """A waiting room's line, live admissions, counts and time in line, read in one round trip."""
+        seconds, micros = self.redis.time()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_reads(sku, now, pipe)
+        return self._figures(sku, now, pipe.execute())
 
     def read_events(self, partition: int, after: str = "-", count: int | None = None) -> list[Event]:
         """Events of a partition's stream after the given stream id ("-": from the start)."""
@@ -463,9 +507,27 @@ class AsyncEngine(_Common):
         return await self._run(self.ops.load_sale(settings))
 
     async def reserve(
-        self, sku: str, user: str, quantity: int = 1, *, idempotency_key: str | None = None
+        self,
+        sku: str,
+        user: str,
+        quantity: int = 1,
+        *,
+        idempotency_key: str | None = None,
+        rate: RateLimit | None = None,
     ) -> Reservation:
-        return await self._run(self.ops.reserve(sku, user, quantity, idempotency_key))
+        return await self._run(self.ops.reserve(sku, user, quantity, idempotency_key, rate))
+
+    async def set_waiting_room(self, sku: str, room: WaitingRoom) -> Sale:
+        return await self._run(self.ops.set_waiting_room(sku, room))
+
+    async def join_queue(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:
+        return await self._run(self.ops.queue_join(sku, user, rate))
+
+    async def queue_status(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:
+        return await self._run(self.ops.queue_status(sku, user, rate))
+
+    async def admit(self, sku: str, worker_id: str, batch: int = 1000) -> AdmitStep:
+        return await self._run(self.ops.queue_admit(sku, worker_id, batch))
 
     async def begin_checkout(
         self, reservation_id: str, user: str, payment_method: str, *, idempotency_key: str | None = None
@@ -514,8 +576,8 @@ class AsyncEngine(_Common):
     async def get_sale(self, sku: str) -> Sale:
         key = self._sku_key(sku)
         if self._router is not None:
-            return self._sale(await self._read(key, "HMGET", key, *SALE_FIELDS), sku)
-        return self._sale(await self.redis.hmget(key, SALE_FIELDS), sku)
+            return self._sale(await self._read(key, "HMGET", key, *SALE_AND_ROOM_FIELDS), sku)
+        return self._sale(await self.redis.hmget(key, SALE_AND_ROOM_FIELDS), sku)
 
     async def list_sales(self) -> list[Sale]:
         """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales); on a cluster
@@ -524,14 +586,16 @@ class AsyncEngine(_Common):
             sets = [p.catalog() for p in self.keys.all()]
             members = await asyncio.gather(*(self._read(key, "SMEMBERS", key) for key in sets))
             keys = [self.keys.for_sku(sku).sku(sku) for sku in self._catalog(members)]
-            rows = await asyncio.gather(*(self._read(key, "HMGET", key, *SALE_FIELDS) for key in keys))
+            rows = await asyncio.gather(
+                *(self._read(key, "HMGET", key, *SALE_AND_ROOM_FIELDS) for key in keys)
+            )
             return [sale for values in rows if (sale := sale_from_values(values)) is not None]
         catalogs = self.redis.pipeline(transaction=False)
         for p in self.keys.all():
             catalogs.smembers(p.catalog())
         pipe = self.redis.pipeline(transaction=False)
         for sku in self._catalog(await catalogs.execute()):
-            pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_FIELDS)
+            pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_AND_ROOM_FIELDS)
         return [sale for values in await pipe.execute() if (sale := sale_from_values(values)) is not None]
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
@@ -560,6 +624,14 @@ class AsyncEngine(_Common):
         if self._router is not None:
             return self._counts(await self._read(key, "HMGET", key, *fields))
         return self._counts(await self.redis.hmget(key, fields))
+
+    async def queue_figures(self, sku: str) -> QueueFigures:
+        """A waiting room's line, live admissions, counts and time in line (one Redis)."""
+        seconds, micros = await self.redis.time()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_reads(sku, now, pipe)
+        return self._figures(sku, now, await pipe.execute())
 
     async def read_events(self, partition: int, after: str = "-", count: int | None = None) -> list[Event]:
         p = self.keys.partition(partition)

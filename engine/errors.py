@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class FlashSaleError(Exception):
     """A refusal with a stable code (``OUT_OF_STOCK``, ...) and a sentence for people."""
@@ -66,6 +68,50 @@ class BacklogFull(FlashSaleError):
     code = "BACKLOG_FULL"
 
 
+class NotAdmitted(FlashSaleError):
+    """The sale has a waiting room and the user holds no live admission to it."""
+
+    code = "NOT_ADMITTED"
+
+
+class RateLimited(FlashSaleError):
+    """Over the user's request rate (in Redis, shared by every API process); ``retry_after_ms`` says when
+    the next request is allowed."""
+
+    code = "RATE_LIMITED"
+
+    @property
+    def retry_after_ms(self) -> int:
+        match = _RETRY_IN.search(self.message)
+        return int(match.group(1)) if match else 1000
+
+
+class NoWaitingRoom(FlashSaleError):
+    """The sale exists but has no waiting room."""
+
+    code = "NO_WAITING_ROOM"
+
+
+class QueueClosed(FlashSaleError):
+    """The waiting room takes nobody now: the SKU sold out or the sale ended."""
+
+    code = "QUEUE_CLOSED"
+
+
+class QueueNotOpen(FlashSaleError):
+    """The waiting room does not take joiners yet (before its opening time)."""
+
+    code = "QUEUE_NOT_OPEN"
+
+
+class NotInQueue(FlashSaleError):
+    """The user has no place in the SKU's waiting room."""
+
+    code = "NOT_IN_QUEUE"
+
+
+_RETRY_IN = re.compile(r"in (\d+) ms")
+
 ERRORS_BY_CODE: dict[str, type[FlashSaleError]] = {
     cls.code: cls
     for cls in (
@@ -81,6 +127,12 @@ ERRORS_BY_CODE: dict[str, type[FlashSaleError]] = {
         Forbidden,
         CheckoutInProgress,
         BacklogFull,
+        NotAdmitted,
+        RateLimited,
+        NoWaitingRoom,
+        QueueClosed,
+        QueueNotOpen,
+        NotInQueue,
     )
 }
 

@@ -33,6 +33,9 @@ class EventType(StrEnum):
     CONFIRMED = "confirmed"
     ORDER_CANCELLED = "order_cancelled"
     ORDER_FULFILLED = "order_fulfilled"
+    WAITING_ROOM_SET = "waiting_room_set"
+    QUEUE_ADMITTED = "queue_admitted"
+    QUEUE_CLOSED = "queue_closed"
 
 
 # What each event's array holds after [type, sku, at], in order.
@@ -68,6 +71,17 @@ LAYOUT: dict[EventType, tuple[str, ...]] = {
     EventType.CONFIRMED: ("reservation_id", "order_id", "user", "quantity", "transaction_id"),
     EventType.ORDER_CANCELLED: ("reservation_id", "order_id", "user", "quantity"),
     EventType.ORDER_FULFILLED: ("reservation_id", "order_id", "user"),
+    # A waiting room's settings; then, per admitter step, who it let in, and how many it sent away when
+    # the SKU sold out. Joining the line is no event (lua/queue_join.lua says why).
+    EventType.WAITING_ROOM_SET: (
+        "waiting_room",
+        "opens_at",
+        "admit_per_s",
+        "stock_factor",
+        "admission_ttl_ms",
+    ),
+    EventType.QUEUE_ADMITTED: ("count", "users"),
+    EventType.QUEUE_CLOSED: ("count",),
 }
 
 
@@ -105,6 +119,13 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
     ends_at: int | None = None
     reservation_ttl_ms: int | None = None
     paused: bool | None = None
+    waiting_room: bool | None = None
+    opens_at: int | None = None
+    admit_per_s: int | None = None
+    stock_factor: int | None = None
+    admission_ttl_ms: int | None = None
+    count: int | None = None
+    users: list[str] | None = None
 
 
 _decode_body = msgspec.json.Decoder(list[Any]).decode
@@ -123,8 +144,9 @@ def parse_entry(partition: int, stream_id: str, fields: dict[str, Any]) -> Event
         body = _decode_body(fields["e"])
         kind = EventType(body[0])
         values = dict(zip(LAYOUT[kind], body[3:], strict=True))
-        if "paused" in values:
-            values["paused"] = bool(values["paused"])
+        for flag in ("paused", "waiting_room"):
+            if flag in values:
+                values[flag] = bool(values[flag])
         if "ttl_ms" in values:
             values["expires_at"] = int(body[2]) + int(values.pop("ttl_ms"))
         return Event(
@@ -160,6 +182,10 @@ class Effect:
     order: dict[str, Any] | None = None
     order_created: bool = False
     product: dict[str, Any] | None = None
+    # A waiting room's settings it sets; shoppers it admitted, and sent away (sold out).
+    waiting_room: dict[str, Any] | None = None
+    admitted: int = 0
+    sent_away: int = 0
 
 
 def _q(e: Event) -> int:
@@ -267,6 +293,20 @@ def effect(e: Event) -> Effect:
             return Effect(available=q, sold=-q, bought=-q, order={"status": "CANCELLED", "updated_at": at})
         case EventType.ORDER_FULFILLED:
             return Effect(order={"status": "FULFILLED", "updated_at": at})
+        case EventType.WAITING_ROOM_SET:
+            room = {
+                "on": e.waiting_room,
+                "opens_at": e.opens_at,
+                "admit_per_s": e.admit_per_s,
+                "stock_factor": e.stock_factor,
+                "admission_ttl_ms": e.admission_ttl_ms,
+                "updated_at": at,
+            }
+            return Effect(waiting_room=room)
+        case EventType.QUEUE_ADMITTED:
+            return Effect(admitted=e.count or 0, waiting_room={"updated_at": at})
+        case EventType.QUEUE_CLOSED:
+            return Effect(sent_away=e.count or 0, waiting_room={"updated_at": at})
     raise UnknownEvent(
         f"event {e.id} has no known effect ({e.type})"
     )  # pragma: no cover - enum is exhaustive
@@ -308,6 +348,8 @@ class Fold:
     orders: dict[str, Change] = field(default_factory=dict)
     events_per_sku: dict[str, int] = field(default_factory=dict)
     last_at: dict[str, int] = field(default_factory=dict)  # sku -> time of its last counter change
+    waiting_rooms: dict[str, Change] = field(default_factory=dict)  # sku -> its room's settings, latest
+    queue_counts: dict[str, list[int]] = field(default_factory=dict)  # sku -> [admitted, sent away]
 
     def add(self, e: Event) -> Effect:
         change = effect(e)
@@ -328,6 +370,12 @@ class Fold:
             _merge(self.reservations, e.reservation_id, change.reservation, change.reservation_created)
         if change.order is not None and e.order_id is not None:
             _merge(self.orders, e.order_id, change.order, change.order_created)
+        if change.waiting_room is not None:
+            _merge(self.waiting_rooms, e.sku, change.waiting_room, e.type == EventType.WAITING_ROOM_SET)
+        if change.admitted or change.sent_away:
+            counts = self.queue_counts.setdefault(e.sku, [0, 0])
+            counts[0] += change.admitted
+            counts[1] += change.sent_away
         return change
 
 

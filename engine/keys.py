@@ -20,6 +20,18 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
     fs:{p3}:gw:unsettled       zset    order id -> ms since its payment is not final: the settlement's list
     fs:{p3}:gw:counts          hash    the gateway's authorizations, declines, captures, voids, refunds
     fs:{p3}:settlement         hash    payments the settlement pass captured, voided, refunded (counts)
+    fs:{p3}:wr:<sku>           hash    a SKU's waiting room: the late joiners' counter, the admitter's token
+                                       bucket, counts (joined, admitted, lapsed, sent away), time in queue
+    fs:{p3}:wr:q:<sku>         zset    the line: user -> place (random below 2^48 for those who joined
+                                       before the sale started, 2^48 + a counter after)
+    fs:{p3}:wr:a:<sku>         zset    admitted shoppers: user -> admission deadline ms (negated once a
+                                       reservation used it)
+    fs:{p3}:wr:t:<sku>         hash    user -> ms they joined, while in line (time in queue)
+    fs:{p3}:wr:left:<sku>      zset    shoppers who left the line without buying: user -> 0 sent away sold
+                                       out, 1 admission lapsed unused
+    fs:{p3}:wr:lease:<sku>     string  the worker admitting shoppers to this SKU's sale (a lease)
+    fs:{p3}:rl:<user>          string  the user's request-rate bucket in this partition (GCRA: the next
+                                       allowed moment), expiring when the bucket is full again
     fs:{p3}:stock              channel (pub/sub, not a key) a SKU id, published by a script that may have
                                        made a sold-out SKU reservable again (lua/includes/stock.lua)
     fs:{p3}:writeback:lease    string  the write-behind worker holding the partition (a lease)
@@ -105,6 +117,34 @@ class Partition:
 
     def writeback_lease(self) -> str:
         return f"{self.tag}writeback:lease"
+
+    # -- a SKU's waiting room (lua/includes/waiting_room.lua) ---------------------------------------------
+    def waiting_room(self, sku: str) -> str:
+        return f"{self.tag}wr:{sku}"
+
+    def queue(self, sku: str) -> str:
+        """The line: user -> place."""
+        return f"{self.tag}wr:q:{sku}"
+
+    def admitted(self, sku: str) -> str:
+        """Admitted shoppers: user -> admission deadline ms (negated once used by a reservation)."""
+        return f"{self.tag}wr:a:{sku}"
+
+    def queue_joined(self, sku: str) -> str:
+        """When each shopper in line joined (time in queue)."""
+        return f"{self.tag}wr:t:{sku}"
+
+    def queue_left(self, sku: str) -> str:
+        """Shoppers who left the line without buying, and why."""
+        return f"{self.tag}wr:left:{sku}"
+
+    def admitter_lease(self, sku: str) -> str:
+        """The worker admitting shoppers to this SKU's sale."""
+        return f"{self.tag}wr:lease:{sku}"
+
+    def rate(self, user: str) -> str:
+        """The user's request-rate bucket in this partition (lua/includes/ratelimit.lua)."""
+        return f"{self.tag}rl:{user}"
 
     def payment(self, order_id: str) -> str:
         """The simulated payment gateway's record of one order's payment (the order's partition)."""

@@ -70,6 +70,130 @@ class Sale(msgspec.Struct, kw_only=True, frozen=True):
     paused: bool
     created_at: int
     updated_at: int
+    waiting_room: WaitingRoom | None = None
+
+
+class WaitingRoom(msgspec.Struct, kw_only=True, frozen=True):
+    """A sale's waiting room (lua/set_waiting_room.lua): joiners are taken from ``opens_at`` (0: at any
+    time), ``admit_per_s`` shoppers are let in each second once the sale starts, at most ``stock_factor``
+    x available admitted and not yet reserving at once (0: no such rule), each for ``admission_ttl_ms``."""
+
+    on: bool = True
+    opens_at: int = 0
+    admit_per_s: int = 10
+    stock_factor: int = 0
+    admission_ttl_ms: int = 120_000
+
+    def as_args(self) -> tuple[str, ...]:
+        return (
+            str(int(self.on)),
+            str(self.opens_at),
+            str(self.admit_per_s),
+            str(self.stock_factor),
+            str(self.admission_ttl_ms),
+        )
+
+
+class QueueStatus(StrEnum):
+    WAITING = "WAITING"
+    ADMITTED = "ADMITTED"
+    LAPSED = "LAPSED"
+    SOLD_OUT = "SOLD_OUT"
+    ENDED = "ENDED"
+
+
+class QueueStanding(msgspec.Struct, kw_only=True, frozen=True):
+    """Where a shopper stands in a SKU's waiting room (queue_join, queue_status)."""
+
+    sku: str
+    user: str
+    status: QueueStatus
+    position: int  # 1-based while WAITING (provisional before the sale starts), else 0
+    line: int  # shoppers in line now
+    admitted_until: int  # ms: the admission's deadline (ADMITTED, LAPSED), else 0
+    new: bool  # this call made the place
+    admit_per_s: int
+    starts_at: int
+    now: int
+
+    @property
+    def ahead(self) -> int:
+        return max(self.position - 1, 0)
+
+    @property
+    def estimated_wait_ms(self) -> int:
+        """Until admission, at the room's rate: the time left before the start, then the line ahead."""
+        if self.status is not QueueStatus.WAITING:
+            return 0
+        before_start = max(self.starts_at - self.now, 0)
+        return before_start + (self.position * 1000) // max(self.admit_per_s, 1)
+
+
+class AdmitStep(msgspec.Struct, kw_only=True, frozen=True):
+    """What one step of a sale's admitter did (lua/queue_admit.lua)."""
+
+    outcome: str
+    admitted: int
+    line: int
+    sent_away: int
+
+
+class QueueFigures(msgspec.Struct, kw_only=True, frozen=True):
+    """A waiting room as an operator watches it (read from its keys, lua/includes/waiting_room.lua)."""
+
+    sku: str
+    now: int
+    line: int  # shoppers in line
+    admitted_live: int  # admissions not lapsed yet (used or not)
+    joined: int  # places ever made
+    admitted: int  # shoppers ever admitted
+    lapsed: int  # admissions that lapsed unused (abandoned)
+    used: int  # admissions that ended after a reservation used them
+    sent_away: int  # shoppers told SOLD_OUT
+    closed: str | None  # SOLD_OUT while the line is closed
+    first_admitted_at: int  # ms, 0: nobody yet
+    admitted_at: int  # ms of the last admission, 0: none
+    tick_at: int  # ms of the admitter's last step, 0: none
+    wait_ms: int  # time in line of everyone admitted, summed
+    wait_buckets: dict[str, int]  # upper bound in s ("inf" last) -> shoppers admitted after that long
+
+    def wait_quantile_s(self, q: float) -> float | None:
+        """The q-quantile of time in line (upper bound of its bucket; None before any admission)."""
+        total = sum(self.wait_buckets.values())
+        if not total:
+            return None
+        seen = 0
+        for bound, count in self.wait_buckets.items():
+            seen += count
+            if seen >= q * total:
+                return float("inf") if bound == "inf" else float(bound)
+        return float("inf")
+
+
+def queue_figures_from(sku: str, now: int, line: int, live: int, room: Mapping[Any, Any]) -> QueueFigures:
+    from .bounds import QUEUE_WAIT_BUCKETS_S
+
+    def count(name: str) -> int:
+        return int(room.get(name) or 0)
+
+    bounds = [str(b) for b in QUEUE_WAIT_BUCKETS_S] + ["inf"]
+    return QueueFigures(
+        sku=sku,
+        now=now,
+        line=line,
+        admitted_live=live,
+        joined=count("joined"),
+        admitted=count("admitted"),
+        lapsed=count("lapsed"),
+        used=count("used"),
+        sent_away=count("sent_away"),
+        closed=room.get("closed") or None,
+        first_admitted_at=count("first_admitted_at"),
+        admitted_at=count("admitted_at"),
+        tick_at=count("tick_at"),
+        wait_ms=count("wait_ms"),
+        wait_buckets={bound: count(f"w:{bound}") for bound in bounds},
+    )
 
 
 class Reservation(msgspec.Struct, kw_only=True, frozen=True):
@@ -133,11 +257,58 @@ SALE_FIELDS = (
 )
 
 
+# The waiting room's fields of a SKU hash (lua/includes/waiting_room.lua), read with the sale's own.
+WAITING_ROOM_FIELDS = ("waiting_room", "wr_opens_at", "wr_rate", "wr_stock_factor", "wr_admission_ttl_ms")
+SALE_AND_ROOM_FIELDS = SALE_FIELDS + WAITING_ROOM_FIELDS
+
+
+def sale_from_fields(fields: Mapping[Any, Any]) -> Sale:
+    """A Sale from a mapping of the SKU hash's fields (SALE_AND_ROOM_FIELDS; missing ones None)."""
+    values = {name: fields.get(name) for name in SALE_FIELDS}
+    room: list[Any] = [fields.get(name) for name in WAITING_ROOM_FIELDS]
+    if room[0] is not None:
+        values["waiting_room"] = WaitingRoom(
+            on=str(room[0]) == "1",
+            opens_at=int(room[1] or 0),
+            admit_per_s=int(room[2] or 1),
+            stock_factor=int(room[3] or 0),
+            admission_ttl_ms=int(room[4] or 0),
+        )
+    return msgspec.convert(values, Sale, strict=False)
+
+
 def sale_from_values(values: list[Any]) -> Sale | None:
-    """A Sale from HMGET of SALE_FIELDS; None when the SKU has no sale."""
+    """A Sale from HMGET of SALE_AND_ROOM_FIELDS; None when the SKU has no sale."""
     if values[0] is None:
         return None
-    return msgspec.convert(dict(zip(SALE_FIELDS, values, strict=True)), Sale, strict=False)
+    return sale_from_fields(dict(zip(SALE_AND_ROOM_FIELDS, values, strict=True)))
+
+
+def sale_from_pairs(reply: list[Any]) -> Sale:
+    """A Sale from a script's flat field/value reply (lua/includes/sales.lua's saleReply)."""
+    return sale_from_fields(dict(zip(reply[::2], reply[1::2], strict=True)))
+
+
+def standing_from_reply(sku: str, user: str, reply: list[Any]) -> QueueStanding:
+    """queue_join's and queue_status's reply: {status, position, line, deadline, new, rate, starts, now}."""
+    status, position, line, deadline, new, rate, starts_at, now = reply
+    return QueueStanding(
+        sku=sku,
+        user=user,
+        status=QueueStatus(status),
+        position=int(position),
+        line=int(line),
+        admitted_until=int(deadline),
+        new=bool(int(new)),
+        admit_per_s=int(rate),
+        starts_at=int(starts_at),
+        now=int(now),
+    )
+
+
+def admit_step_from_reply(reply: list[Any]) -> AdmitStep:
+    outcome, admitted, line, sent_away = reply
+    return AdmitStep(outcome=str(outcome), admitted=int(admitted), line=int(line), sent_away=int(sent_away))
 
 
 def reservation_from_record(reservation_id: str, record: str) -> Reservation:

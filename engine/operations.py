@@ -6,22 +6,29 @@ few and short on purpose: every one costs Redis CPU on every call (README, Perfo
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .bounds import IDENTIFIER_PATTERN, MAX_IDEMPOTENCY_KEY_CHARS, MAX_IDENTIFIER_CHARS
+from .bounds import IDENTIFIER_PATTERN, LATE_PLACES, MAX_IDEMPOTENCY_KEY_CHARS, MAX_IDENTIFIER_CHARS
 from .errors import InvalidArgument
-from .keys import Keyspace, idempotency_field, new_order_id, new_reservation_id
+from .keys import Keyspace, Partition, idempotency_field, new_order_id, new_reservation_id
 from .models import (
+    AdmitStep,
     Order,
+    QueueStanding,
     Reservation,
     Sale,
     SaleSettings,
+    WaitingRoom,
+    admit_step_from_reply,
     from_pairs,
     reservation_from_record,
     reservation_from_reserve,
+    sale_from_pairs,
+    standing_from_reply,
 )
 from .settings import EngineConfig
 
@@ -58,7 +65,47 @@ def _order(reply: Any) -> Order:
 
 
 def _sale(reply: Any) -> Sale:
-    return from_pairs(reply, Sale)
+    return sale_from_pairs(reply)
+
+
+def _admit_step(reply: Any) -> AdmitStep:
+    return admit_step_from_reply(reply)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A user's request rate, checked in Redis by the script the request runs (lua/includes/ratelimit.lua):
+    ``per_s`` requests a second on average, bursts of ``burst``; shared by every API process."""
+
+    per_s: float
+    burst: int
+
+    def args(self) -> tuple[str, str]:
+        """The script's two numbers: ms between requests at the rate, and the burst's tolerance in ms."""
+        interval = 1000.0 / self.per_s
+        return (f"{interval:.3f}", f"{interval * (max(self.burst, 1) - 1):.3f}")
+
+
+def _rate_args(rate: RateLimit | None) -> tuple[str, str]:
+    return rate.args() if rate is not None and rate.per_s > 0 else ("0", "0")
+
+
+def _room_keys(p: Partition, sku: str) -> tuple[str, ...]:
+    """The keys of a SKU's waiting room, in the order queue_join and queue_admit take them."""
+    return (
+        p.sku(sku),
+        p.waiting_room(sku),
+        p.queue(sku),
+        p.admitted(sku),
+        p.queue_joined(sku),
+        p.queue_left(sku),
+    )
+
+
+def early_place() -> int:
+    """A random place among those who join before the sale starts: 48 bits from the OS's generator (the
+    script takes it as an argument so that it stays deterministic for replication)."""
+    return int.from_bytes(os.urandom(6), "big") % LATE_PLACES
 
 
 def _count(reply: Any) -> int:
@@ -72,6 +119,8 @@ class Operations:
         self.config = config
         self.keys = Keyspace(config.partitions, config.prefix)
         self._backlog_limit = config.backlog_limit_events
+        # Where an early joiner's random place comes from (a test may seed it).
+        self.early_place: Callable[[], int] = early_place
 
     def _idempotency(self, operation: str, scope: str, user: str, key: str | None) -> tuple[str | int, ...]:
         """The optional trailing arguments of an idempotent call: (ttl ms, field), or none without a key."""
@@ -87,24 +136,58 @@ class Operations:
             "load_sale", (p.sku(settings.sku), p.events(), p.catalog()), tuple(settings.as_pairs()), _sale
         )
 
-    def reserve(self, sku: str, user: str, quantity: int, idempotency_key: str | None) -> Call[Reservation]:
+    def reserve(
+        self,
+        sku: str,
+        user: str,
+        quantity: int,
+        idempotency_key: str | None,
+        rate: RateLimit | None = None,
+    ) -> Call[Reservation]:
         p = self.keys.for_sku(identifier(sku, "sku"))
         identifier(user, "user id")
         rid = new_reservation_id(p)
+        keys: tuple[str, ...] = (p.sku(sku), p.holds(sku), p.events(), p.open_holds(), p.admitted(sku))
+        # A key is scoped to its SKU (reservation, order below), never to the partition a hash happens
+        # to put it in: reusing a key for another SKU is a new request.
+        idempotency = self._idempotency("reserve", sku, user, idempotency_key)
+        args = (user, str(quantity), rid, self._backlog_limit, self.config.lazy_expiry_bound, *idempotency)
+        if rate is not None and rate.per_s > 0:
+            keys += (p.rate(user),)
+            args = (*args, *(() if idempotency else ("", "")), *rate.args())
+        return Call("reserve", keys, args, lambda reply: reservation_from_reserve(sku, user, reply))
+
+    def set_waiting_room(self, sku: str, room: WaitingRoom) -> Call[Sale]:
+        p = self.keys.for_sku(identifier(sku, "sku"))
+        return Call("set_waiting_room", (p.sku(sku), p.events()), room.as_args(), _sale)
+
+    def queue_join(self, sku: str, user: str, rate: RateLimit | None = None) -> Call[QueueStanding]:
+        p = self.keys.for_sku(identifier(sku, "sku"))
+        identifier(user, "user id")
         return Call(
-            "reserve",
-            (p.sku(sku), p.holds(sku), p.events(), p.open_holds()),
-            (
-                user,
-                str(quantity),
-                rid,
-                self._backlog_limit,
-                self.config.lazy_expiry_bound,
-                # A key is scoped to its SKU (reservation, order below), never to the partition a
-                # hash happens to put it in: reusing a key for another SKU is a new request.
-                *self._idempotency("reserve", sku, user, idempotency_key),
-            ),
-            lambda reply: reservation_from_reserve(sku, user, reply),
+            "queue_join",
+            (*_room_keys(p, sku), p.rate(user)),
+            (user, str(self.early_place()), *_rate_args(rate)),
+            lambda reply: standing_from_reply(sku, user, reply),
+        )
+
+    def queue_status(self, sku: str, user: str, rate: RateLimit | None = None) -> Call[QueueStanding]:
+        p = self.keys.for_sku(identifier(sku, "sku"))
+        identifier(user, "user id")
+        return Call(
+            "queue_status",
+            (p.sku(sku), p.queue(sku), p.admitted(sku), p.queue_left(sku), p.rate(user)),
+            (user, *_rate_args(rate)),
+            lambda reply: standing_from_reply(sku, user, reply),
+        )
+
+    def queue_admit(self, sku: str, worker_id: str, batch: int) -> Call[AdmitStep]:
+        p = self.keys.for_sku(identifier(sku, "sku"))
+        return Call(
+            "queue_admit",
+            (*_room_keys(p, sku), p.events(), p.admitter_lease(sku)),
+            (worker_id, str(batch)),
+            _admit_step,
         )
 
     def begin_checkout(

@@ -37,6 +37,10 @@ SCRIPT_NAMES = (
     "noop",
     "lease_renew",
     "lease_release",
+    "set_waiting_room",
+    "queue_join",
+    "queue_status",
+    "queue_admit",
 )
 
 

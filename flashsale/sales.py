@@ -13,6 +13,11 @@ SKU per line) with these fields per SKU:
                              ("now", "now+10m", "now-1h", "now+2d"); empty = no bound
     reservation_ttl_s        how long a hold lasts, in seconds (or reservation_ttl_ms)
     paused                   true/false
+    waiting_room             a waiting room in front of the sale (README, Waiting room): in JSON an object
+                             {"admit_per_s": 50, "opens_at": "now", "stock_factor": 0, "admission_s": 120},
+                             or false to turn one off; in CSV the columns waiting_room_admit_per_s,
+                             waiting_room_opens_at, waiting_room_stock_factor, waiting_room_admission_s
+                             (admit_per_s given: on)
 
 Every SKU is checked before anything is written, against the load_sale script's own bounds and against
 what Redis holds (a new SKU needs its stock; stock never below what is reserved or sold; a window whose
@@ -33,7 +38,7 @@ from typing import Any
 
 from flashsale.engine import Engine, bounds
 from flashsale.engine.errors import FlashSaleError
-from flashsale.engine.models import Sale, SaleSettings
+from flashsale.engine.models import Sale, SaleSettings, WaitingRoom
 from flashsale.engine.operations import identifier
 
 _RELATIVE = re.compile(r"now\s*(?:(?P<sign>[+-])\s*(?P<amount>[0-9]+)\s*(?P<unit>ms|s|m|h|d))?", re.I)
@@ -42,6 +47,8 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _FIELDS = {
     "sku", "name", "price", "price_cents", "flash_price", "flash_price_cents", "stock", "total",
     "per_user_limit", "starts_at", "ends_at", "reservation_ttl_s", "reservation_ttl_ms", "paused",
+    "waiting_room", "waiting_room_admit_per_s", "waiting_room_opens_at", "waiting_room_stock_factor",
+    "waiting_room_admission_s",
 }  # fmt: skip
 # The load_sale script's bounds (engine/bounds.py, which the script gets as its 'bounds' include), checked
 # here as well so that a file is refused whole instead of half loaded.
@@ -81,7 +88,18 @@ def read_sale_file(path: Path) -> list[dict[str, Any]]:
         raise SaleFileError(f"{path}: expected a list of SKU objects or {{'skus': [...]}}")
     if not isinstance(defaults, dict):
         raise SaleFileError(f"{path}: 'defaults' must be an object")
-    return [{**defaults, **record} for record in document]
+    return [_flat_room({**defaults, **record}) for record in document]
+
+
+def _flat_room(record: dict[str, Any]) -> dict[str, Any]:
+    """A JSON record's ``waiting_room`` object as the flat waiting_room_* fields a CSV row has."""
+    room = record.get("waiting_room")
+    if not isinstance(room, dict):
+        return record
+    flat = {k: v for k, v in record.items() if k != "waiting_room"}
+    for name, value in room.items():
+        flat[f"waiting_room_{name}"] = value
+    return flat
 
 
 def _csv_records(path: Path, text: str) -> list[dict[str, Any]]:
@@ -227,6 +245,41 @@ def _settings(record: dict[str, Any], sku: str, now_ms: int) -> SaleSettings:
     )
 
 
+def waiting_room(record: dict[str, Any], now_ms: int) -> WaitingRoom | None:
+    """A record's waiting room (None: the record says nothing of one), checked; raises SaleFileError."""
+    sku = str(record.get("sku", "")).strip()
+    try:
+        rate = record.get("waiting_room_admit_per_s")
+        if rate in (None, ""):
+            if record.get("waiting_room") in (None, ""):
+                return None
+            if _flag(record["waiting_room"], "waiting_room"):
+                raise SaleFileError("waiting_room needs admit_per_s (shoppers let in each second)")
+            return WaitingRoom(on=False, admit_per_s=1, admission_ttl_ms=bounds.MIN_ADMISSION_TTL_MS)
+        opens = record.get("waiting_room_opens_at")
+        ttl_s = record.get("waiting_room_admission_s")
+        return WaitingRoom(
+            on=True,
+            admit_per_s=_integer(rate, "waiting_room.admit_per_s", 1, bounds.MAX_ADMIT_PER_S),
+            opens_at=0 if opens in (None, "") else _instant(opens, "starts_at", now_ms),
+            stock_factor=_integer(
+                record.get("waiting_room_stock_factor") or 0,
+                "waiting_room.stock_factor",
+                0,
+                bounds.MAX_STOCK_FACTOR,
+            ),
+            admission_ttl_ms=1000
+            * _integer(
+                120 if ttl_s in (None, "") else ttl_s,
+                "waiting_room.admission_s",
+                bounds.MIN_ADMISSION_TTL_MS // 1000,
+                bounds.MAX_ADMISSION_TTL_MS // 1000,
+            ),
+        )
+    except SaleFileError as error:
+        raise SaleFileError(f"sku {sku!r}: {error}") from None
+
+
 def iso_utc(ms: int) -> str:
     """An instant in ms since the epoch as ISO 8601 UTC ("2026-11-27T09:00:00Z")."""
     moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
@@ -276,5 +329,19 @@ def load_sales(engine: Engine, records: list[dict[str, Any]]) -> list[Sale]:
     sales = [sale_settings(record, now_ms) for record in records]
     if not sales:
         raise SaleFileError("the sale file has no SKUs")
+    rooms = [waiting_room(record, now_ms) for record in records]
     check_against_live(engine, sales)
-    return [engine.load_sale(settings) for settings in sales]
+    for settings, room in zip(sales, rooms, strict=True):
+        starts_at = settings.starts_at
+        if starts_at is None:
+            try:
+                starts_at = engine.get_sale(settings.sku).starts_at
+            except FlashSaleError:
+                starts_at = 0
+        if room is not None and room.on and room.opens_at and starts_at and room.opens_at >= starts_at:
+            raise SaleFileError(f"sku {settings.sku!r}: the waiting room must open before the sale starts")
+    loaded = [engine.load_sale(settings) for settings in sales]
+    return [
+        sale if room is None else engine.set_waiting_room(sale.sku, room)
+        for sale, room in zip(loaded, rooms, strict=True)
+    ]

@@ -13,13 +13,18 @@
     KEYS[3] partition stream  fs:{pN}:events
     KEYS[4] open holds        fs:{pN}:open   the partition's open reservation records, one field each
                               (lua/includes/reservations.lua)
+    KEYS[5] admitted          fs:{pN}:wr:a:<sku>   zset user -> admission deadline ms (negated once used):
+                              read only when the sale has a waiting room (lua/includes/waiting_room.lua)
+    KEYS[6] rate bucket       fs:{pN}:rl:<user>   (optional, with ARGV[8..9]) the user's request rate
     ARGV[1] user id
     ARGV[2] quantity          integer 1..per_user_limit
     ARGV[3] new reservation id
     ARGV[4] backlog limit     refuse when the partition's stream holds this many unapplied events
     ARGV[5] lazy expiry bound how many lapsed holds of this SKU a refusal ends before judging again
-    ARGV[6] idempotency ttl ms      (optional, with ARGV[7]: the call is idempotent)
+    ARGV[6] idempotency ttl ms      (optional, with ARGV[7]: the call is idempotent; '': it is not)
     ARGV[7] idempotency field       "reserve:<sku>:<user>:<key>"
+    ARGV[8] rate interval ms        (optional, with ARGV[9] and KEYS[6]) lua/includes/ratelimit.lua
+    ARGV[9] rate tolerance ms
   Output:
     "<reservation id> <quantity> <created_at ms> <expires_at ms>" (status RESERVED)
     a repeat with the same idempotency field returns the first answer, refusal included
@@ -34,11 +39,16 @@
     error ALREADY_PURCHASED  the user's purchases alone use up the limit
     error OUT_OF_STOCK       fewer units available than asked for
     error BACKLOG_FULL       the write-behind backlog of this partition is at its budget (nothing written)
+    error RATE_LIMITED       over the user's request rate (nothing written but the bucket; not remembered)
+    error NOT_ADMITTED       the sale has a waiting room and the user holds no live admission (nothing
+                             written; not remembered: the same key may succeed once admitted)
     (a limit or stock refusal may first have ended lapsed holds, each with its own event)
   Event: ["reserved", sku, at, reservation id, user, quantity, ttl ms]   (expires at = at + ttl)
   Publishes: the SKU id on fs:{pN}:stock when ending lapsed holds gives units back (includes/stock.lua)
+  A waiting-room admission used by this reservation is marked used (its score negated): it lasts until
+  its deadline all the same, and the admitter counts it as used rather than abandoned.
 ]]
-local skuKey, holdsKey, stream, openHolds = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local skuKey, holdsKey, stream, openHolds, admittedKey, rateKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
 -- Sold out comes first, and before the includes below: most calls of a flash sale end here, and
 -- defining the includes' functions costs more than this whole check (Redis runs a script's body on
@@ -48,7 +58,7 @@ local skuKey, holdsKey, stream, openHolds = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 -- ('0', '1') rather than tonumber, whose strtod costs as much as a command. A keyed call looks for its
 -- first answer before anything else (below), and any other quantity or stock takes the full checks.
 local availableText
-if not ARGV[6] then
+if not ARGV[6] or ARGV[6] == '' then
   availableText = redis.call('HGET', skuKey, 'available')
   if availableText == '0' and (ARGV[2] == '1' or string.find(ARGV[2], '^[1-9]%d?%d?%d?$')) then
     local sku = string.sub(skuKey, string.find(skuKey, '}:', 1, true) + 6)
@@ -81,7 +91,7 @@ end
 
 local now
 local answer = function(reply) return reply end
-if ARGV[6] then
+if ARGV[6] and ARGV[6] ~= '' then
   --@include idempotency
   local idemTtl = tonumber(ARGV[6])
   now = nowMs()
@@ -115,7 +125,7 @@ end
 if not isIdentifier(user) then return refuse('INVALID_ARGUMENT', 'user id must be 1-128 letters, digits or -_.@') end
 local heldField, boughtField = 'h:' .. user, 'b:' .. user
 local s = rcall('HMGET', skuKey, 'reserved', 'per_user_limit', 'starts_at', 'ends_at', 'paused', 'reservation_ttl_ms',
-  heldField, boughtField)
+  heldField, boughtField, 'waiting_room')
 local limit = tonumber(s[2])
 if qty > limit then
   return answer(refuse('INVALID_QUANTITY', 'quantity ' .. qty .. ' is above the per-user limit ' .. limit))
@@ -123,6 +133,19 @@ end
 local startsAt, endsAt = tonumber(s[3]), tonumber(s[4])
 if s[5] == '1' or now < startsAt or (endsAt > 0 and now >= endsAt) then
   return answer(refuse('SALE_NOT_ACTIVE', 'the sale for sku ' .. sku .. ' is not open now'))
+end
+if rateKey then
+  --@include ratelimit
+  local wait = overRate(rateKey, now, tonumber(ARGV[8]), tonumber(ARGV[9]))
+  if wait then return rateRefusal(wait) end
+end
+local admission
+if s[9] == '1' then
+  admission = tonumber(rcall('ZSCORE', admittedKey, user) or 0)
+  if not (admission > now or -admission > now) then
+    return refuse('NOT_ADMITTED', 'the sale of sku ' .. sku .. ' has a waiting room: join the line, reserve once admitted'
+      .. (admission > 0 and ' (your admission lapsed)' or ''))
+  end
 end
 
 local reserved, ttl = tonumber(s[1]), tonumber(s[6])
@@ -152,5 +175,6 @@ local qtyText, nowText = int(qty), int(now)
 rcall('HSET', skuKey, 'available', int(available - qty), 'reserved', int(reserved + qty), heldField, int(held + qty))
 rcall('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' RESERVED ' .. nowText .. ' ' .. expiresAt .. ' - 0 0')
 rcall('ZADD', holdsKey, expiresAt, rid)
+if admission and admission > 0 then rcall('ZADD', admittedKey, int(-admission), user) end
 emit(stream, 'reserved', sku, nowText, ',"' .. rid .. '","' .. user .. '",' .. qtyText .. ',' .. s[6])
 return answer(rid .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresAt)

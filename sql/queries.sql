@@ -56,6 +56,32 @@ FROM unnest(%(sku_id)b::text[], %(total)b::integer[], %(at)b::bigint[]) AS u(sku
 WHERE p.sku_id = u.sku_id
 RETURNING p.sku_id;
 
+-- name: upsert_waiting_rooms --
+-- Creates or updates waiting rooms from their latest settings (waiting_room_set events).
+INSERT INTO waiting_rooms (sku_id, is_on, opens_at, admit_per_second, stock_factor, admission_ttl_ms, updated_at)
+SELECT u.sku_id, u.is_on, ms_to_timestamptz(NULLIF(u.opens_at, 0)), u.admit_per_s, u.stock_factor,
+       u.admission_ttl_ms, ms_to_timestamptz(u.at)
+FROM unnest(
+  %(sku_id)b::text[], %(is_on)b::boolean[], %(opens_at)b::bigint[], %(admit_per_s)b::integer[],
+  %(stock_factor)b::integer[], %(admission_ttl_ms)b::bigint[], %(at)b::bigint[]
+) AS u(sku_id, is_on, opens_at, admit_per_s, stock_factor, admission_ttl_ms, at)
+ON CONFLICT (sku_id) DO UPDATE SET
+  is_on = EXCLUDED.is_on,
+  opens_at = EXCLUDED.opens_at,
+  admit_per_second = EXCLUDED.admit_per_second,
+  stock_factor = EXCLUDED.stock_factor,
+  admission_ttl_ms = EXCLUDED.admission_ttl_ms,
+  updated_at = EXCLUDED.updated_at;
+
+-- name: add_waiting_room_counts --
+-- Adds the shoppers admitted and sent away (queue_admitted, queue_closed events) to their waiting rooms.
+UPDATE waiting_rooms AS w
+SET admitted = w.admitted + u.admitted, sent_away = w.sent_away + u.sent_away, updated_at = ms_to_timestamptz(u.at)
+FROM unnest(%(sku_id)b::text[], %(admitted)b::bigint[], %(sent_away)b::bigint[], %(at)b::bigint[])
+  AS u(sku_id, admitted, sent_away, at)
+WHERE w.sku_id = u.sku_id
+RETURNING w.sku_id;
+
 -- name: create_inventory --
 -- Gives new products an inventory row with zero counts; their deltas are applied next.
 INSERT INTO inventory (sku_id, total_count, reserved_count, sold_count, available_count, updated_at)
@@ -178,7 +204,7 @@ SELECT to_regclass('schema_migrations') IS NOT NULL;
 
 -- name: delete_all_rows --
 -- Empties every table but the migrations record (tests, and rebuilding PostgreSQL from the streams).
-TRUNCATE orders, reservations, inventory, products, stream_offsets;
+TRUNCATE orders, reservations, waiting_rooms, inventory, products, stream_offsets;
 
 -- name: reconcile_offsets --
 -- How far the write-behind worker has applied each partition's stream.

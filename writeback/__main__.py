@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-sweep", action="store_true", help="do not run the expiry sweeper")
     parser.add_argument("--no-settle", action="store_true", help="do not run payment settlement")
     parser.add_argument("--no-trim", action="store_true", help="keep the streams whole")
+    parser.add_argument("--no-admit", action="store_true", help="do not run the waiting rooms' admitter")
     parser.add_argument("--batch-size", type=int, default=None, help="events per batch")
     parser.add_argument("--lease-ms", type=int, default=None, help="partition lease length")
     args = parser.parse_args(argv)
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         sweep=not args.no_sweep,
         settle=not args.no_settle,
         trim=not args.no_trim,
+        admit=not args.no_admit,
         batch_size=args.batch_size,
         lease_ms=args.lease_ms,
     )

@@ -95,6 +95,38 @@ class Batch:
             ]
         )
 
+    def waiting_room_rows(self) -> dict[str, list[Any]]:
+        # A waiting_room_set event carries the whole settings: those rooms are upserted.
+        return _columns(
+            [
+                {
+                    "sku_id": sku,
+                    "is_on": bool(f["on"]),
+                    "opens_at": f["opens_at"],
+                    "admit_per_s": f["admit_per_s"],
+                    "stock_factor": f["stock_factor"],
+                    "admission_ttl_ms": f["admission_ttl_ms"],
+                    "at": f["updated_at"],
+                }
+                for sku, room in sorted(self.changes.waiting_rooms.items())
+                if "on" in room.fields
+                for f in [room.fields]
+            ]
+        )
+
+    def waiting_room_count_rows(self) -> dict[str, list[Any]]:
+        return _columns(
+            [
+                {
+                    "sku_id": sku,
+                    "admitted": admitted,
+                    "sent_away": sent_away,
+                    "at": self.changes.waiting_rooms[sku].fields["updated_at"],
+                }
+                for sku, (admitted, sent_away) in sorted(self.changes.queue_counts.items())
+            ]
+        )
+
     def new_reservation_rows(self) -> dict[str, list[Any]]:
         return _columns(
             [

@@ -16,6 +16,9 @@ event types: a reservation's status changed -> ``flash-sale-reservations``; an o
     confirmed               x         x         x
     order_cancelled                   x         x
     order_fulfilled                   x
+    waiting_room_set                            x      (WaitingRoomMessage: the room's settings)
+    queue_admitted                              x      (WaitingRoomMessage: who was let in)
+    queue_closed                                x      (WaitingRoomMessage: how many were sent away)
 
 Every body carries ``event_id`` (stable and unique: ``<partition>-<stream id>``, so consumers drop repeats
 of at-least-once delivery) and ``schema_version`` (bumped on any incompatible change).
@@ -91,6 +94,26 @@ class InventoryMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     paused: bool | None = None
 
 
+class WaitingRoomMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Topic flash-sale-inventory-updates (key = SKU, so in order with the SKU's stock): a waiting room's
+    settings (waiting_room_set), the shoppers one admitter step let in (queue_admitted: ``users``), or
+    how many it sent away when the SKU sold out (queue_closed: ``sent_away``)."""
+
+    event_id: str
+    schema_version: int
+    type: str
+    sku_id: str
+    at: int
+    on: bool | None = None
+    opens_at: int | None = None
+    admit_per_s: int | None = None
+    stock_factor: int | None = None
+    admission_ttl_ms: int | None = None
+    admitted: int | None = None
+    users: list[str] | None = None
+    sent_away: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Topics:
     reservations: str
@@ -145,6 +168,28 @@ def messages(event: Event, topics: Topics) -> Iterator[tuple[str, bytes]]:
                     payment_method=order.get("payment_method"),
                     transaction_id=order.get("transaction_id") or None,
                     failure_reason=order.get("failure_reason"),
+                )
+            ),
+        )
+    if change.waiting_room is not None:
+        room = change.waiting_room
+        yield (
+            topics.inventory,
+            _ENCODER.encode(
+                WaitingRoomMessage(
+                    event_id=e.id,
+                    schema_version=SCHEMA_VERSION,
+                    type=e.type,
+                    sku_id=e.sku,
+                    at=e.at,
+                    on=room.get("on"),
+                    opens_at=room.get("opens_at"),
+                    admit_per_s=room.get("admit_per_s"),
+                    stock_factor=room.get("stock_factor"),
+                    admission_ttl_ms=room.get("admission_ttl_ms"),
+                    admitted=change.admitted or None,
+                    users=e.users,
+                    sent_away=change.sent_away or None,
                 )
             ),
         )

@@ -78,6 +78,8 @@ async def apply_batch(conn: AsyncConnection[Any], batch: Batch, expected_id: str
         await run("insert_reservations", batch.new_reservation_rows())
         await run("update_orders", batch.changed_order_rows(), expect_rows=True)
         await run("insert_orders", batch.new_order_rows())
+        await run("upsert_waiting_rooms", batch.waiting_room_rows())
+        await run("add_waiting_room_counts", batch.waiting_room_count_rows(), expect_rows=True)
         await pipeline.sync()
         if await offset.fetchone() is None:
             raise OffsetMoved(f"partition {batch.partition}: offset is no longer {expected_id}")

@@ -46,6 +46,7 @@ from flashsale.engine import AsyncEngine
 from flashsale.engine.events import Event, UnknownEvent, parse_entry, stream_id_key
 from flashsale.engine.settings import Settings
 from flashsale.writeback import stalls
+from flashsale.writeback.admitter import Admitter
 from flashsale.writeback.batch import Batch
 from flashsale.writeback.kafka import Publisher, PublishFailed, ensure_topics
 from flashsale.writeback.lag import read_lag, read_lag_async, total_lag
@@ -71,6 +72,8 @@ class WorkerOptions:
     sweep: bool = True  # run the expiry sweeper on the partitions this worker holds
     settle: bool = True  # run payment settlement (writeback.settlement) on the partitions this worker holds
     settle_interval_ms: int = 1000
+    admit: bool = True  # admit shoppers from the waiting rooms whose lease it takes (writeback.admitter)
+    admit_interval_ms: int = 100
     trim: bool = True  # trim streams below what both sinks took (off: keep the whole log, e.g. to replay)
     batch_size: int | None = None  # Settings.worker_batch_size
     lease_ms: int | None = None  # Settings.worker_lease_ms
@@ -92,6 +95,7 @@ class WorkerStats:
     expired: int = 0  # reservations the sweeper ended
     stalls: int = 0  # partitions stopped on an event a sink can never take (writeback.stalls)
     settled: int = 0  # payments settlement captured, voided, refunded or finalized
+    admitted: int = 0  # shoppers the admitter let in
     sink_failures: dict[str, int] = field(default_factory=lambda: {"postgres": 0, "kafka": 0})
 
 
@@ -196,6 +200,9 @@ class Worker:
             background.append(asyncio.create_task(self._sweep_loop(), name="sweeper"))
         if self.options.settle:
             background.append(asyncio.create_task(self._settle_loop(), name="settlement"))
+        self.admitter = Admitter(self.engine, self.redis, self.keyspace, self.worker_id, self.lease_ms)
+        if self.options.admit:
+            background.append(asyncio.create_task(self._admit_loop(), name="admitter"))
         self.started.set()
         try:
             await self._stopping.wait()
@@ -549,6 +556,23 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
+    # -- waiting rooms' admitter ---------------------------------------------------------------------------
+    async def _admit_loop(self) -> None:
+        assert self._stopping is not None
+        interval = self.options.admit_interval_ms / 1000
+        discovered = 0.0
+        while not self._stopping.is_set():
+            try:
+                if time.monotonic() - discovered > 1.0:
+                    await self.admitter.discover()
+                    discovered = time.monotonic()
+                await self.admitter.step()
+                self.stats.admitted = self.admitter.stats.admitted
+            except (redis.RedisError, OSError) as error:
+                log.warning("event=admit_failed worker=%s error=%r", self.worker_id, str(error))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+
     # -- stopping -----------------------------------------------------------------------------------------
     async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:
         log.info("event=worker_stopping worker=%s partitions=%d", self.worker_id, len(self._owned))
@@ -561,6 +585,8 @@ class Worker:
         for p in list(self._owned):
             with contextlib.suppress(redis.RedisError, OSError):
                 await self.leases.release(p)
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self.admitter.release_all()
         with contextlib.suppress(redis.RedisError, OSError):
             await self.leases.leave()
         await asyncio.to_thread(self.publisher.close, 5.0)
@@ -662,6 +688,8 @@ def worker_command(options: WorkerOptions | None = None) -> list[str]:
         args.append("--no-sweep")
     if not o.settle:
         args.append("--no-settle")
+    if not o.admit:
+        args.append("--no-admit")
     if not o.trim:
         args.append("--no-trim")
     if o.batch_size:

@@ -5,6 +5,12 @@
  * live stock, reserves, counts the hold down to its expiresAt, checks out and shows the order. The shopper's token,
  * holds and orders live in localStorage so a reload keeps them. Every time shown is computed against the server's
  * clock (the engine's times come from Redis), estimated from the Date header of each response.
+ *
+ * A sale with a waiting room shows "Join the line" instead of "Reserve"; once in line the card shows the place,
+ * a progress bar and an estimate, asked again by polling (not server-sent events: a crowd of waiting pages would
+ * hold one connection each, against each API process's connection cap, while a poll is one cheap script call). The
+ * API says when to ask again (pollAfterSeconds: rarely far back in line, every second near the front); a failed
+ * poll backs off, doubling up to 30 s. Once admitted the Reserve button comes back until the admission lapses.
  */
 (() => {
   "use strict";
@@ -35,6 +41,8 @@
     holdCards: new Map(),
     orders: new Map(), // order id -> order
     orderCards: new Map(),
+    queue: new Map(), // skuId -> the shopper's place in its waiting room (readQueue, plus firstPosition)
+    queueTimers: new Map(), // skuId -> the timer of its next poll
     paymentMethods: PAYMENT_METHODS,
     clockOffsetMs: 0, // server time - local time
     pollTimer: 0,
@@ -73,6 +81,19 @@
     startsAt: toMs(p.startsAt),
     endsAt: toMs(p.endsAt),
     paused: p.paused === true,
+    waitingRoom: p.waitingRoom && p.waitingRoom.on === true
+      ? { admitPerSecond: Number(p.waitingRoom.admitPerSecond) || 1, opensAt: toMs(p.waitingRoom.opensAt) }
+      : null,
+  });
+
+  const readQueue = (q) => ({
+    status: String(q.status),
+    position: Number(q.position) || 0,
+    ahead: Number(q.ahead) || 0,
+    lineLength: Number(q.lineLength) || 0,
+    estimateMs: (Number(q.estimatedWaitSeconds) || 0) * 1000,
+    admittedUntil: toMs(q.admittedUntil),
+    pollAfterMs: Math.max(1, Number(q.pollAfterSeconds) || 5) * 1000,
   });
 
   const readReservation = (r) => ({
@@ -228,6 +249,12 @@
         return limit ? `You can reserve at most ${limit} of ${name}.` : `That quantity is not allowed: ${error.message}`;
       case "SALE_NOT_ACTIVE":
         return `The sale for ${name} is not open right now.`;
+      case "NOT_ADMITTED":
+        return `${name} has a waiting room: join the line, and reserve when it is your turn.`;
+      case "QUEUE_CLOSED":
+        return `The line for ${name} is closed: ${error.message.includes("ended") ? "the sale has ended" : "it sold out"}.`;
+      case "QUEUE_NOT_OPEN":
+        return `The line for ${name} is not open yet. Please come back a little before the sale starts.`;
       case "RESERVATION_EXPIRED":
         return `Your hold on ${name} expired and its units went back on sale.`;
       case "CHECKOUT_IN_PROGRESS":
@@ -295,6 +322,9 @@
     if (state.user !== user) {
       state.user = user;
       recallShopper();
+      for (const timer of state.queueTimers.values()) clearTimeout(timer);
+      state.queue.clear();
+      restoreQueues();
     }
     renderAccount();
     if (!quiet) announce(`Signed in as ${state.user}.`, "success");
@@ -386,6 +416,12 @@
     $(".product-initial", node).textContent = (product.name.trim()[0] || "?").toUpperCase();
     $(".reserve-form", node).addEventListener("submit", (event) => {
       event.preventDefault();
+      const current = state.products.get(product.skuId) || product;
+      const place = state.queue.get(product.skuId);
+      if (current.waitingRoom && !(place && place.status === "ADMITTED" && place.admittedUntil > serverNow())) {
+        joinQueue(product.skuId);
+        return;
+      }
       reserve(product.skuId, Number($(".quantity", node).value) || 1);
     });
     return node;
@@ -441,11 +477,20 @@
     }
 
     const button = $(".reserve-button", card);
-    const busy = state.busy.has(`reserve:${product.skuId}`);
-    button.disabled = p !== "live" || busy || holdsAll;
-    button.textContent = busy ? "Reserving…" : holdsAll && p === "live" ? "Held for you" : {
-      live: state.token ? "Reserve" : "Sign in to reserve",
-      soldout: "Sold out", upcoming: "Not open yet", paused: "Paused", ended: "Sale ended" }[p];
+    const busy = state.busy.has(`reserve:${product.skuId}`) || state.busy.has(`queue:${product.skuId}`);
+    const place = state.queue.get(product.skuId);
+    renderQueue(card, product, place, now);
+    const mustQueue = product.waitingRoom && !(place && place.status === "ADMITTED" && place.admittedUntil > now);
+    if (mustQueue && !holdsAll && ["live", "upcoming"].includes(p) && state.token) {
+      const waiting = place && place.status === "WAITING";
+      button.disabled = busy || waiting || now < product.waitingRoom.opensAt;
+      button.textContent = busy ? "Joining…" : waiting ? "In line" : "Join the line";
+    } else {
+      button.disabled = p !== "live" || busy || holdsAll;
+      button.textContent = busy ? "Reserving…" : holdsAll && p === "live" ? "Held for you" : {
+        live: state.token ? "Reserve" : "Sign in to reserve",
+        soldout: "Sold out", upcoming: "Not open yet", paused: "Paused", ended: "Sale ended" }[p];
+    }
     button.setAttribute("aria-label", `${button.textContent}: ${product.name}`);
     select.disabled = button.disabled;
     $(".quantity-label", card).hidden = most <= 1 || button.disabled;
@@ -546,6 +591,96 @@
     if (document.hidden) return; // visibilitychange starts it again
     const ok = await refreshProducts();
     schedulePoll(ok ? POLL_MS : POLL_BACKOFF_MS);
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Waiting room: join, then poll the place with the API's suggested interval (backing off on failures)
+
+  /** The card's line panel: the place, how far the shopper has come since joining, and the estimate. */
+  function renderQueue(card, product, place, now) {
+    const panel = $(".queue-panel", card);
+    panel.hidden = !product.waitingRoom || !place;
+    if (panel.hidden) return;
+    panel.dataset.status = place.status;
+    const text = $(".queue-text", panel);
+    const progress = $(".queue-progress", panel);
+    const estimate = $(".queue-estimate", panel);
+    if (place.status === "WAITING") {
+      text.textContent = `You are number ${place.position} in line` +
+        (place.ahead ? ` (${place.ahead} ahead of you)` : " — you are next");
+      const first = place.firstPosition || place.position;
+      progress.value = first > 1 ? Math.round(((first - place.position) / (first - 1)) * 100) : 100;
+      estimate.textContent = `About ${durationWords(Math.max(place.estimateMs, 1000))} to go` +
+        (now < product.startsAt ? "; places among early arrivals are drawn at random when the sale opens." : ".");
+    } else if (place.status === "ADMITTED" && place.admittedUntil > now) {
+      text.textContent = "It is your turn: reserve now.";
+      progress.value = 100;
+      estimate.textContent = `Your turn lasts ${durationWords(place.admittedUntil - now)}.`;
+    } else if (place.status === "SOLD_OUT") {
+      text.textContent = "Sold out while you waited. Sorry!";
+      estimate.textContent = "";
+    } else {
+      text.textContent = place.status === "ENDED" ? "The sale has ended." : "Your turn has passed: join the line again.";
+      estimate.textContent = "";
+    }
+  }
+
+  function noteQueue(skuId, answer) {
+    const place = readQueue(answer);
+    const before = state.queue.get(skuId);
+    place.firstPosition = before?.firstPosition || place.position;
+    state.queue.set(skuId, place);
+    return place;
+  }
+
+  async function joinQueue(skuId) {
+    if (!state.token) return;
+    const key = `queue:${skuId}`;
+    if (state.busy.has(key)) return;
+    state.busy.add(key);
+    renderAllProducts();
+    try {
+      const place = noteQueue(skuId, await api("POST", `/sales/${encodeURIComponent(skuId)}/queue`));
+      announce(`You are in line for ${productName(skuId)}: number ${place.position}.`, "success");
+      scheduleQueuePoll(skuId, place.pollAfterMs);
+    } catch (error) {
+      refuse(error, { skuId });
+    } finally {
+      state.busy.delete(key);
+      renderAllProducts();
+    }
+  }
+
+  function scheduleQueuePoll(skuId, delay) {
+    clearTimeout(state.queueTimers.get(skuId));
+    state.queueTimers.set(skuId, setTimeout(() => pollQueue(skuId, delay), delay * (0.9 + Math.random() * 0.2)));
+  }
+
+  async function pollQueue(skuId, lastDelay) {
+    if (!state.token) return;
+    try {
+      const was = state.queue.get(skuId)?.status;
+      const place = noteQueue(skuId, await api("GET", `/sales/${encodeURIComponent(skuId)}/queue`));
+      if (place.status === "ADMITTED" && was !== "ADMITTED") {
+        announce(`It is your turn for ${productName(skuId)}: reserve within ${durationWords(place.admittedUntil - serverNow())}.`, "success");
+      }
+      renderAllProducts();
+      if (place.status === "WAITING" || place.status === "ADMITTED") scheduleQueuePoll(skuId, place.pollAfterMs);
+    } catch (error) {
+      if (error.code === "NOT_IN_QUEUE") {
+        state.queue.delete(skuId);
+        renderAllProducts();
+        return;
+      }
+      scheduleQueuePoll(skuId, Math.min(30_000, Math.max(2000, lastDelay * 2))); // back off
+    }
+  }
+
+  /** After a reload or a sign-in: the shopper's places in the waiting rooms, if any. */
+  function restoreQueues() {
+    for (const product of state.products.values()) {
+      if (product.waitingRoom && state.token && !state.queue.has(product.skuId)) pollQueue(product.skuId, 1000);
+    }
   }
 
   // ---------------------------------------------------------------------------------------------------------------
@@ -837,6 +972,7 @@
     refreshProducts().then(() => {
       renderHolds();
       renderOrders();
+      restoreQueues();
       schedulePoll(POLL_MS);
     });
     // One clock for the countdowns, independent of the network.

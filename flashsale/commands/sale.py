@@ -246,6 +246,28 @@ def put_table(sale: Sale, now_ms: int) -> Table:
 @click.option("--ends-at", metavar="WHEN", help="Like --starts-at; must be after it.")
 @click.option("--ttl", "reservation_ttl_s", metavar="SECONDS", help="How long a hold lasts.")
 @click.option("--pause/--resume", "paused", default=None, help="Refuse reservations, or take them again.")
+@click.option(
+    "--waiting-room",
+    "waiting_room_admit_per_s",
+    metavar="PER_S",
+    help="Put a waiting room in front of the sale, admitting PER_S shoppers a second.",
+)
+@click.option("--waiting-room-opens", "waiting_room_opens_at", metavar="WHEN", help="When the line opens.")
+@click.option(
+    "--waiting-room-stock-factor",
+    "waiting_room_stock_factor",
+    metavar="N",
+    help="At most N x available shoppers admitted and not yet reserving (0: the rate alone).",
+)
+@click.option(
+    "--waiting-room-admission",
+    "waiting_room_admission_s",
+    metavar="SECONDS",
+    help="How long an admission lasts.",
+)
+@click.option(
+    "--no-waiting-room", "no_waiting_room", is_flag=True, default=None, help="Turn the waiting room off."
+)
 @wait_option
 @json_option
 @click.pass_obj
@@ -261,6 +283,8 @@ def put(settings: Settings, sku: str, wait_s: float, as_json: bool, **options: s
     """
     # The options are named after the sale file's fields: SKU and options make one record of a file.
     record: dict[str, Any] = {"sku": sku}
+    if options.pop("no_waiting_room", None):
+        record["waiting_room"] = "false"
     for field, value in options.items():
         if value is not None:
             record[field] = str(value).lower() if isinstance(value, bool) else value
@@ -278,7 +302,7 @@ def put(settings: Settings, sku: str, wait_s: float, as_json: bool, **options: s
 
 # -- sale status -------------------------------------------------------------------------------------------
 _STATUS_COLUMNS = ("SKU", "name", "price", "window", "total", "available", "reserved", "sold", "holds",
-                   "write-behind lag")  # fmt: skip
+                   "queue", "write-behind lag")  # fmt: skip
 
 
 def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, Any]:
@@ -295,6 +319,7 @@ def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, An
                 **sale_json(sale_),
                 "window": _window(sale_, now_ms),
                 "holds": int(engine.redis.zcard(partition.holds(sale_.sku))),
+                "queue": _queue_json(engine, sale_),
                 "writeback_lag": None
                 if lags is None
                 else {
@@ -305,6 +330,34 @@ def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, An
             }
         )
     return {"now": now_ms, "sales": sales}
+
+
+def _queue_json(engine: Engine, sale_: Sale) -> dict[str, Any] | None:
+    """A waiting room as ``sale status --json`` shows it; None for a sale without one on."""
+    if sale_.waiting_room is None or not sale_.waiting_room.on:
+        return None
+    q = engine.queue_figures(sale_.sku)
+    return {
+        "line": q.line,
+        "admitted_now": q.admitted_live,
+        "joined": q.joined,
+        "admitted": q.admitted,
+        "abandoned": q.lapsed,
+        "sent_away": q.sent_away,
+        "closed": q.closed,
+        "admit_per_s": sale_.waiting_room.admit_per_s,
+        "first_admitted_at": q.first_admitted_at or None,
+        "wait_p50_s": q.wait_quantile_s(0.5),
+        "wait_p99_s": q.wait_quantile_s(0.99),
+    }
+
+
+def _queue_cell(queue: dict[str, Any] | None) -> str:
+    if queue is None:
+        return "-"
+    if queue["closed"]:
+        return f"closed ({queue['closed']}), {queue['sent_away']} sent away"
+    return f"{queue['line']} in line, {queue['admitted_now']} admitted ({queue['admit_per_s']}/s)"
 
 
 def status_table(status: dict[str, Any]) -> Table:
@@ -329,6 +382,7 @@ def status_table(status: dict[str, Any]) -> Table:
             _money(row["flash_price_cents"]),
             row["window"],
             *(str(row[field]) for field in ("total", "available", "reserved", "sold", "holds")),
+            _queue_cell(row["queue"]),
             shown_lag,
         )
     return table
@@ -347,7 +401,9 @@ def status(settings: Settings, as_json: bool) -> None:
     --json prints {"now": <Redis clock, ms>, "sales": [<sale>, ...]}; a sale has sku, name, price_cents,
     flash_price_cents, total, available, reserved, sold, per_user_limit, starts_at, ends_at (ms, 0 = no
     bound), reservation_ttl_ms, paused, created_at, updated_at, window ("live", "paused", "ended",
-    "starts in ..."), holds and writeback_lag {partition, pending, oldest_age_ms}.
+    "starts in ..."), holds, queue (null without a waiting room, else {line, admitted_now, joined,
+    admitted, abandoned, sent_away, closed, admit_per_s, first_admitted_at, wait_p50_s, wait_p99_s}) and
+    writeback_lag {partition, pending, oldest_age_ms}.
     """
     from flashsale.writeback.lag import read_lag
 

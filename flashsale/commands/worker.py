@@ -12,6 +12,7 @@ from flashsale.engine.settings import Settings
 @click.option("--worker-id", default=None, help="Name in leases and logs (default: host-pid-random).")
 @click.option("--no-sweep", is_flag=True, help="Do not run the reservation expiry sweeper.")
 @click.option("--no-settle", is_flag=True, help="Do not run payment settlement (capture, void, refund).")
+@click.option("--no-admit", is_flag=True, help="Do not admit shoppers from the sales' waiting rooms.")
 @click.option("--no-trim", is_flag=True, help="Keep the streams whole (no XTRIM) e.g. to replay them later.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=None, help="Events per batch.")
 @click.option("--lease-ms", type=click.IntRange(500, 600_000), default=None, help="Partition lease length.")
@@ -21,6 +22,7 @@ def worker(
     worker_id: str | None,
     no_sweep: bool,
     no_settle: bool,
+    no_admit: bool,
     no_trim: bool,
     batch_size: int | None,
     lease_ms: int | None,
@@ -36,6 +38,7 @@ def worker(
         worker_id=worker_id,
         sweep=not no_sweep,
         settle=not no_settle,
+        admit=not no_admit,
         trim=not no_trim,
         batch_size=batch_size,
         lease_ms=lease_ms,

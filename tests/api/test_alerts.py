@@ -52,6 +52,10 @@ def test_every_metric_and_label_the_alerts_use_is_exported_by_the_api(
     load_sale(total=1)
     rid = reserve(http, api, "alice").json()["id"]
     checkout(http, api, "alice", rid)
+    load_sale("SKU-ROOM", total=5)  # a waiting room's series
+    room = {"admitPerSecond": 5}
+    admin = api.auth("ops", admin=True)
+    assert http.put(f"{V1}/admin/sales/SKU-ROOM/waiting-room", json=room, headers=admin).status_code == 200
     exported: dict[str, list[dict[str, str]]] = {}
     for family in text_string_to_metric_families(http.get("/metrics").text):
         for sample in family.samples:

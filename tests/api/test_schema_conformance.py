@@ -15,6 +15,9 @@ The exceptions, all "valid input refused" (schemathesis's positive_data_acceptan
 - 400 ``INVALID_ARGUMENT`` "ends_at must be after starts_at": a rule between two fields, which JSON
   Schema cannot state (tests/api/test_admin.py::
   test_an_admin_creates_a_sale_changes_it_restocks_and_pauses_it).
+- 400 ``INVALID_ARGUMENT`` "the waiting room must open before the sale starts": the room's ``opensAt``
+  against the sale's start, another rule between two values (tests/api/test_waiting_room.py::
+  test_bad_waiting_room_requests_are_refused_and_change_nothing).
 - 400 ``INVALID_ARGUMENT`` "name must be 1-200 bytes": the Struct counts characters, the script bytes
   (lua/load_sale.lua); test_a_sale_name_over_200_bytes_is_the_one_length_rule_the_document_cannot_state.
 """
@@ -63,7 +66,11 @@ STATEFUL = settings(
 
 _IDENTIFIER = re.compile(openapi.PATH_PARAMETERS["skuId"]["pattern"])
 STATE_REFUSALS = {"OUT_OF_STOCK", "INVALID_QUANTITY"}
-RULES_BEYOND_JSON_SCHEMA = ("ends_at must be after starts_at", "name must be 1-200 bytes")
+RULES_BEYOND_JSON_SCHEMA = (
+    "ends_at must be after starts_at",
+    "name must be 1-200 bytes",
+    "the waiting room must open before the sale starts",
+)
 
 
 def _documented_refusal(response: Any) -> bool:

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import pytest
 from flashsale.engine import Engine, OrderStatus, ReservationStatus, SaleSettings
+from flashsale.engine.models import WaitingRoom
 from playwright.sync_api import BrowserContext, Locator, Page, Playwright, expect, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
@@ -405,4 +406,42 @@ def test_with_demo_sign_in_a_shopper_signs_in_by_name_and_reserves(
     expect(page.get_by_role("status")).to_have_text(re.compile(r"^Reserved 1 × Demo kettle\."))
     assert counters(engine, "SKU-DEMO") == (2, 1, 0, 3)
     assert engine.user_counts("SKU-DEMO", "heidi").held == 1
+    assert errors == []
+
+
+def test_a_waiting_room_shows_the_place_and_progress_then_the_reserve_button_once_admitted(
+    storefront: ApiServer, engine: Engine, browser: BrowserContext, screenshots: Path
+) -> None:
+    """A sale with a waiting room: the card offers "Join the line"; in line it shows the place, a progress
+    bar and an estimate, polled from the API; the admitter (its script, run here under a lease this test
+    holds) lets the shoppers ahead in, then her; the Reserve button comes back and her hold is made."""
+    now = redis_now_ms(engine)
+    engine.load_sale(SaleSettings(
+        sku="SKU-DROP", name="Limited Sneaker", price_cents=18_000, flash_price_cents=9_000, total=10,
+        per_user_limit=1, starts_at=now - 1_000, reservation_ttl_ms=300_000,
+    ))  # fmt: skip
+    engine.set_waiting_room("SKU-DROP", WaitingRoom(admit_per_s=100, admission_ttl_ms=120_000))
+    engine.redis.set(engine.keys.for_sku("SKU-DROP").admitter_lease("SKU-DROP"), "browser-test")
+    for user in ("bob", "carol"):
+        engine.join_queue("SKU-DROP", user)
+    page, errors = open_storefront(browser, storefront)
+    sign_in(page, storefront, "alice")
+    drop = card(page, "SKU-DROP")
+    drop.get_by_role("button", name="Join the line: Limited Sneaker").click()
+    expect(drop.locator(".queue-text")).to_have_text("You are number 3 in line (2 ahead of you)")
+    expect(drop.locator(".queue-estimate")).to_contain_text("to go")
+    expect(drop.get_by_role("button", name="In line: Limited Sneaker")).to_be_disabled()
+    assert drop.locator(".queue-progress").get_attribute("value") == "0"
+    page.screenshot(path=screenshots / "6-in-line.png", full_page=True)
+
+    assert engine.admit("SKU-DROP", "browser-test", batch=1).admitted == 1  # bob
+    expect(drop.locator(".queue-text")).to_have_text("You are number 2 in line (1 ahead of you)")
+    expect(drop.locator(".queue-progress")).to_have_attribute("value", "50")
+    engine.admit("SKU-DROP", "browser-test", batch=2)  # carol, then alice
+    expect(drop.locator(".queue-text")).to_have_text("It is your turn: reserve now.")
+    drop.get_by_role("button", name="Reserve: Limited Sneaker").click()
+    expect(page.locator(".hold .hold-title")).to_have_text("1 × Limited Sneaker")
+    assert engine.user_counts("SKU-DROP", "alice").held == 1
+    assert counters(engine, "SKU-DROP") == (9, 1, 0, 10)
+    page.screenshot(path=screenshots / "7-admitted.png", full_page=True)
     assert errors == []

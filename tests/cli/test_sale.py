@@ -183,9 +183,9 @@ def test_status_shows_counters_holds_and_write_behind_lag(
     assert result.exit_code == 0, result.output
     camera = next(line for line in result.output.splitlines() if "SKU-CAM-1" in line)
     cells = [cell.strip() for cell in camera.split("│") if cell.strip()]
-    # SKU, name, price, window, total, available, reserved, sold, holds, lag
-    assert cells[3:9] == ["live", "30", "27", "2", "1", "1"]
-    assert cells[9].startswith("5 events")  # sale_loaded, reserved, reserved, checkout_started, confirmed
+    # SKU, name, price, window, total, available, reserved, sold, holds, queue, lag
+    assert cells[3:10] == ["live", "30", "27", "2", "1", "1", "-"]
+    assert cells[10].startswith("5 events")  # sale_loaded, reserved, reserved, checkout_started, confirmed
     lens = next(line for line in result.output.splitlines() if "SKU-LENS-2" in line)
     assert "starts in" in lens
 
@@ -194,9 +194,10 @@ def test_status_shows_counters_holds_and_write_behind_lag(
 SALE_KEYS = {
     "sku", "name", "price_cents", "flash_price_cents", "total", "available", "reserved", "sold",
     "per_user_limit", "starts_at", "ends_at", "reservation_ttl_ms", "paused", "created_at", "updated_at",
+    "waiting_room",
 }  # fmt: skip
 STATUS_HEADERS = ("SKU", "name", "price", "window", "total", "available", "reserved", "sold", "holds",
-                  "write-behind lag")  # fmt: skip
+                  "queue", "write-behind lag")  # fmt: skip
 
 
 def test_status_never_cuts_a_header_or_a_value_however_wide_the_table(
@@ -218,7 +219,8 @@ def test_status_never_cuts_a_header_or_a_value_however_wide_the_table(
     assert cells[1].endswith("…")  # only the name is shortened, on purpose
     assert cells[3].startswith("starts in 58m")
     assert cells[4:6] == ["1000000", "1000000"]
-    assert cells[9] == "1 events, " + cells[9].split(", ")[1]
+    assert cells[9] == "-"  # no waiting room
+    assert cells[10] == "1 events, " + cells[10].split(", ")[1]
 
 
 def test_status_json_is_one_document_with_every_sku_its_holds_and_lag(
@@ -235,7 +237,8 @@ def test_status_json_is_one_document_with_every_sku_its_holds_and_lag(
     assert set(document) == {"now", "sales"}
     assert abs(document["now"] - redis_ms(engine)) < 10_000
     camera, lens = document["sales"]
-    assert set(camera) == SALE_KEYS | {"window", "holds", "writeback_lag"}
+    assert set(camera) == SALE_KEYS | {"window", "holds", "queue", "writeback_lag"}
+    assert camera["queue"] is None  # no waiting room
     assert (camera["sku"], camera["window"], camera["holds"]) == ("SKU-CAM-1", "live", 1)
     assert (camera["total"], camera["available"], camera["reserved"], camera["sold"]) == (30, 27, 2, 1)
     assert (camera["price_cents"], camera["flash_price_cents"], camera["per_user_limit"]) == (
@@ -426,3 +429,33 @@ def test_put_without_a_running_worker_says_so(redis_url: str, database_url: str)
     result = cli(env, "sale", "put", "SKU-MUG", "--total", "3", "--wait", "0.5", "--json")
     assert result.exit_code == 1
     assert "PostgreSQL still lacks SKU-MUG: is `flashsale worker` running?" in result.output
+
+
+def test_a_waiting_room_from_a_sale_file_and_sale_put_shows_in_sale_status(
+    engine: Engine, redis_url: str, tmp_path: Path
+) -> None:
+    env = {"FLASHSALE_REDIS_URL": redis_url}
+    document = {"skus": [{"sku": "SKU-DROP", "stock": 5, "starts_at": "now-1m",
+                          "waiting_room": {"admit_per_s": 40, "admission_s": 90}}]}  # fmt: skip
+    assert cli(env, "sale", "load", str(write_json(tmp_path, document))).exit_code == 0
+    room = engine.get_sale("SKU-DROP").waiting_room
+    assert room is not None
+    assert (room.on, room.admit_per_s, room.admission_ttl_ms) == (True, 40, 90_000)
+    engine.join_queue("SKU-DROP", "alice")
+    engine.join_queue("SKU-DROP", "bob")
+    status = json.loads(cli(env, "sale", "status", "--json").output)["sales"][0]
+    assert status["queue"]["line"] == 2
+    assert status["queue"]["admit_per_s"] == 40
+    assert "2 in line, 0 admitted (40/s)" in cli(env, "sale", "status").output
+
+    put = cli(
+        env, "sale", "put", "SKU-DROP", "--waiting-room", "7", "--waiting-room-stock-factor", "2", "--json"
+    )
+    assert json.loads(put.output)["sale"]["waiting_room"]["admit_per_s"] == 7
+    assert engine.get_sale("SKU-DROP").waiting_room.stock_factor == 2  # type: ignore[union-attr]
+    refused = cli(env, "sale", "put", "SKU-DROP", "--waiting-room", "0")
+    assert refused.exit_code != 0
+    assert "admit_per_s" in refused.output
+    assert engine.get_sale("SKU-DROP").waiting_room.admit_per_s == 7  # type: ignore[union-attr]
+    assert cli(env, "sale", "put", "SKU-DROP", "--no-waiting-room").exit_code == 0
+    assert json.loads(cli(env, "sale", "status", "--json").output)["sales"][0]["queue"] is None

@@ -12,7 +12,8 @@ from typing import Any
 
 from engine_checks import keyspace, sku_in_partition
 from flashsale.engine import Engine, EngineConfig, SaleSettings
-from flashsale.engine.operations import Call, Operations
+from flashsale.engine.models import WaitingRoom
+from flashsale.engine.operations import Call, Operations, RateLimit
 from redis.crc import key_slot
 
 
@@ -26,7 +27,11 @@ def _calls_of_every_operation(ops: Operations, sku: str) -> dict[str, list[Call[
     oid = f"ord_{p.index}_0123456789abcdef"
     return {
         "load_sale": [ops.load_sale(SaleSettings(sku=sku, total=10, name="Thing"))],
-        "reserve": [ops.reserve(sku, "alice", 1, None), ops.reserve(sku, "alice", 2, "retry-key")],
+        "reserve": [
+            ops.reserve(sku, "alice", 1, None),
+            ops.reserve(sku, "alice", 2, "retry-key"),
+            ops.reserve(sku, "alice", 1, None, RateLimit(5, 10)),
+        ],
         "begin_checkout": [
             ops.begin_checkout(rid, "alice", "card", None),
             ops.begin_checkout(rid, "alice", "card", "k"),
@@ -39,6 +44,10 @@ def _calls_of_every_operation(ops: Operations, sku: str) -> dict[str, list[Call[
         "fulfil_order": [ops.fulfil_order(oid)],
         "restock": [ops.restock(sku, 5)],
         "noop": [ops.noop(sku)],
+        "set_waiting_room": [ops.set_waiting_room(sku, WaitingRoom())],
+        "queue_join": [ops.queue_join(sku, "alice"), ops.queue_join(sku, "alice", RateLimit(5, 10))],
+        "queue_status": [ops.queue_status(sku, "alice"), ops.queue_status(sku, "alice", RateLimit(5, 10))],
+        "queue_admit": [ops.queue_admit(sku, "worker-1", 100)],
     }
 
 
@@ -124,6 +133,13 @@ def test_the_keys_the_scripts_build_themselves_share_the_slot_of_the_call(gracel
         run("reserve", sku, lambda sku=sku: engine.reserve(sku, "gina"))  # lazy expiry of the other two
         run("expire", sku, lambda sku=sku: engine.expire(engine.keys.for_sku(sku).index))
         run("noop", sku, lambda sku=sku: engine.noop(sku))
+        # A waiting room: its settings, a join, a step of its admitter, a reservation with an admission.
+        run("set_waiting_room", sku, lambda sku=sku: engine.set_waiting_room(sku, WaitingRoom()))
+        run("queue_join", sku, lambda sku=sku: engine.join_queue(sku, "hank", rate=RateLimit(5, 10)))
+        engine.redis.set(engine.keys.for_sku(sku).admitter_lease(sku), "w")
+        run("queue_admit", sku, lambda sku=sku: engine.admit(sku, "w"))
+        run("queue_status", sku, lambda sku=sku: engine.queue_status(sku, "hank", rate=RateLimit(5, 10)))
+        run("reserve", sku, lambda sku=sku: engine.reserve(sku, "hank", rate=RateLimit(5, 10)))
     assert {_plain.id for _plain, _, _ in held.values()}  # the scenario did hold units
 
     # Every state-changing script wrote something (so the checks above had something to judge) ...

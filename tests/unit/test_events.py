@@ -42,6 +42,9 @@ def test_every_type_has_a_layout_and_an_effect() -> None:
         "confirmed": CONFIRMED[1:],
         "order_cancelled": ("rsv_3_a", "ord_3_b", "alice", 2),
         "order_fulfilled": ("rsv_3_a", "ord_3_b", "alice"),
+        "waiting_room_set": (1, 0, 50, 2, 120_000),
+        "queue_admitted": (2, ["alice", "bob"]),
+        "queue_closed": (7,),
     }
     assert set(samples) == {t.value for t in EventType}
     for kind, fields in samples.items():

@@ -1,0 +1,112 @@
+"""The waiting rooms' admitter: lets shoppers in at each room's rate, one worker per sale.
+
+Each sale with a waiting room (lua/set_waiting_room.lua) has a lease, ``fs:{pN}:wr:lease:<sku>``, taken
+with ``SET NX PX`` and renewed by compare-and-set like the partition leases (writeback.leases), so exactly
+one worker admits to a sale at a time; when it dies, another takes the lease once it lapses. About ten
+times a second the holder runs ``lua/queue_admit.lua``, which checks the lease itself (a stalled worker
+that lost it admits nobody), ends lapsed admissions, and admits the next shoppers by a token bucket kept
+in the room's own hash: a restarted or new admitter carries on from Redis, with nothing kept here but
+which leases it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from flashsale.engine import AsyncEngine
+from flashsale.engine.keys import Keyspace
+from flashsale.engine.scripts import assemble
+
+log = logging.getLogger("flashsale.writeback.admitter")
+
+
+@dataclass(slots=True)
+class AdmitterStats:
+    admitted: int = 0  # shoppers this worker let in
+    sent_away: int = 0  # shoppers told SOLD_OUT
+    steps: int = 0
+
+
+class Admitter:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        client: aioredis.Redis,
+        keyspace: Keyspace,
+        worker_id: str,
+        lease_ms: int,
+        *,
+        batch: int = 1000,
+    ) -> None:
+        self.engine = engine
+        self.redis = client
+        self.keyspace = keyspace
+        self.worker_id = worker_id
+        self.lease_ms = lease_ms
+        self.batch = batch
+        self.stats = AdmitterStats()
+        self.rooms: list[str] = []  # the SKUs whose sale has a waiting room on
+        self.held: dict[str, float] = {}  # sku -> monotonic time its lease was last taken or renewed
+        self._renew = client.register_script(assemble("lease_renew"))
+        self._release = client.register_script(assemble("lease_release"))
+
+    async def discover(self) -> list[str]:
+        """The SKUs whose sale has a waiting room on (every partition's catalog, one pipeline each way)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in self.keyspace.all():
+            pipe.smembers(p.catalog())
+        skus = sorted(str(sku) for members in await pipe.execute() for sku in members)
+        pipe = self.redis.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hget(self.keyspace.for_sku(sku).sku(sku), "waiting_room")
+        self.rooms = [sku for sku, on in zip(skus, await pipe.execute(), strict=True) if on == "1"]
+        for sku in set(self.held) - set(self.rooms):  # a room turned off: let its lease go
+            await self._give_up(sku)
+        return self.rooms
+
+    async def step(self) -> None:
+        """One round: take or renew each room's lease, then admit in the rooms held."""
+        for sku in self.rooms:
+            if not await self._hold(sku):
+                continue
+            outcome = await self.engine.admit(sku, self.worker_id, self.batch)
+            self.stats.steps += 1
+            if outcome.outcome == "LEASE_LOST":
+                self.held.pop(sku, None)
+                log.warning("event=admitter_lease_lost worker=%s sku=%s", self.worker_id, sku)
+                continue
+            self.stats.admitted += outcome.admitted
+            self.stats.sent_away += outcome.sent_away
+            if outcome.sent_away:
+                sent = outcome.sent_away
+                log.info("event=queue_sold_out worker=%s sku=%s sent_away=%d", self.worker_id, sku, sent)
+
+    async def _hold(self, sku: str) -> bool:
+        lease = self.keyspace.for_sku(sku).admitter_lease(sku)
+        now = time.monotonic()
+        taken = self.held.get(sku)
+        if taken is None:
+            if not await self.redis.set(lease, self.worker_id, nx=True, px=self.lease_ms):
+                return False
+            self.held[sku] = now
+            log.info("event=admitter_acquired worker=%s sku=%s", self.worker_id, sku)
+            return True
+        if now - taken > self.lease_ms / 3000:
+            if not await self._renew(keys=[lease], args=[self.worker_id, self.lease_ms]):
+                self.held.pop(sku, None)
+                log.warning("event=admitter_lease_lost worker=%s sku=%s", self.worker_id, sku)
+                return False
+            self.held[sku] = now
+        return True
+
+    async def _give_up(self, sku: str) -> None:
+        self.held.pop(sku, None)
+        await self._release(keys=[self.keyspace.for_sku(sku).admitter_lease(sku)], args=[self.worker_id])
+
+    async def release_all(self) -> None:
+        """Lets every lease go (a clean stop), so another worker takes over at once."""
+        for sku in list(self.held):
+            await self._give_up(sku)
