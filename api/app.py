@@ -60,14 +60,15 @@ def _responder(endpoint: Endpoint) -> ASGIApp:
     async def respond(scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         api: Api = scope["app"].state.api
-        caller = None
+        caller = shared_rate = None
         if access == "user":
             caller = api.auth.caller(request)
-            api.limiter.take(caller.user)
+            if api.limiter.take(caller.user):
+                shared_rate = api.rate
         elif access == "admin":
             caller = api.auth.admin(request)
         body = None if body_type is None else await read_json(request, body_type, api.settings.max_body_bytes)
-        result = await handler(api, Call(request, caller, body))
+        result = await handler(api, Call(request, caller, body, shared_rate))
         if isinstance(result, Response):
             await result(scope, receive, send)
             return

@@ -23,12 +23,16 @@ class UserRateLimiter:
         # user -> (tokens left, monotonic time of the last refill); least recently seen first.
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def take(self, user: str) -> None:
-        """Spends one token of the user's bucket, or refuses with 429 and when to come back."""
+    def take(self, user: str) -> bool:
+        """Spends one token of the user's bucket, or refuses with 429 and when to come back. True when
+        this process has seen the user lately (their bucket was here): the calls that check the shared
+        rate in Redis do so only then (api.context.Api.rate)."""
         if self.rate <= 0:
-            return
+            return False
         now = time.monotonic()
-        tokens, last = self._buckets.pop(user, (self.burst, now))
+        bucket = self._buckets.pop(user, None)
+        seen = bucket is not None
+        tokens, last = bucket or (self.burst, now)
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens < 1.0:
             self._buckets[user] = (tokens, now)
@@ -43,3 +47,4 @@ class UserRateLimiter:
         if len(self._buckets) > self._users:
             # A user unseen for a while would have a full bucket anyway: forgetting them changes nothing.
             self._buckets.popitem(last=False)
+        return seen

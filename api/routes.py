@@ -36,6 +36,7 @@ from flashsale.api.schemas import (
 from flashsale.api.soldout import sold_out
 from flashsale.engine import FlashSaleError, Forbidden, SaleSettings
 from flashsale.engine.models import WaitingRoom
+from flashsale.engine.operations import RateLimit
 from flashsale.writeback.lag import read_lag_async
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
@@ -54,6 +55,7 @@ class Call:
     request: Request
     caller: Caller | None
     body: Any
+    shared_rate: RateLimit | None = None  # Api.rate when this process has seen the caller before
 
     @property
     def user(self) -> str:
@@ -125,7 +127,7 @@ async def create_reservation(api: Api, call: Call) -> ReservationBody:
     stamp = api.soldout.stamp(body.sku_id)
     try:
         reservation = await api.engine.reserve(
-            body.sku_id, call.user, body.quantity, idempotency_key=key, rate=api.rate
+            body.sku_id, call.user, body.quantity, idempotency_key=key, rate=call.shared_rate
         )
     except FlashSaleError as error:
         api.metrics.count_reservation(error.code)
@@ -151,14 +153,14 @@ async def release_reservation(api: Api, call: Call) -> ReservationBody:
 # -- waiting room ------------------------------------------------------------------------------------------
 async def join_queue(api: Api, call: Call) -> QueueBody:
     """Take a place in the SKU's waiting room (once: a repeat answers the same place, ``new`` false)."""
-    standing = await api.engine.join_queue(call.param("skuId"), call.user, rate=api.rate)
+    standing = await api.engine.join_queue(call.param("skuId"), call.user, rate=call.shared_rate)
     api.metrics.count_join("joined" if standing.new else "repeat")
     return schemas.queue(standing)
 
 
 async def queue_position(api: Api, call: Call) -> QueueBody:
     """Where the caller stands in the SKU's waiting room: place, people ahead, estimate, or admitted."""
-    return schemas.queue(await api.engine.queue_status(call.param("skuId"), call.user, rate=api.rate))
+    return schemas.queue(await api.engine.queue_status(call.param("skuId"), call.user, rate=call.shared_rate))
 
 
 # -- orders ------------------------------------------------------------------------------------------------

@@ -223,3 +223,20 @@ def test_the_rate_limit_holds_across_two_api_processes(
         f"one bucket allows {expected:.0f}"
     )
     assert abs(allowed - expected) <= 0.1 * expected + 2, (allowed, expected)
+
+
+def test_a_users_first_request_to_a_process_skips_the_shared_rate_and_later_ones_keep_it(
+    start_server: Callable[..., ApiServer], engine: Engine, load_sale: Callable[..., Sale]
+) -> None:
+    """Most shoppers press once: their first request to a process costs Redis no rate bucket. From the
+    second on, the shared rate is kept in Redis (the bucket key lives while it is not full: 10 s here)."""
+    api = start_server(user_rate_limit_per_s=0.1, user_rate_burst=5)
+    load_sale(total=100, per_user_limit=10)
+    bucket = engine.keys.for_sku(SKU).rate("twice")
+    with api.client() as http:
+        first = http.post(f"{V1}/reservations", json={"skuId": SKU}, headers=api.auth("twice"))
+        assert first.status_code == 201, first.text
+        assert engine.redis.exists(bucket) == 0
+        second = http.post(f"{V1}/reservations", json={"skuId": SKU}, headers=api.auth("twice"))
+        assert second.status_code == 201, second.text
+        assert engine.redis.exists(bucket) == 1
