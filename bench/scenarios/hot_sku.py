@@ -20,7 +20,7 @@ from flashsale.bench.checks import invariant_1, replayed_counters, sku_counters
 from flashsale.bench.load import LoadResult, async_engine, drive, run, warm_up
 from flashsale.bench.options import Options
 from flashsale.bench.report import Report
-from flashsale.bench.servers import redis_cpu_seconds, redis_version, running
+from flashsale.bench.servers import redis_version, running
 from flashsale.engine import AsyncEngine, SaleSettings
 
 
@@ -57,7 +57,7 @@ class Settings:
 BIG_STOCK = 100_000_000
 
 
-def _level_row(result: LoadResult, redis_cpu: float) -> list[Any]:
+def _level_row(result: LoadResult) -> list[Any]:
     lat = result.latencies.summary()
     return [
         result.clients,
@@ -67,9 +67,49 @@ def _level_row(result: LoadResult, redis_cpu: float) -> list[Any]:
         lat["p50_ms"],
         lat["p99_ms"],
         lat["p99_9_ms"],
-        round(result.client_cpu_s, 1),
-        round(redis_cpu, 1),
+        round(result.client_us, 1),
+        round(result.redis_us, 1),
     ]
+
+
+# The calls whose cost per call is measured through the same client, in this order.
+NOOP, SOLD_OUT, FULL = "no-op", "sold-out refusal", "reserve, full work"
+# Issue 14's targets for Redis's CPU per call (µs): a reserve doing its full work, a sold-out refusal.
+REDIS_TARGETS_US = {FULL: 12.0, SOLD_OUT: 3.0}
+
+
+async def call_costs(
+    engine: AsyncEngine, url: str, clients: int, attempts: int, max_seconds: float, tag: str
+) -> dict[str, LoadResult]:
+    """The no-op script, reserve on a sold-out SKU (every call refused OUT_OF_STOCK) and reserve on a SKU
+    with stock for every call (full work each time), one after the other through the same client, each
+    with the client's and Redis's CPU time. Each call is a distinct user."""
+    noop_sku, sold_out, big = f"noop-{tag}", f"soldout-{tag}", f"stock-{tag}"
+    await engine.load_sale(SaleSettings(sku=noop_sku, total=1))
+    await engine.load_sale(SaleSettings(sku=sold_out, total=1, reservation_ttl_ms=3_600_000))
+    await engine.reserve(sold_out, f"first-{tag}")
+    await engine.load_sale(
+        SaleSettings(sku=big, total=BIG_STOCK, per_user_limit=1_000_000, reservation_ttl_ms=3_600_000)
+    )
+    await warm_up(engine, clients, noop_sku)
+    calls = {
+        NOOP: lambda i: engine.noop(noop_sku),
+        SOLD_OUT: lambda i: engine.reserve(sold_out, f"s{tag}-{i}"),
+        FULL: lambda i: engine.reserve(big, f"f{tag}-{i}"),
+    }
+    return {
+        name: await drive(clients, attempts, call, max_seconds=max_seconds, redis_url=url)
+        for name, call in calls.items()
+    }
+
+
+def check_call_costs(report: Report, costs: dict[str, LoadResult], label: str = "") -> None:
+    expected = {NOOP: "ok", SOLD_OUT: "OUT_OF_STOCK", FULL: "ok"}
+    report.check(
+        f"{label}per-call runs: no-op and full reserve all ok, every sold-out call OUT_OF_STOCK",
+        all(set(costs[name].outcomes) == {outcome} for name, outcome in expected.items()),
+        "; ".join(f"{name} {dict(costs[name].outcomes)}" for name in expected),
+    )
 
 
 async def _engine_runs(url: str, s: Settings, run_id: str, report: Report) -> dict[str, Any]:
@@ -86,27 +126,25 @@ async def _engine_runs(url: str, s: Settings, run_id: str, report: Report) -> di
                 )
             )
             await warm_up(engine, clients, sku)
-            cpu = redis_cpu_seconds(url)
             result = await drive(
                 clients,
                 s.attempts,
                 lambda i, sku=sku: engine.reserve(sku, f"u{i}"),
                 max_seconds=s.max_seconds,
+                redis_url=url,
             )
-            redis_cpu = redis_cpu_seconds(url) - cpu
             counters = await sku_counters(engine, sku)
             replayed = (await replayed_counters(engine, {sku})).get(sku)
             level = {
                 **result.as_dict(),
                 "sku": sku,
                 "units": s.units,
-                "redis_cpu_s": round(redis_cpu, 2),
                 "counters": counters,
                 "replayed": replayed,
             }
             out["levels"].append(level)
             out["cdf"][str(clients)] = result.latencies.cdf()
-            rows.append(_level_row(result, redis_cpu))
+            rows.append(_level_row(result))
             label = f"{clients} clients"
             enough = result.attempts >= 2 * s.units
             report.check(
@@ -124,35 +162,14 @@ async def _engine_runs(url: str, s: Settings, run_id: str, report: Report) -> di
                 f"{label}: stream replays to the counters", replayed == counters, f"replayed {replayed}"
             )
 
-        # Scenario 2 through the same client: the no-op, then the reserve script doing its full work.
-        noop_sku = f"noop-{run_id}"
-        await engine.load_sale(SaleSettings(sku=noop_sku, total=1))
-        await warm_up(engine, s.ceiling_clients, noop_sku)
-        cpu = redis_cpu_seconds(url)
-        noop = await drive(
-            s.ceiling_clients, s.ceiling_attempts, lambda i: engine.noop(noop_sku), max_seconds=s.max_seconds
-        )
-        noop_redis_cpu = redis_cpu_seconds(url) - cpu
-        big = f"stock-{run_id}"
-        await engine.load_sale(
-            SaleSettings(sku=big, total=BIG_STOCK, per_user_limit=1_000_000, reservation_ttl_ms=3_600_000)
-        )
-        cpu = redis_cpu_seconds(url)
-        full = await drive(
-            s.ceiling_clients,
-            s.ceiling_attempts,
-            lambda i: engine.reserve(big, f"f{i}"),
-            max_seconds=s.max_seconds,
-        )
-        full_redis_cpu = redis_cpu_seconds(url) - cpu
+        # Scenario 2 through the same client: the no-op, a sold-out refusal, the reserve doing its full work.
+        costs = await call_costs(engine, url, s.ceiling_clients, s.ceiling_attempts, s.max_seconds, run_id)
+        check_call_costs(report, costs)
+        noop_sku, big = f"noop-{run_id}", f"stock-{run_id}"
         out["paired"] = await _paired_rounds(engine, s, run_id, noop_sku, report)
-        report.check(
-            "ceiling runs: every call answered without error",
-            noop.outcomes.keys() <= {"ok"} and full.outcomes.keys() <= {"ok"},
-            f"noop {dict(noop.outcomes)} reserve {dict(full.outcomes)}",
-        )
-        out["client_noop"] = {**noop.as_dict(), "redis_cpu_s": round(noop_redis_cpu, 2)}
-        out["client_reserve_full"] = {**full.as_dict(), "redis_cpu_s": round(full_redis_cpu, 2)}
+        out["client_noop"] = costs[NOOP].as_dict()
+        out["client_sold_out"] = costs[SOLD_OUT].as_dict()
+        out["client_reserve_full"] = costs[FULL].as_dict()
         out["rows"] = rows
         out["big_sku"] = big
         out["big_sku_keys"], out["big_sku_args"] = _benchmark_call(engine, big)
@@ -208,14 +225,10 @@ def _benchmark_call(engine: AsyncEngine, sku: str) -> tuple[list[str], list[str]
     return keys, args
 
 
-def _per_call(figures: dict[str, Any], cpu: str) -> float:
-    return float(figures.get(cpu, 0.0)) * 1e6 / max(int(figures["attempts"]), 1)
-
-
 def run_scenario(options: Options) -> Report:
     s = Settings.for_run(options)
     report = Report("hot-sku", asdict(s))
-    with running(options.redis_url) as servers:
+    with running(options.redis_url, server=options.server) as servers:
         report.servers["redis"] = redis_version(servers.redis_url)
         figures = run(_engine_runs(servers.redis_url, s, options.run_id, report), s.loop)
         binary = ceilings.find_redis_benchmark() if options.redis_benchmark else None
@@ -258,6 +271,13 @@ def run_scenario(options: Options) -> Report:
     return report
 
 
+def _target_cell(name: str, us: float) -> str:
+    target = REDIS_TARGETS_US.get(name)
+    if target is None:
+        return ""
+    return f"≤ {target:g} {'✅' if us <= target else '❌'}"
+
+
 def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
     levels = f["levels"]
     best = max(levels, key=lambda level: level["attempts_per_s"])
@@ -273,8 +293,8 @@ def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
             "p50 ms",
             "p99 ms",
             "p99.9 ms",
-            "client CPU s",
-            "redis CPU s",
+            "client µs/call",
+            "redis µs/call",
         ],
         f["rows"],
     )
@@ -333,19 +353,33 @@ def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
             for p in paired
         ],
     )
+    per_call = {
+        f"hot SKU reserve ({best['clients']} clients, mostly OUT_OF_STOCK)": best,
+        NOOP: f["client_noop"],
+        SOLD_OUT: f["client_sold_out"],
+        FULL: f["client_reserve_full"],
+    }
     report.table(
-        "What one call costs (CPU microseconds per call, same run): what limits each rate",
-        ["call", "client µs/call", "redis µs/call", "sum µs/call"],
+        f"What one call costs (CPU microseconds per call, same run, {s.ceiling_clients:,} clients "
+        "for the last three): what limits each rate",
+        ["call", "calls/s", "client µs/call", "redis µs/call", "sum µs/call", "redis target µs/call"],
         [
-            [name, round(c, 1), round(r, 1), round(c + r, 1)]
-            for name, figures in (
-                (f"hot SKU reserve ({best['clients']} clients)", best),
-                ("no-op", f["client_noop"]),
-                ("reserve, full work", f["client_reserve_full"]),
-            )
-            for c, r in [(_per_call(figures, "client_cpu_s"), _per_call(figures, "redis_cpu_s"))]
+            [
+                name,
+                round(x["attempts_per_s"]),
+                x["client_us_per_call"],
+                x["redis_us_per_call"],
+                round(x["client_us_per_call"] + x["redis_us_per_call"], 1),
+                _target_cell(name, x["redis_us_per_call"]),
+            ]
+            for name, x in per_call.items()
         ],
     )
+    for name, target in REDIS_TARGETS_US.items():
+        us = per_call[name]["redis_us_per_call"]
+        report.ratio(
+            f"Redis CPU µs per {name} / {target:g} µs target (issue 14)", us, target, "≤ 1", us <= target
+        )
     report.notes.append(
         "On 2 cores the client process and Redis each get at most one: a rate is capped by 1e6 / the larger "
         "of the two µs/call figures, and by 2e6 / their sum. The no-op costs Redis almost nothing and the "
