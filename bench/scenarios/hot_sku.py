@@ -165,17 +165,12 @@ async def _engine_runs(url: str, s: Settings, run_id: str, report: Report) -> di
         # Scenario 2 through the same client: the no-op, a sold-out refusal, the reserve doing its full work.
         costs = await call_costs(engine, url, s.ceiling_clients, s.ceiling_attempts, s.max_seconds, run_id)
         check_call_costs(report, costs)
-        noop_sku, big = f"noop-{run_id}", f"stock-{run_id}"
-        out["paired"] = await _paired_rounds(engine, s, run_id, noop_sku, report)
+        out["paired"] = await _paired_rounds(engine, s, run_id, f"noop-{run_id}", report)
         out["client_noop"] = costs[NOOP].as_dict()
         out["client_sold_out"] = costs[SOLD_OUT].as_dict()
         out["client_reserve_full"] = costs[FULL].as_dict()
         out["rows"] = rows
-        out["big_sku"] = big
-        out["big_sku_keys"], out["big_sku_args"] = _benchmark_call(engine, big)
-        out["reserve_sha"] = engine.scripts["reserve"].sha
-        out["noop_sha"] = engine.scripts["noop"].sha
-        out["noop_key"] = engine.keys.for_sku(noop_sku).sku(noop_sku)
+        out.update(benchmark_facts(engine, run_id))
     finally:
         await engine.close()
     return out
@@ -216,13 +211,68 @@ async def _paired_rounds(
     return rounds
 
 
-def _benchmark_call(engine: AsyncEngine, sku: str) -> tuple[list[str], list[str]]:
-    """The reserve script's KEYS and ARGV for redis-benchmark: a fresh user and reservation id per call."""
-    call = engine.ops.reserve(sku, "u__rand_int__", 1, None)
-    rid = str(call.args[3])
-    keys = [k.replace(rid, "rsv_b___rand_int__") for k in call.keys]
-    args = [str(a).replace(rid, "rsv_b___rand_int__") for a in call.args]
-    return keys, args
+def benchmark_facts(engine: AsyncEngine, tag: str) -> dict[str, Any]:
+    """What redis-benchmark needs to run the scripts on the SKUs ``call_costs`` made: the reserve script's
+    KEYS and ARGV on the big SKU (a fresh user and reservation id per call), the no-op's key, the SHAs."""
+    big, noop_sku = f"stock-{tag}", f"noop-{tag}"
+    call = engine.ops.reserve(big, "u__rand_int__", 1, None)
+    # The one argument that is a reservation id (ARGV[3] of lua/reserve.lua), wherever the layout puts it.
+    rid = next(str(a) for a in call.args if engine.keys.for_id(str(a)) is not None)
+    return {
+        "big_sku": big,
+        "big_sku_keys": [k.replace(rid, "rsv_b___rand_int__") for k in call.keys],
+        "big_sku_args": [str(a).replace(rid, "rsv_b___rand_int__") for a in call.args],
+        "reserve_sha": engine.scripts["reserve"].sha,
+        "noop_sha": engine.scripts["noop"].sha,
+        "noop_key": engine.keys.for_sku(noop_sku).sku(noop_sku),
+    }
+
+
+def server_ceilings(
+    options: Options,
+    url: str,
+    facts: dict[str, Any],
+    report: Report,
+    *,
+    requests: int,
+    clients: int,
+    pipeline: int,
+    unpipelined: int = 0,
+    label: str = "",
+) -> dict[str, Any]:
+    """redis-benchmark running the reserve script (full work) and the no-op (4x the requests) by EVALSHA,
+    pipelined, on the SKUs of ``benchmark_facts``: the server's own ceiling with no Python in the way; with
+    ``unpipelined`` requests also the no-op one request per round trip (the per-request network cost).
+    Empty when not run (a note says why)."""
+    binary = ceilings.find_redis_benchmark() if options.redis_benchmark else None
+    if not options.redis_benchmark:
+        report.notes.append(f"{label}redis-benchmark ceilings skipped (--no-redis-benchmark)")
+        return {}
+    if binary is None:
+        report.notes.append(
+            f"redis-benchmark not found, server ceilings not measured: {ceilings.INSTALL_HINT}"
+        )
+        return {}
+    keys, args = facts["big_sku_keys"], facts["big_sku_args"]
+    noop = ["EVALSHA", facts["noop_sha"], "1", facts["noop_key"]]
+    calls = {
+        "redis_benchmark_reserve": (
+            ["EVALSHA", facts["reserve_sha"], str(len(keys)), *keys, *args],
+            requests,
+            pipeline,
+        ),
+        "redis_benchmark_noop": (noop, requests * 4, pipeline),
+    }
+    if unpipelined:
+        calls["redis_benchmark_noop_unpipelined"] = (noop, unpipelined, 1)
+    try:
+        return {
+            name: ceilings.redis_benchmark(binary, url, command, requests=n, clients=clients, pipeline=depth)
+            for name, (command, n, depth) in calls.items()
+        }
+    except RuntimeError as error:  # the engine figures stand; say why the ceiling is missing
+        report.notes.append(f"{label}redis-benchmark ceilings not measured: {error}")
+        return {}
 
 
 def run_scenario(options: Options) -> Report:
@@ -231,39 +281,17 @@ def run_scenario(options: Options) -> Report:
     with running(options.redis_url, server=options.server) as servers:
         report.servers["redis"] = redis_version(servers.redis_url)
         figures = run(_engine_runs(servers.redis_url, s, options.run_id, report), s.loop)
-        binary = ceilings.find_redis_benchmark() if options.redis_benchmark else None
-        if not options.redis_benchmark:
-            report.notes.append("redis-benchmark ceilings skipped (--no-redis-benchmark)")
-        elif binary is None:
-            report.notes.append(
-                f"redis-benchmark not found, server ceilings not measured: {ceilings.INSTALL_HINT}"
+        figures.update(
+            server_ceilings(
+                options,
+                servers.redis_url,
+                figures,
+                report,
+                requests=s.benchmark_requests,
+                clients=s.benchmark_clients,
+                pipeline=s.benchmark_pipeline,
             )
-        else:
-            try:
-                figures["redis_benchmark_reserve"] = ceilings.redis_benchmark(
-                    binary,
-                    servers.redis_url,
-                    [
-                        "EVALSHA",
-                        figures["reserve_sha"],
-                        str(len(figures["big_sku_keys"])),
-                        *figures["big_sku_keys"],
-                        *figures["big_sku_args"],
-                    ],
-                    requests=s.benchmark_requests,
-                    clients=s.benchmark_clients,
-                    pipeline=s.benchmark_pipeline,
-                )
-                figures["redis_benchmark_noop"] = ceilings.redis_benchmark(
-                    binary,
-                    servers.redis_url,
-                    ["EVALSHA", figures["noop_sha"], "1", figures["noop_key"]],
-                    requests=s.benchmark_requests * 4,
-                    clients=s.benchmark_clients,
-                    pipeline=s.benchmark_pipeline,
-                )
-            except RuntimeError as error:  # the engine figures stand; say why the ceiling is missing
-                report.notes.append(f"redis-benchmark ceilings not measured: {error}")
+        )
     report.figures = figures
     _summarise(report, figures, s)
     if options.plots:
@@ -373,6 +401,18 @@ def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
                 _target_cell(name, x["redis_us_per_call"]),
             ]
             for name, x in per_call.items()
+        ]
+        + [
+            [
+                f"{name} (redis-benchmark, no Python)",
+                round(x["rate_per_s"]),
+                "—",
+                x["redis_us_per_call"],
+                "—",
+                "",
+            ]
+            for name, x in ((FULL, rb), (NOOP, rb_noop))
+            if x
         ],
     )
     for name, target in REDIS_TARGETS_US.items():
