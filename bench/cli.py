@@ -31,6 +31,7 @@ SCENARIOS = {
         "cluster_clients",
         "Redis Cluster clients side by side: flashsale's per-node auto-pipeline, redis-py, coredis, glide.",
     ),
+    "memory": ("memory", "Redis bytes per held reservation (with and without idempotency key), per event."),
 }
 
 
