@@ -19,7 +19,7 @@ from flashsale.bench.baselines.locking import LockingReservations
 from flashsale.bench.checks import invariant_1, sku_counters
 from flashsale.bench.load import LoadResult, async_engine, drive, run, warm_up
 from flashsale.bench.options import Options
-from flashsale.bench.report import Report
+from flashsale.bench.report import LOAD_COLUMNS, Report
 from flashsale.bench.servers import process_cpu_seconds, redis_version, running
 from flashsale.bench.stats import us_per_call
 from flashsale.engine import SaleSettings
@@ -167,18 +167,7 @@ def run_scenario(options: Options) -> Report:
     report.figures = figures
     report.table(
         f"Hot SKU, {s.units:,} units, {s.attempts:,} attempts or {s.max_seconds:.0f} s per system and level",
-        [
-            "system",
-            "clients",
-            "attempts",
-            "successes",
-            "attempts/s",
-            "p50 ms",
-            "p99 ms",
-            "client µs/call",
-            "redis µs/call",
-            "postgresql µs/call",
-        ],
+        ["system", *LOAD_COLUMNS, "client µs/call", "redis µs/call", "postgresql µs/call"],
         figures["rows"],
     )
     ratio_rows = []

@@ -19,7 +19,7 @@ from flashsale.bench import ceilings, plots
 from flashsale.bench.checks import invariant_1, replayed_counters, sku_counters
 from flashsale.bench.load import LoadResult, async_engine, drive, run, warm_up
 from flashsale.bench.options import Options
-from flashsale.bench.report import Report
+from flashsale.bench.report import LOAD_COLUMNS, Report
 from flashsale.bench.servers import redis_version, running
 from flashsale.engine import AsyncEngine, SaleSettings
 
@@ -313,17 +313,7 @@ def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
     full = f["client_reserve_full"]["attempts_per_s"]
     report.table(
         f"Hot SKU: {s.units:,} units, up to {s.attempts:,} attempts per level (each a distinct user)",
-        [
-            "clients",
-            "attempts",
-            "successes",
-            "attempts/s",
-            "p50 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "client µs/call",
-            "redis µs/call",
-        ],
+        [*LOAD_COLUMNS, "p99.9 ms", "client µs/call", "redis µs/call"],
         f["rows"],
     )
     rows = [
