@@ -49,8 +49,13 @@ def _unauthorized(message: str, error: str = "invalid_token") -> ApiError:
 
 
 def _b64decode(segment: str) -> bytes:
-    """One base64url segment without padding (its alphabet already checked by ``_COMPACT_HS256``)."""
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    """One base64url segment without padding (its alphabet already checked by ``_COMPACT_HS256``), in its
+    one canonical spelling: the decoder ignores the unused low bits of the last character, so four
+    spellings of a signature would decode alike; only the one that encodes back to itself is taken."""
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise binascii.Error("not canonical base64url")
+    return raw
 
 
 class _Header(msgspec.Struct):

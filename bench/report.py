@@ -17,6 +17,8 @@ from typing import Any
 from flashsale.bench.machine import describe, git_commit
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The first columns of a table of load levels (hot-sku, baseline).
+LOAD_COLUMNS = ["clients", "attempts", "successes", "attempts/s", "p50 ms", "p99 ms"]
 
 
 @dataclass

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from flashsale.bench.servers import DEFAULT_SERVER, ServerKind
 from flashsale.engine.settings import Settings
 from flashsale.writeback.database import migrate
 from flashsale.writeback.lag import PartitionLag, read_lag, total_lag
 
-from flashsale.launcher import KafkaBroker, PostgresServer, RedisServer
+from flashsale.launcher import KafkaBroker, PostgresServer
 
 # `flashsale ARGS` in a child process, with whatever Python runs the benchmark.
 FLASHSALE = [sys.executable, "-c", "import sys; from flashsale.cli import main; sys.exit(main())"]
@@ -86,11 +87,16 @@ class Stack:
 
 @contextlib.contextmanager
 def write_behind_stack(
-    redis_url: str | None, database_url: str | None, kafka_bootstrap: str | None, **settings: Any
+    redis_url: str | None,
+    database_url: str | None,
+    kafka_bootstrap: str | None,
+    server: str = DEFAULT_SERVER,
+    **settings: Any,
 ) -> Iterator[Stack]:
-    """Servers given by URL are used as they are; the others are started here and stopped after."""
+    """Servers given by URL are used as they are; the others are started here (Redis: the ``server``
+    kind, bench/servers.py) and stopped after."""
     with contextlib.ExitStack() as stack:
-        redis_url = redis_url or stack.enter_context(RedisServer()).url
+        redis_url = redis_url or stack.enter_context(ServerKind.parse(server).server()).url
         database_url = database_url or stack.enter_context(PostgresServer()).url
         bootstrap = kafka_bootstrap or stack.enter_context(KafkaBroker()).bootstrap
         migrate(database_url)

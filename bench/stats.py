@@ -9,6 +9,11 @@ import numpy as np
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
+def us_per_call(cpu_seconds: float, calls: int) -> float:
+    """CPU microseconds per call: what one call cost a process (0.0 when nothing was called)."""
+    return cpu_seconds * 1e6 / calls if calls else 0.0
+
+
 class Latencies:
     """Latencies of one run in nanoseconds, appended by the load loop (an array: no object per sample)."""
 

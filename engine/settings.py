@@ -30,7 +30,7 @@ LAZY_EXPIRY_BOUND = 16
 # together; reserve refuses (503 BACKLOG_FULL) at the budget. EVENT_BYTES is the measured cost of one
 # unapplied event in the stream (bench/results/memory.md), rounded up.
 BACKLOG_BUDGET_MB = 2048
-EVENT_BYTES = 120
+EVENT_BYTES = 128
 
 
 @dataclass(frozen=True, slots=True)

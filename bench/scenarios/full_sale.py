@@ -5,7 +5,8 @@ got a unit at once checks out and pays (begin_checkout + confirm, 7 in 10), rele
 away and lets it expire (1 in 10; a short TTL, the worker's sweeper ends it). Units given back go on sale
 again to later customers. When the worker has drained every event into
 PostgreSQL and Kafka, ``flashsale reconcile`` must report no drift, and Redis's counters must say exactly
-what happened: sold == orders confirmed, nothing reserved, available == total - sold.
+what happened: sold == orders confirmed, nothing reserved, available == total - sold. The CPU the customer
+journeys cost the client process, the worker and Redis is reported per journey and per engine call.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from flashsale.bench.checks import invariant_1, sku_counters
 from flashsale.bench.load import LoadResult, async_engine, drive, run
 from flashsale.bench.options import Options
 from flashsale.bench.report import Report
-from flashsale.bench.servers import redis_version
+from flashsale.bench.servers import process_cpu_seconds, redis_version
 from flashsale.bench.stack import Stack, write_behind_stack
+from flashsale.bench.stats import us_per_call
 from flashsale.engine import AsyncEngine, Reservation, SaleSettings
 
 
@@ -51,8 +53,9 @@ def _fate(index: int) -> str:
     return "checkout" if bucket < 7 else "release" if bucket < 9 else "expire"
 
 
-async def _sale(stack: Stack, s: Settings, run_id: str, report: Report) -> dict[str, Any]:
-    engine = async_engine(str(stack.settings.redis_url))
+async def _sale(stack: Stack, worker_pid: int, s: Settings, run_id: str, report: Report) -> dict[str, Any]:
+    url = str(stack.settings.redis_url)
+    engine = async_engine(url)
     await engine.load_scripts()
     skus = [f"sale-{run_id}-{i}" for i in range(s.skus)]
     await asyncio.gather(
@@ -112,7 +115,9 @@ async def _sale(stack: Stack, s: Settings, run_id: str, report: Report) -> dict[
     phases: dict[str, LoadResult] = {}
     try:
         started = time.perf_counter()
-        journeys = await drive(s.clients, s.attempts, customer, max_seconds=s.max_seconds)
+        worker_cpu = process_cpu_seconds(worker_pid)
+        journeys = await drive(s.clients, s.attempts, customer, max_seconds=s.max_seconds, redis_url=url)
+        worker_cpu = process_cpu_seconds(worker_pid) - worker_cpu
         phases["customer journey"] = journeys
         for name, result in steps.items():
             result.seconds = journeys.seconds
@@ -174,7 +179,25 @@ async def _sale(stack: Stack, s: Settings, run_id: str, report: Report) -> dict[
         not wrong,
         "; ".join(wrong[:3]) or f"{len(skus)} SKUs, {sum(confirmed.values())} units sold",
     )
+    calls = sum(phases[name].attempts for name in ("reserve", "release")) + 2 * phases["checkout"].attempts
+    redis_cpu = journeys.redis_cpu.total if journeys.redis_cpu else 0.0
     return {
+        "cpu": {
+            "journeys": journeys.attempts,
+            "engine_calls": calls,
+            "client_cpu_s": round(journeys.client_cpu_s, 3),
+            "worker_cpu_s": round(worker_cpu, 3),
+            "redis_cpu_s": round(redis_cpu, 3),
+            **{
+                f"{who}_us_per_{per}": round(us_per_call(cpu, count), 2)
+                for who, cpu in (
+                    ("client", journeys.client_cpu_s),
+                    ("worker", worker_cpu),
+                    ("redis", redis_cpu),
+                )
+                for per, count in (("journey", journeys.attempts), ("call", calls))
+            },
+        },
         "phases": {name: phase.as_dict() for name, phase in phases.items()},
         "cdf": {name: phase.latencies.cdf() for name, phase in phases.items()},
         "reservations": len(held),
@@ -188,17 +211,24 @@ async def _sale(stack: Stack, s: Settings, run_id: str, report: Report) -> dict[
     }
 
 
+async def _read_back(engine: AsyncEngine, held: list[Reservation]) -> list[Reservation]:
+    """The reservations as Redis has them now, a thousand reads at a time: each read takes a pooled
+    connection, and tens of thousands waiting at once outlast the pool's timeout on a busy machine."""
+    found: list[Reservation] = []
+    for start in range(0, len(held), 1000):
+        found += await asyncio.gather(*(engine.get_reservation(r.id) for r in held[start : start + 1000]))
+    return found
+
+
 async def _statuses(engine: AsyncEngine, held: list[Reservation]) -> dict[str, str]:
     """Each reservation's final status, read back from Redis."""
-    found = await asyncio.gather(*(engine.get_reservation(r.id) for r in held))
-    return {r.id: str(r.status) for r in found}
+    return {r.id: str(r.status) for r in await _read_back(engine, held)}
 
 
 async def _confirmed_per_sku(engine: AsyncEngine, paid: list[Reservation]) -> dict[str, int]:
     """Units of CONFIRMED orders per SKU, read back from Redis reservation by reservation."""
     per_sku: dict[str, int] = {}
-    reservations = await asyncio.gather(*(engine.get_reservation(r.id) for r in paid))
-    for r in reservations:
+    for r in await _read_back(engine, paid):
         if r.status == "CONFIRMED":
             per_sku[r.sku] = per_sku.get(r.sku, 0) + r.quantity
     return per_sku
@@ -207,10 +237,12 @@ async def _confirmed_per_sku(engine: AsyncEngine, paid: list[Reservation]) -> di
 def run_scenario(options: Options) -> Report:
     s = Settings.for_run(options)
     report = Report("full-sale", asdict(s))
-    with write_behind_stack(options.redis_url, options.database_url, options.kafka_bootstrap) as stack:
+    with write_behind_stack(
+        options.redis_url, options.database_url, options.kafka_bootstrap, server=options.server
+    ) as stack:
         report.servers["redis"] = redis_version(str(stack.settings.redis_url))
-        with stack.worker():
-            figures = run(_sale(stack, s, options.run_id, report), s.loop)
+        with stack.worker() as worker:
+            figures = run(_sale(stack, worker.pid, s, options.run_id, report), s.loop)
             drained, drain_s = stack.wait_drained(timeout_s=120)
         report.check(
             "the worker drained every event into PostgreSQL and Kafka",
@@ -267,6 +299,16 @@ def run_scenario(options: Options) -> Report:
                 figures["drain_after_sale_s"],
                 code,
             ]
+        ],
+    )
+    c = figures["cpu"]
+    report.table(
+        f"CPU during the customer journeys: {c['journeys']:,} journeys, {c['engine_calls']:,} engine calls "
+        "(reserve, begin_checkout + confirm, release)",
+        ["per", "client µs", "worker µs", "redis µs"],
+        [
+            [per, c[f"client_us_per_{key}"], c[f"worker_us_per_{key}"], c[f"redis_us_per_{key}"]]
+            for per, key in (("customer journey", "journey"), ("engine call", "call"))
         ],
     )
     report.notes.append(

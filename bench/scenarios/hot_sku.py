@@ -19,8 +19,8 @@ from flashsale.bench import ceilings, plots
 from flashsale.bench.checks import invariant_1, replayed_counters, sku_counters
 from flashsale.bench.load import LoadResult, async_engine, drive, run, warm_up
 from flashsale.bench.options import Options
-from flashsale.bench.report import Report
-from flashsale.bench.servers import redis_cpu_seconds, redis_version, running
+from flashsale.bench.report import LOAD_COLUMNS, Report
+from flashsale.bench.servers import redis_version, running
 from flashsale.engine import AsyncEngine, SaleSettings
 
 
@@ -57,7 +57,7 @@ class Settings:
 BIG_STOCK = 100_000_000
 
 
-def _level_row(result: LoadResult, redis_cpu: float) -> list[Any]:
+def _level_row(result: LoadResult) -> list[Any]:
     lat = result.latencies.summary()
     return [
         result.clients,
@@ -67,9 +67,49 @@ def _level_row(result: LoadResult, redis_cpu: float) -> list[Any]:
         lat["p50_ms"],
         lat["p99_ms"],
         lat["p99_9_ms"],
-        round(result.client_cpu_s, 1),
-        round(redis_cpu, 1),
+        round(result.client_us, 1),
+        round(result.redis_us, 1),
     ]
+
+
+# The calls whose cost per call is measured through the same client, in this order.
+NOOP, SOLD_OUT, FULL = "no-op", "sold-out refusal", "reserve, full work"
+# Issue 14's targets for Redis's CPU per call (µs): a reserve doing its full work, a sold-out refusal.
+REDIS_TARGETS_US = {FULL: 12.0, SOLD_OUT: 3.0}
+
+
+async def call_costs(
+    engine: AsyncEngine, url: str, clients: int, attempts: int, max_seconds: float, tag: str
+) -> dict[str, LoadResult]:
+    """The no-op script, reserve on a sold-out SKU (every call refused OUT_OF_STOCK) and reserve on a SKU
+    with stock for every call (full work each time), one after the other through the same client, each
+    with the client's and Redis's CPU time. Each call is a distinct user."""
+    noop_sku, sold_out, big = f"noop-{tag}", f"soldout-{tag}", f"stock-{tag}"
+    await engine.load_sale(SaleSettings(sku=noop_sku, total=1))
+    await engine.load_sale(SaleSettings(sku=sold_out, total=1, reservation_ttl_ms=3_600_000))
+    await engine.reserve(sold_out, f"first-{tag}")
+    await engine.load_sale(
+        SaleSettings(sku=big, total=BIG_STOCK, per_user_limit=1_000_000, reservation_ttl_ms=3_600_000)
+    )
+    await warm_up(engine, clients, noop_sku)
+    calls = {
+        NOOP: lambda i: engine.noop(noop_sku),
+        SOLD_OUT: lambda i: engine.reserve(sold_out, f"s{tag}-{i}"),
+        FULL: lambda i: engine.reserve(big, f"f{tag}-{i}"),
+    }
+    return {
+        name: await drive(clients, attempts, call, max_seconds=max_seconds, redis_url=url)
+        for name, call in calls.items()
+    }
+
+
+def check_call_costs(report: Report, costs: dict[str, LoadResult], label: str = "") -> None:
+    expected = {NOOP: "ok", SOLD_OUT: "OUT_OF_STOCK", FULL: "ok"}
+    report.check(
+        f"{label}per-call runs: no-op and full reserve all ok, every sold-out call OUT_OF_STOCK",
+        all(set(costs[name].outcomes) == {outcome} for name, outcome in expected.items()),
+        "; ".join(f"{name} {dict(costs[name].outcomes)}" for name in expected),
+    )
 
 
 async def _engine_runs(url: str, s: Settings, run_id: str, report: Report) -> dict[str, Any]:
@@ -86,27 +126,25 @@ async def _engine_runs(url: str, s: Settings, run_id: str, report: Report) -> di
                 )
             )
             await warm_up(engine, clients, sku)
-            cpu = redis_cpu_seconds(url)
             result = await drive(
                 clients,
                 s.attempts,
                 lambda i, sku=sku: engine.reserve(sku, f"u{i}"),
                 max_seconds=s.max_seconds,
+                redis_url=url,
             )
-            redis_cpu = redis_cpu_seconds(url) - cpu
             counters = await sku_counters(engine, sku)
             replayed = (await replayed_counters(engine, {sku})).get(sku)
             level = {
                 **result.as_dict(),
                 "sku": sku,
                 "units": s.units,
-                "redis_cpu_s": round(redis_cpu, 2),
                 "counters": counters,
                 "replayed": replayed,
             }
             out["levels"].append(level)
             out["cdf"][str(clients)] = result.latencies.cdf()
-            rows.append(_level_row(result, redis_cpu))
+            rows.append(_level_row(result))
             label = f"{clients} clients"
             enough = result.attempts >= 2 * s.units
             report.check(
@@ -124,41 +162,15 @@ async def _engine_runs(url: str, s: Settings, run_id: str, report: Report) -> di
                 f"{label}: stream replays to the counters", replayed == counters, f"replayed {replayed}"
             )
 
-        # Scenario 2 through the same client: the no-op, then the reserve script doing its full work.
-        noop_sku = f"noop-{run_id}"
-        await engine.load_sale(SaleSettings(sku=noop_sku, total=1))
-        await warm_up(engine, s.ceiling_clients, noop_sku)
-        cpu = redis_cpu_seconds(url)
-        noop = await drive(
-            s.ceiling_clients, s.ceiling_attempts, lambda i: engine.noop(noop_sku), max_seconds=s.max_seconds
-        )
-        noop_redis_cpu = redis_cpu_seconds(url) - cpu
-        big = f"stock-{run_id}"
-        await engine.load_sale(
-            SaleSettings(sku=big, total=BIG_STOCK, per_user_limit=1_000_000, reservation_ttl_ms=3_600_000)
-        )
-        cpu = redis_cpu_seconds(url)
-        full = await drive(
-            s.ceiling_clients,
-            s.ceiling_attempts,
-            lambda i: engine.reserve(big, f"f{i}"),
-            max_seconds=s.max_seconds,
-        )
-        full_redis_cpu = redis_cpu_seconds(url) - cpu
-        out["paired"] = await _paired_rounds(engine, s, run_id, noop_sku, report)
-        report.check(
-            "ceiling runs: every call answered without error",
-            noop.outcomes.keys() <= {"ok"} and full.outcomes.keys() <= {"ok"},
-            f"noop {dict(noop.outcomes)} reserve {dict(full.outcomes)}",
-        )
-        out["client_noop"] = {**noop.as_dict(), "redis_cpu_s": round(noop_redis_cpu, 2)}
-        out["client_reserve_full"] = {**full.as_dict(), "redis_cpu_s": round(full_redis_cpu, 2)}
+        # Scenario 2 through the same client: the no-op, a sold-out refusal, the reserve doing its full work.
+        costs = await call_costs(engine, url, s.ceiling_clients, s.ceiling_attempts, s.max_seconds, run_id)
+        check_call_costs(report, costs)
+        out["paired"] = await _paired_rounds(engine, s, run_id, f"noop-{run_id}", report)
+        out["client_noop"] = costs[NOOP].as_dict()
+        out["client_sold_out"] = costs[SOLD_OUT].as_dict()
+        out["client_reserve_full"] = costs[FULL].as_dict()
         out["rows"] = rows
-        out["big_sku"] = big
-        out["big_sku_keys"], out["big_sku_args"] = _benchmark_call(engine, big)
-        out["reserve_sha"] = engine.scripts["reserve"].sha
-        out["noop_sha"] = engine.scripts["noop"].sha
-        out["noop_key"] = engine.keys.for_sku(noop_sku).sku(noop_sku)
+        out.update(benchmark_facts(engine, run_id))
     finally:
         await engine.close()
     return out
@@ -199,63 +211,99 @@ async def _paired_rounds(
     return rounds
 
 
-def _benchmark_call(engine: AsyncEngine, sku: str) -> tuple[list[str], list[str]]:
-    """The reserve script's KEYS and ARGV for redis-benchmark: a fresh user and reservation id per call."""
-    call = engine.ops.reserve(sku, "u__rand_int__", 1, None)
-    rid = str(call.args[3])
-    keys = [k.replace(rid, "rsv_b___rand_int__") for k in call.keys]
-    args = [str(a).replace(rid, "rsv_b___rand_int__") for a in call.args]
-    return keys, args
+def benchmark_facts(engine: AsyncEngine, tag: str) -> dict[str, Any]:
+    """What redis-benchmark needs to run the scripts on the SKUs ``call_costs`` made: the reserve script's
+    KEYS and ARGV on the big SKU (a fresh user and reservation id per call), the no-op's key, the SHAs."""
+    big, noop_sku = f"stock-{tag}", f"noop-{tag}"
+    call = engine.ops.reserve(big, "u__rand_int__", 1, None)
+    # The one argument that is a reservation id (ARGV[3] of lua/reserve.lua), wherever the layout puts it.
+    rid = next(str(a) for a in call.args if engine.keys.for_id(str(a)) is not None)
+    return {
+        "big_sku": big,
+        "big_sku_keys": [k.replace(rid, "rsv_b___rand_int__") for k in call.keys],
+        "big_sku_args": [str(a).replace(rid, "rsv_b___rand_int__") for a in call.args],
+        "reserve_sha": engine.scripts["reserve"].sha,
+        "noop_sha": engine.scripts["noop"].sha,
+        "noop_key": engine.keys.for_sku(noop_sku).sku(noop_sku),
+    }
 
 
-def _per_call(figures: dict[str, Any], cpu: str) -> float:
-    return float(figures.get(cpu, 0.0)) * 1e6 / max(int(figures["attempts"]), 1)
+def server_ceilings(
+    options: Options,
+    url: str,
+    facts: dict[str, Any],
+    report: Report,
+    *,
+    requests: int,
+    clients: int,
+    pipeline: int,
+    unpipelined: int = 0,
+    label: str = "",
+) -> dict[str, Any]:
+    """redis-benchmark running the reserve script (full work) and the no-op (4x the requests) by EVALSHA,
+    pipelined, on the SKUs of ``benchmark_facts``: the server's own ceiling with no Python in the way; with
+    ``unpipelined`` requests also the no-op one request per round trip (the per-request network cost).
+    Empty when not run (a note says why)."""
+    binary = ceilings.find_redis_benchmark() if options.redis_benchmark else None
+    if not options.redis_benchmark:
+        report.notes.append(f"{label}redis-benchmark ceilings skipped (--no-redis-benchmark)")
+        return {}
+    if binary is None:
+        report.notes.append(
+            f"redis-benchmark not found, server ceilings not measured: {ceilings.INSTALL_HINT}"
+        )
+        return {}
+    keys, args = facts["big_sku_keys"], facts["big_sku_args"]
+    noop = ["EVALSHA", facts["noop_sha"], "1", facts["noop_key"]]
+    calls = {
+        "redis_benchmark_reserve": (
+            ["EVALSHA", facts["reserve_sha"], str(len(keys)), *keys, *args],
+            requests,
+            pipeline,
+        ),
+        "redis_benchmark_noop": (noop, requests * 4, pipeline),
+    }
+    if unpipelined:
+        calls["redis_benchmark_noop_unpipelined"] = (noop, unpipelined, 1)
+    try:
+        return {
+            name: ceilings.redis_benchmark(binary, url, command, requests=n, clients=clients, pipeline=depth)
+            for name, (command, n, depth) in calls.items()
+        }
+    except RuntimeError as error:  # the engine figures stand; say why the ceiling is missing
+        report.notes.append(f"{label}redis-benchmark ceilings not measured: {error}")
+        return {}
 
 
 def run_scenario(options: Options) -> Report:
     s = Settings.for_run(options)
     report = Report("hot-sku", asdict(s))
-    with running(options.redis_url) as servers:
+    with running(options.redis_url, server=options.server) as servers:
         report.servers["redis"] = redis_version(servers.redis_url)
         figures = run(_engine_runs(servers.redis_url, s, options.run_id, report), s.loop)
-        binary = ceilings.find_redis_benchmark() if options.redis_benchmark else None
-        if not options.redis_benchmark:
-            report.notes.append("redis-benchmark ceilings skipped (--no-redis-benchmark)")
-        elif binary is None:
-            report.notes.append(
-                f"redis-benchmark not found, server ceilings not measured: {ceilings.INSTALL_HINT}"
+        figures.update(
+            server_ceilings(
+                options,
+                servers.redis_url,
+                figures,
+                report,
+                requests=s.benchmark_requests,
+                clients=s.benchmark_clients,
+                pipeline=s.benchmark_pipeline,
             )
-        else:
-            try:
-                figures["redis_benchmark_reserve"] = ceilings.redis_benchmark(
-                    binary,
-                    servers.redis_url,
-                    [
-                        "EVALSHA",
-                        figures["reserve_sha"],
-                        str(len(figures["big_sku_keys"])),
-                        *figures["big_sku_keys"],
-                        *figures["big_sku_args"],
-                    ],
-                    requests=s.benchmark_requests,
-                    clients=s.benchmark_clients,
-                    pipeline=s.benchmark_pipeline,
-                )
-                figures["redis_benchmark_noop"] = ceilings.redis_benchmark(
-                    binary,
-                    servers.redis_url,
-                    ["EVALSHA", figures["noop_sha"], "1", figures["noop_key"]],
-                    requests=s.benchmark_requests * 4,
-                    clients=s.benchmark_clients,
-                    pipeline=s.benchmark_pipeline,
-                )
-            except RuntimeError as error:  # the engine figures stand; say why the ceiling is missing
-                report.notes.append(f"redis-benchmark ceilings not measured: {error}")
+        )
     report.figures = figures
     _summarise(report, figures, s)
     if options.plots:
         report.plots += plots.hot_sku(figures, options.results_dir)
     return report
+
+
+def _target_cell(name: str, us: float) -> str:
+    target = REDIS_TARGETS_US.get(name)
+    if target is None:
+        return ""
+    return f"≤ {target:g} {'✅' if us <= target else '❌'}"
 
 
 def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
@@ -265,17 +313,7 @@ def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
     full = f["client_reserve_full"]["attempts_per_s"]
     report.table(
         f"Hot SKU: {s.units:,} units, up to {s.attempts:,} attempts per level (each a distinct user)",
-        [
-            "clients",
-            "attempts",
-            "successes",
-            "attempts/s",
-            "p50 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "client CPU s",
-            "redis CPU s",
-        ],
+        [*LOAD_COLUMNS, "p99.9 ms", "client µs/call", "redis µs/call"],
         f["rows"],
     )
     rows = [
@@ -333,19 +371,45 @@ def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
             for p in paired
         ],
     )
+    per_call = {
+        f"hot SKU reserve ({best['clients']} clients, mostly OUT_OF_STOCK)": best,
+        NOOP: f["client_noop"],
+        SOLD_OUT: f["client_sold_out"],
+        FULL: f["client_reserve_full"],
+    }
     report.table(
-        "What one call costs (CPU microseconds per call, same run): what limits each rate",
-        ["call", "client µs/call", "redis µs/call", "sum µs/call"],
+        f"What one call costs (CPU microseconds per call, same run, {s.ceiling_clients:,} clients "
+        "for the last three): what limits each rate",
+        ["call", "calls/s", "client µs/call", "redis µs/call", "sum µs/call", "redis target µs/call"],
         [
-            [name, round(c, 1), round(r, 1), round(c + r, 1)]
-            for name, figures in (
-                (f"hot SKU reserve ({best['clients']} clients)", best),
-                ("no-op", f["client_noop"]),
-                ("reserve, full work", f["client_reserve_full"]),
-            )
-            for c, r in [(_per_call(figures, "client_cpu_s"), _per_call(figures, "redis_cpu_s"))]
+            [
+                name,
+                round(x["attempts_per_s"]),
+                x["client_us_per_call"],
+                x["redis_us_per_call"],
+                round(x["client_us_per_call"] + x["redis_us_per_call"], 1),
+                _target_cell(name, x["redis_us_per_call"]),
+            ]
+            for name, x in per_call.items()
+        ]
+        + [
+            [
+                f"{name} (redis-benchmark, no Python)",
+                round(x["rate_per_s"]),
+                "—",
+                x["redis_us_per_call"],
+                "—",
+                "",
+            ]
+            for name, x in ((FULL, rb), (NOOP, rb_noop))
+            if x
         ],
     )
+    for name, target in REDIS_TARGETS_US.items():
+        us = per_call[name]["redis_us_per_call"]
+        report.ratio(
+            f"Redis CPU µs per {name} / {target:g} µs target (issue 14)", us, target, "≤ 1", us <= target
+        )
     report.notes.append(
         "On 2 cores the client process and Redis each get at most one: a rate is capped by 1e6 / the larger "
         "of the two µs/call figures, and by 2e6 / their sum. The no-op costs Redis almost nothing and the "

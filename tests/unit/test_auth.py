@@ -187,3 +187,19 @@ def test_a_remembered_token_is_still_refused_once_it_expires() -> None:
     time.sleep(1.3)
     with pytest.raises(ApiError, match="expired"):
         auth.verify(token)
+
+
+def test_a_signature_spelt_another_way_is_refused() -> None:
+    """The last character of a signature has two bits the decoder ignores: four spellings decode to the
+    same bytes. Only the canonical one is taken (as PyJWT does): a token is one string, not four."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    token = issue_token(SECRET, ISSUER, "alice")
+    last = alphabet.index(token[-1])
+    assert verdict(token) == ("alice", False)
+    for unused in (1, 2, 3):
+        respelt = token[:-1] + alphabet[last ^ unused]
+        assert base64.urlsafe_b64decode(respelt.rsplit(".", 1)[1] + "=") == base64.urlsafe_b64decode(
+            token.rsplit(".", 1)[1] + "="
+        )
+        assert verdict(respelt) is None
+        assert oracle(respelt) is None
