@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from flashsale.engine import Sale
+from flashsale.engine import Engine, Sale
+from flashsale.engine.models import WaitingRoom
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import ApiServer
@@ -55,9 +56,11 @@ def unexported(query: Query, exported: Exported) -> list[str]:
 
 
 def test_every_metric_and_label_the_dashboard_queries_is_exported_by_the_api(
-    api: ApiServer, http: httpx.Client, load_sale: Callable[..., Sale]
+    api: ApiServer, http: httpx.Client, engine: Engine, load_sale: Callable[..., Sale]
 ) -> None:
     load_sale(total=2)
+    load_sale(sku="SKU-ROOM", total=2)  # a waiting room's sale, so its queue metrics are exported too
+    engine.set_waiting_room("SKU-ROOM", WaitingRoom(admit_per_s=100))
     rid = reserve(http, api, "alice").json()["id"]
     checkout(http, api, "alice", rid)
     reserve(http, api, "alice")  # refused: the per-user limit, so a refusal's outcome is exported too
