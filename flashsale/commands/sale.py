@@ -24,6 +24,7 @@ from flashsale.commands.output import echo_json, json_option, print_table
 from flashsale.engine import Engine
 from flashsale.engine.errors import FlashSaleError
 from flashsale.engine.models import Sale
+from flashsale.engine.nodes import partition_nodes
 from flashsale.engine.settings import Settings
 from flashsale.sales import SaleFileError, iso_utc, load_sales, read_sale_file, redis_now_ms
 
@@ -45,8 +46,13 @@ def require(url: str | None, variable: str) -> str:
 
 
 def engine_for(settings: Settings) -> Engine:
+    """The engine on the Redis the settings name: one server, or a cluster (FLASHSALE_REDIS_CLUSTER=1),
+    whose client reads the slot map as it starts."""
     url = require(settings.redis_url, "FLASHSALE_REDIS_URL")
-    return Engine.from_url(url, settings.engine_config(), max_connections=8)
+    try:
+        return Engine.from_settings(settings, max_connections=8)
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
+        raise click.ClickException(f"cannot reach Redis at {url}: {error}") from None
 
 
 def table_console(*, stderr: bool = False) -> Console:
@@ -137,7 +143,7 @@ def _load(settings: Settings, records: list[dict[str, Any]]) -> tuple[list[Sale]
         raise click.ClickException(str(error)) from None
     except FlashSaleError as error:
         raise click.ClickException(f"Redis refused the sale: {error}") from None
-    except redis.RedisError as error:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
     finally:
         engine.close()
@@ -306,9 +312,11 @@ _STATUS_COLUMNS = ("SKU", "name", "price", "window", "total", "available", "rese
 
 
 def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, Any]:
-    """Every SKU's sale, window, active holds and its partition's write-behind lag (None: not known), as
-    ``sale status --json`` prints it."""
+    """Every SKU's sale, window, active holds, its partition and the Redis node serving it, and its
+    partition's write-behind lag (None: not known), as ``sale status --json`` prints it."""
     now_ms = redis_now_ms(engine)
+    nodes = partition_nodes(engine.redis, engine.keys)
+    node_of = {p: node.name for node in nodes for p in node.partitions}
     lag_of = {lag.partition: lag for lag in lags or ()}
     sales = []
     for sale_ in engine.list_sales():
@@ -317,6 +325,8 @@ def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, An
         sales.append(
             {
                 **sale_json(sale_),
+                "partition": partition.index,
+                "node": node_of.get(partition.index),
                 "window": _window(sale_, now_ms),
                 "holds": int(engine.redis.zcard(partition.holds(sale_.sku))),
                 "queue": _queue_json(engine, sale_),
@@ -329,7 +339,11 @@ def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, An
                 },
             }
         )
-    return {"now": now_ms, "sales": sales}
+    return {
+        "now": now_ms,
+        "nodes": [{"node": node.name, "partitions": list(node.partitions)} for node in nodes],
+        "sales": sales,
+    }
 
 
 def _queue_json(engine: Engine, sale_: Sale) -> dict[str, Any] | None:
@@ -363,9 +377,12 @@ def _queue_cell(queue: dict[str, Any] | None) -> str:
 def status_table(status: dict[str, Any]) -> Table:
     """One row per SKU of ``sale_status``: no header or number is ever cut (print with print_table)."""
     table = Table(title="flash sale status", title_justify="left")
+    show_nodes = len(status.get("nodes", ())) > 1  # a cluster: which master serves each SKU
     for column in _STATUS_COLUMNS:
         left = column in ("SKU", "name", "window")
         table.add_column(column, justify="left" if left else "right", no_wrap=True, min_width=len(column))
+    if show_nodes:
+        table.add_column("node", no_wrap=True)
     table.columns[1].max_width = 28  # a long name is cut with an ellipsis rather than widening every row
     table.columns[1].overflow = "ellipsis"
     for row in status["sales"]:
@@ -384,8 +401,20 @@ def status_table(status: dict[str, Any]) -> Table:
             *(str(row[field]) for field in ("total", "available", "reserved", "sold", "holds")),
             _queue_cell(row["queue"]),
             shown_lag,
+            *([row["node"] or "?"] if show_nodes else []),
         )
     return table
+
+
+def _lags(engine: Engine) -> list[PartitionLag] | None:
+    """The write-behind lag of every partition; None where it cannot be read here (writeback.lag reads it
+    in one pipeline that asks TIME, which redis-py's cluster pipeline refuses: shown as n/a)."""
+    from flashsale.writeback.lag import read_lag
+
+    try:
+        return read_lag(engine.redis, engine.keys)
+    except redis.exceptions.RedisClusterException:
+        return None
 
 
 @sale.command("status")
@@ -405,12 +434,10 @@ def status(settings: Settings, as_json: bool) -> None:
     admitted, abandoned, sent_away, closed, admit_per_s, first_admitted_at, wait_p50_s, wait_p99_s}) and
     writeback_lag {partition, pending, oldest_age_ms}.
     """
-    from flashsale.writeback.lag import read_lag
-
     engine = engine_for(settings)
     try:
-        document = sale_status(engine, read_lag(engine.redis, engine.keys))
-    except redis.RedisError as error:
+        document = sale_status(engine, _lags(engine))
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
     finally:
         engine.close()
