@@ -177,7 +177,7 @@ def reconcile(settings: Settings, as_json: bool, repair: str | None, yes: bool) 
             if report.drifts:
                 console.print(_drift_table(report))
             for line in _unreadable_lines(report):
-                console.print(f"[red]{line}[/]", highlight=False)
+                console.print(f"[red]{line}[/]", highlight=False, soft_wrap=True)
             raise CannotRun(
                 f"{len(report.unreadable)} Redis node(s) did not answer: "
                 f"{', '.join(u.node for u in report.unreadable)}"
