@@ -311,7 +311,9 @@ def snapshot(engine: Engine, database_url: str, progress: Progress = no_progress
     """Both stores, PostgreSQL first; taken again while the worker moved an offset in between."""
     try:
         window_start = cutoff(redis_now_ms(node_clients(engine.redis)))
-        with psycopg.connect(database_url, connect_timeout=10) as conn:
+        # Autocommit: each attempt's transaction is its own (a second ``conn.transaction()`` after the
+        # offsets were read would otherwise be a savepoint that cannot set its isolation level).
+        with psycopg.connect(database_url, connect_timeout=10, autocommit=True) as conn:
             for _attempt in range(ATTEMPTS):
                 with conn.transaction():
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

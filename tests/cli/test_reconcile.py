@@ -8,6 +8,8 @@ down is named with its partitions."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from flashsale.engine import Engine, SaleSettings
+from flashsale.engine.errors import FlashSaleError
 from flashsale.engine.keys import Keyspace, bought_field
 from flashsale.engine.nodes import node_clients, partition_nodes
 
@@ -162,6 +165,73 @@ def test_clean_data_reconciles_with_zero_drift_and_exit_0(
     if on_cluster:
         assert "node" in result.output
         assert all(by_sku[sku]["node"] in result.output for sku in SKUS)
+
+
+@pytest.mark.cluster
+def test_a_sale_on_every_node_reconciles_with_zero_drift_while_shoppers_buy_and_the_streams_drain(
+    engine: Engine, env: dict[str, str], database_url: str, drain: Drain, on_cluster: bool
+) -> None:
+    from flashsale import reconcile as rc
+
+    skus = [f"SKU-LIVE-{n}" for n in range(6)]
+    owners = {node.name for node in partition_nodes(engine.redis, engine.keys)}
+    nodes_of = {
+        next(
+            n.name
+            for n in partition_nodes(engine.redis, engine.keys)
+            if engine.keys.for_sku(s).index in n.partitions
+        )
+        for s in skus
+    }
+    assert nodes_of == owners  # on a cluster: SKUs on every master
+    now = int(engine.redis.time()[0]) * 1000
+    for sku in skus:
+        engine.load_sale(SaleSettings(sku=sku, name=sku, total=40, per_user_limit=2, starts_at=now - 1_000))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def shopper(k: int) -> None:
+        try:
+            for n in range(24):
+                sku, user = skus[(k + n) % len(skus)], f"shopper{k}-{n % 8}"
+                try:
+                    hold = engine.reserve(sku, user)
+                except FlashSaleError:
+                    continue  # at the per-user limit: a real refusal
+                if n % 3 == 0:
+                    engine.confirm(engine.begin_checkout(hold.id, user, "card").id, user)
+                elif n % 3 == 1:
+                    engine.release(hold.id, user)
+        except BaseException as error:  # surfaced by the test's thread
+            failures.append(error)
+
+    def worker() -> None:
+        while not stop.is_set():
+            drain(engine, database_url)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=shopper, args=(k,)) for k in range(3)]
+    drainer = threading.Thread(target=worker)
+    for thread in [*threads, drainer]:
+        thread.start()
+    try:
+        # While shoppers buy and events are applied: each partition is cut at PostgreSQL's offset.
+        during = [rc.reconcile(engine, database_url) for _ in range(2)]
+    finally:
+        for thread in threads:
+            thread.join()
+        stop.set()
+        drainer.join()
+    assert failures == []
+    for taken in during:
+        assert taken.ok, taken.drifts[:5]
+    drain(engine, database_url)
+    document = report(env)
+    assert document["ok"] is True, document["drift"][:5]
+    assert document["unapplied_events"] == 0
+    assert {view["node"] for view in document["skus"]} == owners
+    assert len(document["nodes"]) == (3 if on_cluster else 1)
+    assert sum(view["redis"]["sold"] for view in document["skus"]) > 0
 
 
 @pytest.mark.cluster
