@@ -1,7 +1,7 @@
-"""`flashsale reconcile` when a master of a Redis Cluster is down: the node and its partitions are named,
-the other masters are still checked, nothing is repaired, and the exit code is 2; once the master is
-back (empty: the test cluster keeps no AOF), the drift is found and `--repair redis-from-postgres`
-rebuilds that master's partitions.
+"""`flashsale reconcile` (and `sale status`) when a master of a Redis Cluster is down: the node and its
+partitions are named, the other masters are still checked (shown), nothing is repaired, and the exit code
+is 2 (`sale status`: 1); once the master is back (empty: the test cluster keeps no AOF), the drift is
+found and `--repair redis-from-postgres` rebuilds that master's partitions.
 
 Runs on the session's 3-master cluster (tests/conftest.py) and gives the killed master back whatever
 happens, so the tests after it find the cluster whole.
@@ -110,6 +110,18 @@ def test_a_master_down_is_named_with_its_partitions_exits_2_and_once_back_empty_
         repair = reconcile(env, "--repair", "redis-from-postgres", "--yes")
         assert repair.exit_code == 2
         assert "nothing was repaired" in repair.output
+
+        # sale status shows the other masters' SKUs and names the one that did not answer.
+        status = CliRunner().invoke(main, ["sale", "status", "--json"], env=env, catch_exceptions=False)
+        assert status.exit_code == 1
+        shown = json.loads(status.stdout)
+        assert [(u["node"], u["partitions"]) for u in shown["unreadable_nodes"]] == [
+            (victim.address, list(down.partitions))
+        ]
+        assert {row["sku"]: row["node"] for row in shown["sales"]} == {
+            sku: node for node, sku in skus.items() if node != victim.address
+        }
+        assert f"Redis node {victim.address} did not answer" in status.stderr
     finally:
         victim.start()
         redis_cluster.wait_until_ready()

@@ -253,7 +253,8 @@ def test_status_json_is_one_document_with_every_sku_its_holds_lag_and_node(
     result = cli(env, "sale", "status", "--json")
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
-    assert set(document) == {"now", "nodes", "sales"}
+    assert set(document) == {"now", "nodes", "unreadable_nodes", "sales"}
+    assert document["unreadable_nodes"] == []
     assert abs(document["now"] - redis_ms(engine)) < 10_000
     camera, lens = document["sales"]
     assert set(camera) == SALE_KEYS | {"partition", "node", "window", "holds", "queue", "writeback_lag"}
