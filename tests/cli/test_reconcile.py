@@ -334,6 +334,7 @@ def test_drift_in_postgres_is_found_and_redriven_from_the_stream(
     assert pg_counters(database_url) == counters(busy_sale)
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("direction", ["redis-from-postgres", "postgres-from-stream"])
 def test_a_lost_stream_entry_is_found_and_either_repair_settles_it(
     busy_sale: Engine, env: dict[str, str], database_url: str, drain: Drain, direction: str
