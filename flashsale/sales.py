@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.cluster
 
 from flashsale.engine import Engine, bounds
 from flashsale.engine.errors import FlashSaleError
@@ -292,6 +293,9 @@ def iso_utc(ms: int) -> str:
 def redis_now_ms(engine: Engine) -> int:
     """Redis's clock, the one every deadline is measured on (relative times in a sale file use it): on a
     cluster, that of the first master that answers."""
+    if not isinstance(engine.redis, redis.cluster.RedisCluster):
+        seconds, micros = engine.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
     errors: list[redis.RedisError] = []
     for _name, client in sorted(node_clients(engine.redis).items()):
         try:
