@@ -99,7 +99,7 @@ def _table(report: rc.Report, *, show_nodes: bool) -> Table:
 
 def _unreadable_lines(report: rc.Report) -> list[str]:
     return [
-        f"Redis node {u.node} did not answer ({u.error}): partitions "
+        f"Redis node {u.node} could not be read ({u.error}): partitions "
         f"{', '.join(map(str, u.partitions))} were not checked"
         for u in report.unreadable
     ]
@@ -179,7 +179,7 @@ def reconcile(settings: Settings, as_json: bool, repair: str | None, yes: bool) 
             for line in _unreadable_lines(report):
                 console.print(f"[red]{line}[/]", highlight=False, soft_wrap=True)
             raise CannotRun(
-                f"{len(report.unreadable)} Redis node(s) did not answer: "
+                f"{len(report.unreadable)} Redis node(s) could not be read: "
                 f"{', '.join(u.node for u in report.unreadable)}"
                 + ("; nothing was repaired" if repair is not None else "")
             )

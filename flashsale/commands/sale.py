@@ -489,8 +489,8 @@ def status(settings: Settings, as_json: bool) -> None:
     if document["unreadable_nodes"]:
         for node in document["unreadable_nodes"]:
             click.echo(
-                f"Error: Redis node {node['node']} did not answer ({node['error']}): the SKUs of partitions "
-                f"{', '.join(map(str, node['partitions']))} are not shown",
+                f"Error: Redis node {node['node']} could not be read ({node['error']}): the SKUs of "
+                f"partitions {', '.join(map(str, node['partitions']))} are not shown",
                 err=True,
             )
         sys.exit(1)

@@ -49,7 +49,7 @@ class StoreState:
 
 @dataclass(frozen=True, slots=True)
 class UnreadableNode:
-    """A Redis node that did not answer: its partitions were left out of the snapshot (and the checks)."""
+    """A Redis node that could not be read: its partitions were left out of the snapshot (and the checks)."""
 
     node: str  # host:port
     partitions: tuple[int, ...]

@@ -88,7 +88,7 @@ def test_a_master_down_is_named_with_its_partitions_exits_2_and_once_back_empty_
         unreadable = {u["node"]: u for u in document["unreadable_nodes"]}
         assert unreadable[victim.address]["partitions"] == list(down.partitions)
         assert unreadable[victim.address]["error"]
-        assert f"Redis node {victim.address} did not answer" in result.stderr
+        assert f"Redis node {victim.address} could not be read" in result.stderr
         nodes = {n["node"]: n for n in document["nodes"]}
         assert nodes[victim.address]["read"] is False
         assert nodes[victim.address]["partitions"] == list(down.partitions)
@@ -104,14 +104,14 @@ def test_a_master_down_is_named_with_its_partitions_exits_2_and_once_back_empty_
 
         table = reconcile(env)
         assert table.exit_code == 2
-        assert f"Redis node {victim.address} did not answer" in table.output
+        assert f"Redis node {victim.address} could not be read" in table.output
         assert f"partitions {', '.join(map(str, down.partitions))} were not checked" in table.output
 
         repair = reconcile(env, "--repair", "redis-from-postgres", "--yes")
         assert repair.exit_code == 2
         assert "nothing was repaired" in repair.output
 
-        # sale status shows the other masters' SKUs and names the one that did not answer.
+        # sale status shows the other masters' SKUs and names the one that could not be read.
         status = CliRunner().invoke(main, ["sale", "status", "--json"], env=env, catch_exceptions=False)
         assert status.exit_code == 1
         shown = json.loads(status.stdout)
@@ -121,7 +121,7 @@ def test_a_master_down_is_named_with_its_partitions_exits_2_and_once_back_empty_
         assert {row["sku"]: row["node"] for row in shown["sales"]} == {
             sku: node for node, sku in skus.items() if node != victim.address
         }
-        assert f"Redis node {victim.address} did not answer" in status.stderr
+        assert f"Redis node {victim.address} could not be read" in status.stderr
     finally:
         victim.start()
         redis_cluster.wait_until_ready()
