@@ -36,9 +36,13 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import redis
+import redis.cluster
+
 from flashsale.engine import Engine, bounds
 from flashsale.engine.errors import FlashSaleError
 from flashsale.engine.models import Sale, SaleSettings, WaitingRoom
+from flashsale.engine.nodes import node_clients
 from flashsale.engine.operations import identifier
 
 _RELATIVE = re.compile(r"now\s*(?:(?P<sign>[+-])\s*(?P<amount>[0-9]+)\s*(?P<unit>ms|s|m|h|d))?", re.I)
@@ -287,9 +291,20 @@ def iso_utc(ms: int) -> str:
 
 
 def redis_now_ms(engine: Engine) -> int:
-    """Redis's clock, the one every deadline is measured on (relative times in a sale file use it)."""
-    seconds, micros = engine.redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
+    """Redis's clock, the one every deadline is measured on (relative times in a sale file use it): on a
+    cluster, that of the first master that answers."""
+    if not isinstance(engine.redis, redis.cluster.RedisCluster):
+        seconds, micros = engine.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+    errors: list[redis.RedisError] = []
+    for _name, client in sorted(node_clients(engine.redis).items()):
+        try:
+            seconds, micros = client.time()
+        except redis.RedisError as error:
+            errors.append(error)
+            continue
+        return int(seconds) * 1000 + int(micros) // 1000
+    raise errors[-1] if errors else redis.ConnectionError("no Redis node to ask the time")
 
 
 def check_against_live(engine: Engine, sales: list[SaleSettings]) -> None:

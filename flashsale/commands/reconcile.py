@@ -69,11 +69,13 @@ def _counts(c: object) -> str:
     return "/".join(str(getattr(c, n)) for n in rc.COUNTERS)
 
 
-def _table(report: rc.Report) -> Table:
+def _table(report: rc.Report, *, show_nodes: bool) -> Table:
     table = Table(
         title="Redis ↔ PostgreSQL ↔ unapplied events (total/available/reserved/sold)", title_justify="left"
     )
     table.add_column("SKU", no_wrap=True)
+    if show_nodes:
+        table.add_column("node", no_wrap=True)
     table.add_column("Redis", justify="right")
     table.add_column("PostgreSQL", justify="right")
     table.add_column("unapplied Δ", justify="right")
@@ -84,6 +86,7 @@ def _table(report: rc.Report) -> Table:
         delta = view.unapplied
         table.add_row(
             view.sku,
+            *([view.node or "?"] if show_nodes else []),
             _counts(view.redis),
             _counts(view.postgres),
             "/".join(f"{getattr(delta, n):+d}" for n in rc.COUNTERS),
@@ -92,6 +95,14 @@ def _table(report: rc.Report) -> Table:
             "[green]0[/]" if not view.drift else f"[red]{view.drift}[/]",
         )
     return table
+
+
+def _unreadable_lines(report: rc.Report) -> list[str]:
+    return [
+        f"Redis node {u.node} could not be read ({u.error}): partitions "
+        f"{', '.join(map(str, u.partitions))} were not checked"
+        for u in report.unreadable
+    ]
 
 
 def _drift_table(report: rc.Report) -> Table:
@@ -129,28 +140,49 @@ def reconcile(settings: Settings, as_json: bool, repair: str | None, yes: bool) 
     retention period); that counts add up and are never negative, open holds add up to `reserved` (and in
     PostgreSQL counted orders to `sold`), and no user is past the per-user limit, in both stores. Exits 0
     when nothing drifted, 1 when something did (after a repair: when drift remains), 2 when it could not run.
+
+    On a Redis Cluster (FLASHSALE_REDIS_CLUSTER=1) each partition is read on its master and the table
+    names each SKU's node; a node that does not answer is named with its partitions, the others are still
+    checked, nothing is repaired, and the exit code is 2 (--json: "complete": false, "unreadable_nodes").
     """
     if not settings.redis_url:
         raise CannotRun("FLASHSALE_REDIS_URL is not set: point it at the Redis to check")
     if not settings.database_url:
         raise CannotRun("FLASHSALE_DATABASE_URL is not set: point it at the PostgreSQL to check")
     console = table_console(stderr=as_json)
-    engine = Engine.from_url(settings.redis_url, settings.engine_config(), max_connections=8)
+    try:
+        engine = Engine.from_settings(settings, max_connections=8)
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
+        raise CannotRun(f"cannot reach Redis at {settings.redis_url}: {error}") from None
     try:
         snap = _run_check(engine, settings.database_url, console, show_progress=not as_json)
         report = rc.check(snap)
-        if repair is not None:
+        if repair is not None and report.complete:
             report = _repair(engine, settings, snap, report, repair, yes, console)
     except rc.ReconcileError as error:
         raise CannotRun(str(error)) from None
-    except redis.RedisError as error:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
         raise CannotRun(f"cannot reach Redis at {settings.redis_url}: {error}") from None
     finally:
         engine.close()
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
+        if not report.complete:
+            for line in _unreadable_lines(report):
+                click.echo(f"Error: {line}", err=True)
+            sys.exit(2)
     else:
-        console.print(_table(report))
+        console.print(_table(report, show_nodes=len(report.nodes) > 1))
+        if not report.complete:
+            if report.drifts:
+                console.print(_drift_table(report))
+            for line in _unreadable_lines(report):
+                console.print(f"[red]{line}[/]", highlight=False, soft_wrap=True)
+            raise CannotRun(
+                f"{len(report.unreadable)} Redis node(s) could not be read: "
+                f"{', '.join(u.node for u in report.unreadable)}"
+                + ("; nothing was repaired" if repair is not None else "")
+            )
         if report.ok:
             console.print(
                 f"[green]No drift[/] across {len(report.skus)} SKU(s); "
@@ -165,6 +197,14 @@ def reconcile(settings: Settings, as_json: bool, repair: str | None, yes: bool) 
     sys.exit(0 if report.ok else 1)
 
 
+def _lease_owners(engine: Engine) -> list[str]:
+    """The workers holding a partition's lease (a GET per partition, each routed to its node)."""
+    pipe = engine.redis.pipeline(transaction=False)
+    for p in engine.keys.all():
+        pipe.get(p.writeback_lease())
+    return sorted({str(owner) for owner in pipe.execute() if owner})
+
+
 def _repair(
     engine: Engine,
     settings: Settings,
@@ -175,9 +215,7 @@ def _repair(
     console: Console,
 ) -> rc.Report:
     assert settings.database_url is not None
-    from flashsale.writeback.lag import read_lag
-
-    owners = sorted({lag.owner for lag in read_lag(engine.redis, engine.keys) if lag.owner})
+    owners = _lease_owners(engine)
     if owners:
         raise click.ClickException(
             f"write-behind worker(s) {', '.join(owners)} hold partition leases: stop them (and the API) "

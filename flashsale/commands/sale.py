@@ -23,7 +23,8 @@ from rich.table import Table
 from flashsale.commands.output import echo_json, json_option, print_table
 from flashsale.engine import Engine
 from flashsale.engine.errors import FlashSaleError
-from flashsale.engine.models import Sale
+from flashsale.engine.models import SALE_AND_ROOM_FIELDS, Sale, sale_from_values
+from flashsale.engine.nodes import node_clients, partition_nodes
 from flashsale.engine.settings import Settings
 from flashsale.sales import SaleFileError, iso_utc, load_sales, read_sale_file, redis_now_ms
 
@@ -45,8 +46,13 @@ def require(url: str | None, variable: str) -> str:
 
 
 def engine_for(settings: Settings) -> Engine:
+    """The engine on the Redis the settings name: one server, or a cluster (FLASHSALE_REDIS_CLUSTER=1),
+    whose client reads the slot map as it starts."""
     url = require(settings.redis_url, "FLASHSALE_REDIS_URL")
-    return Engine.from_url(url, settings.engine_config(), max_connections=8)
+    try:
+        return Engine.from_settings(settings, max_connections=8)
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
+        raise click.ClickException(f"cannot reach Redis at {url}: {error}") from None
 
 
 def table_console(*, stderr: bool = False) -> Console:
@@ -137,7 +143,7 @@ def _load(settings: Settings, records: list[dict[str, Any]]) -> tuple[list[Sale]
         raise click.ClickException(str(error)) from None
     except FlashSaleError as error:
         raise click.ClickException(f"Redis refused the sale: {error}") from None
-    except redis.RedisError as error:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
     finally:
         engine.close()
@@ -305,20 +311,58 @@ _STATUS_COLUMNS = ("SKU", "name", "price", "window", "total", "available", "rese
                    "queue", "write-behind lag")  # fmt: skip
 
 
+def _node_sales(engine: Engine, client: redis.Redis, partitions: tuple[int, ...]) -> list[tuple[Sale, int]]:
+    """The sales of one node's partitions with their open holds, in two pipelined round trips to it."""
+    catalogs = client.pipeline(transaction=False)
+    for index in partitions:
+        catalogs.smembers(engine.keys.partition(index).catalog())
+    skus = sorted(str(sku) for members in catalogs.execute() for sku in members)
+    pipe = client.pipeline(transaction=False)
+    for sku in skus:
+        p = engine.keys.for_sku(sku)
+        pipe.hmget(p.sku(sku), SALE_AND_ROOM_FIELDS)
+        pipe.zcard(p.holds(sku))
+    replies = pipe.execute()
+    return [
+        (sale_, int(holds))
+        for values, holds in zip(replies[::2], replies[1::2], strict=True)
+        if (sale_ := sale_from_values(values)) is not None
+    ]
+
+
 def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, Any]:
-    """Every SKU's sale, window, active holds and its partition's write-behind lag (None: not known), as
-    ``sale status --json`` prints it."""
+    """Every SKU's sale, window, active holds, its partition and the Redis node serving it, and its
+    partition's write-behind lag (None: not known), as ``sale status --json`` prints it.
+
+    Read node by node (on one Redis: the one node), so that a node that does not answer is named, with
+    its partitions, in ``unreadable_nodes`` while the other nodes' SKUs are still shown."""
+    nodes = partition_nodes(engine.redis, engine.keys)
+    clients = node_clients(engine.redis)
     now_ms = redis_now_ms(engine)
     lag_of = {lag.partition: lag for lag in lags or ()}
+    found: list[tuple[Sale, int, str]] = []
+    unreadable = []
+    for node in nodes:
+        try:
+            client = clients.get(node.name)
+            if client is None:
+                raise redis.ConnectionError("the cluster client has no connection to it")
+            read = _node_sales(engine, client, node.partitions)
+            found += [(sale_, holds, node.name) for sale_, holds in read]
+        except redis.RedisError as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            unreadable.append({"node": node.name, "partitions": list(node.partitions), "error": reason})
     sales = []
-    for sale_ in engine.list_sales():
+    for sale_, holds, node_name in sorted(found, key=lambda row: row[0].sku):
         partition = engine.keys.for_sku(sale_.sku)
         lag = lag_of.get(partition.index)
         sales.append(
             {
                 **sale_json(sale_),
+                "partition": partition.index,
+                "node": node_name,
                 "window": _window(sale_, now_ms),
-                "holds": int(engine.redis.zcard(partition.holds(sale_.sku))),
+                "holds": holds,
                 "queue": _queue_json(engine, sale_),
                 "writeback_lag": None
                 if lags is None
@@ -329,7 +373,12 @@ def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, An
                 },
             }
         )
-    return {"now": now_ms, "sales": sales}
+    return {
+        "now": now_ms,
+        "nodes": [{"node": node.name, "partitions": list(node.partitions)} for node in nodes],
+        "unreadable_nodes": unreadable,
+        "sales": sales,
+    }
 
 
 def _queue_json(engine: Engine, sale_: Sale) -> dict[str, Any] | None:
@@ -363,9 +412,12 @@ def _queue_cell(queue: dict[str, Any] | None) -> str:
 def status_table(status: dict[str, Any]) -> Table:
     """One row per SKU of ``sale_status``: no header or number is ever cut (print with print_table)."""
     table = Table(title="flash sale status", title_justify="left")
+    show_nodes = len(status.get("nodes", ())) > 1  # a cluster: which master serves each SKU
     for column in _STATUS_COLUMNS:
         left = column in ("SKU", "name", "window")
         table.add_column(column, justify="left" if left else "right", no_wrap=True, min_width=len(column))
+    if show_nodes:
+        table.add_column("node", no_wrap=True)
     table.columns[1].max_width = 28  # a long name is cut with an ellipsis rather than widening every row
     table.columns[1].overflow = "ellipsis"
     for row in status["sales"]:
@@ -384,8 +436,21 @@ def status_table(status: dict[str, Any]) -> Table:
             *(str(row[field]) for field in ("total", "available", "reserved", "sold", "holds")),
             _queue_cell(row["queue"]),
             shown_lag,
+            *([row["node"] or "?"] if show_nodes else []),
         )
     return table
+
+
+def _lags(engine: Engine) -> list[PartitionLag] | None:
+    """The write-behind lag of every partition; None where it cannot be read here: on a cluster
+    (writeback.lag reads it in one pipeline that asks TIME, which redis-py's cluster pipeline refuses), or
+    with a node down (the lag of every partition is one pipeline). Shown as n/a."""
+    from flashsale.writeback.lag import read_lag
+
+    try:
+        return read_lag(engine.redis, engine.keys)
+    except (redis.RedisError, redis.exceptions.RedisClusterException):
+        return None
 
 
 @sale.command("status")
@@ -402,15 +467,18 @@ def status(settings: Settings, as_json: bool) -> None:
     flash_price_cents, total, available, reserved, sold, per_user_limit, starts_at, ends_at (ms, 0 = no
     bound), reservation_ttl_ms, paused, created_at, updated_at, window ("live", "paused", "ended",
     "starts in ..."), holds, queue (null without a waiting room, else {line, admitted_now, joined,
-    admitted, abandoned, sent_away, closed, admit_per_s, first_admitted_at, wait_p50_s, wait_p99_s}) and
-    writeback_lag {partition, pending, oldest_age_ms}.
-    """
-    from flashsale.writeback.lag import read_lag
+    admitted, abandoned, sent_away, closed, admit_per_s, first_admitted_at, wait_p50_s, wait_p99_s}),
+    writeback_lag {partition, pending, oldest_age_ms} (null: not known), partition and node (the Redis
+    serving it, host:port); the document also lists "nodes" [{node, partitions}] and
+    "unreadable_nodes" [{node, partitions, error}].
 
+    On a Redis Cluster (FLASHSALE_REDIS_CLUSTER=1) the table adds a node column. A node that does not
+    answer is named with its partitions, the other nodes' SKUs are still shown, and the exit code is 1.
+    """
     engine = engine_for(settings)
     try:
-        document = sale_status(engine, read_lag(engine.redis, engine.keys))
-    except redis.RedisError as error:
+        document = sale_status(engine, _lags(engine))
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
     finally:
         engine.close()
@@ -418,3 +486,11 @@ def status(settings: Settings, as_json: bool) -> None:
         echo_json(document)
     else:
         print_table(status_table(document))
+    if document["unreadable_nodes"]:
+        for node in document["unreadable_nodes"]:
+            click.echo(
+                f"Error: Redis node {node['node']} could not be read ({node['error']}): the SKUs of "
+                f"partitions {', '.join(map(str, node['partitions']))} are not shown",
+                err=True,
+            )
+        sys.exit(1)

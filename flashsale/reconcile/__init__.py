@@ -22,7 +22,7 @@ from .checks import Drift, Report, SkuView, check
 from .postgres_repair import PostgresPlan, apply_postgres_plan, plan_postgres_from_stream
 from .redis_repair import RedisPlan, apply_redis_plan, plan_redis_from_postgres, raise_stream_floors
 from .snapshot import Progress, ReconcileError, no_progress, snapshot
-from .state import COUNTERS, Snapshot
+from .state import COUNTERS, Snapshot, UnreadableNode
 
 
 def reconcile(engine: Engine, database_url: str, progress: Progress = no_progress) -> Report:
@@ -39,6 +39,7 @@ __all__ = [
     "Report",
     "SkuView",
     "Snapshot",
+    "UnreadableNode",
     "apply_postgres_plan",
     "apply_redis_plan",
     "check",

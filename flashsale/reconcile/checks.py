@@ -11,12 +11,23 @@ deadline; in PostgreSQL counted orders with `sold`).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flashsale.engine.events import Counters, effect
 
-from .state import COUNTERS, OPEN, SETTINGS, Record, Snapshot, counters, deadline, fmt, in_window
+from .state import (
+    COUNTERS,
+    OPEN,
+    SETTINGS,
+    Record,
+    Snapshot,
+    UnreadableNode,
+    counters,
+    deadline,
+    fmt,
+    in_window,
+)
 from .target import expected_redis
 
 RESERVATION_FIELDS = (
@@ -75,6 +86,7 @@ class SkuView:
     unapplied_events: int
     holds: int
     drift: int = 0
+    node: str | None = None  # the Redis node serving the SKU's partition (host:port)
 
     def as_dict(self) -> dict[str, Any]:
         def counts(c: Counters | None) -> dict[str, int] | None:
@@ -82,6 +94,7 @@ class SkuView:
 
         return {
             "sku": self.sku,
+            "node": self.node,
             "redis": counts(self.redis),
             "postgres": counts(self.postgres),
             "unapplied_deltas": counts(self.unapplied),
@@ -99,14 +112,43 @@ class Report:
     unapplied_events: int
     checked_reservations: int = 0
     checked_orders: int = 0
+    nodes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # node -> its partitions
+    unreadable: list[UnreadableNode] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every node was read: no partition was left out of the checks."""
+        return not self.unreadable
 
     @property
     def ok(self) -> bool:
-        return not self.drifts
+        return not self.drifts and self.complete
+
+    def node_summaries(self) -> list[dict[str, Any]]:
+        """Per node: its partitions, whether it answered, and its SKUs, unapplied events and drift."""
+        down = {u.node: u for u in self.unreadable}
+        rows = []
+        for node, partitions in sorted(self.nodes.items()):
+            views = [v for v in self.skus if v.node == node]
+            rows.append(
+                {
+                    "node": node,
+                    "partitions": list(partitions),
+                    "read": node not in down,
+                    "error": down[node].error if node in down else None,
+                    "skus": len(views),
+                    "unapplied_events": sum(v.unapplied_events for v in views),
+                    "drift": sum(v.drift for v in views),
+                }
+            )
+        return rows
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "complete": self.complete,
+            "unreadable_nodes": [u.as_dict() for u in self.unreadable],
+            "nodes": self.node_summaries(),
             "drift_count": len(self.drifts),
             "drift": [d.as_dict() for d in self.drifts],
             "skus": [s.as_dict() for s in self.skus],
@@ -259,6 +301,7 @@ def check(snap: Snapshot) -> Report:
                 unapplied_events=event_counts.get(sku, 0),
                 holds=len(r.holds.get(sku, {})),
                 drift=len(found),
+                node=r.node_of(sku),
             )
         )
     later: list[Drift] = []
@@ -291,4 +334,13 @@ def check(snap: Snapshot) -> Report:
         len(unapplied),
         checked_reservations=len(r.reservations),
         checked_orders=len(r.orders),
+        nodes=_nodes(r.nodes),
+        unreadable=list(r.unreadable),
     )
+
+
+def _nodes(owner: dict[int, str]) -> dict[str, tuple[int, ...]]:
+    by_node: dict[str, list[int]] = {}
+    for partition, node in sorted(owner.items()):
+        by_node.setdefault(node, []).append(partition)
+    return {node: tuple(partitions) for node, partitions in by_node.items()}

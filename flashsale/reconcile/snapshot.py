@@ -1,11 +1,16 @@
 """A consistent snapshot of both stores: PostgreSQL first, then each partition of Redis cut at PostgreSQL's
 applied offset, so that Redis == PostgreSQL + the unapplied events holds exactly when nothing drifted.
 
-PostgreSQL is read in one repeatable-read transaction. Each Redis partition is read in one MULTI: its sales
-(counters, settings, user counts), open holds, reservation and order records, and the stream after the
-applied offset. The record keys are listed (SCAN) just before; a record created in between shows up as an
-unapplied event without its record, and the partition is read again. The whole snapshot is taken again
-while the worker moves an offset in between.
+PostgreSQL is read in one repeatable-read transaction. Each Redis partition is read in one MULTI on the
+node that serves it (one Redis, or the partition's master on a Redis Cluster, where all of a partition's
+keys share one slot): its sales (counters, settings, user counts), open holds, reservation and order
+records, and the stream after the applied offset. The record keys are listed (SCAN on that node) just
+before; a record created in between shows up as an unapplied event without its record, and the partition
+is read again. The whole snapshot is taken again while the worker moves an offset in between.
+
+A node that does not answer is named with its partitions (``RedisState.unreadable``) and its partitions
+are left out of both stores' states, so the rest is still checked; the caller decides that such a
+snapshot is incomplete.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from psycopg.rows import dict_row
 
 from flashsale.engine import Engine
 from flashsale.engine.events import parse_entry
-from flashsale.engine.keys import Partition
+from flashsale.engine.keys import Partition, partition_of
 from flashsale.engine.models import SALE_FIELDS
+from flashsale.engine.nodes import node_clients, partition_nodes
 from flashsale.writeback.database import queries
 
-from .state import PostgresState, Record, RedisState, Snapshot, cutoff
+from .state import PostgresState, Record, RedisState, Snapshot, StoreState, UnreadableNode, cutoff
 
 log = logging.getLogger("flashsale.reconcile")
 
@@ -183,16 +189,17 @@ def sale_from_hash(fields: dict[str, str]) -> tuple[Record, dict[str, tuple[int,
     return sale, {user: (c[0], c[1]) for user, c in users.items()}
 
 
-def _scan(engine: Engine, pattern: str) -> list[str]:
-    return sorted(str(k) for k in engine.redis.scan_iter(match=pattern, count=1000))
+def _scan(client: redis.Redis, pattern: str) -> list[str]:
+    return sorted(str(k) for k in client.scan_iter(match=pattern, count=1000))
 
 
-def _read_partition(engine: Engine, p: Partition, applied: str, state: RedisState) -> bool:
-    """One partition in one MULTI; False when an unapplied event names a record the listing missed."""
-    skus = sorted(str(s) for s in engine.redis.smembers(p.catalog()))
-    record_keys = _scan(engine, p.reservation("*"))  # ended reservations (open ones: the open hash)
-    order_keys = _scan(engine, p.order("*"))
-    pipe = engine.redis.pipeline(transaction=True)
+def _read_partition(client: redis.Redis, p: Partition, applied: str, state: RedisState) -> bool:
+    """One partition in one MULTI on the node that serves it; False when an unapplied event names a
+    record the listing missed."""
+    skus = sorted(str(s) for s in client.smembers(p.catalog()))
+    record_keys = _scan(client, p.reservation("*"))  # ended reservations (open ones: the open hash)
+    order_keys = _scan(client, p.order("*"))
+    pipe = client.pipeline(transaction=True)
     for sku in skus:
         pipe.hgetall(p.sku(sku))
         pipe.zrange(p.holds(sku), 0, -1, withscores=True)
@@ -233,32 +240,88 @@ def _read_partition(engine: Engine, p: Partition, applied: str, state: RedisStat
     return created <= known
 
 
+def redis_now_ms(clients: dict[str, redis.Redis]) -> int:
+    """Redis's clock, from the first node that answers (one clock for the whole snapshot)."""
+    errors = []
+    for name, client in sorted(clients.items()):
+        try:
+            seconds, micros = client.time()
+        except redis.RedisError as error:
+            errors.append(f"{name}: {error}")
+            continue
+        return int(seconds) * 1000 + int(micros) // 1000
+    raise ReconcileError(f"cannot read Redis: no node answered ({'; '.join(errors) or 'no nodes'})")
+
+
 def read_redis(engine: Engine, offsets: dict[int, str], progress: Progress = no_progress) -> RedisState:
+    """Every partition, node by node (on one Redis: the one node). A node that does not answer is left
+    out whole and named in ``unreadable``: the other nodes' partitions are still read."""
     state = RedisState()
-    seconds, micros = engine.redis.time()
-    state.now_ms = int(seconds) * 1000 + int(micros) // 1000
-    partitions = engine.keys.all()
-    for done, p in enumerate(partitions):
-        progress("partitions", done, len(partitions))
-        for _attempt in range(ATTEMPTS):
-            if _read_partition(engine, p, offsets.get(p.index, "0-0"), state):
-                break
-            log.info("event=reconcile_retry partition=%d reason=records_created_while_listing", p.index)
-    progress("partitions", len(partitions), len(partitions))
+    nodes = partition_nodes(engine.redis, engine.keys)
+    clients = node_clients(engine.redis)
+    state.now_ms = redis_now_ms(clients)
+    state.nodes = {p: node.name for node in nodes for p in node.partitions}
+    total, done = len(state.nodes), 0
+    for node in nodes:
+        client = clients.get(node.name)
+        try:
+            if client is None:
+                raise redis.ConnectionError("the cluster client has no connection to it")
+            for index in node.partitions:
+                progress("partitions", done, total)
+                p = engine.keys.partition(index)
+                for _attempt in range(ATTEMPTS):
+                    if _read_partition(client, p, offsets.get(p.index, "0-0"), state):
+                        break
+                    log.info("event=reconcile_retry partition=%d reason=records_created_while_listing", index)
+                done += 1
+        except redis.RedisError as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            state.unreadable.append(UnreadableNode(node.name, node.partitions, reason))
+            done += len([i for i in node.partitions if i not in state.unapplied])
+            log.warning(
+                "event=reconcile_node_unreadable node=%s partitions=%s error=%r",
+                node.name, ",".join(map(str, node.partitions)), reason,
+            )  # fmt: skip
+    progress("partitions", total, total)
+    if state.unreadable:
+        _leave_out(state, {i for u in state.unreadable for i in u.partitions}, len(state.nodes))
     return state
+
+
+def _leave_out(state: StoreState, partitions: set[int], count: int) -> None:
+    """Drops what the given partitions hold from a store's state (their node could not be read, so
+    neither store is compared there)."""
+
+    def gone(sku: object) -> bool:
+        return partition_of(str(sku), count) in partitions
+
+    state.sales = {sku: sale for sku, sale in state.sales.items() if not gone(sku)}
+    state.users = {key: counts for key, counts in state.users.items() if not gone(key[0])}
+    state.reservations = {k: r for k, r in state.reservations.items() if not gone(r["sku"])}
+    state.orders = {k: o for k, o in state.orders.items() if not gone(o["sku"])}
+    if isinstance(state, RedisState):
+        state.holds = {sku: holds for sku, holds in state.holds.items() if not gone(sku)}
+        state.unapplied = {p: events for p, events in state.unapplied.items() if p not in partitions}
+    if isinstance(state, PostgresState):
+        state.sums = {sku: sums for sku, sums in state.sums.items() if not gone(sku)}
 
 
 def snapshot(engine: Engine, database_url: str, progress: Progress = no_progress) -> Snapshot:
     """Both stores, PostgreSQL first; taken again while the worker moved an offset in between."""
     try:
-        seconds, _ = engine.redis.time()
-        window_start = cutoff(int(seconds) * 1000)
-        with psycopg.connect(database_url, connect_timeout=10) as conn:
+        window_start = cutoff(redis_now_ms(node_clients(engine.redis)))
+        # Autocommit: each attempt's transaction is its own (a second ``conn.transaction()`` after the
+        # offsets were read would otherwise be a savepoint that cannot set its isolation level).
+        with psycopg.connect(database_url, connect_timeout=10, autocommit=True) as conn:
             for _attempt in range(ATTEMPTS):
                 with conn.transaction():
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     pg = read_postgres(conn, window_start)
                 redis_state = read_redis(engine, pg.offsets, progress)
+                if redis_state.unreadable:
+                    left_out = {i for u in redis_state.unreadable for i in u.partitions}
+                    _leave_out(pg, left_out, len(redis_state.nodes))
                 if read_offsets(conn) == pg.offsets:
                     return Snapshot(redis_state, pg)
                 log.info("event=reconcile_retry reason=worker_advanced_offsets")
@@ -272,4 +335,4 @@ def snapshot(engine: Engine, database_url: str, progress: Progress = no_progress
         raise ReconcileError(f"cannot read Redis: {error}") from None
 
 
-__all__ = ["Progress", "ReconcileError", "no_progress", "read_redis", "snapshot"]
+__all__ = ["Progress", "ReconcileError", "no_progress", "read_redis", "redis_now_ms", "snapshot"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from flashsale.engine.bounds import RETENTION_MS
 from flashsale.engine.events import Counters, Event
+from flashsale.engine.keys import partition_of
 
 COUNTERS = ("total", "available", "reserved", "sold")
 SETTINGS = (
@@ -46,11 +47,29 @@ class StoreState:
     orders: dict[str, Record] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableNode:
+    """A Redis node that could not be read: its partitions were left out of the snapshot (and the checks)."""
+
+    node: str  # host:port
+    partitions: tuple[int, ...]
+    error: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "partitions": list(self.partitions), "error": self.error}
+
+
 @dataclass(slots=True)
 class RedisState(StoreState):
     holds: dict[str, dict[str, int]] = field(default_factory=dict)  # sku -> reservation id -> deadline
     unapplied: dict[int, list[Event]] = field(default_factory=dict)  # partition -> events after the offset
     now_ms: int = 0
+    nodes: dict[int, str] = field(default_factory=dict)  # partition -> the node serving it (host:port)
+    unreadable: list[UnreadableNode] = field(default_factory=list)
+
+    def node_of(self, sku: str) -> str | None:
+        """The node serving the SKU's partition (None when the snapshot did not record the nodes)."""
+        return self.nodes.get(partition_of(sku, len(self.nodes))) if self.nodes else None
 
     def unapplied_events(self) -> list[Event]:
         return [e for p in sorted(self.unapplied) for e in self.unapplied[p]]

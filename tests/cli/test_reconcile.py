@@ -1,9 +1,15 @@
 """`flashsale reconcile` against real Redis and PostgreSQL: clean data passes, each kind of drift is found
-and reported with a non-zero exit, and each repair direction brings it back to zero drift."""
+and reported with a non-zero exit, and each repair direction brings it back to zero drift.
+
+The tests marked ``cluster`` run on one Redis and on a 3-master Redis Cluster (``[single]``, ``[cluster]``),
+where each partition is read on its own master, the report names each SKU's node, and a master that is
+down is named with its partitions."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,18 +17,26 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from flashsale.engine import Engine, SaleSettings
+from flashsale.engine.errors import FlashSaleError
 from flashsale.engine.keys import Keyspace, bought_field
+from flashsale.engine.nodes import node_clients, partition_nodes
 
 from flashsale.cli import main
 
 Drain = Callable[[Engine, str], int]
 
-SKUS = ("SKU-TV-55", "SKU-PHONE-X", "SKU-MUG")
+# Partitions 13, 14 and 0: on the test cluster (the launcher's 3 masters) each SKU has a master of its own
+# (test_clean_data_reconciles_with_zero_drift_and_exit_0 checks it).
+SKUS = ("SKU-TV-55", "SKU-PHONE-1", "SKU-MUG-RED")
 
 
 @pytest.fixture
-def env(redis_url: str, database_url: str) -> dict[str, str]:
-    return {"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": database_url}
+def env(redis_url: str, database_url: str, on_cluster: bool) -> dict[str, str]:
+    return {
+        "FLASHSALE_REDIS_URL": redis_url,
+        "FLASHSALE_REDIS_CLUSTER": "1" if on_cluster else "0",
+        "FLASHSALE_DATABASE_URL": database_url,
+    }
 
 
 @pytest.fixture
@@ -95,7 +109,25 @@ def checks_for(document: dict[str, Any], sku: str) -> set[tuple[str, str]]:
     return {(d["check"], d["where"]) for d in document["drift"] if d["sku"] == sku}
 
 
-def test_clean_data_reconciles_with_zero_drift_and_exit_0(busy_sale: Engine, env: dict[str, str]) -> None:
+def assert_every_key_on_its_partitions_node(engine: Engine) -> None:
+    """Each node holds only keys of the partitions it serves (the rebuild went through the cluster's
+    routing), and the rebuilt sales are there."""
+    tags = {p.tag: p.index for p in engine.keys.all()}
+    served = {node.name: set(node.partitions) for node in partition_nodes(engine.redis, engine.keys)}
+    seen = set()
+    for name, client in node_clients(engine.redis).items():
+        for key in client.scan_iter(match=f"{engine.config.prefix}:*", count=1000):
+            tag = next((t for t in tags if str(key).startswith(t)), None)
+            if tag is not None:
+                assert tags[tag] in served[name], f"{key} on {name}, which serves {sorted(served[name])}"
+                seen.add(tags[tag])
+    assert {engine.keys.for_sku(sku).index for sku in SKUS} <= seen
+
+
+@pytest.mark.cluster
+def test_clean_data_reconciles_with_zero_drift_and_exit_0(
+    busy_sale: Engine, env: dict[str, str], on_cluster: bool
+) -> None:
     result = reconcile(env)
     assert result.exit_code == 0, result.output
     assert "No drift" in result.output
@@ -113,20 +145,105 @@ def test_clean_data_reconciles_with_zero_drift_and_exit_0(busy_sale: Engine, env
             "reserved": reserved,
             "sold": sold,
         }
-    # PostgreSQL lags by exactly the unapplied events: SKU-MUG's late hold of 2 is not there yet.
-    assert by_sku["SKU-MUG"]["unapplied_deltas"] == {"total": 0, "available": -2, "reserved": 2, "sold": 0}
-    assert by_sku["SKU-MUG"]["postgres"]["reserved"] == live["SKU-MUG"][2] - 2
+    # PostgreSQL lags by exactly the unapplied events: SKU-MUG-RED's late hold of 2 is not there yet.
+    mug = by_sku["SKU-MUG-RED"]
+    assert mug["unapplied_deltas"] == {"total": 0, "available": -2, "reserved": 2, "sold": 0}
+    assert by_sku["SKU-MUG-RED"]["postgres"]["reserved"] == live["SKU-MUG-RED"][2] - 2
+    # Each SKU names the Redis node serving its partition (on a cluster: its master), and so does the
+    # summary per node.
+    nodes = partition_nodes(busy_sale.redis, busy_sale.keys)
+    owner = {p: node.name for node in nodes for p in node.partitions}
+    for sku in SKUS:
+        assert by_sku[sku]["node"] == owner[busy_sale.keys.for_sku(sku).index]
+    assert [(n["node"], n["partitions"], n["read"]) for n in document["nodes"]] == [
+        (node.name, list(node.partitions), True) for node in nodes
+    ]
+    assert document["complete"] is True
+    assert document["unreadable_nodes"] == []
+    assert sum(n["skus"] for n in document["nodes"]) == len(SKUS)
+    assert len({by_sku[sku]["node"] for sku in SKUS}) == (3 if on_cluster else 1)  # every master has one
+    if on_cluster:
+        assert "node" in result.output
+        assert all(by_sku[sku]["node"] in result.output for sku in SKUS)
 
 
+@pytest.mark.cluster
+def test_a_sale_on_every_node_reconciles_with_zero_drift_while_shoppers_buy_and_the_streams_drain(
+    engine: Engine, env: dict[str, str], database_url: str, drain: Drain, on_cluster: bool
+) -> None:
+    from flashsale import reconcile as rc
+
+    skus = [f"SKU-LIVE-{n}" for n in range(6)]
+    owners = {node.name for node in partition_nodes(engine.redis, engine.keys)}
+    nodes_of = {
+        next(
+            n.name
+            for n in partition_nodes(engine.redis, engine.keys)
+            if engine.keys.for_sku(s).index in n.partitions
+        )
+        for s in skus
+    }
+    assert nodes_of == owners  # on a cluster: SKUs on every master
+    now = int(engine.redis.time()[0]) * 1000
+    for sku in skus:
+        engine.load_sale(SaleSettings(sku=sku, name=sku, total=40, per_user_limit=2, starts_at=now - 1_000))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def shopper(k: int) -> None:
+        try:
+            for n in range(24):
+                sku, user = skus[(k + n) % len(skus)], f"shopper{k}-{n % 8}"
+                try:
+                    hold = engine.reserve(sku, user)
+                except FlashSaleError:
+                    continue  # at the per-user limit: a real refusal
+                if n % 3 == 0:
+                    engine.confirm(engine.begin_checkout(hold.id, user, "card").id, user)
+                elif n % 3 == 1:
+                    engine.release(hold.id, user)
+        except BaseException as error:  # surfaced by the test's thread
+            failures.append(error)
+
+    def worker() -> None:
+        while not stop.is_set():
+            drain(engine, database_url)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=shopper, args=(k,)) for k in range(3)]
+    drainer = threading.Thread(target=worker)
+    for thread in [*threads, drainer]:
+        thread.start()
+    try:
+        # While shoppers buy and events are applied: each partition is cut at PostgreSQL's offset.
+        during = [rc.reconcile(engine, database_url) for _ in range(2)]
+    finally:
+        for thread in threads:
+            thread.join()
+        stop.set()
+        drainer.join()
+    assert failures == []
+    for taken in during:
+        assert taken.ok, taken.drifts[:5]
+    drain(engine, database_url)
+    document = report(env)
+    assert document["ok"] is True, document["drift"][:5]
+    assert document["unapplied_events"] == 0
+    assert {view["node"] for view in document["skus"]} == owners
+    assert len(document["nodes"]) == (3 if on_cluster else 1)
+    assert sum(view["redis"]["sold"] for view in document["skus"]) > 0
+
+
+@pytest.mark.cluster
 def test_drift_in_redis_is_found_and_rebuilt_from_postgres(busy_sale: Engine, env: dict[str, str]) -> None:
     before = counters(busy_sale)
     sku_key = busy_sale.keys.for_sku("SKU-TV-55").sku("SKU-TV-55")
     busy_sale.redis.hincrby(sku_key, "available", 3)  # units out of nowhere
-    mug = busy_sale.keys.for_sku("SKU-MUG").sku("SKU-MUG")
+    mug = busy_sale.keys.for_sku("SKU-MUG-RED").sku("SKU-MUG-RED")
     busy_sale.redis.hset(mug, bought_field("user2"), 5)  # past the per-user limit of 2
-    phone = busy_sale.keys.for_sku("SKU-PHONE-X")
+    phone = busy_sale.keys.for_sku("SKU-PHONE-1")
     dangling = f"rsv_{phone.index}_dangling"
-    busy_sale.redis.zadd(phone.holds("SKU-PHONE-X"), {dangling: 1})  # a hold with no record
+    busy_sale.redis.zadd(phone.holds("SKU-PHONE-1"), {dangling: 1})  # a hold with no record
 
     result = reconcile(env)
     assert result.exit_code == 1
@@ -135,35 +252,37 @@ def test_drift_in_redis_is_found_and_rebuilt_from_postgres(busy_sale: Engine, en
     assert {("counts_add_up", "redis"), ("postgres_plus_unapplied_equals_redis", "log")} <= checks_for(
         document, "SKU-TV-55"
     )
-    assert {("per_user_limit", "redis"), ("user_counts_match", "log")} <= checks_for(document, "SKU-MUG")
-    assert checks_for(document, "SKU-PHONE-X") == {("open_hold_has_reservation", "redis")}
+    assert {("per_user_limit", "redis"), ("user_counts_match", "log")} <= checks_for(document, "SKU-MUG-RED")
+    assert checks_for(document, "SKU-PHONE-1") == {("open_hold_has_reservation", "redis")}
 
     repaired = reconcile(env, "--repair", "redis-from-postgres", "--yes")
     assert repaired.exit_code == 0, repaired.output
     assert "SKU-TV-55: counters total=25 available=" in repaired.output
     assert counters(busy_sale) == before
-    assert busy_sale.user_counts("SKU-MUG", "user2").purchased == 0
-    assert busy_sale.redis.zscore(phone.holds("SKU-PHONE-X"), dangling) is None
+    assert busy_sale.user_counts("SKU-MUG-RED", "user2").purchased == 0
+    assert busy_sale.redis.zscore(phone.holds("SKU-PHONE-1"), dangling) is None
     assert not busy_sale.redis.exists(phone.reservation(dangling))
     assert report(env)["ok"] is True
 
 
+@pytest.mark.cluster
 def test_redis_lost_entirely_is_rebuilt_and_keeps_serving(
     busy_sale: Engine, env: dict[str, str], database_url: str, drain: Drain
 ) -> None:
     drain(busy_sale, database_url)
     before = counters(busy_sale)
-    open_hold = busy_sale.reserve("SKU-PHONE-X", "survivor")
+    open_hold = busy_sale.reserve("SKU-PHONE-1", "survivor")
     drain(busy_sale, database_url)
-    busy_sale.redis.flushall()
+    busy_sale.redis.flushall()  # on a cluster: every master
 
     assert reconcile(env).exit_code == 1
     assert reconcile(env, "--repair", "redis-from-postgres", "--yes").exit_code == 0
+    assert_every_key_on_its_partitions_node(busy_sale)
     after = counters(busy_sale)
-    total, available, reserved, sold = before["SKU-PHONE-X"]
-    assert after["SKU-PHONE-X"] == (total, available - 1, reserved + 1, sold)
-    assert {k: v for k, v in after.items() if k != "SKU-PHONE-X"} == {
-        k: v for k, v in before.items() if k != "SKU-PHONE-X"
+    total, available, reserved, sold = before["SKU-PHONE-1"]
+    assert after["SKU-PHONE-1"] == (total, available - 1, reserved + 1, sold)
+    assert {k: v for k, v in after.items() if k != "SKU-PHONE-1"} == {
+        k: v for k, v in before.items() if k != "SKU-PHONE-1"
     }
     # Every stream's next id is past what PostgreSQL applied, or the worker would skip new events.
     with psycopg.connect(database_url) as conn:
@@ -177,11 +296,12 @@ def test_redis_lost_entirely_is_rebuilt_and_keeps_serving(
     # The rebuilt hold is a real one: its owner can pay for it, and the per-user limit still holds.
     order = busy_sale.begin_checkout(open_hold.id, "survivor", "card")
     assert busy_sale.confirm(order.id, "survivor").status == "CONFIRMED"
-    assert busy_sale.user_counts("SKU-PHONE-X", "survivor").purchased == 1
+    assert busy_sale.user_counts("SKU-PHONE-1", "survivor").purchased == 1
     drain(busy_sale, database_url)
     assert report(env)["ok"] is True
 
 
+@pytest.mark.cluster
 def test_drift_in_postgres_is_found_and_redriven_from_the_stream(
     busy_sale: Engine, env: dict[str, str], database_url: str, drain: Drain
 ) -> None:
@@ -189,7 +309,7 @@ def test_drift_in_postgres_is_found_and_redriven_from_the_stream(
     with psycopg.connect(database_url) as conn:
         conn.execute(
             "UPDATE inventory SET sold_count = sold_count + 1, available_count = available_count - 1 "
-            "WHERE sku_id = 'SKU-PHONE-X'"
+            "WHERE sku_id = 'SKU-PHONE-1'"
         )
         conn.execute(
             "UPDATE reservations SET status = 'EXPIRED', ended_at = now() WHERE status = 'RESERVED' "
@@ -200,7 +320,7 @@ def test_drift_in_postgres_is_found_and_redriven_from_the_stream(
     assert result.exit_code == 1
     document = report(env)
     assert {("orders_match_sold", "postgres"), ("postgres_plus_unapplied_equals_redis", "log")} <= checks_for(
-        document, "SKU-PHONE-X"
+        document, "SKU-PHONE-1"
     )
     assert ("open_holds_match_reserved", "postgres") in checks_for(document, "SKU-TV-55")
     assert ("reservation_matches", "log") in checks_for(document, "SKU-TV-55")
@@ -214,6 +334,7 @@ def test_drift_in_postgres_is_found_and_redriven_from_the_stream(
     assert pg_counters(database_url) == counters(busy_sale)
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("direction", ["redis-from-postgres", "postgres-from-stream"])
 def test_a_lost_stream_entry_is_found_and_either_repair_settles_it(
     busy_sale: Engine, env: dict[str, str], database_url: str, drain: Drain, direction: str
@@ -247,12 +368,12 @@ def test_a_repair_shows_its_plan_and_changes_nothing_when_declined(
     with psycopg.connect(database_url) as conn:
         conn.execute(
             "UPDATE inventory SET reserved_count = reserved_count + 2, available_count = available_count - 2 "
-            "WHERE sku_id = 'SKU-MUG'"
+            "WHERE sku_id = 'SKU-MUG-RED'"
         )
     drifted = pg_counters(database_url)
     result = reconcile(env, "--repair", "postgres-from-stream", input="n\n")
     assert result.exit_code == 1
-    assert "SKU-MUG: inventory total=20" in result.output
+    assert "SKU-MUG-RED: inventory total=20" in result.output
     assert "Apply these changes to PostgreSQL?" in result.output
     assert "nothing was changed" in result.output
     assert pg_counters(database_url) == drifted
@@ -266,15 +387,17 @@ def test_reconcile_without_configuration_says_what_is_missing() -> None:
     assert "FLASHSALE_REDIS_URL is not set" in result.output
 
 
+@pytest.mark.cluster
 def test_a_repair_refuses_while_a_worker_holds_leases(busy_sale: Engine, env: dict[str, str]) -> None:
 
     busy_sale.redis.set(busy_sale.keys.partition(3).writeback_lease(), "worker-on-host-a", px=60_000)
-    sold = busy_sale.get_sale("SKU-MUG").sold
-    busy_sale.redis.hincrby(busy_sale.keys.for_sku("SKU-MUG").sku("SKU-MUG"), "sold", 1)
+    sold = busy_sale.get_sale("SKU-MUG-RED").sold
+    busy_sale.redis.hincrby(busy_sale.keys.for_sku("SKU-MUG-RED").sku("SKU-MUG-RED"), "sold", 1)
     result = reconcile(env, "--repair", "redis-from-postgres", "--yes")
     assert result.exit_code == 1
     assert "worker(s) worker-on-host-a hold partition leases: stop them" in result.output
-    assert busy_sale.get_sale("SKU-MUG").sold == sold + 1  # the drift is still there: nothing was repaired
+    # The drift is still there: nothing was repaired.
+    assert busy_sale.get_sale("SKU-MUG-RED").sold == sold + 1
     assert report(env)["ok"] is False
 
 
