@@ -28,7 +28,7 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from flashsale.launcher import KafkaBroker
+from flashsale.launcher import KafkaBroker, RedisCluster
 
 FLASHSALE = Path(sys.executable).with_name("flashsale")
 START_TIMEOUT_S = 120
@@ -481,3 +481,26 @@ def test_up_with_a_redis_cluster_carries_a_reservation_into_postgresql(
     stack.process.send_signal(signal.SIGTERM)
     assert stack.finish() == 0
     assert_all_gone(children)
+
+
+def test_a_configured_redis_cluster_is_used_named_per_master_and_left_running(
+    start_up: Callable[..., RunningStack], redis_cluster: RedisCluster, database_url: str
+) -> None:
+    configured = {
+        "FLASHSALE_REDIS_URL": redis_cluster.url,
+        "FLASHSALE_REDIS_CLUSTER": "1",
+        "FLASHSALE_DATABASE_URL": database_url,
+    }
+    stack = start_up("--no-demo", env=configured)
+    masters = cluster_masters(stack, 3)
+    assert set(masters) == {node.address for node in redis_cluster.masters}
+    assert f"✓ Redis Cluster          {redis_cluster.url} (configured)" in stack.lines
+    children = stack.descendants()
+    assert "redis-server" not in {p.name() for p in children}
+    ready = httpx.get(stack.value("Readiness"), timeout=10)
+    assert ready.status_code == 200, ready.text
+    assert set(ready.json()["components"]["redis"]["nodes"]) == set(masters)
+    stack.process.send_signal(signal.SIGTERM)
+    assert stack.finish() == 0
+    assert_all_gone(children)
+    assert not redis_cluster.died()
