@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 import redis
-from flashsale.engine import Engine, Sale
+from flashsale.engine import Engine, Sale, SaleSettings
 from flashsale.engine.nodes import partition_nodes
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -212,3 +212,36 @@ def test_a_sale_that_comes_back_on_another_master_ends_the_sold_out_flag(
             while (again := reserve(http, api, "dave", sku)).status_code != 201:
                 assert time.monotonic() < deadline, again.text
                 time.sleep(0.01)
+
+
+def test_after_a_failover_readiness_names_the_promoted_replica_and_reservations_go_on(
+    start_server: Callable[..., ApiServer],
+) -> None:
+    with RedisCluster(3, replicas=1, node_timeout_ms=1000) as cluster:
+        engine = Engine.from_url(cluster.url, cluster=True)
+        try:
+            engine.load_scripts()
+            api = start_server(redis_url=cluster.url, redis_cluster=True)
+            victim = cluster.masters[0]
+            (sku,) = skus_on_every_master(engine)[victim.address]
+            engine.load_sale(SaleSettings(sku=sku, total=10, per_user_limit=5, reservation_ttl_ms=600_000))
+            with api.client() as http:
+                before = http.get("/health/ready").json()["components"]["redis"]["nodes"]
+                partitions = before[victim.address]["partitions"]
+                assert reserve(http, api, "alice", sku).status_code == 201
+                cluster.kill(0)
+                deadline = time.monotonic() + 30
+                while (ready := http.get("/health/ready")).status_code != 200:
+                    assert time.monotonic() < deadline, ready.text
+                    time.sleep(0.2)
+                nodes = ready.json()["components"]["redis"]["nodes"]
+                assert victim.address not in nodes
+                (promoted,) = set(nodes) - set(before)
+                assert promoted in {replica.address for replica in cluster.replicas}
+                assert nodes[promoted]["partitions"] == partitions
+                deadline = time.monotonic() + 30
+                while (again := reserve(http, api, "bob", sku)).status_code != 201:
+                    assert time.monotonic() < deadline, again.text
+                    time.sleep(0.2)
+        finally:
+            engine.close()
