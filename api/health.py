@@ -64,7 +64,7 @@ async def redis_health(engine: AsyncEngine) -> Component:
             await asyncio.wait_for(engine.redis.nodes_manager.initialize(), TIMEOUT_S)
             nodes = await _ping_nodes(engine)
     down = [
-        f"{name} (partitions {', '.join(map(str, node.partitions))})"
+        f"{name} (partitions {', '.join(map(str, node.partitions))}): {node.detail}"
         for name, node in nodes.items()
         if node.status == "DOWN"
     ]
