@@ -228,9 +228,10 @@ def create_app(
     static_dir: Path = STATIC_DIR,
 ) -> Starlette:
     """The API. Without ``engine`` it connects to ``settings.redis_url`` at startup (a waiting pool of
-    ``redis_max_connections``) and closes it at shutdown; a given engine is the caller's to close.
-    Without ``gateway`` it pays through the simulated gateway (FLASHSALE_PAYMENT_DELAY_MS); a simulated
-    gateway not bound to a Redis client is bound to the engine's."""
+    ``redis_max_connections``, per node on a Redis Cluster: FLASHSALE_REDIS_CLUSTER) and closes it at
+    shutdown; a given engine is the caller's to close. Without ``gateway`` it pays through the simulated
+    gateway (FLASHSALE_PAYMENT_DELAY_MS); a simulated gateway not bound to a Redis client is bound to the
+    engine's."""
     if not settings.jwt_secret:
         raise ValueError("FLASHSALE_JWT_SECRET is not set: the API cannot verify bearer tokens without it")
     if engine is None and not settings.redis_url:
@@ -241,12 +242,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_engine = engine is None
-        live = engine or AsyncEngine.from_url(
-            str(settings.redis_url),
-            settings.engine_config(),
-            max_connections=settings.redis_max_connections,
-            pool_timeout=settings.redis_pool_timeout_s,
-        )
+        # One Redis, or the Redis Cluster FLASHSALE_REDIS_URL is a node of (FLASHSALE_REDIS_CLUSTER).
+        live = engine or AsyncEngine.from_settings(settings)
         try:
             await live.load_scripts()
         except RedisError as error:  # not fatal: readiness says DOWN, NOSCRIPT reloads them later

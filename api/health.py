@@ -1,19 +1,26 @@
 """Readiness of the servers behind the API, each checked with a short timeout.
 
-Redis decides readiness (the API cannot serve without it). PostgreSQL and Kafka are reported, as the
-design document's actuator health does, but only the write-behind worker needs them; when their URL is
-not configured they are reported as NOT_CONFIGURED.
+Redis decides readiness (the API cannot serve without it): every Redis that serves partitions must
+answer a PING, the one server or, on a Redis Cluster, each master (engine.nodes says which serves which
+partitions); each is reported under ``nodes`` by host:port, so a master that is down is named with the
+partitions it holds back. PostgreSQL and Kafka are reported, as the design document's actuator health
+does, but only the write-behind worker needs them; when their URL is not configured they are reported as
+NOT_CONFIGURED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 import psycopg
-from flashsale.api.schemas import Component, Readiness
+import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+from flashsale.api.schemas import Component, NodeHealth, Readiness
 from flashsale.engine import AsyncEngine
+from flashsale.engine.nodes import Node, node_clients_async, partition_nodes_async
 
 TIMEOUT_S = 2.0
 
@@ -25,12 +32,46 @@ def _down(error: BaseException) -> Component:
     return Component(status="DOWN", detail=text.splitlines()[0][:200] if text else type(error).__name__)
 
 
-async def redis_health(engine: AsyncEngine) -> Component:
+async def _ping(client: aioredis.Redis, node: Node) -> NodeHealth:
+    partitions = list(node.partitions)
     try:
-        await asyncio.wait_for(engine.redis.ping(), TIMEOUT_S)
+        await asyncio.wait_for(client.ping(), TIMEOUT_S)
     except (Exception, TimeoutError) as error:
+        return NodeHealth(status="DOWN", detail=_down(error).detail, partitions=partitions)
+    return NodeHealth(status="UP", detail="PING answered", partitions=partitions)
+
+
+async def _ping_nodes(engine: AsyncEngine) -> dict[str, NodeHealth]:
+    nodes = await asyncio.wait_for(partition_nodes_async(engine.redis, engine.keys), TIMEOUT_S)
+    clients = node_clients_async(engine.redis)
+    try:
+        answers = await asyncio.gather(*(_ping(clients[node.name], node) for node in nodes))
+    finally:
+        if isinstance(engine.redis, aiocluster.RedisCluster):  # clients of their own (one Redis: the pool)
+            await asyncio.gather(*(client.aclose() for client in clients.values()))
+    return {node.name: answer for node, answer in zip(nodes, answers, strict=True)}
+
+
+async def redis_health(engine: AsyncEngine) -> Component:
+    """UP when every node serving partitions answers a PING; DOWN names those that did not."""
+    try:
+        nodes = await _ping_nodes(engine)
+    except (Exception, TimeoutError) as error:  # no map of the cluster, or a partition no master serves
         return _down(error)
-    return Component(status="UP", detail="PING answered")
+    if isinstance(engine.redis, aiocluster.RedisCluster) and any(n.status == "DOWN" for n in nodes.values()):
+        # The client's slot map may be older than a failover: read it again, then ask once more.
+        with contextlib.suppress(Exception, TimeoutError):
+            await asyncio.wait_for(engine.redis.nodes_manager.initialize(), TIMEOUT_S)
+            nodes = await _ping_nodes(engine)
+    down = [
+        f"{name} (partitions {', '.join(map(str, node.partitions))}): {node.detail}"
+        for name, node in nodes.items()
+        if node.status == "DOWN"
+    ]
+    if down:
+        return Component(status="DOWN", detail=f"no answer to PING from {'; '.join(down)}", nodes=nodes)
+    detail = "PING answered" if len(nodes) == 1 else f"PING answered by all {len(nodes)} masters"
+    return Component(status="UP", detail=detail, nodes=nodes)
 
 
 async def postgres_health(url: str | None) -> Component:

@@ -1,8 +1,9 @@
 """Prometheus metrics of the API: request latency by route template, reservations and checkouts by
 outcome, refusals answered from the sold-out flags (api/soldout.py), and, read from Redis at scrape time,
-stock per SKU, write-behind lag per partition (the worker's own figures, ``writeback.lag``) and payments:
-the gateway's moves, its unsettled payments per partition, and what settlement did
-(``writeback.settlement``, which runs in the worker).
+whether each Redis serving partitions answers a PING (each master of a cluster), stock per SKU,
+write-behind lag per partition (the worker's own figures, ``writeback.lag``) and payments: the gateway's
+moves, its unsettled payments per partition, and what settlement did (``writeback.settlement``, which
+runs in the worker).
 
 With several worker processes (``flashsale serve --workers N``), ``PROMETHEUS_MULTIPROC_DIR`` is set by
 the serve command and the counters and histograms of all workers are summed at scrape time.
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 import redis.asyncio as aioredis
+from flashsale.api.schemas import NodeHealth
 from flashsale.engine import Sale
 from flashsale.engine.keys import Keyspace
 from flashsale.engine.models import QueueFigures
@@ -125,10 +127,12 @@ class ApiMetrics:
         backlog_limit: int = 0,
         payments: PaymentFigures | None = None,
         queues: Iterable[QueueFigures] = (),
+        nodes: Mapping[str, NodeHealth] | None = None,
     ) -> bytes:
         """The text format for a scrape: this process's (or all workers') series, then live stock, lag,
         backlog and payments (``sales`` None: Redis did not answer, flashsale_redis_up is 0 and there is no
-        stock to show; ``payments`` None: no payment series)."""
+        stock to show; ``payments`` None: no payment series), and each Redis node's PING (``nodes``, by
+        host:port: api.health)."""
         self.flush_soldout_refusals()
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             merged = CollectorRegistry()
@@ -137,7 +141,7 @@ class ApiMetrics:
         else:
             counted = generate_latest(self.registry)
         live = CollectorRegistry()
-        live.register(_LiveState(sales, list(lags), backlog_limit, payments, list(queues)))
+        live.register(_LiveState(sales, list(lags), backlog_limit, payments, list(queues), dict(nodes or {})))
         return counted + generate_latest(live)
 
 
@@ -151,8 +155,10 @@ class _LiveState(Collector):
         backlog_limit: int,
         payments: PaymentFigures | None,
         queues: list[QueueFigures],
+        nodes: dict[str, NodeHealth],
     ) -> None:
         self.redis_up = sales is not None
+        self.nodes = nodes
         self.queues = queues
         self.sales = list(sales or ())
         self.lags = lags
@@ -162,6 +168,19 @@ class _LiveState(Collector):
     def collect(self) -> Iterator[Metric]:
         up = int(self.redis_up)
         yield GaugeMetricFamily("flashsale_redis_up", "1 when Redis answered the scrape", value=up)
+        node_up = GaugeMetricFamily(
+            "flashsale_redis_node_up",
+            "1 when this Redis (the one server, or a master of a Redis Cluster) answered PING at the scrape",
+            labels=["node"],
+        )
+        node_partitions = GaugeMetricFamily(
+            "flashsale_redis_node_partitions", "Partitions this Redis serves", labels=["node"]
+        )
+        for name, node in sorted(self.nodes.items()):
+            node_up.add_metric([name], int(node.status == "UP"))
+            node_partitions.add_metric([name], len(node.partitions))
+        yield node_up
+        yield node_partitions
         stock = GaugeMetricFamily(
             "flashsale_stock_units",
             "Units of a SKU by state (available, reserved, sold, total)",

@@ -6,6 +6,7 @@ Handlers are short: the decoded body and the caller come in, one engine call hap
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from flashsale.api import schemas
 from flashsale.api.auth import Caller, issue_token
 from flashsale.api.context import Api
 from flashsale.api.errors import ApiError
-from flashsale.api.health import readiness
+from flashsale.api.health import readiness, redis_health
 from flashsale.api.metrics import read_payments
 from flashsale.api.schemas import (
     Alive,
@@ -39,9 +40,11 @@ from flashsale.engine.models import WaitingRoom
 from flashsale.engine.operations import RateLimit
 from flashsale.writeback.lag import read_lag_async
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.requests import Request
 from starlette.responses import Response
+
+log = logging.getLogger("flashsale.api")
 
 # An Idempotency-Key: 1-200 printable ASCII characters (the IETF draft's sf-string; the engine keeps up
 # to 200), no space at either end (HTTP would have trimmed it). The OpenAPI document states the same.
@@ -269,11 +272,16 @@ async def ready(api: Api, call: Call) -> Readiness | Response:
 
 async def metrics(api: Api, call: Call) -> Response:
     """Prometheus metrics in the text format."""
+    nodes = (await redis_health(api.engine)).nodes
     try:
-        lags = await read_lag_async(api.engine.redis, api.engine.keys)
         sales = await api.engine.list_sales()
     except RedisError:  # still answer: the request counters are what shows an outage
-        return Response(api.metrics.exposition(None, ()), media_type=CONTENT_TYPE_LATEST)
+        return Response(api.metrics.exposition(None, (), nodes=nodes), media_type=CONTENT_TYPE_LATEST)
+    try:
+        lags = await read_lag_async(api.engine.redis, api.engine.keys)
+    except (RedisError, RedisClusterException) as error:  # the rest of the scrape still counts
+        log.warning("event=lag_not_read error=%r", str(error))
+        lags = []
     limit = api.engine.config.backlog_limit_events
     payments = await read_payments(api.gateway, api.engine.redis, api.engine.keys)
     try:
@@ -281,7 +289,7 @@ async def metrics(api: Api, call: Call) -> Response:
         queues = [await api.engine.queue_figures(sku) for sku in rooms]
     except RedisError:
         queues = []
-    exposition = api.metrics.exposition(sales, lags, limit, payments, queues)
+    exposition = api.metrics.exposition(sales, lags, limit, payments, queues, nodes)
     return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -238,13 +238,24 @@ class Alive(Response):
     status: Literal["UP"]
 
 
-class Component(Response):
+class NodeHealth(Response):
+    """One Redis that serves partitions (the one server, or a master of a Redis Cluster)."""
+
+    status: Literal["UP", "DOWN"]
+    detail: str
+    partitions: list[int]
+
+
+class Component(Response, omit_defaults=True):
     status: Literal["UP", "DOWN", "NOT_CONFIGURED"]
     detail: str
+    # Redis only: each node serving partitions, by host:port (on a cluster, every master)
+    nodes: dict[str, NodeHealth] | None = None
 
 
 class Readiness(Response):
-    """Ready when Redis answers; PostgreSQL and Kafka are reported but only Redis decides."""
+    """Ready when every Redis serving partitions answers (each master of a cluster); PostgreSQL and
+    Kafka are reported but only Redis decides."""
 
     status: Literal["UP", "DOWN"]
     components: dict[str, Component]

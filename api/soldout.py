@@ -32,19 +32,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 from flashsale.api.errors import ApiError
 from flashsale.api.metrics import ApiMetrics
 from flashsale.api.schemas import ErrorBody, ReservationRequest
 from flashsale.engine import OutOfStock
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -162,12 +164,16 @@ class StockListener:
 
     One dedicated connection (not one of the engine pool's). Any error, or a connection silent past a
     heartbeat that does not answer a PING within another, drops every flag, then it subscribes again.
+
+    On a Redis Cluster one node is enough: Redis (6.2 included) broadcasts a PUBLISH, a script's too, over
+    the cluster bus to every node, masters and replicas, so a subscriber on any node hears every
+    partition's channel whichever master ran the script (tests/api/test_cluster.py checks it).
     """
 
     def __init__(
         self,
         flags: SoldOutFlags,
-        redis: aioredis.Redis,
+        redis: aioredis.Redis | aiocluster.RedisCluster,
         channels: Sequence[str],
         *,
         heartbeat_s: float,
@@ -175,11 +181,16 @@ class StockListener:
         self.flags = flags
         self.channels = list(channels)
         self.heartbeat_s = heartbeat_s
-        pool = redis.connection_pool
-        # The engine's server and options, on a connection of its own that no command ever borrows.
-        kwargs = {**pool.connection_kwargs, "decode_responses": True}
-        self._connection_class = pool.connection_class
-        self._connection_kwargs = kwargs
+        self.node: str | None = None  # host:port of the Redis subscribed to, while subscribed
+        self._cluster: aiocluster.RedisCluster | None = None
+        if isinstance(redis, aiocluster.RedisCluster):
+            self._cluster = redis
+        else:  # the engine's server and options
+            self._connection_class: type[Any] = redis.connection_pool.connection_class
+            self._connection_kwargs: dict[str, Any] = redis.connection_pool.connection_kwargs
+        # A cluster's nodes are taken in turn from a random one: API processes spread over them, and a
+        # subscription lost with its node is taken up again on the next.
+        self._turn = random.randrange(1 << 16)
         self._heard = False
 
     async def run(self) -> None:
@@ -188,22 +199,39 @@ class StockListener:
         pause = _FIRST_PAUSE_S
         while True:
             self._heard = False
-            client = aioredis.Redis(
-                connection_pool=aioredis.ConnectionPool(
-                    connection_class=self._connection_class, max_connections=1, **self._connection_kwargs
-                )
-            )
+            client = None
             try:
+                client = await self._subscriber()
                 await self._listen(client)
-            except (RedisError, OSError, TimeoutError) as error:
-                log.warning("event=soldout_listener_lost error=%r", str(error))
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as error:
+                log.warning("event=soldout_listener_lost node=%s error=%r", self.node, str(error))
             except Exception:
-                log.exception("event=soldout_listener_failed")
+                log.exception("event=soldout_listener_failed node=%s", self.node)
             finally:
                 self.flags.deafened()
-                await client.aclose()
+                self.node = None
+                if client is not None:
+                    await client.aclose()
             pause = _FIRST_PAUSE_S if self._heard else min(pause * 2, _LAST_PAUSE_S)
             await asyncio.sleep(pause)
+
+    async def _subscriber(self) -> aioredis.Redis:
+        """A client of one connection, to the engine's Redis (on a cluster: the next node in turn), with
+        the engine's options; no command ever borrows it."""
+        if self._cluster is None:
+            connection_class, kwargs = self._connection_class, self._connection_kwargs
+        else:
+            if not self._cluster.get_nodes():
+                await self._cluster.initialize()  # the slot map: which nodes there are
+            nodes = sorted(self._cluster.get_nodes(), key=lambda node: node.name)
+            node = nodes[self._turn % len(nodes)]
+            self._turn += 1
+            connection_class, kwargs = node.connection_class, node.connection_kwargs
+        pool = aioredis.ConnectionPool(
+            connection_class=connection_class, max_connections=1, **{**kwargs, "decode_responses": True}
+        )
+        self.node = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        return aioredis.Redis(connection_pool=pool)
 
     async def _listen(self, client: aioredis.Redis) -> None:
         pubsub = client.pubsub()
@@ -218,7 +246,7 @@ class StockListener:
                     confirmed += 1
             self.flags.subscribed()
             self._heard = True
-            log.info("event=soldout_listener_subscribed channels=%d", confirmed)
+            log.info("event=soldout_listener_subscribed channels=%d node=%s", confirmed, self.node)
             pinged = False
             while True:
                 message = await pubsub.get_message(timeout=self.heartbeat_s)

@@ -1,15 +1,16 @@
 """``flashsale up``: the whole stack on one machine, from nothing but Python.
 
 Order of start: Redis, PostgreSQL, Kafka (each the configured URL, else an embedded server from the
-launcher), the database migration, the demo sale, the write-behind worker (with the sweeper), the API with
-the storefront. Stop is the reverse; every process started here is stopped, and a child or an embedded
-server that dies stops the whole stack, naming it (a half-running stack would quietly stop draining or
-serving).
+launcher; Redis may be an embedded Redis Cluster, ``--redis-cluster N``), the database migration, the
+demo sale, the write-behind worker (with the sweeper), the API with the storefront. Stop is the reverse;
+every process started here is stopped, and a child or an embedded server (a cluster's nodes one by one)
+that dies stops the whole stack, naming it (a half-running stack would quietly stop draining or serving).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -38,6 +39,7 @@ log = logging.getLogger("flashsale.stack")
 DEMO_SALE = Path(__file__).with_name("demo_sale.json")
 JWT_SECRET_FILE = "jwt_secret"
 ENV_FILE = "flashsale.env"
+CLUSTER_SHAPE_FILE = "cluster.json"  # what launcher.RedisCluster records in the data dir of a cluster
 STOP_TIMEOUT_S = 20.0
 
 
@@ -140,6 +142,8 @@ class StackOptions:
     demo_sale: Path | None = DEMO_SALE
     reload_sale: bool = False  # load demo_sale even when Redis already holds a sale (an explicit --sale)
     sweeper: bool = True
+    redis_cluster: int = 0  # masters of an embedded Redis Cluster; 0: one embedded Redis server
+    redis_replicas: int = 0  # replicas of each of those masters
 
 
 @dataclass
@@ -149,18 +153,31 @@ class Stack:
     settings: Settings
     options: StackOptions
     console: Console
-    servers: list[launcher.ManagedServer] = field(default_factory=list)
+    servers: list[launcher.ManagedServer | launcher.RedisCluster] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     run_dir: Path | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
+    masters: list[tuple[str, str]] = field(default_factory=list)  # a cluster's: (host:port, its partitions)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
     # -- start ----------------------------------------------------------------------------------------------
     def start(self) -> None:
         self.run_dir = self._make_run_dir()
-        redis_url = self.settings.redis_url or self._start_server("Redis", self._embedded_redis)
+        redis_cluster = self.settings.redis_cluster
         if self.settings.redis_url:
-            self._done("Redis", f"{redis_url} (configured)")
+            redis_url = self.settings.redis_url
+            kind = "Redis Cluster" if redis_cluster else "Redis"
+            self._done(kind, f"{_redact(redis_url)} (configured)")
+        elif self.options.redis_cluster:
+            redis_url = self._start_server("Redis Cluster", self._embedded_redis_cluster)
+            redis_cluster = True
+        else:
+            redis_url = self._start_server("Redis", self._embedded_redis)
+            redis_cluster = False  # FLASHSALE_REDIS_CLUSTER describes a configured URL's Redis only
+        if redis_cluster:
+            self.masters = self._cluster_masters(redis_url)
+            for name, partitions in self.masters:
+                self.console.print(f"  {'':<22} master {name}  partitions {partitions}", highlight=False)
         database_url = self.settings.database_url or self._start_server("PostgreSQL", self._embedded_postgres)
         if self.settings.database_url:
             self._done("PostgreSQL", f"{_redact(database_url)} (configured)")
@@ -171,6 +188,7 @@ class Stack:
         self.settings = msgspec_replace(
             self.settings,
             redis_url=redis_url,
+            redis_cluster=redis_cluster,  # FLASHSALE_REDIS_CLUSTER for every process started here
             database_url=database_url,
             kafka_bootstrap=kafka,
             jwt_secret=self._jwt_secret(),
@@ -202,9 +220,44 @@ class Stack:
         return self.options.data_dir.resolve() / name if self.options.data_dir is not None else None
 
     def _embedded_redis(self) -> tuple[launcher.ManagedServer, str, str]:
-        server = self._register(launcher.RedisServer(self._data("redis"))).start()
-        where = f"AOF in {self._data('redis')}" if self.options.data_dir else "in memory, discarded on stop"
+        data = self._data("redis")
+        if data is not None and (data / CLUSTER_SHAPE_FILE).is_file():
+            raise launcher.LaunchError(
+                f"{data} holds a Redis Cluster's data: start it with --redis-cluster "
+                f"{json.loads((data / CLUSTER_SHAPE_FILE).read_text())['masters']}"
+            )
+        server = self._register(launcher.RedisServer(data)).start()
+        where = f"AOF in {data}" if data is not None else "in memory, discarded on stop"
         return server, server.url, where
+
+    def _embedded_redis_cluster(self) -> tuple[launcher.RedisCluster, str, str]:
+        data = self._data("redis")
+        if data is not None and (data / "appendonly.aof").is_file():
+            raise launcher.LaunchError(f"{data} holds one Redis server's data, not a cluster's")
+        masters, replicas = self.options.redis_cluster, self.options.redis_replicas
+        cluster = launcher.RedisCluster(
+            masters, replicas=replicas, data_dir=data, partitions=self.settings.partitions
+        )
+        self._register(cluster).start()
+        shape = f"{masters} masters" + (f", {replicas} replica(s) each" if replicas else "")
+        where = f"AOF in {data}/node-*" if data is not None else "in memory, discarded on stop"
+        return cluster, cluster.url, f"{shape}, {where}"
+
+    def _cluster_masters(self, url: str) -> list[tuple[str, str]]:
+        """Each master of the cluster by host:port, with the partitions it serves (as text)."""
+        import redis
+
+        from flashsale.engine.client import redis_client
+        from flashsale.engine.nodes import partition_nodes
+
+        client = redis_client(url, cluster=True, max_connections=2)
+        try:
+            nodes = partition_nodes(client, self.settings.keyspace())
+        except redis.RedisError as error:
+            raise StackError(f"cannot read the Redis Cluster's slot map at {_redact(url)}: {error}") from None
+        finally:
+            client.close()
+        return [(node.name, ", ".join(map(str, node.partitions))) for node in nodes]
 
     def _embedded_postgres(self) -> tuple[launcher.ManagedServer, str, str]:
         server = self._register(launcher.PostgresServer(self._data("postgres"))).start()
@@ -222,7 +275,9 @@ class Stack:
         self.servers.append(server)
         return server
 
-    def _start_server(self, title: str, start: Callable[[], tuple[launcher.ManagedServer, str, str]]) -> str:
+    def _start_server(
+        self, title: str, start: Callable[[], tuple[launcher.ManagedServer | launcher.RedisCluster, str, str]]
+    ) -> str:
         with self.console.status(f"Starting {title}…"):
             try:
                 _server, url, where = start()
@@ -268,7 +323,8 @@ class Stack:
         assert self.run_dir is not None
         path = self.run_dir / ENV_FILE
         env = {k: v for k, v in self.settings.as_env().items() if k != "FLASHSALE_DATA_DIR"}
-        lines = [f"export {key}={shlex.quote(value)}\n" for key, value in sorted(env.items())]
+        lines = [f"# Redis Cluster master {name}: partitions {parts}\n" for name, parts in self.masters]
+        lines += [f"export {key}={shlex.quote(value)}\n" for key, value in sorted(env.items())]
         lines.append(_flashsale_on_path())
         # 0600 from the start: it holds the JWT secret.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -317,7 +373,7 @@ class Stack:
 
         assert self.options.demo_sale is not None
         assert self.settings.redis_url is not None
-        engine = Engine.from_url(self.settings.redis_url, self.settings.engine_config(), max_connections=4)
+        engine = Engine.from_settings(self.settings, max_connections=4)
         try:
             engine.load_scripts()
             existing = engine.list_sales()
@@ -392,13 +448,23 @@ class Stack:
                     return Ended(
                         f"the {child.name}", child.exit_description(), child.log_path, child.last_lines()
                     )
-            for server in self.servers:
+            for server in self._watched():
                 if server.died():  # poll() has reaped it
                     assert server.process is not None
                     what = f"the embedded {server.title} server (pid {server.process.pid})"
+                    if isinstance(server, launcher.RedisClusterNode):
+                        what = f"the embedded Redis Cluster node {server.address} (pid {server.process.pid})"
                     log.info("event=server_died server=%s pid=%d", server.name, server.process.pid)
                     return Ended(what, server.exit_description(), server.log_path, server.last_log_lines())
             time.sleep(0.25)
+
+    def _watched(self) -> Iterator[launcher.ManagedServer]:
+        """Every server process started here: a cluster's nodes one by one."""
+        for server in self.servers:
+            if isinstance(server, launcher.RedisCluster):
+                yield from server.nodes
+            else:
+                yield server
 
     # -- stop -----------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -435,8 +501,12 @@ class Stack:
         ]
         if self.settings.demo_sign_in:
             lines.append("Sign in      any shopper name on the storefront (demo sign-in; --no-demo-sign-in)")
+        redis_line = f"Redis        {_redact(self.endpoints['redis'])}"
+        if self.settings.redis_cluster:
+            redis_line += "  (a node of the Redis Cluster: FLASHSALE_REDIS_CLUSTER=1)"
+        lines.append(redis_line)
+        lines += [f"  master     {name}  partitions {partitions}" for name, partitions in self.masters]
         lines += [
-            f"Redis        {self.endpoints['redis']}",
             f"PostgreSQL   {_redact(self.endpoints['postgres'])}",
             f"Kafka        {self.endpoints['kafka']}",
         ]

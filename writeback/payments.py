@@ -279,22 +279,23 @@ class SimulatedGateway:
         return [_text(order_id) for order_id in ids]
 
     async def report(self) -> GatewayReport:
-        pipe = self._client().pipeline(transaction=False)
-        pipe.time()
+        client = self._client()
+        pipe = client.pipeline(transaction=False)
         for p in self._keys.all():
             pipe.hgetall(p.payment_counts())
             pipe.zcard(p.payments_unsettled())
             pipe.zrange(p.payments_unsettled(), 0, 0, withscores=True)
         try:
+            # TIME on its own: a Redis Cluster pipeline takes only commands with a key.
+            seconds, micros = await client.time()
             replies = await pipe.execute()
         except RedisError as error:
             raise GatewayError(f"the gateway's ledger did not answer: {error}") from error
-        seconds, micros = replies[0]
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         counts = dict.fromkeys(COUNTS, 0)
         unsettled = []
         for p in self._keys.all():
-            partition_counts, count, oldest = replies[1 + 3 * p.index : 4 + 3 * p.index]
+            partition_counts, count, oldest = replies[3 * p.index : 3 + 3 * p.index]
             for name, value in partition_counts.items():
                 counts[_text(name)] = counts.get(_text(name), 0) + int(value)
             age = max(now_ms - int(oldest[0][1]), 0) if oldest else 0

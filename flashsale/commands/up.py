@@ -42,6 +42,24 @@ from flashsale.stack import DEMO_SALE, StackOptions, run
 @click.option("--no-demo", is_flag=True, help="Load no sale at start.")
 @click.option("--no-sweeper", is_flag=True, help="Run the worker without the reservation-expiry sweeper.")
 @click.option(
+    "--redis-cluster",
+    "cluster_masters",
+    type=click.IntRange(1, 64),
+    default=None,
+    metavar="N",
+    help="Start an embedded Redis Cluster of N masters instead of one Redis server (the 16 partitions "
+    "cut evenly between them); the API and worker get FLASHSALE_REDIS_CLUSTER=1.",
+)
+@click.option(
+    "--redis-replicas",
+    "cluster_replicas",
+    type=click.IntRange(0, 8),
+    default=0,
+    show_default=True,
+    metavar="R",
+    help="Replicas of each master of --redis-cluster.",
+)
+@click.option(
     "--demo-sign-in/--no-demo-sign-in",
     default=True,
     show_default=True,
@@ -58,12 +76,15 @@ def up(
     sale_file: Path | None,
     no_demo: bool,
     no_sweeper: bool,
+    cluster_masters: int | None,
+    cluster_replicas: int,
     demo_sign_in: bool,
 ) -> None:
     """Start Redis, PostgreSQL, Kafka, the worker and the API with the storefront, all on this machine.
 
     Each server comes from its FLASHSALE_* URL when set (FLASHSALE_REDIS_URL, FLASHSALE_DATABASE_URL,
-    FLASHSALE_KAFKA_BOOTSTRAP), else an embedded one is started from the pip-installed binaries. The
+    FLASHSALE_KAFKA_BOOTSTRAP; a Redis Cluster with FLASHSALE_REDIS_CLUSTER=1), else an embedded one is
+    started from the pip-installed binaries (Redis as a cluster with --redis-cluster N). The
     database is migrated, a demo sale is loaded (when Redis holds no sale yet), and the URLs are printed.
     Ctrl-C or SIGTERM stops every process started here, in reverse order.
     """
@@ -71,6 +92,13 @@ def up(
         # The progress lines say what these would; their key=value events stay in the children's logs.
         for name in ("flashsale.launcher", "flashsale.stack"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    if cluster_replicas and not cluster_masters:
+        raise click.UsageError("--redis-replicas needs --redis-cluster N")
+    if cluster_masters and settings.redis_url:
+        raise click.UsageError(
+            "--redis-cluster starts an embedded Redis Cluster, but FLASHSALE_REDIS_URL names a Redis "
+            "already: unset it, or keep it and set FLASHSALE_REDIS_CLUSTER=1 if it is a cluster node"
+        )
     settings = msgspec.structs.replace(settings, demo_sign_in=demo_sign_in)
     options = StackOptions(
         data_dir=data_dir or settings.data_dir,
@@ -80,5 +108,7 @@ def up(
         demo_sale=None if no_demo else (sale_file or DEMO_SALE),
         reload_sale=sale_file is not None,
         sweeper=not no_sweeper,
+        redis_cluster=cluster_masters or 0,
+        redis_replicas=cluster_replicas,
     )
     sys.exit(run(settings, options, Console(soft_wrap=True, highlight=False)))

