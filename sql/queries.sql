@@ -260,6 +260,13 @@ FROM (
 ) AS units
 GROUP BY sku_id;
 
+-- name: reconcile_waiting_rooms --
+-- Every waiting room: its settings and how many shoppers it admitted and sent away.
+SELECT sku_id, is_on, COALESCE((extract(epoch FROM opens_at) * 1000)::bigint, 0) AS opens_at,
+       admit_per_second, stock_factor, admission_ttl_ms, admitted, sent_away
+FROM waiting_rooms
+ORDER BY sku_id;
+
 -- name: repair_set_inventory --
 -- Sets a SKU's counters to the values the log implies (repair postgres-from-stream).
 UPDATE inventory
