@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from flashsale.engine import Engine, SaleSettings
-from flashsale.engine.models import WaitingRoom
+from flashsale.engine.models import QueueStatus, WaitingRoom
 
 from flashsale.cli import main
 
@@ -127,8 +127,70 @@ def test_waiting_rooms_reconcile_with_zero_drift_postgresql_lagging_by_the_unapp
     assert pg_rooms(database_url)[ROOMY] == (True, 500, 2, 90_000, 4, 0)
 
 
+@pytest.mark.cluster
+def test_drift_in_a_waiting_room_in_redis_is_found_and_rebuilt_from_postgres(
+    rooms: Engine, env: dict[str, str]
+) -> None:
+    p = rooms.keys.for_sku(ROOMY)
+    rooms.redis.hset(p.sku(ROOMY), "wr_rate", 7)  # a rate nobody set
+    rooms.redis.hincrby(rooms.keys.for_sku(SOLD_OUT).waiting_room(SOLD_OUT), "sent_away", 5)
+    rooms.redis.zadd(p.queue(ROOMY), {"shopper1": 10})  # admitted, and in line again, with no join time
+    rooms.redis.hdel(p.queue_joined(ROOMY), "shopper4")  # in line, with no join time
+
+    document = report(env)
+    assert document["ok"] is False
+    assert checks_for(document, ROOMY) == {
+        ("waiting_room_settings_match", "log"),
+        ("nobody_in_line_and_admitted", "redis"),
+        ("line_has_join_times", "redis"),
+    }
+    assert checks_for(document, SOLD_OUT) == {("waiting_room_counts_match", "log")}
+    drift = next(d for d in document["drift"] if d["check"] == "waiting_room_settings_match")
+    assert (drift["expected"], drift["actual"]) == ("admit_per_s=500", "admit_per_s=7")
+
+    repaired = reconcile(env, "--repair", "redis-from-postgres", "--yes")
+    assert repaired.exit_code == 0, repaired.output
+    assert "admitted shopper(s) taken out of the line" in repaired.output
+    assert rooms.get_sale(ROOMY).waiting_room == WaitingRoom(
+        admit_per_s=500, stock_factor=2, admission_ttl_ms=90_000
+    )
+    assert rooms.queue_status(ROOMY, "shopper1").status is QueueStatus.ADMITTED
+    assert rooms.queue_status(ROOMY, "shopper4").status is QueueStatus.WAITING  # the line is kept
+    assert rooms.redis.hexists(p.queue_joined(ROOMY), "shopper4")
+    assert report(env)["ok"] is True
+
+
 def test_an_admission_nobody_counted_is_found(rooms: Engine, env: dict[str, str]) -> None:
     p = rooms.keys.for_sku(ROOMY)
     rooms.redis.zadd(p.admitted(ROOMY), {"gatecrasher": 10**13})  # let in by hand, past the admitter
     document = report(env)
     assert checks_for(document, ROOMY) == {("admissions_counted", "redis")}
+
+
+@pytest.mark.cluster
+def test_redis_lost_entirely_gets_its_waiting_rooms_back_and_shoppers_join_again(
+    rooms: Engine, env: dict[str, str], database_url: str, drain: Drain
+) -> None:
+    drain(rooms, database_url)
+    rooms.redis.flushall()  # on a cluster: every master
+
+    assert reconcile(env).exit_code == 1
+    assert reconcile(env, "--repair", "redis-from-postgres", "--yes").exit_code == 0
+    sale = rooms.get_sale(ROOMY)
+    assert sale.waiting_room == WaitingRoom(admit_per_s=500, stock_factor=2, admission_ttl_ms=90_000)
+    document = report(env)
+    assert room_of(document, ROOMY)["redis"]["admitted"] == 4
+    assert room_of(document, SOLD_OUT)["redis"]["sent_away"] == 2
+    assert (room_of(document, ROOMY)["line"], room_of(document, ROOMY)["admissions"]) == (0, 0)
+
+    # The line was Redis's alone: its shoppers join again, and are admitted at the room's rate.
+    again = rooms.join_queue(ROOMY, "shopper5")
+    assert (again.status, again.position, again.new) == (QueueStatus.WAITING, 1, True)
+    rooms.join_queue(ROOMY, "newcomer")
+    rooms.redis.set(rooms.keys.for_sku(ROOMY).admitter_lease(ROOMY), WORKER)
+    assert rooms.admit(ROOMY, WORKER, batch=1).admitted == 1
+    assert rooms.queue_status(ROOMY, "shopper5").status is QueueStatus.ADMITTED
+    rooms.reserve(ROOMY, "shopper5")
+    drain(rooms, database_url)
+    assert pg_rooms(database_url)[ROOMY][4] == 5
+    assert report(env)["ok"] is True
