@@ -168,6 +168,26 @@ def test_an_admission_nobody_counted_is_found(rooms: Engine, env: dict[str, str]
 
 
 @pytest.mark.cluster
+def test_drift_in_a_waiting_room_in_postgres_is_found_and_redriven_from_the_stream(
+    rooms: Engine, env: dict[str, str], database_url: str, drain: Drain
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute(f"UPDATE waiting_rooms SET admitted = 0, is_on = false WHERE sku_id = '{ROOMY}'")
+        conn.execute(f"DELETE FROM waiting_rooms WHERE sku_id = '{SOLD_OUT}'")
+    document = report(env)
+    assert checks_for(document, ROOMY) == {("waiting_room_counts_match", "log")}  # the settings: pending
+    assert checks_for(document, SOLD_OUT) == {("waiting_room_settings_match", "log")}
+
+    repaired = reconcile(env, "--repair", "postgres-from-stream", "--yes")
+    assert repaired.exit_code == 0, repaired.output
+    assert pg_rooms(database_url)[ROOMY][4] == 3  # Redis's 4 less the unapplied admission
+    assert pg_rooms(database_url)[SOLD_OUT] == (True, 1000, 0, 60_000, 1, 2)
+    drain(rooms, database_url)  # the worker applies the rest: the settings change and the admission
+    assert pg_rooms(database_url)[ROOMY] == (True, 500, 2, 90_000, 4, 0)
+    assert report(env)["ok"] is True
+
+
+@pytest.mark.cluster
 def test_redis_lost_entirely_gets_its_waiting_rooms_back_and_shoppers_join_again(
     rooms: Engine, env: dict[str, str], database_url: str, drain: Drain
 ) -> None:
