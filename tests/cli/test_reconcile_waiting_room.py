@@ -7,6 +7,8 @@ The tests marked ``cluster`` run on one Redis and on a 3-master Redis Cluster ([
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +16,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from flashsale.engine import Engine, SaleSettings
+from flashsale.engine.errors import FlashSaleError
 from flashsale.engine.models import QueueStatus, WaitingRoom
 
 from flashsale.cli import main
@@ -214,3 +217,63 @@ def test_redis_lost_entirely_gets_its_waiting_rooms_back_and_shoppers_join_again
     drain(rooms, database_url)
     assert pg_rooms(database_url)[ROOMY][4] == 5
     assert report(env)["ok"] is True
+
+
+@pytest.mark.cluster
+def test_a_waiting_room_reconciles_with_zero_drift_while_shoppers_join_are_admitted_and_lapse(
+    engine: Engine, env: dict[str, str], database_url: str, drain: Drain
+) -> None:
+    from flashsale import reconcile as rc
+
+    open_room(engine, ROOMY, total=200)
+    engine.set_waiting_room(ROOMY, WaitingRoom(admit_per_s=200, admission_ttl_ms=1_000))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def shopper(k: int) -> None:
+        try:
+            deadline, n = time.monotonic() + 2.5, 0
+            while time.monotonic() < deadline:
+                n += 1
+                user = f"s{k}-{n % 10}"
+                try:
+                    standing = engine.join_queue(ROOMY, user)
+                    if standing.status is QueueStatus.ADMITTED and n % 2 == 0:
+                        engine.reserve(ROOMY, user)  # the odd ones let their admission lapse
+                except FlashSaleError:
+                    pass  # at the per-user limit, or the admission just lapsed: real refusals
+                time.sleep(0.02)
+        except BaseException as error:  # surfaced by the test's thread
+            failures.append(error)
+
+    def admitter_and_worker() -> None:
+        while not stop.is_set():
+            engine.admit(ROOMY, WORKER, batch=5)
+            drain(engine, database_url)
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=shopper, args=(k,)) for k in range(3)]
+    background = threading.Thread(target=admitter_and_worker)
+    for thread in [*threads, background]:
+        thread.start()
+    during = []
+    try:
+        while any(thread.is_alive() for thread in threads):
+            during.append(rc.reconcile(engine, database_url))
+            time.sleep(0.3)
+    finally:
+        for thread in threads:
+            thread.join()
+        stop.set()
+        background.join()
+    assert failures == []
+    assert len(during) >= 3
+    for taken in during:
+        assert taken.ok, taken.drifts[:5]
+    drain(engine, database_url)
+    document = report(env)
+    assert document["ok"] is True, document["drift"][:5]
+    room = room_of(document, ROOMY)
+    assert room["redis"]["admitted"] == room["postgres"]["admitted"] > 0
+    lapsed = engine.redis.hget(engine.keys.for_sku(ROOMY).waiting_room(ROOMY), "lapsed")
+    assert int(lapsed or 0) > 0  # admissions lapsed, and their shoppers joined again
