@@ -88,7 +88,7 @@ class RedisPlan:
         for sku in self.uncounted_admissions:
             lines.append(
                 f"{sku}: more admission records than admissions counted: left as they are "
-                "(nothing tells which are not the log's)"
+                "(nothing tells which the log lost; postgres-from-stream counts them instead)"
             )
         for sku in self.orphans:
             lines.append(f"{sku}: removed from Redis (no product in PostgreSQL and no unapplied event)")
