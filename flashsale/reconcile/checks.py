@@ -8,8 +8,8 @@ with the counters (open holds with `reserved`; in Redis also each open hold with
 deadline; in PostgreSQL counted orders with `sold`).
 
 Waiting rooms: their settings and the counts the log carries (admitted, sent away) across the stores, and in
-Redis the line against the admissions: nobody both in line and admitted, a join time for everyone in line,
-and no more admission records than admissions counted.
+Redis the line against the admissions: nobody both in line and admitted (a live admission), a join time for
+everyone in line, and no more admission records than admissions counted.
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ def _line_checks(snap: Snapshot) -> list[Drift]:
     """Redis's own waiting rooms: the line and the admissions agree with each other and with the counts."""
     found = []
     for sku, line in sorted(snap.redis.lines.items()):
-        both = sorted(line.line & set(line.admissions))
+        both = line.admitted_in_line()
         if both:
             shown = ", ".join(both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
             found.append(

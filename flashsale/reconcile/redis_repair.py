@@ -129,9 +129,9 @@ def plan_redis_from_postgres(snap: Snapshot) -> RedisPlan:
         and (sku in target.sales or sku not in r.sales)  # an orphan SKU goes whole
     }
     lines = {
-        sku: sorted(line.line & set(line.admissions))
+        sku: line.admitted_in_line()
         for sku, line in sorted(r.lines.items())
-        if line.line & set(line.admissions) and target.rooms.get(sku) is not None
+        if line.admitted_in_line() and target.rooms.get(sku) is not None
     }
     join_times = [
         sku

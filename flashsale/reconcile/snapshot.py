@@ -250,6 +250,7 @@ def _read_partition(client: redis.Redis, p: Partition, applied: str, state: Redi
     record_keys = _scan(client, p.reservation("*"))  # ended reservations (open ones: the open hash)
     order_keys = _scan(client, p.order("*"))
     pipe = client.pipeline(transaction=True)
+    pipe.time()  # the moment of this read: which admissions are live in it
     for sku in skus:
         pipe.hgetall(p.sku(sku))
         pipe.zrange(p.holds(sku), 0, -1, withscores=True)
@@ -264,7 +265,9 @@ def _read_partition(client: redis.Redis, p: Partition, applied: str, state: Redi
     for key in order_keys:
         pipe.hgetall(key)
     replies = pipe.execute()
-    at = 0
+    seconds, micros = replies[0]
+    read_at = int(seconds) * 1000 + int(micros) // 1000
+    at = 1
     for sku in skus:
         fields, holds, room_counts, line, join_times, admissions = replies[at : at + 6]
         at += 6
@@ -283,6 +286,7 @@ def _read_partition(client: redis.Redis, p: Partition, applied: str, state: Redi
                 admissions={str(user): int(score) for user, score in admissions},
                 lapsed=int(room_counts[2] or 0),
                 used=int(room_counts[3] or 0),
+                read_at=read_at,
             )
     events = [parse_entry(p.index, sid, fields) for sid, fields in replies[at]]
     state.unapplied[p.index] = events

@@ -63,6 +63,15 @@ class RoomLine:
     admissions: dict[str, int]  # user -> deadline ms, negated once used
     lapsed: int  # admissions that lapsed unused (the room hash's count)
     used: int  # used admissions past their deadline, dropped from the admitted set
+    read_at: int  # ms, Redis's clock when these were read
+
+    def live(self) -> set[str]:
+        """Users whose admission is live (used or not): past its deadline an admission record is dead
+        until the admitter drops it, and its shopper may already have joined the line again."""
+        return {u for u, score in self.admissions.items() if abs(score) > self.read_at}
+
+    def admitted_in_line(self) -> list[str]:
+        return sorted(self.line & self.live())
 
 
 @dataclass(frozen=True, slots=True)

@@ -308,3 +308,21 @@ def test_a_lost_admission_event_is_found_and_each_repair_says_what_it_settles(
         assert "more admission records than admissions counted" in repaired.output
         assert checks_for(report(env), ROOMY) == {("admissions_counted", "redis")}
         assert rooms.queue_status(ROOMY, "shopper3").status is QueueStatus.ADMITTED
+
+
+def test_a_shopper_back_in_line_after_a_used_admission_ended_is_no_drift(
+    engine: Engine, env: dict[str, str], database_url: str, drain: Drain
+) -> None:
+    open_room(engine, ROOMY, total=10)
+    engine.set_waiting_room(ROOMY, WaitingRoom(admit_per_s=1000, admission_ttl_ms=1_000))
+    engine.join_queue(ROOMY, "alice")
+    assert engine.admit(ROOMY, WORKER).admitted == 1
+    engine.reserve(ROOMY, "alice")  # the admission is used, and lasts until its deadline all the same
+    time.sleep(1.1)
+    assert engine.join_queue(ROOMY, "alice").status is QueueStatus.WAITING  # before the admitter drops it
+    p = engine.keys.for_sku(ROOMY)
+    assert engine.redis.zscore(p.admitted(ROOMY), "alice") is not None  # a dead record, not an admission
+    drain(engine, database_url)
+    document = report(env)
+    assert document["ok"] is True, document["drift"]
+    assert (room_of(document, ROOMY)["line"], room_of(document, ROOMY)["admissions"]) == (1, 1)
