@@ -70,12 +70,12 @@ def _counts(c: object) -> str:
 
 
 def _room(view: rc.SkuView) -> str:
-    """A waiting room as Redis has it: on/off, admitted/sent away, in line now."""
+    """A waiting room as Redis has it: on/off, admitted/sent away, in line now (--json: PostgreSQL's too)."""
     room = view.room_redis
     if room is None:
         return "missing" if view.has_room else "—"
     state = "on" if room["on"] else "off" if room["on"] is not None else "?"
-    return f"{state} {room['admitted']}/{room['sent_away']}, {view.line} in line"
+    return f"{state} {room['admitted']}/{room['sent_away']}/{view.line}"
 
 
 def _table(report: rc.Report, *, show_nodes: bool) -> Table:
@@ -92,7 +92,7 @@ def _table(report: rc.Report, *, show_nodes: bool) -> Table:
     table.add_column("holds", justify="right")
     rooms = any(view.has_room for view in report.skus)
     if rooms:
-        table.add_column("waiting room (admitted/sent away)", justify="right")
+        table.add_column("waiting room: admitted/ sent away/ line", justify="right")
     table.add_column("drift", justify="right")
     for view in report.skus:
         delta = view.unapplied

@@ -106,6 +106,7 @@ def test_waiting_rooms_reconcile_with_zero_drift_postgresql_lagging_by_the_unapp
     result = reconcile(env)
     assert result.exit_code == 0, result.output
     assert "waiting room" in result.output
+    assert "on 4/0/2" in result.output  # Redis's: on, admitted/sent away/in line
     document = report(env)
     assert document["drift"] == []
     roomy = room_of(document, ROOMY)
