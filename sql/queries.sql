@@ -260,6 +260,13 @@ FROM (
 ) AS units
 GROUP BY sku_id;
 
+-- name: reconcile_waiting_rooms --
+-- Every waiting room: its settings and how many shoppers it admitted and sent away.
+SELECT sku_id, is_on, COALESCE((extract(epoch FROM opens_at) * 1000)::bigint, 0) AS opens_at,
+       admit_per_second, stock_factor, admission_ttl_ms, admitted, sent_away
+FROM waiting_rooms
+ORDER BY sku_id;
+
 -- name: repair_set_inventory --
 -- Sets a SKU's counters to the values the log implies (repair postgres-from-stream).
 UPDATE inventory
@@ -287,6 +294,20 @@ VALUES (%(sku)s, %(total)s, %(available)s, %(reserved)s, %(sold)s, now())
 ON CONFLICT (sku_id) DO UPDATE SET
   total_count = EXCLUDED.total_count, available_count = EXCLUDED.available_count,
   reserved_count = EXCLUDED.reserved_count, sold_count = EXCLUDED.sold_count, updated_at = now();
+
+-- name: repair_upsert_waiting_room --
+-- Writes one waiting room, settings and counts, as Redis has it less the unapplied events (repair
+-- postgres-from-stream).
+INSERT INTO waiting_rooms (
+  sku_id, is_on, opens_at, admit_per_second, stock_factor, admission_ttl_ms, admitted, sent_away, updated_at
+) VALUES (
+  %(sku)s, %(on)s, ms_to_timestamptz(NULLIF(%(opens_at)s::bigint, 0)), %(admit_per_s)s, %(stock_factor)s,
+  %(admission_ttl_ms)s, %(admitted)s, %(sent_away)s, now()
+)
+ON CONFLICT (sku_id) DO UPDATE SET
+  is_on = EXCLUDED.is_on, opens_at = EXCLUDED.opens_at, admit_per_second = EXCLUDED.admit_per_second,
+  stock_factor = EXCLUDED.stock_factor, admission_ttl_ms = EXCLUDED.admission_ttl_ms,
+  admitted = EXCLUDED.admitted, sent_away = EXCLUDED.sent_away, updated_at = now();
 
 -- name: repair_upsert_reservation --
 -- Writes one reservation as Redis has it (repair postgres-from-stream).

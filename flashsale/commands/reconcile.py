@@ -69,6 +69,15 @@ def _counts(c: object) -> str:
     return "/".join(str(getattr(c, n)) for n in rc.COUNTERS)
 
 
+def _room(view: rc.SkuView) -> str:
+    """A waiting room as Redis has it: on/off, admitted/sent away, in line now (--json: PostgreSQL's too)."""
+    room = view.room_redis
+    if room is None:
+        return "missing" if view.has_room else "—"
+    state = "on" if room["on"] else "off" if room["on"] is not None else "?"
+    return f"{state} {room['admitted']}/{room['sent_away']}/{view.line}"
+
+
 def _table(report: rc.Report, *, show_nodes: bool) -> Table:
     table = Table(
         title="Redis ↔ PostgreSQL ↔ unapplied events (total/available/reserved/sold)", title_justify="left"
@@ -81,6 +90,9 @@ def _table(report: rc.Report, *, show_nodes: bool) -> Table:
     table.add_column("unapplied Δ", justify="right")
     table.add_column("events", justify="right")
     table.add_column("holds", justify="right")
+    rooms = any(view.has_room for view in report.skus)
+    if rooms:
+        table.add_column("waiting room: admitted/ sent away/ line", justify="right")
     table.add_column("drift", justify="right")
     for view in report.skus:
         delta = view.unapplied
@@ -92,6 +104,7 @@ def _table(report: rc.Report, *, show_nodes: bool) -> Table:
             "/".join(f"{getattr(delta, n):+d}" for n in rc.COUNTERS),
             str(view.unapplied_events),
             str(view.holds),
+            *([_room(view)] if rooms else []),
             "[green]0[/]" if not view.drift else f"[red]{view.drift}[/]",
         )
     return table
@@ -136,10 +149,13 @@ def reconcile(settings: Settings, as_json: bool, repair: str | None, yes: bool) 
     """Check every SKU: Redis's counters, PostgreSQL's rows and the not-yet-applied stream events.
 
     Checks that PostgreSQL + the unapplied events == Redis for every SKU's counters and settings, every
-    user's counts and every reservation and order Redis must hold (open ones, and ended ones within the
-    retention period); that counts add up and are never negative, open holds add up to `reserved` (and in
-    PostgreSQL counted orders to `sold`), and no user is past the per-user limit, in both stores. Exits 0
-    when nothing drifted, 1 when something did (after a repair: when drift remains), 2 when it could not run.
+    waiting room's settings and counts (admitted, sent away), every user's counts and every reservation
+    and order Redis must hold (open ones, and ended ones within the retention period); that counts add up
+    and are never negative, open holds add up to `reserved` (and in PostgreSQL counted orders to `sold`),
+    and no user is past the per-user limit, in both stores; and in Redis that nobody is both in a waiting
+    room's line and admitted, everyone in line has a join time, and no more admissions are recorded than
+    counted. Exits 0 when nothing drifted, 1 when something did (after a repair: when drift remains), 2
+    when it could not run.
 
     On a Redis Cluster (FLASHSALE_REDIS_CLUSTER=1) each partition is read on its master and the table
     names each SKU's node; a node that does not answer is named with its partitions, the others are still

@@ -6,6 +6,10 @@ within the retention period), so a Redis restored from an old copy shows the rec
 store: counts add up and are never negative (1), no user is past the per-user limit (2), and the rows agree
 with the counters (open holds with `reserved`; in Redis also each open hold with its SKU's holds set at its
 deadline; in PostgreSQL counted orders with `sold`).
+
+Waiting rooms: their settings and the counts the log carries (admitted, sent away) across the stores, and in
+Redis the line against the admissions: nobody both in line and admitted (a live admission), a join time for
+everyone in line, and no more admission records than admissions counted.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from flashsale.engine.events import Counters, effect
 from .state import (
     COUNTERS,
     OPEN,
+    ROOM_COUNTS,
+    ROOM_SETTINGS,
     SETTINGS,
     Record,
     Snapshot,
@@ -27,6 +33,7 @@ from .state import (
     deadline,
     fmt,
     in_window,
+    room_text,
 )
 from .target import expected_redis
 
@@ -87,6 +94,16 @@ class SkuView:
     holds: int
     drift: int = 0
     node: str | None = None  # the Redis node serving the SKU's partition (host:port)
+    # Its waiting room, when either store or the unapplied events have one.
+    room_redis: Record | None = None
+    room_postgres: Record | None = None
+    room_unapplied: tuple[int, int] = (0, 0)  # admitted, sent away by the unapplied events
+    line: int = 0  # shoppers in line now (Redis)
+    admissions: int = 0  # admission records now (Redis)
+
+    @property
+    def has_room(self) -> bool:
+        return self.room_redis is not None or self.room_postgres is not None or any(self.room_unapplied)
 
     def as_dict(self) -> dict[str, Any]:
         def counts(c: Counters | None) -> dict[str, int] | None:
@@ -100,7 +117,20 @@ class SkuView:
             "unapplied_deltas": counts(self.unapplied),
             "unapplied_events": self.unapplied_events,
             "active_reservations": self.holds,
+            "waiting_room": self.room_dict(),
             "drift": self.drift,
+        }
+
+    def room_dict(self) -> dict[str, Any] | None:
+        if not self.has_room:
+            return None
+        admitted, sent_away = self.room_unapplied
+        return {
+            "redis": self.room_redis,
+            "postgres": self.room_postgres,
+            "unapplied_counts": {"admitted": admitted, "sent_away": sent_away},
+            "line": self.line,
+            "admissions": self.admissions,
         }
 
 
@@ -225,6 +255,65 @@ def _holds_checks(snap: Snapshot) -> list[Drift]:
     return found
 
 
+def _room_checks(snap: Snapshot, target: dict[str, Record]) -> list[Drift]:
+    """Each waiting room's settings and counts: Redis against PostgreSQL + the unapplied events."""
+    have_rooms = snap.redis.rooms
+    found = []
+    for sku in sorted(set(have_rooms) | set(target)):
+        want, have = target.get(sku), have_rooms.get(sku)
+        for check_name, names in (
+            ("waiting_room_settings_match", ROOM_SETTINGS),
+            ("waiting_room_counts_match", ROOM_COUNTS),
+        ):
+            if want is None or have is None:
+                if check_name.endswith("counts_match"):
+                    continue  # a room missing on one side is one finding, not two
+                diff = names
+            else:
+                diff = tuple(n for n in names if want.get(n) != have.get(n))
+            if diff:
+                found.append(Drift(sku, check_name, "log", room_text(want, diff), room_text(have, diff)))
+    return found
+
+
+def _line_checks(snap: Snapshot) -> list[Drift]:
+    """Redis's own waiting rooms: the line and the admissions agree with each other and with the counts."""
+    found = []
+    for sku, line in sorted(snap.redis.lines.items()):
+        both = line.admitted_in_line()
+        if both:
+            shown = ", ".join(both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
+            found.append(
+                Drift(sku, "nobody_in_line_and_admitted", "redis", "nobody", f"{len(both)}: {shown}")
+            )
+        if line.join_times != len(line.line):
+            found.append(
+                Drift(
+                    sku,
+                    "line_has_join_times",
+                    "redis",
+                    f"{len(line.line)} join time(s), one per shopper in line",
+                    str(line.join_times),
+                )
+            )
+        # Every admission record (live, lapsed, used and dropped) was counted when it was made; a shopper
+        # who re-joins after a lapse may drop a record uncounted, so the records are at most the count.
+        room = snap.redis.rooms.get(sku)
+        counted = int(room["admitted"]) if room is not None else 0
+        records = len(line.admissions) + line.lapsed + line.used
+        if records > counted:
+            found.append(
+                Drift(
+                    sku,
+                    "admissions_counted",
+                    "redis",
+                    f"admission records (live + lapsed + used) <= admitted={counted}",
+                    f"{len(line.admissions)} + {line.lapsed} + {line.used} = {records}",
+                )
+            )
+    return found
+
+
 def _entity_checks(
     kind: str, redis_records: dict[str, Record], expected: dict[str, Record], cutoff_ms: int
 ) -> list[Drift]:
@@ -264,9 +353,14 @@ def check(snap: Snapshot) -> Report:
     target = expected_redis(snap)
     deltas: dict[str, Counters] = defaultdict(Counters)
     event_counts: dict[str, int] = defaultdict(int)
+    room_deltas: dict[str, tuple[int, int]] = defaultdict(lambda: (0, 0))
     for e in unapplied:
-        deltas[e.sku].add(effect(e))
+        change = effect(e)
+        deltas[e.sku].add(change)
         event_counts[e.sku] += 1
+        if change.admitted or change.sent_away:
+            admitted, sent_away = room_deltas[e.sku]
+            room_deltas[e.sku] = (admitted + change.admitted, sent_away + change.sent_away)
 
     drifts: list[Drift] = []
     open_units: dict[str, int] = defaultdict(int)
@@ -302,6 +396,11 @@ def check(snap: Snapshot) -> Report:
                 holds=len(r.holds.get(sku, {})),
                 drift=len(found),
                 node=r.node_of(sku),
+                room_redis=r.rooms.get(sku),
+                room_postgres=pg.rooms.get(sku),
+                room_unapplied=room_deltas.get(sku, (0, 0)),
+                line=len(r.lines[sku].line) if sku in r.lines else 0,
+                admissions=len(r.lines[sku].admissions) if sku in r.lines else 0,
             )
         )
     later: list[Drift] = []
@@ -321,6 +420,8 @@ def check(snap: Snapshot) -> Report:
                 )
             )
     later += _holds_checks(snap)
+    later += _room_checks(snap, target.rooms)
+    later += _line_checks(snap)
     later += _entity_checks("reservation", r.reservations, target.reservations, snap.cutoff_ms)
     later += _entity_checks("order", r.orders, target.orders, snap.cutoff_ms)
     by_sku = {view.sku: view for view in views}

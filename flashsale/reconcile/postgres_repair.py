@@ -1,7 +1,9 @@
 """Repair PostgreSQL from the log: its rows become the applied prefix, i.e. Redis minus the unapplied events.
 
 Counters: Redis's minus the unapplied deltas. Products missing in PostgreSQL are recreated from Redis's
-settings. Reservation and order rows: as Redis has them, except the rows the unapplied events will write
+settings. Waiting rooms: Redis's settings, and its counts (admitted, sent away) minus the unapplied events'
+(the worker adds those, and rewrites the settings of a room whose waiting_room_set it has yet to apply).
+Reservation and order rows: as Redis has them, except the rows the unapplied events will write
 (the worker writes those when it applies them; ``engine.events.fold`` says which). One transaction: every
 row of the plan, or none. Meant for a stopped stack.
 """
@@ -10,16 +12,29 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
 from flashsale.engine import Engine
-from flashsale.engine.events import Counters, effect, fold
+from flashsale.engine.events import Counters, Fold, effect, fold
 from flashsale.writeback.database import queries
 
-from .state import COUNTED_ORDERS, COUNTERS, OPEN, SETTINGS, Record, Snapshot, counters, fmt, in_window
+from .state import (
+    COUNTED_ORDERS,
+    COUNTERS,
+    OPEN,
+    ROOM_COUNTS,
+    ROOM_SETTINGS,
+    SETTINGS,
+    Record,
+    Snapshot,
+    counters,
+    fmt,
+    in_window,
+    room_text,
+)
 
 log = logging.getLogger("flashsale.reconcile")
 
@@ -31,12 +46,17 @@ class PostgresPlan:
     reservations: list[Record]  # rows to upsert, as Redis has them
     orders: list[Record]
     unrepairable: list[str]
+    rooms: dict[str, tuple[Record | None, Record]] = field(default_factory=dict)  # sku -> (now, target)
 
     def describe(self) -> list[str]:
         lines = [
             f"{sku}: inventory {fmt(now)} -> {fmt(target)}" for sku, (now, target) in self.inventory.items()
         ]
         lines += [f"{sku}: product and inventory recreated from Redis" for sku in self.new_products]
+        lines += [
+            f"{sku}: waiting room {room_text(now)} -> {room_text(target)}"
+            for sku, (now, target) in self.rooms.items()
+        ]
         if self.reservations:
             lines.append(f"{len(self.reservations)} reservation row(s) written as Redis has them")
         if self.orders:
@@ -76,6 +96,8 @@ def plan_postgres_from_stream(snap: Snapshot) -> PostgresPlan:
             f"{sku} is in PostgreSQL but not in Redis (use --repair redis-from-postgres)"
         )
 
+    _plan_rooms(snap, plan, pending)
+
     names = ("status", "order_id", "pay_until", "ended_at")
     for rid, res in sorted(r.reservations.items()):
         if rid in pending.reservations or not in_window(res, "reservation", cutoff):
@@ -95,6 +117,34 @@ def plan_postgres_from_stream(snap: Snapshot) -> PostgresPlan:
         if oid not in r.orders and oid not in pending.orders and row["status"] in COUNTED_ORDERS:
             plan.unrepairable.append(f"order {oid} counts as sold in PostgreSQL and is unknown to Redis")
     return plan
+
+
+def _plan_rooms(snap: Snapshot, plan: PostgresPlan, pending: Fold) -> None:
+    """Each waiting room as Redis has it, less what the unapplied events will add."""
+    pg = snap.postgres
+    for sku, room in sorted(snap.redis.rooms.items()):
+        if any(room.get(n) is None for n in ROOM_SETTINGS):
+            plan.unrepairable.append(
+                f"{sku}: Redis's waiting room lacks its settings (use redis-from-postgres)"
+            )
+            continue
+        if sku not in pg.sales and sku not in plan.new_products:
+            continue  # the worker creates the product, then the room, when it applies their events
+        admitted, sent_away = pending.queue_counts.get(sku, [0, 0])
+        target = {**room, "admitted": room["admitted"] - admitted, "sent_away": room["sent_away"] - sent_away}
+        now = pg.rooms.get(sku)
+        compared = ROOM_COUNTS
+        if "on" not in getattr(pending.waiting_rooms.get(sku), "fields", {}):
+            compared = ROOM_SETTINGS + ROOM_COUNTS  # else the worker rewrites the settings
+        if target["admitted"] < 0 or target["sent_away"] < 0:
+            plan.unrepairable.append(f"{sku}: Redis's waiting room counts less than its unapplied events")
+        elif now is None or room_text(now, compared) != room_text(target, compared):
+            plan.rooms[sku] = (now, target)
+    for sku in sorted(set(pg.rooms) - set(snap.redis.rooms)):
+        if sku in snap.redis.sales:
+            plan.unrepairable.append(
+                f"{sku}: waiting room in PostgreSQL but not in Redis (use --repair redis-from-postgres)"
+            )
 
 
 def _reservation_row(res: Record) -> dict[str, Any]:
@@ -149,6 +199,11 @@ def apply_postgres_plan(engine: Engine, database_url: str, plan: PostgresPlan, s
             )
         for sku, (_now, target) in plan.inventory.items():
             conn.execute(q["repair_set_inventory"], {"sku": sku, **{n: getattr(target, n) for n in COUNTERS}})
+        for sku, (_now, room) in plan.rooms.items():
+            conn.execute(
+                q["repair_upsert_waiting_room"],
+                {"sku": sku, **{n: room[n] for n in ROOM_SETTINGS + ROOM_COUNTS}, "on": bool(room["on"])},
+            )
         # Orders point at reservations (and reservations back at orders, checked at commit).
         for rid in sorted(needed):
             res = snap.redis.reservations.get(rid)
@@ -159,6 +214,7 @@ def apply_postgres_plan(engine: Engine, database_url: str, plan: PostgresPlan, s
         for order in plan.orders:
             conn.execute(q["repair_upsert_order"], _order_row(order))
     log.info(
-        "event=postgres_repaired inventory=%d products=%d reservations=%d orders=%d",
-        len(plan.inventory), len(plan.new_products), len(plan.reservations), len(plan.orders),
+        "event=postgres_repaired inventory=%d products=%d rooms=%d reservations=%d orders=%d",
+        len(plan.inventory), len(plan.new_products), len(plan.rooms), len(plan.reservations),
+        len(plan.orders),
     )  # fmt: skip

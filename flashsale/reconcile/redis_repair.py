@@ -1,26 +1,47 @@
 """Repair Redis from PostgreSQL plus the unapplied events (after losing Redis, or restoring an old copy).
 
-The plan is ``target.expected_redis``: every SKU's settings, counters and user counts, every open hold at its
-deadline, and every reservation and order Redis must hold, ended ones included (for the rest of their
-retention). Applying it rewrites each SKU in one MULTI (a SKU is never seen half rebuilt), deletes what the
+The plan is ``target.expected_redis``: every SKU's settings, counters and user counts, its waiting room's
+settings and counts (admitted, sent away), every open hold at its deadline, and every reservation and order
+Redis must hold, ended ones included (for the rest of their retention).
+
+Applying it rewrites each SKU in one MULTI (a SKU is never seen half rebuilt), deletes what the
 log does not know, and raises each stream's next id above PostgreSQL's offset. The streams are kept: their
 unapplied events are still the worker's to apply, and the rebuilt state already includes them. Meant for a
 stopped stack (API and worker down): it does not lock out concurrent writers.
+
+A waiting room's line and its admissions are in no event (joins are not logged): the repair keeps what Redis
+still has of them, only taking out of the line anyone also admitted and giving everyone in line a join time.
+After Redis was lost they are gone: the room is back on with its counts, and shoppers join again (their
+places are lost; an admission not yet used is lost too, a hold already made is restored). A room the log
+does not know is removed with its line.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from flashsale.engine import Engine
 from flashsale.engine.bounds import RETENTION_MS
 from flashsale.engine.events import Counters, stream_id_key
-from flashsale.engine.keys import bought_field, held_field
+from flashsale.engine.keys import Partition, bought_field, held_field
 
-from .state import OPEN, Record, Snapshot, StoreState, counters, deadline, fmt, in_window
+from .state import (
+    OPEN,
+    ROOM_COUNTS,
+    ROOM_SETTINGS,
+    Record,
+    Snapshot,
+    StoreState,
+    counters,
+    deadline,
+    fmt,
+    in_window,
+    room_text,
+)
 from .target import expected_redis
 
 log = logging.getLogger("flashsale.reconcile")
@@ -39,6 +60,10 @@ class RedisPlan:
     missing_orders: list[str]
     changed_reservations: list[str]
     changed_orders: list[str]
+    rooms: dict[str, tuple[Record | None, Record | None]]  # sku -> (now, target): rooms rewritten
+    lines: dict[str, list[str]]  # sku -> users both in line and admitted, taken out of the line
+    join_times: list[str]  # SKUs whose line lacks join times (or has some of users no longer in it)
+    uncounted_admissions: list[str]  # SKUs with more admission records than counted: left as they are
 
     def describe(self) -> list[str]:
         lines = []
@@ -50,6 +75,20 @@ class RedisPlan:
             )
             lines.append(
                 f"{sku}: counters {change}; {holds} open hold(s), settings and user counts rewritten"
+            )
+        for sku, (before, after) in sorted(self.rooms.items()):
+            if after is None:
+                lines.append(f"{sku}: waiting room removed with its line ({room_text(before)})")
+            else:
+                lines.append(f"{sku}: waiting room {room_text(before)} -> {room_text(after)}")
+        for sku, users in sorted(self.lines.items()):
+            lines.append(f"{sku}: {len(users)} admitted shopper(s) taken out of the line")
+        for sku in self.join_times:
+            lines.append(f"{sku}: join times set for the line (now, for anyone in line without one)")
+        for sku in self.uncounted_admissions:
+            lines.append(
+                f"{sku}: more admission records than admissions counted: left as they are "
+                "(nothing tells which the log lost; postgres-from-stream counts them instead)"
             )
         for sku in self.orphans:
             lines.append(f"{sku}: removed from Redis (no product in PostgreSQL and no unapplied event)")
@@ -82,6 +121,29 @@ def plan_redis_from_postgres(snap: Snapshot) -> RedisPlan:
     target.reservations, target.orders = wanted_res, wanted_ord
     held_res = {k: v for k, v in r.reservations.items() if in_window(v, "reservation", cutoff)}
     held_ord = {k: v for k, v in r.orders.items() if in_window(v, "order", cutoff)}
+    names = ROOM_SETTINGS + ROOM_COUNTS
+    rooms = {
+        sku: (r.rooms.get(sku), target.rooms.get(sku))
+        for sku in sorted(set(r.rooms) | set(target.rooms) | set(r.lines))
+        if room_text(r.rooms.get(sku), names) != room_text(target.rooms.get(sku), names)
+        and (sku in target.sales or sku not in r.sales)  # an orphan SKU goes whole
+    }
+    lines = {
+        sku: line.admitted_in_line()
+        for sku, line in sorted(r.lines.items())
+        if line.admitted_in_line() and target.rooms.get(sku) is not None
+    }
+    join_times = [
+        sku
+        for sku, line in sorted(r.lines.items())
+        if line.join_times != len(line.line) and target.rooms.get(sku) is not None
+    ]
+    uncounted = [
+        sku
+        for sku, line in sorted(r.lines.items())
+        if (room := target.rooms.get(sku)) is not None
+        and len(line.admissions) + line.lapsed + line.used > int(room["admitted"])
+    ]
     return RedisPlan(
         target=target,
         current={sku: counters(r.sales.get(sku)) for sku in target.sales},
@@ -96,6 +158,10 @@ def plan_redis_from_postgres(snap: Snapshot) -> RedisPlan:
         changed_orders=sorted(
             k for k in set(wanted_ord) & set(held_ord) if _differs(wanted_ord[k], held_ord[k])
         ),
+        rooms=rooms,
+        lines=lines,
+        join_times=join_times,
+        uncounted_admissions=uncounted,
     )
 
 
@@ -126,6 +192,23 @@ def _sale_hash(sale: Record) -> dict[str, str | int]:
     return fields
 
 
+def _room_settings(room: Record) -> dict[str, int]:
+    """A waiting room's settings as the SKU hash's fields (lua/set_waiting_room.lua)."""
+    if any(room.get(n) is None for n in ROOM_SETTINGS):
+        return {}
+    return {
+        "waiting_room": int(bool(room["on"])),
+        "wr_opens_at": int(room["opens_at"]),
+        "wr_rate": int(room["admit_per_s"]),
+        "wr_stock_factor": int(room["stock_factor"]),
+        "wr_admission_ttl_ms": int(room["admission_ttl_ms"]),
+    }
+
+
+def _room_keys(p: Partition, sku: str) -> list[str]:
+    return [p.waiting_room(sku), p.queue(sku), p.admitted(sku), p.queue_joined(sku), p.queue_left(sku)]
+
+
 def _left(ended_at: int | None, now_ms: int) -> int:
     """How much of its retention an ended record has left (at least a second)."""
     return max(MIN_TTL_MS, RETENTION_MS - (now_ms - int(ended_at or now_ms)))
@@ -150,6 +233,14 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
         if open_now.get(sku):
             pipe.hdel(p.open_holds(), *open_now[sku])
         pipe.hset(p.sku(sku), mapping=_sale_hash(sale))
+        room = target.rooms.get(sku)
+        if room is not None:
+            if _room_settings(room):
+                pipe.hset(p.sku(sku), mapping=_room_settings(room))
+            pipe.hset(p.waiting_room(sku), mapping={n: int(room[n]) for n in ROOM_COUNTS})
+            _mend_line(engine, pipe, p, sku, plan, now)
+        elif sku in plan.rooms:
+            pipe.delete(*_room_keys(p, sku))
         for (user_sku, user), (held, bought) in target.users.items():
             if user_sku == sku and held:
                 pipe.hset(p.sku(sku), held_field(user), held)
@@ -186,9 +277,27 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
         if open_now.get(sku):
             pipe.hdel(p.open_holds(), *open_now[sku])
         pipe.srem(p.catalog(), sku)
+        pipe.delete(*_room_keys(p, sku))
         pipe.execute()
         log.info("event=redis_orphan_removed sku=%s", sku)
     raise_stream_floors(engine, snap.postgres.offsets)
+
+
+def _mend_line(engine: Engine, pipe: Any, p: Partition, sku: str, plan: RedisPlan, now: int) -> None:
+    """Queues, on the SKU's pipeline, the line's own repairs: the admitted leave it, everyone left in it
+    has a join time (now, when it had none)."""
+    admitted = plan.lines.get(sku, [])
+    if admitted:
+        pipe.zrem(p.queue(sku), *admitted)
+        pipe.hdel(p.queue_joined(sku), *admitted)
+    if sku not in plan.join_times:
+        return
+    in_line = {str(u) for u in engine.redis.zrange(p.queue(sku), 0, -1)} - set(admitted)
+    times = {str(u) for u in engine.redis.hkeys(p.queue_joined(sku))}
+    if times - in_line:
+        pipe.hdel(p.queue_joined(sku), *sorted(times - in_line))
+    if in_line - times:
+        pipe.hset(p.queue_joined(sku), mapping=dict.fromkeys(sorted(in_line - times), now))
 
 
 def raise_stream_floors(engine: Engine, offsets: dict[int, str]) -> None:

@@ -3,10 +3,11 @@ applied offset, so that Redis == PostgreSQL + the unapplied events holds exactly
 
 PostgreSQL is read in one repeatable-read transaction. Each Redis partition is read in one MULTI on the
 node that serves it (one Redis, or the partition's master on a Redis Cluster, where all of a partition's
-keys share one slot): its sales (counters, settings, user counts), open holds, reservation and order
-records, and the stream after the applied offset. The record keys are listed (SCAN on that node) just
-before; a record created in between shows up as an unapplied event without its record, and the partition
-is read again. The whole snapshot is taken again while the worker moves an offset in between.
+keys share one slot): its sales (counters, settings, user counts), waiting rooms (settings, counts, line and
+admissions), open holds, reservation and order records, and the stream after the applied offset. The
+record keys are listed (SCAN on that node) just before; a record created in between shows up as an
+unapplied event without its record, and the partition is read again. The whole snapshot is taken again
+while the worker moves an offset in between.
 
 A node that does not answer is named with its partitions (``RedisState.unreadable``) and its partitions
 are left out of both stores' states, so the rest is still checked; the caller decides that such a
@@ -30,7 +31,16 @@ from flashsale.engine.models import SALE_FIELDS
 from flashsale.engine.nodes import node_clients, partition_nodes
 from flashsale.writeback.database import queries
 
-from .state import PostgresState, Record, RedisState, Snapshot, StoreState, UnreadableNode, cutoff
+from .state import (
+    PostgresState,
+    Record,
+    RedisState,
+    RoomLine,
+    Snapshot,
+    StoreState,
+    UnreadableNode,
+    cutoff,
+)
 
 log = logging.getLogger("flashsale.reconcile")
 
@@ -68,6 +78,18 @@ def _sale_from_product(row: dict[str, Any]) -> Record:
         "available": row["available_count"],
         "reserved": row["reserved_count"],
         "sold": row["sold_count"],
+    }
+
+
+def _room_from_row(row: dict[str, Any]) -> Record:
+    return {
+        "on": bool(row["is_on"]),
+        "opens_at": int(row["opens_at"]),
+        "admit_per_s": int(row["admit_per_second"]),
+        "stock_factor": int(row["stock_factor"]),
+        "admission_ttl_ms": int(row["admission_ttl_ms"]),
+        "admitted": int(row["admitted"]),
+        "sent_away": int(row["sent_away"]),
     }
 
 
@@ -114,6 +136,7 @@ def read_postgres(conn: psycopg.Connection[Any], cutoff_ms: int) -> PostgresStat
             int(r["partition"]): str(r["applied_id"]) for r in cur.execute(q["reconcile_offsets"])
         }
         state.sales = {r["sku_id"]: _sale_from_product(r) for r in cur.execute(q["reconcile_products"])}
+        state.rooms = {r["sku_id"]: _room_from_row(r) for r in cur.execute(q["reconcile_waiting_rooms"])}
         cutoff = {"cutoff": cutoff_ms}
         for row in cur.execute(q["reconcile_reservations"], cutoff):
             state.reservations[row["reservation_id"]] = _reservation_from_row(row)
@@ -189,6 +212,33 @@ def sale_from_hash(fields: dict[str, str]) -> tuple[Record, dict[str, tuple[int,
     return sale, {user: (c[0], c[1]) for user, c in users.items()}
 
 
+# The waiting room's counts in its hash (lua/queue_admit.lua): what the log carries, then Redis's own.
+ROOM_HASH_FIELDS = ("admitted", "sent_away", "lapsed", "used")
+
+
+def room_from_hash(fields: dict[str, str], counts: list[str | None]) -> Record | None:
+    """A waiting room as the shared record shape, from its SKU hash's fields and its room hash's counts
+    (ROOM_HASH_FIELDS); None when the SKU has neither settings nor counts."""
+    admitted, sent_away = (int(c or 0) for c in counts[:2])
+    if fields.get("waiting_room") is None and not admitted and not sent_away:
+        return None
+
+    def number(name: str) -> int | None:
+        value = fields.get(name)
+        return None if value is None else int(value)
+
+    on = fields.get("waiting_room")
+    return {
+        "on": None if on is None else on == "1",
+        "opens_at": number("wr_opens_at"),
+        "admit_per_s": number("wr_rate"),
+        "stock_factor": number("wr_stock_factor"),
+        "admission_ttl_ms": number("wr_admission_ttl_ms"),
+        "admitted": admitted,
+        "sent_away": sent_away,
+    }
+
+
 def _scan(client: redis.Redis, pattern: str) -> list[str]:
     return sorted(str(k) for k in client.scan_iter(match=pattern, count=1000))
 
@@ -200,9 +250,14 @@ def _read_partition(client: redis.Redis, p: Partition, applied: str, state: Redi
     record_keys = _scan(client, p.reservation("*"))  # ended reservations (open ones: the open hash)
     order_keys = _scan(client, p.order("*"))
     pipe = client.pipeline(transaction=True)
+    pipe.time()  # the moment of this read: which admissions are live in it
     for sku in skus:
         pipe.hgetall(p.sku(sku))
         pipe.zrange(p.holds(sku), 0, -1, withscores=True)
+        pipe.hmget(p.waiting_room(sku), ROOM_HASH_FIELDS)
+        pipe.zrange(p.queue(sku), 0, -1)
+        pipe.hlen(p.queue_joined(sku))
+        pipe.zrange(p.admitted(sku), 0, -1, withscores=True)
     pipe.xrange(p.events(), f"({applied}" if applied != "0-0" else "-", "+")
     pipe.hgetall(p.open_holds())
     for key in record_keys:
@@ -210,15 +265,29 @@ def _read_partition(client: redis.Redis, p: Partition, applied: str, state: Redi
     for key in order_keys:
         pipe.hgetall(key)
     replies = pipe.execute()
-    at = 0
+    seconds, micros = replies[0]
+    read_at = int(seconds) * 1000 + int(micros) // 1000
+    at = 1
     for sku in skus:
-        fields, holds = replies[at], replies[at + 1]
-        at += 2
+        fields, holds, room_counts, line, join_times, admissions = replies[at : at + 6]
+        at += 6
         if fields:
             state.sales[sku], users = sale_from_hash(fields)
             for user, counts in users.items():
                 state.users[(sku, user)] = counts
         state.holds[sku] = {str(rid): int(deadline) for rid, deadline in holds}
+        room = room_from_hash(fields, room_counts)
+        if room is not None:
+            state.rooms[sku] = room
+        if room is not None or line or admissions:
+            state.lines[sku] = RoomLine(
+                line={str(user) for user in line},
+                join_times=int(join_times),
+                admissions={str(user): int(score) for user, score in admissions},
+                lapsed=int(room_counts[2] or 0),
+                used=int(room_counts[3] or 0),
+                read_at=read_at,
+            )
     events = [parse_entry(p.index, sid, fields) for sid, fields in replies[at]]
     state.unapplied[p.index] = events
     open_records = replies[at + 1]
@@ -300,8 +369,10 @@ def _leave_out(state: StoreState, partitions: set[int], count: int) -> None:
     state.users = {key: counts for key, counts in state.users.items() if not gone(key[0])}
     state.reservations = {k: r for k, r in state.reservations.items() if not gone(r["sku"])}
     state.orders = {k: o for k, o in state.orders.items() if not gone(o["sku"])}
+    state.rooms = {sku: room for sku, room in state.rooms.items() if not gone(sku)}
     if isinstance(state, RedisState):
         state.holds = {sku: holds for sku, holds in state.holds.items() if not gone(sku)}
+        state.lines = {sku: line for sku, line in state.lines.items() if not gone(sku)}
         state.unapplied = {p: events for p, events in state.unapplied.items() if p not in partitions}
     if isinstance(state, PostgresState):
         state.sums = {sku: sums for sku, sums in state.sums.items() if not gone(sku)}

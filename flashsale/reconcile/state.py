@@ -3,8 +3,9 @@
 Both stores are read into the same shapes (``engine.events`` names: a reservation has sku, user, quantity,
 status, created_at, expires_at, order_id, pay_until, confirmed_at, ended_at; an order reservation_id, sku,
 user, quantity, unit_price_cents, total_cents, status, payment_method, transaction_id, failure_reason,
-created_at, updated_at; a sale its settings and counters), so checks and repairs never care which store a
-record came from. Times are ms since the epoch; "none" is None.
+created_at, updated_at; a sale its settings and counters; a waiting room its settings and the counts the log
+carries, ``ROOM_SETTINGS`` + ``ROOM_COUNTS``), so checks and repairs never care which store a record came
+from. Times are ms since the epoch; "none" is None.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ SETTINGS = (
     "reservation_ttl_ms",
     "paused",
 )
+# A waiting room as both stores hold it: its settings (the SKU hash's waiting_room, wr_* fields; PostgreSQL's
+# waiting_rooms row) and what the log counts (queue_admitted, queue_closed events). The line, the admissions
+# and the token bucket are Redis's alone (README, Waiting room): no event carries them.
+ROOM_SETTINGS = ("on", "opens_at", "admit_per_s", "stock_factor", "admission_ttl_ms")
+ROOM_COUNTS = ("admitted", "sent_away")
 OPEN = "RESERVED"
 COUNTED_ORDERS = ("CONFIRMED", "FULFILLED")
 LIVE_ORDERS = ("PENDING", "CONFIRMED")  # kept in Redis for good; the others for the retention period
@@ -45,6 +51,27 @@ class StoreState:
     users: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # (sku, user) -> held, bought
     reservations: dict[str, Record] = field(default_factory=dict)
     orders: dict[str, Record] = field(default_factory=dict)
+    rooms: dict[str, Record] = field(default_factory=dict)  # sku -> ROOM_SETTINGS + ROOM_COUNTS
+
+
+@dataclass(slots=True)
+class RoomLine:
+    """What Redis alone keeps of a waiting room: who is in line and who is admitted (for its own checks)."""
+
+    line: set[str]  # users in line
+    join_times: int  # entries of the joined-at hash (one per user in line)
+    admissions: dict[str, int]  # user -> deadline ms, negated once used
+    lapsed: int  # admissions that lapsed unused (the room hash's count)
+    used: int  # used admissions past their deadline, dropped from the admitted set
+    read_at: int  # ms, Redis's clock when these were read
+
+    def live(self) -> set[str]:
+        """Users whose admission is live (used or not): past its deadline an admission record is dead
+        until the admitter drops it, and its shopper may already have joined the line again."""
+        return {u for u, score in self.admissions.items() if abs(score) > self.read_at}
+
+    def admitted_in_line(self) -> list[str]:
+        return sorted(self.line & self.live())
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +89,7 @@ class UnreadableNode:
 @dataclass(slots=True)
 class RedisState(StoreState):
     holds: dict[str, dict[str, int]] = field(default_factory=dict)  # sku -> reservation id -> deadline
+    lines: dict[str, RoomLine] = field(default_factory=dict)  # sku -> its waiting room's line
     unapplied: dict[int, list[Event]] = field(default_factory=dict)  # partition -> events after the offset
     now_ms: int = 0
     nodes: dict[int, str] = field(default_factory=dict)  # partition -> the node serving it (host:port)
@@ -107,6 +135,12 @@ def fmt(c: Counters | None) -> str:
     if c is None:
         return "missing"
     return " ".join(f"{n}={getattr(c, n)}" for n in COUNTERS)
+
+
+def room_text(room: Record | None, names: tuple[str, ...] = ROOM_SETTINGS + ROOM_COUNTS) -> str:
+    if room is None:
+        return "none"
+    return " ".join(f"{n}={room.get(n)}" for n in names)
 
 
 def in_window(record: Record, kind: str, cutoff_ms: int) -> bool:

@@ -11,7 +11,7 @@ import copy
 
 from flashsale.engine.events import Event, effect
 
-from .state import SETTINGS, Record, Snapshot, StoreState
+from .state import ROOM_SETTINGS, SETTINGS, Record, Snapshot, StoreState
 
 
 def _apply(state: StoreState, e: Event) -> None:
@@ -37,6 +37,15 @@ def _apply(state: StoreState, e: Event) -> None:
     if (change.held or change.bought) and e.user is not None:
         held, bought = state.users.get((e.sku, e.user), (0, 0))
         state.users[(e.sku, e.user)] = (held + change.held, bought + change.bought)
+    if change.waiting_room is not None or change.admitted or change.sent_away:
+        room = state.rooms.get(e.sku)
+        if room is None:
+            room = state.rooms[e.sku] = {**dict.fromkeys(ROOM_SETTINGS), "admitted": 0, "sent_away": 0}
+        if change.waiting_room is not None and "on" in change.waiting_room:  # waiting_room_set: whole
+            for name in ROOM_SETTINGS:
+                room[name] = change.waiting_room[name]
+        room["admitted"] += change.admitted
+        room["sent_away"] += change.sent_away
     _update(state.reservations, e.reservation_id, change.reservation, change.reservation_created)
     _update(state.orders, e.order_id, change.order, change.order_created)
 
@@ -52,13 +61,14 @@ def _update(records: dict[str, Record], key: str | None, fields: Record | None, 
 
 
 def expected_redis(snap: Snapshot) -> StoreState:
-    """The sales, user counts, reservations and orders Redis must hold right now."""
+    """The sales, user counts, waiting rooms, reservations and orders Redis must hold right now."""
     pg = snap.postgres
     target = StoreState(
         sales=copy.deepcopy(pg.sales),
         users=dict(pg.users),
         reservations=copy.deepcopy(pg.reservations),
         orders=copy.deepcopy(pg.orders),
+        rooms=copy.deepcopy(pg.rooms),
     )
     for event in snap.redis.unapplied_events():
         _apply(target, event)
