@@ -7,6 +7,9 @@ times a second the holder runs ``lua/queue_admit.lua``, which checks the lease i
 that lost it admits nobody), ends lapsed admissions, and admits the next shoppers by a token bucket kept
 in the room's own hash: a restarted or new admitter carries on from Redis, with nothing kept here but
 which leases it holds.
+
+On a Redis Cluster each room's keys live on its partition's node; a node that is down holds back only its
+rooms (the others are discovered and admitted to as usual).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
+import redis
 from flashsale.engine import AsyncEngine
 from flashsale.engine.keys import Keyspace
+from flashsale.engine.nodes import AsyncClient
 from flashsale.engine.scripts import assemble
 
 log = logging.getLogger("flashsale.writeback.admitter")
@@ -34,7 +38,7 @@ class Admitter:
     def __init__(
         self,
         engine: AsyncEngine,
-        client: aioredis.Redis,
+        client: AsyncClient,
         keyspace: Keyspace,
         worker_id: str,
         lease_ms: int,
@@ -54,15 +58,23 @@ class Admitter:
         self._release = client.register_script(assemble("lease_release"))
 
     async def discover(self) -> list[str]:
-        """The SKUs whose sale has a waiting room on (every partition's catalog, one pipeline each way)."""
-        pipe = self.redis.pipeline(transaction=False)
+        """The SKUs whose sale has a waiting room on (each partition's catalog and its sales' flags, one
+        pipeline per partition); a partition whose node does not answer keeps the rooms it had."""
+        rooms: list[str] = []
         for p in self.keyspace.all():
-            pipe.smembers(p.catalog())
-        skus = sorted(str(sku) for members in await pipe.execute() for sku in members)
-        pipe = self.redis.pipeline(transaction=False)
-        for sku in skus:
-            pipe.hget(self.keyspace.for_sku(sku).sku(sku), "waiting_room")
-        self.rooms = [sku for sku, on in zip(skus, await pipe.execute(), strict=True) if on == "1"]
+            try:
+                skus = sorted(str(sku) for sku in await self.redis.smembers(p.catalog()))
+                pipe = self.redis.pipeline(transaction=False)  # one partition: one node
+                for sku in skus:
+                    pipe.hget(p.sku(sku), "waiting_room")
+                rooms += [sku for sku, on in zip(skus, await pipe.execute(), strict=True) if on == "1"]
+            except (redis.RedisError, OSError) as error:
+                rooms += [sku for sku in self.rooms if self.keyspace.for_sku(sku).index == p.index]
+                log.warning(
+                    "event=admitter_discover_failed worker=%s partition=%d error=%r",
+                    self.worker_id, p.index, str(error)[:200],
+                )  # fmt: skip
+        self.rooms = sorted(rooms)
         for sku in set(self.held) - set(self.rooms):  # a room turned off: let its lease go
             await self._give_up(sku)
         return self.rooms
@@ -70,9 +82,13 @@ class Admitter:
     async def step(self) -> None:
         """One round: take or renew each room's lease, then admit in the rooms held."""
         for sku in self.rooms:
-            if not await self._hold(sku):
+            try:  # per room: a node that is down holds back only its own rooms
+                if not await self._hold(sku):
+                    continue
+                outcome = await self.engine.admit(sku, self.worker_id, self.batch)
+            except (redis.RedisError, OSError) as error:
+                log.warning("event=admit_failed worker=%s sku=%s error=%r", self.worker_id, sku, str(error))
                 continue
-            outcome = await self.engine.admit(sku, self.worker_id, self.batch)
             self.stats.steps += 1
             if outcome.outcome == "LEASE_LOST":
                 self.held.pop(sku, None)

@@ -26,8 +26,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import msgspec
-import redis.asyncio as aioredis
 from flashsale.engine.keys import Keyspace, Partition
+from flashsale.engine.nodes import AsyncClient
 from flashsale.engine.scripts import assemble
 from redis.exceptions import RedisError, ResponseError
 
@@ -185,12 +185,12 @@ class SimulatedGateway:
     e.g. {"capture"}, that fail with GatewayError before doing anything)."""
 
     def __init__(
-        self, redis: aioredis.Redis | None = None, keyspace: Keyspace | None = None, *, delay_s: float = 0.0
+        self, redis: AsyncClient | None = None, keyspace: Keyspace | None = None, *, delay_s: float = 0.0
     ) -> None:
         self.delay_s = delay_s
         self.timeouts_after_authorize = 0
         self.failing: set[str] = set()
-        self._redis: aioredis.Redis | None = None
+        self._redis: AsyncClient | None = None
         self._keys = keyspace or Keyspace()
         if redis is not None:
             self.bind(redis, self._keys)
@@ -199,7 +199,7 @@ class SimulatedGateway:
     def bound(self) -> bool:
         return self._redis is not None
 
-    def bind(self, redis: aioredis.Redis, keyspace: Keyspace) -> SimulatedGateway:
+    def bind(self, redis: AsyncClient, keyspace: Keyspace) -> SimulatedGateway:
         """Keeps the ledger through this client (its pool, its event loop) in this key layout."""
         self._redis = redis
         self._keys = keyspace
@@ -306,7 +306,7 @@ class SimulatedGateway:
         if move in self.failing:
             raise GatewayError(f"the gateway did not answer {move} (test knob)")
 
-    def _client(self) -> aioredis.Redis:
+    def _client(self) -> AsyncClient:
         if self._redis is None:
             raise RuntimeError("SimulatedGateway is not bound to a Redis client (bind it first)")
         return self._redis

@@ -41,15 +41,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-import redis.asyncio as aioredis
 from flashsale.engine import AsyncEngine
+from flashsale.engine.client import async_redis_client, redis_client
 from flashsale.engine.events import Event, UnknownEvent, parse_entry, stream_id_key
 from flashsale.engine.settings import Settings
 from flashsale.writeback import stalls
 from flashsale.writeback.admitter import Admitter
 from flashsale.writeback.batch import Batch
 from flashsale.writeback.kafka import Publisher, PublishFailed, ensure_topics
-from flashsale.writeback.lag import read_lag, read_lag_async, total_lag
+from flashsale.writeback.lag import nodes_down, read_lag, read_lag_async, total_lag
 from flashsale.writeback.leases import Leases
 from flashsale.writeback.messages import Topics
 from flashsale.writeback.payments import GatewayError, PaymentGateway, SimulatedGateway
@@ -170,8 +170,10 @@ class Worker:
         """Runs until stop(): holds leases, drains partitions, sweeps expiries. Releases everything after."""
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self.redis = aioredis.Redis.from_url(
-            str(self.settings.redis_url), decode_responses=True, max_connections=64
+        # One Redis or a cluster (FLASHSALE_REDIS_CLUSTER): every command below has one key, or keys of one
+        # partition ({pN}: one slot), so a cluster client sends each to the node serving it.
+        self.redis = async_redis_client(
+            str(self.settings.redis_url), cluster=self.settings.redis_cluster, max_connections=64
         )
         self.leases = Leases(self.redis, self.keyspace, self.worker_id, self.lease_ms)
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -189,7 +191,7 @@ class Worker:
             self.topics,
             message_timeout_ms=self.options.message_timeout_ms,
         )
-        self.engine = AsyncEngine.from_url(str(self.settings.redis_url), self.settings.engine_config())
+        self.engine = AsyncEngine.from_settings(self.settings)
         log.info(
             "event=worker_started worker=%s partitions=%d batch_size=%d lease_ms=%d sweep=%s trim=%s",
             self.worker_id, self.keyspace.partitions, self.batch_size, self.lease_ms,
@@ -253,6 +255,12 @@ class Worker:
                 "event=lag worker=%s partitions=%d pending=%d oldest_age_ms=%d",
                 self.worker_id, len(mine), total.pending, total.oldest_age_ms,
             )  # fmt: skip
+        for node in nodes_down(lags):
+            held_back = [lag.partition for lag in lags if lag.node == node]
+            log.warning(
+                "event=redis_node_down worker=%s node=%s partitions=%s",
+                self.worker_id, node, ",".join(map(str, held_back)),
+            )  # fmt: skip
 
     def _holds(self, partition: int) -> bool:
         assert self._stopping is not None
@@ -269,7 +277,8 @@ class Worker:
         except _Abandon:
             log.info("event=batch_abandoned worker=%s partition=%d", self.worker_id, p)
         except (redis.RedisError, OSError) as error:
-            # Redis itself is away: give the partition up; the lease loop takes it again when Redis is back.
+            # Redis (on a cluster: this partition's node) is away: give the partition up; the lease loop
+            # takes it again when the node is back. The other partitions' tasks go on.
             log.error("event=partition_failed worker=%s partition=%d error=%r", self.worker_id, p, str(error))
             await asyncio.sleep(1)
         except Exception:
@@ -527,15 +536,17 @@ class Worker:
         assert self._stopping is not None
         interval = self.settings.sweep_interval_ms / 1000
         while not self._stopping.is_set():
-            try:
-                for p in sorted(self.owned_partitions):
+            for p in sorted(self.owned_partitions):
+                try:  # per partition: a node that is down holds back only its own
                     while True:
                         ended = await self.engine.expire(p, self.settings.sweep_batch)
                         self.stats.expired += ended
                         if ended < self.settings.sweep_batch:
                             break
-            except (redis.RedisError, OSError) as error:
-                log.warning("event=sweep_failed worker=%s error=%r", self.worker_id, str(error))
+                except (redis.RedisError, OSError) as error:
+                    log.warning(
+                        "event=sweep_failed worker=%s partition=%d error=%r", self.worker_id, p, str(error)
+                    )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
@@ -664,12 +675,14 @@ class WorkerThread:
 
 
 def wait_drained(settings: Settings, *, timeout_s: float = 60.0, poll_s: float = 0.05) -> bool:
-    """Waits until every partition's stream is fully in PostgreSQL and Kafka (by the workers' records)."""
-    client = redis.Redis.from_url(str(settings.redis_url))
+    """Waits until every partition's stream is fully in PostgreSQL and Kafka (by the workers' records);
+    a partition whose Redis node does not answer is not drained."""
+    client = redis_client(str(settings.redis_url), cluster=settings.redis_cluster, max_connections=4)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
-            if total_lag(read_lag(client, settings.keyspace())).pending == 0:
+            lags = read_lag(client, settings.keyspace())
+            if total_lag(lags).pending == 0 and not nodes_down(lags):
                 return True
             if time.monotonic() > deadline:
                 return False
