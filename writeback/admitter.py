@@ -23,6 +23,7 @@ from flashsale.engine import AsyncEngine
 from flashsale.engine.keys import Keyspace
 from flashsale.engine.nodes import AsyncClient
 from flashsale.engine.scripts import assemble
+from flashsale.writeback.lag import node_of
 
 log = logging.getLogger("flashsale.writeback.admitter")
 
@@ -61,8 +62,12 @@ class Admitter:
         """The SKUs whose sale has a waiting room on (each partition's catalog and its sales' flags, one
         pipeline per partition); a partition whose node does not answer keeps the rooms it had."""
         rooms: list[str] = []
+        down: set[str] = set()
         for p in self.keyspace.all():
+            node = node_of(self.redis, p.catalog())
             try:
+                if node in down:
+                    raise redis.ConnectionError(f"node {node} did not answer")
                 skus = sorted(str(sku) for sku in await self.redis.smembers(p.catalog()))
                 pipe = self.redis.pipeline(transaction=False)  # one partition: one node
                 for sku in skus:
@@ -70,10 +75,12 @@ class Admitter:
                 rooms += [sku for sku, on in zip(skus, await pipe.execute(), strict=True) if on == "1"]
             except (redis.RedisError, OSError) as error:
                 rooms += [sku for sku in self.rooms if self.keyspace.for_sku(sku).index == p.index]
-                log.warning(
-                    "event=admitter_discover_failed worker=%s partition=%d error=%r",
-                    self.worker_id, p.index, str(error)[:200],
-                )  # fmt: skip
+                if node not in down:
+                    down.add(node)
+                    log.warning(
+                        "event=admitter_discover_failed worker=%s node=%s error=%r",
+                        self.worker_id, node, str(error)[:200],
+                    )  # fmt: skip
         self.rooms = sorted(rooms)
         for sku in set(self.held) - set(self.rooms):  # a room turned off: let its lease go
             await self._give_up(sku)

@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 import redis
+import redis.asyncio.cluster as aiocluster
 from flashsale.engine.events import stream_id_key
 from flashsale.engine.keys import Keyspace, Partition
 from flashsale.engine.nodes import AsyncClient, Node, SyncClient, partition_nodes, partition_nodes_async
@@ -73,6 +74,14 @@ def total_lag(lags: list[PartitionLag]) -> PartitionLag:
 def nodes_down(lags: list[PartitionLag]) -> list[str]:
     """The nodes that did not answer, sorted."""
     return sorted({lag.node for lag in lags if lag.node_down})
+
+
+def node_of(client: AsyncClient, key: str) -> str:
+    """The name of the node serving ``key`` by the client's slot map (on one Redis: "redis")."""
+    if isinstance(client, aiocluster.RedisCluster):
+        node = client.get_node_from_key(key)
+        return node.name if node is not None else "?"
+    return "redis"
 
 
 def _text(value: Any) -> str | None:

@@ -17,22 +17,13 @@ import logging
 import math
 import zlib
 
-import redis.asyncio.cluster as aiocluster
 from flashsale.engine.keys import Keyspace
 from flashsale.engine.nodes import AsyncClient
 from flashsale.engine.scripts import assemble
 from flashsale.writeback.clock import now_ms_async
-from flashsale.writeback.lag import NODE_ERRORS
+from flashsale.writeback.lag import NODE_ERRORS, node_of
 
 log = logging.getLogger("flashsale.writeback")
-
-
-def _node_of(client: AsyncClient, key: str) -> str:
-    """The node serving ``key`` (on one Redis: the one node)."""
-    if isinstance(client, aiocluster.RedisCluster):
-        node = client.get_node_from_key(key)
-        return node.name if node is not None else "?"
-    return "redis"
 
 
 class Leases:
@@ -74,7 +65,7 @@ class Leases:
         down: set[str] = set()
         for p in sorted(partitions):
             key = self.keyspace.partition(p).writeback_lease()
-            node = _node_of(self.redis, key)
+            node = node_of(self.redis, key)
             if node in down:
                 continue
             try:
@@ -105,7 +96,7 @@ class Leases:
             if p in owned:
                 continue
             key = self.keyspace.partition(p).writeback_lease()
-            node = _node_of(self.redis, key)
+            node = node_of(self.redis, key)
             if node in down:
                 continue
             try:

@@ -44,6 +44,7 @@ import redis
 from flashsale.engine import AsyncEngine
 from flashsale.engine.client import async_redis_client, redis_client
 from flashsale.engine.events import Event, UnknownEvent, parse_entry, stream_id_key
+from flashsale.engine.nodes import AsyncClient
 from flashsale.engine.settings import Settings
 from flashsale.writeback import stalls
 from flashsale.writeback.admitter import Admitter
@@ -175,7 +176,13 @@ class Worker:
         self.redis = async_redis_client(
             str(self.settings.redis_url), cluster=self.settings.redis_cluster, max_connections=64
         )
-        self.leases = Leases(self.redis, self.keyspace, self.worker_id, self.lease_ms)
+        self._partition_clients: dict[int, AsyncClient] = {}
+        # On a cluster the leases too have a client of their own (see _redis_of).
+        self._lease_client = self.redis
+        if self.settings.redis_cluster:
+            url = str(self.settings.redis_url)
+            self._lease_client = async_redis_client(url, cluster=True, max_connections=4)
+        self.leases = Leases(self._lease_client, self.keyspace, self.worker_id, self.lease_ms)
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             str(self.settings.database_url),
             min_size=1,
@@ -262,6 +269,19 @@ class Worker:
                 self.worker_id, node, ",".join(map(str, held_back)),
             )  # fmt: skip
 
+    def _redis_of(self, partition: int) -> AsyncClient:
+        """The client of a partition's drain. On a cluster each partition has one of its own: redis-py's
+        asyncio cluster client closes every connection it has when a node answers CLUSTERDOWN (as a
+        restarted master does until it has heard from the others), which would fail the batches of every
+        partition at once; so a node's trouble reaches only its own partitions' drains."""
+        if not self.settings.redis_cluster:
+            return self.redis
+        client = self._partition_clients.get(partition)
+        if client is None:
+            client = async_redis_client(str(self.settings.redis_url), cluster=True, max_connections=4)
+            self._partition_clients[partition] = client
+        return client
+
     def _holds(self, partition: int) -> bool:
         assert self._stopping is not None
         return not self._stopping.is_set() and partition in self._owned and partition not in self._leaving
@@ -295,12 +315,12 @@ class Worker:
         """Drains the partition's stream while the lease is ours; PermanentSinkError when it must stop."""
         partition = self.keyspace.partition(p)
         stream = partition.events()
-        earlier = await stalls.read(self.redis, partition)
+        earlier = await stalls.read(self._redis_of(p), partition)
         if earlier is not None:  # stopped before (by this worker or one that died): wait for the operator
             await self._wait_until_resumed(p, earlier)
             return
         applied = await self._retry("postgres", p, lambda: self._read_applied(p))
-        published = str(await self.redis.hget(partition.writeback_progress(), "published") or "0-0")
+        published = str(await self._redis_of(p).hget(partition.writeback_progress(), "published") or "0-0")
         await self._check_no_events_lost(p, applied)
         log.info(
             "event=partition_resumed worker=%s partition=%d applied=%s published=%s",
@@ -309,7 +329,7 @@ class Worker:
         while self._holds(p):
             cursor = min(applied, published, key=stream_id_key)
             start = "-" if cursor == "0-0" else f"({cursor}"
-            entries: Any = await self.redis.xrange(stream, start, "+", count=self.batch_size)
+            entries: Any = await self._redis_of(p).xrange(stream, start, "+", count=self.batch_size)
             if not entries:
                 await self._idle()
                 continue
@@ -329,15 +349,15 @@ class Worker:
             return
         partition = self.keyspace.partition(p)
         stream = partition.events()
-        if await self.redis.xrange(stream, applied, applied):
+        if await self._redis_of(p).xrange(stream, applied, applied):
             return
         try:
-            last = str((await self.redis.xinfo_stream(stream)).get("last-generated-id") or "0-0")
+            last = str((await self._redis_of(p).xinfo_stream(stream)).get("last-generated-id") or "0-0")
         except redis.ResponseError:
             last = "0-0"  # no stream at all
         if last == applied:
             return  # trimmed to the offset by a worker of a release that did not keep it, nothing since
-        if await self.redis.hget(partition.writeback_progress(), "rebuilt_after") == applied:
+        if await self._redis_of(p).hget(partition.writeback_progress(), "rebuilt_after") == applied:
             return  # flashsale reconcile rebuilt Redis to continue after this offset
         raise PermanentSinkError(
             "redis",
@@ -351,21 +371,21 @@ class Worker:
     async def _stall(self, p: int, error: PermanentSinkError) -> None:
         """Stops the partition loudly and keeps its lease until an operator resumes it."""
         partition = self.keyspace.partition(p)
-        await stalls.mark(self.redis, partition, error)
+        await stalls.mark(self._redis_of(p), partition, error)
         self.stats.stalls += 1
         log.error(
             "event=partition_stalled worker=%s partition=%d sink=%s stream_id=%s error=%r hint=%r",
             self.worker_id, p, error.sink, error.event_id, error.error[:500],
             f"fix the cause, then `flashsale worker resume {p}` (README: What can be lost)",
         )  # fmt: skip
-        stall = await stalls.read(self.redis, partition)
+        stall = await stalls.read(self._redis_of(p), partition)
         if stall is not None:
             await self._wait_until_resumed(p, stall)
 
     async def _wait_until_resumed(self, p: int, stall: stalls.Stall) -> None:
         partition = self.keyspace.partition(p)
         while self._holds(p):
-            if await stalls.read(self.redis, partition) is None:
+            if await stalls.read(self._redis_of(p), partition) is None:
                 log.info(
                     "event=partition_unstalled worker=%s partition=%d stream_id=%s",
                     self.worker_id, p, stall.event_id,
@@ -468,7 +488,7 @@ class Worker:
 
     async def _record(self, p: int, applied: str, published: str) -> None:
         partition = self.keyspace.partition(p)
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self._redis_of(p).pipeline(transaction=False)
         pipe.hset(
             partition.writeback_progress(),
             mapping={
@@ -603,6 +623,10 @@ class Worker:
         await asyncio.to_thread(self.publisher.close, 5.0)
         await self.pool.close()
         await self.engine.close()
+        for client in [*self._partition_clients.values(), self._lease_client]:
+            if client is not self.redis:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await client.aclose()
         await self.redis.aclose()
         log.info(
             "event=worker_stopped worker=%s applied_events=%d published_events=%d batches=%d",

@@ -121,11 +121,12 @@ def test_a_worker_killed_under_load_is_taken_over_and_nothing_is_lost(
 
 
 @pytest.fixture
-def own_cluster() -> Iterator[RedisCluster]:
-    """Three masters without replicas, of this test's own (one of them is killed). Redis's default
+def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """Three masters without replicas, of this test's own (one of them is killed, and comes back from its
+    append-only file: ``data_dir``). Redis's default
     cluster-require-full-coverage=yes would make every master refuse every key once the dead one is
     marked failed; with it off each master goes on serving its own slots, as it should here."""
-    with RedisCluster(3, node_timeout_ms=1000) as cluster:
+    with RedisCluster(3, node_timeout_ms=1000, data_dir=tmp_path / "cluster") as cluster:
         for node in cluster.masters:
             client = node.client()
             try:
@@ -135,7 +136,7 @@ def own_cluster() -> Iterator[RedisCluster]:
         yield cluster
 
 
-def test_a_master_down_holds_back_only_its_partitions_and_lag_says_node_down(
+def test_a_master_down_holds_back_only_its_partitions_until_it_is_back_and_lag_says_node_down(
     own_cluster: RedisCluster, database_url: str, settings: Settings
 ) -> None:
     values = {f: getattr(settings, f) for f in settings.__struct_fields__}
@@ -158,8 +159,8 @@ def test_a_master_down_holds_back_only_its_partitions_and_lag_says_node_down(
             assert worker.wait_drained(timeout_s=60)
 
             # Events the worker has not taken yet on the victim, then the victim dies (kill -9).
-            for i in range(5):
-                engine.reserve(on_victim[0], f"late-{i}")
+            late = {engine.reserve(on_victim[0], f"late-{i}").id for i in range(5)}
+            before.reservations |= late
             own_cluster.kill(1)
             time.sleep(2.5)  # past node_timeout: the other masters mark it failed, and keep serving
 
@@ -192,6 +193,7 @@ def test_a_master_down_holds_back_only_its_partitions_and_lag_says_node_down(
                 sale = engine.get_sale(sku)
                 assert inventory[sku] == (sale.available, sale.reserved, sale.sold), sku
             assert after.reservations <= stored
+            assert late.isdisjoint(stored), "the dead master's events wait for it"
 
             runner = CliRunner()
             shown = runner.invoke(main, ["worker", "lag", "--json"], env=settings.as_env())
@@ -205,5 +207,18 @@ def test_a_master_down_holds_back_only_its_partitions_and_lag_says_node_down(
             assert table.exit_code == 0, table.output
             assert f"NODE DOWN {victim.name}" in table.output
             assert table.output.count("NODE DOWN") == len(victim.partitions) + 1
+
+            # Back from its append-only file: its partitions are taken again and drain, nothing lost.
+            own_cluster.masters[1].start()
+            own_cluster.wait_until_ready()
+            deadline = time.monotonic() + 15
+            while worker.owned_partitions != frozenset(range(settings.partitions)):
+                assert time.monotonic() < deadline, f"not taken again: {worker.owned_partitions}"
+                time.sleep(0.05)
+            assert worker.wait_drained(timeout_s=30)
+        everything = Shop(engine, skus)
+        everything.reservations = before.reservations | after.reservations
+        everything.orders = before.orders | after.orders
+        assert_postgres_equals_redis(engine, database_url, everything)
     finally:
         engine.close()
