@@ -29,6 +29,7 @@ import msgspec
 from flashsale.engine.keys import Keyspace, Partition
 from flashsale.engine.nodes import AsyncClient
 from flashsale.engine.scripts import assemble
+from flashsale.writeback.clock import now_ms_async
 from redis.exceptions import RedisError, ResponseError
 
 APPROVED_METHODS = frozenset({"CREDIT_CARD", "DEBIT_CARD", "PAYPAL", "APPLE_PAY", "GOOGLE_PAY"})
@@ -279,22 +280,21 @@ class SimulatedGateway:
         return [_text(order_id) for order_id in ids]
 
     async def report(self) -> GatewayReport:
-        pipe = self._client().pipeline(transaction=False)
-        pipe.time()
+        pipe = self._client().pipeline(transaction=False)  # on a cluster: a pipeline per node
         for p in self._keys.all():
             pipe.hgetall(p.payment_counts())
             pipe.zcard(p.payments_unsettled())
             pipe.zrange(p.payments_unsettled(), 0, 0, withscores=True)
         try:
+            # TIME apart: a cluster pipeline refuses a command without a key.
+            now_ms = await now_ms_async(self._client(), self._keys.partition(0).payment_counts())
             replies = await pipe.execute()
         except RedisError as error:
             raise GatewayError(f"the gateway's ledger did not answer: {error}") from error
-        seconds, micros = replies[0]
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
         counts = dict.fromkeys(COUNTS, 0)
         unsettled = []
         for p in self._keys.all():
-            partition_counts, count, oldest = replies[1 + 3 * p.index : 4 + 3 * p.index]
+            partition_counts, count, oldest = replies[3 * p.index : 3 * p.index + 3]
             for name, value in partition_counts.items():
                 counts[_text(name)] = counts.get(_text(name), 0) + int(value)
             age = max(now_ms - int(oldest[0][1]), 0) if oldest else 0

@@ -137,7 +137,7 @@ def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
 
 
 def test_a_master_down_holds_back_only_its_partitions_until_it_is_back_and_lag_says_node_down(
-    own_cluster: RedisCluster, database_url: str, settings: Settings
+    own_cluster: RedisCluster, database_url: str, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     values = {f: getattr(settings, f) for f in settings.__struct_fields__}
     settings = Settings(**{**values, "redis_url": own_cluster.url, "redis_cluster": True})
@@ -220,5 +220,9 @@ def test_a_master_down_holds_back_only_its_partitions_until_it_is_back_and_lag_s
         everything.reservations = before.reservations | after.reservations
         everything.orders = before.orders | after.orders
         assert_postgres_equals_redis(engine, database_url, everything)
+        # Neither the death nor the return of the master failed a batch of another master's partition.
+        failed = {r.getMessage() for r in caplog.records if "event=partition_failed" in r.getMessage()}
+        assert failed
+        assert all(any(f"partition={p} " in line for p in victim.partitions) for line in failed), failed
     finally:
         engine.close()
