@@ -183,6 +183,8 @@ class Worker:
             url = str(self.settings.redis_url)
             self._lease_client = async_redis_client(url, cluster=True, max_connections=4)
         self.leases = Leases(self._lease_client, self.keyspace, self.worker_id, self.lease_ms)
+        if self.settings.redis_cluster:
+            await self._learn_the_cluster()
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             str(self.settings.database_url),
             min_size=1,
@@ -281,6 +283,23 @@ class Worker:
             client = async_redis_client(str(self.settings.redis_url), cluster=True, max_connections=4)
             self._partition_clients[partition] = client
         return client
+
+    async def _learn_the_cluster(self) -> None:
+        """Every cluster client reads the slot map now, while the node FLASHSALE_REDIS_URL names answers;
+        from then on each knows every node, so a partition taken over later still finds its master when
+        that first node is down."""
+        clients = [
+            self.redis,
+            self._lease_client,
+            *(self._redis_of(p) for p in range(self.keyspace.partitions)),
+        ]
+        try:
+            await asyncio.gather(*(client.initialize() for client in clients))  # type: ignore[union-attr]
+        except BaseException:
+            for client in clients:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await client.aclose()
+            raise
 
     def _holds(self, partition: int) -> bool:
         assert self._stopping is not None
