@@ -64,6 +64,9 @@ log = logging.getLogger("flashsale.writeback")
 
 T = TypeVar("T")
 
+# How long one partition's expiry step may take before the sweeper moves on to the next partition.
+_SWEEP_TIMEOUT_S = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
@@ -230,16 +233,17 @@ class Worker:
                 await self._rebalance()
                 if time.monotonic() - last_lag_log > 10:
                     last_lag_log = time.monotonic()
-                    await self._log_lag()
+                    # Bounded: a node that hangs must not hold the next renewal past the leases.
+                    await asyncio.wait_for(self._log_lag(), self.lease_ms / 6000)
             except (redis.RedisError, OSError) as error:
                 log.warning("event=lease_round_failed worker=%s error=%r", self.worker_id, str(error))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
     async def _rebalance(self) -> None:
-        live = await self.leases.heartbeat(set(self.owned_partitions))
         held = set(self._owned)
-        kept = await self.leases.renew(held)
+        kept = await self.leases.renew(held)  # first: a heartbeat to a node that hangs must not delay it
+        live = await self.leases.heartbeat(set(self.owned_partitions))
         for p in held - kept:
             log.warning("event=lease_lost worker=%s partition=%d", self.worker_id, p)
             self._leaving.add(p)
@@ -576,15 +580,16 @@ class Worker:
         interval = self.settings.sweep_interval_ms / 1000
         while not self._stopping.is_set():
             for p in sorted(self.owned_partitions):
-                try:  # per partition: a node that is down holds back only its own
+                try:  # per partition, bounded: a node that is down or hangs holds back only its own
                     while True:
-                        ended = await self.engine.expire(p, self.settings.sweep_batch)
+                        expire = self.engine.expire(p, self.settings.sweep_batch)
+                        ended = await asyncio.wait_for(expire, _SWEEP_TIMEOUT_S)
                         self.stats.expired += ended
                         if ended < self.settings.sweep_batch:
                             break
-                except (redis.RedisError, OSError) as error:
+                except (redis.RedisError, OSError) as error:  # OSError: TimeoutError too
                     log.warning(
-                        "event=sweep_failed worker=%s partition=%d error=%r", self.worker_id, p, str(error)
+                        "event=sweep_failed worker=%s partition=%d error=%r", self.worker_id, p, repr(error)
                     )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)

@@ -226,3 +226,64 @@ def test_a_master_down_holds_back_only_its_partitions_until_it_is_back_and_lag_s
         assert all(any(f"partition={p} " in line for p in victim.partitions) for line in failed), failed
     finally:
         engine.close()
+
+
+def _sync_inventory(database_url: str) -> dict[str, tuple[int, int, int]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT sku_id, available_count, reserved_count, sold_count FROM inventory")
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+
+def test_a_frozen_master_holds_back_only_its_partitions_and_the_other_leases_stay_held(
+    own_cluster: RedisCluster, database_url: str, settings: Settings
+) -> None:
+    values = {f: getattr(settings, f) for f in settings.__struct_fields__}
+    settings = Settings(**{**values, "redis_url": own_cluster.url, "redis_cluster": True})
+    engine = Engine.from_url(own_cluster.url, settings.engine_config(), cluster=True)
+    engine.load_scripts()
+    try:
+        frozen = own_cluster.masters[1]
+        victim = next(n for n in partition_nodes(engine.redis, engine.keys) if n.name == frozen.address)
+        skus = [f"SKU-{i}" for i in range(24)]
+        elsewhere = [sku for sku in skus if engine.keys.for_sku(sku).index not in victim.partitions]
+        live = frozenset(range(settings.partitions)) - set(victim.partitions)
+        shop = Shop(engine, skus)
+        shop.open(total=2000)
+        with WorkerThread(settings, WorkerOptions(trim=False)) as worker:
+            shop.burst(customers=60, threads=3, seed=7)
+            assert worker.wait_drained(timeout_s=60)
+            assert frozen.process is not None
+            frozen.process.send_signal(signal.SIGSTOP)  # hangs without a word: no reset, no refusal
+            try:
+                after = Shop(engine, elsewhere)
+                after.burst(customers=90, threads=3, seed=8)
+                assert len(after.reservations) > 50
+                # Past the lease (1.5 s) twice: the other partitions' leases must have been renewed.
+                deadline = time.monotonic() + 30
+                while True:
+                    inventory = _sync_inventory(database_url)
+                    wanted = {sku: engine.get_sale(sku) for sku in elsewhere}
+                    if (
+                        all(
+                            inventory[sku] == (sale.available, sale.reserved, sale.sold)
+                            for sku, sale in wanted.items()
+                        )
+                        and time.monotonic() > deadline - 27
+                    ):
+                        break
+                    assert time.monotonic() < deadline, "the other masters' changes did not reach PostgreSQL"
+                    time.sleep(0.1)
+                assert worker.owned_partitions >= live, worker.owned_partitions
+            finally:
+                frozen.process.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 20
+            while worker.owned_partitions != frozenset(range(settings.partitions)):
+                assert time.monotonic() < deadline, f"not taken again: {worker.owned_partitions}"
+                time.sleep(0.05)
+            assert worker.wait_drained(timeout_s=30)
+        everything = Shop(engine, skus)
+        everything.reservations = shop.reservations | after.reservations
+        everything.orders = shop.orders | after.orders
+        assert_postgres_equals_redis(engine, database_url, everything)
+    finally:
+        engine.close()
