@@ -14,9 +14,12 @@ rooms (the others are discovered and admitted to as usual).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 from flashsale.engine import AsyncEngine
@@ -26,6 +29,8 @@ from flashsale.engine.scripts import assemble
 from flashsale.writeback.lag import node_of
 
 log = logging.getLogger("flashsale.writeback.admitter")
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -68,11 +73,12 @@ class Admitter:
             try:
                 if node in down:
                     raise redis.ConnectionError(f"node {node} did not answer")
-                skus = sorted(str(sku) for sku in await self.redis.smembers(p.catalog()))
+                skus = sorted(str(sku) for sku in await self._bounded(self.redis.smembers(p.catalog())))
                 pipe = self.redis.pipeline(transaction=False)  # one partition: one node
                 for sku in skus:
                     pipe.hget(p.sku(sku), "waiting_room")
-                rooms += [sku for sku, on in zip(skus, await pipe.execute(), strict=True) if on == "1"]
+                flags = await self._bounded(pipe.execute())
+                rooms += [sku for sku, on in zip(skus, flags, strict=True) if on == "1"]
             except (redis.RedisError, OSError) as error:
                 rooms += [sku for sku in self.rooms if self.keyspace.for_sku(sku).index == p.index]
                 if node not in down:
@@ -83,18 +89,23 @@ class Admitter:
                     )  # fmt: skip
         self.rooms = sorted(rooms)
         for sku in set(self.held) - set(self.rooms):  # a room turned off: let its lease go
-            await self._give_up(sku)
+            await self._bounded(self._give_up(sku))
         return self.rooms
 
     async def step(self) -> None:
         """One round: take or renew each room's lease, then admit in the rooms held."""
+        down: set[str] = set()
         for sku in self.rooms:
-            try:  # per room: a node that is down holds back only its own rooms
-                if not await self._hold(sku):
+            node = node_of(self.redis, self.keyspace.for_sku(sku).sku(sku))
+            if node in down:
+                continue
+            try:  # per room, bounded: a node that is down or hangs holds back only its own rooms
+                if not await self._bounded(self._hold(sku)):
                     continue
-                outcome = await self.engine.admit(sku, self.worker_id, self.batch)
-            except (redis.RedisError, OSError) as error:
-                log.warning("event=admit_failed worker=%s sku=%s error=%r", self.worker_id, sku, str(error))
+                outcome = await self._bounded(self.engine.admit(sku, self.worker_id, self.batch))
+            except (redis.RedisError, OSError) as error:  # OSError: TimeoutError too
+                down.add(node)
+                log.warning("event=admit_failed worker=%s sku=%s error=%r", self.worker_id, sku, repr(error))
                 continue
             self.stats.steps += 1
             if outcome.outcome == "LEASE_LOST":
@@ -106,6 +117,10 @@ class Admitter:
             if outcome.sent_away:
                 sent = outcome.sent_away
                 log.info("event=queue_sold_out worker=%s sku=%s sent_away=%d", self.worker_id, sku, sent)
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        """Within a sixth of the lease (as the partition leases): one hung node must not stop the rest."""
+        return await asyncio.wait_for(call, self.lease_ms / 6000)
 
     async def _hold(self, sku: str) -> bool:
         lease = self.keyspace.for_sku(sku).admitter_lease(sku)
