@@ -1,6 +1,6 @@
 """Write-behind: drains the engine's Redis streams into PostgreSQL (exactly once in effect) and Kafka."""
 
-from flashsale.writeback.lag import PartitionLag, read_lag, read_lag_async, total_lag
+from flashsale.writeback.lag import PartitionLag, nodes_down, read_lag, read_lag_async, total_lag
 from flashsale.writeback.worker import (
     Worker,
     WorkerOptions,
@@ -17,6 +17,7 @@ __all__ = [
     "WorkerOptions",
     "WorkerStats",
     "WorkerThread",
+    "nodes_down",
     "read_lag",
     "read_lag_async",
     "run_until_signalled",

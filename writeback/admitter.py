@@ -7,20 +7,30 @@ times a second the holder runs ``lua/queue_admit.lua``, which checks the lease i
 that lost it admits nobody), ends lapsed admissions, and admits the next shoppers by a token bucket kept
 in the room's own hash: a restarted or new admitter carries on from Redis, with nothing kept here but
 which leases it holds.
+
+On a Redis Cluster each room's keys live on its partition's node; a node that is down holds back only its
+rooms (the others are discovered and admitted to as usual).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
-import redis.asyncio as aioredis
+import redis
 from flashsale.engine import AsyncEngine
 from flashsale.engine.keys import Keyspace
+from flashsale.engine.nodes import AsyncClient
 from flashsale.engine.scripts import assemble
+from flashsale.writeback.lag import node_of
 
 log = logging.getLogger("flashsale.writeback.admitter")
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -34,7 +44,7 @@ class Admitter:
     def __init__(
         self,
         engine: AsyncEngine,
-        client: aioredis.Redis,
+        client: AsyncClient,
         keyspace: Keyspace,
         worker_id: str,
         lease_ms: int,
@@ -54,25 +64,49 @@ class Admitter:
         self._release = client.register_script(assemble("lease_release"))
 
     async def discover(self) -> list[str]:
-        """The SKUs whose sale has a waiting room on (every partition's catalog, one pipeline each way)."""
-        pipe = self.redis.pipeline(transaction=False)
+        """The SKUs whose sale has a waiting room on (each partition's catalog and its sales' flags, one
+        pipeline per partition); a partition whose node does not answer keeps the rooms it had."""
+        rooms: list[str] = []
+        down: set[str] = set()
         for p in self.keyspace.all():
-            pipe.smembers(p.catalog())
-        skus = sorted(str(sku) for members in await pipe.execute() for sku in members)
-        pipe = self.redis.pipeline(transaction=False)
-        for sku in skus:
-            pipe.hget(self.keyspace.for_sku(sku).sku(sku), "waiting_room")
-        self.rooms = [sku for sku, on in zip(skus, await pipe.execute(), strict=True) if on == "1"]
+            node = node_of(self.redis, p.catalog())
+            try:
+                if node in down:
+                    raise redis.ConnectionError(f"node {node} did not answer")
+                skus = sorted(str(sku) for sku in await self._bounded(self.redis.smembers(p.catalog())))
+                pipe = self.redis.pipeline(transaction=False)  # one partition: one node
+                for sku in skus:
+                    pipe.hget(p.sku(sku), "waiting_room")
+                flags = await self._bounded(pipe.execute())
+                rooms += [sku for sku, on in zip(skus, flags, strict=True) if on == "1"]
+            except (redis.RedisError, OSError) as error:
+                rooms += [sku for sku in self.rooms if self.keyspace.for_sku(sku).index == p.index]
+                if node not in down:
+                    down.add(node)
+                    log.warning(
+                        "event=admitter_discover_failed worker=%s node=%s error=%r",
+                        self.worker_id, node, str(error)[:200],
+                    )  # fmt: skip
+        self.rooms = sorted(rooms)
         for sku in set(self.held) - set(self.rooms):  # a room turned off: let its lease go
-            await self._give_up(sku)
+            await self._bounded(self._give_up(sku))
         return self.rooms
 
     async def step(self) -> None:
         """One round: take or renew each room's lease, then admit in the rooms held."""
+        down: set[str] = set()
         for sku in self.rooms:
-            if not await self._hold(sku):
+            node = node_of(self.redis, self.keyspace.for_sku(sku).sku(sku))
+            if node in down:
                 continue
-            outcome = await self.engine.admit(sku, self.worker_id, self.batch)
+            try:  # per room, bounded: a node that is down or hangs holds back only its own rooms
+                if not await self._bounded(self._hold(sku)):
+                    continue
+                outcome = await self._bounded(self.engine.admit(sku, self.worker_id, self.batch))
+            except (redis.RedisError, OSError) as error:  # OSError: TimeoutError too
+                down.add(node)
+                log.warning("event=admit_failed worker=%s sku=%s error=%r", self.worker_id, sku, repr(error))
+                continue
             self.stats.steps += 1
             if outcome.outcome == "LEASE_LOST":
                 self.held.pop(sku, None)
@@ -83,6 +117,10 @@ class Admitter:
             if outcome.sent_away:
                 sent = outcome.sent_away
                 log.info("event=queue_sold_out worker=%s sku=%s sent_away=%d", self.worker_id, sku, sent)
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        """Within a sixth of the lease (as the partition leases): one hung node must not stop the rest."""
+        return await asyncio.wait_for(call, self.lease_ms / 6000)
 
     async def _hold(self, sku: str) -> bool:
         lease = self.keyspace.for_sku(sku).admitter_lease(sku)

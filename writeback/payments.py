@@ -26,9 +26,10 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import msgspec
-import redis.asyncio as aioredis
 from flashsale.engine.keys import Keyspace, Partition
+from flashsale.engine.nodes import AsyncClient
 from flashsale.engine.scripts import assemble
+from flashsale.writeback.clock import now_ms_async
 from redis.exceptions import RedisError, ResponseError
 
 APPROVED_METHODS = frozenset({"CREDIT_CARD", "DEBIT_CARD", "PAYPAL", "APPLE_PAY", "GOOGLE_PAY"})
@@ -185,12 +186,12 @@ class SimulatedGateway:
     e.g. {"capture"}, that fail with GatewayError before doing anything)."""
 
     def __init__(
-        self, redis: aioredis.Redis | None = None, keyspace: Keyspace | None = None, *, delay_s: float = 0.0
+        self, redis: AsyncClient | None = None, keyspace: Keyspace | None = None, *, delay_s: float = 0.0
     ) -> None:
         self.delay_s = delay_s
         self.timeouts_after_authorize = 0
         self.failing: set[str] = set()
-        self._redis: aioredis.Redis | None = None
+        self._redis: AsyncClient | None = None
         self._keys = keyspace or Keyspace()
         if redis is not None:
             self.bind(redis, self._keys)
@@ -199,7 +200,7 @@ class SimulatedGateway:
     def bound(self) -> bool:
         return self._redis is not None
 
-    def bind(self, redis: aioredis.Redis, keyspace: Keyspace) -> SimulatedGateway:
+    def bind(self, redis: AsyncClient, keyspace: Keyspace) -> SimulatedGateway:
         """Keeps the ledger through this client (its pool, its event loop) in this key layout."""
         self._redis = redis
         self._keys = keyspace
@@ -279,23 +280,21 @@ class SimulatedGateway:
         return [_text(order_id) for order_id in ids]
 
     async def report(self) -> GatewayReport:
-        client = self._client()
-        pipe = client.pipeline(transaction=False)
+        pipe = self._client().pipeline(transaction=False)  # on a cluster: a pipeline per node
         for p in self._keys.all():
             pipe.hgetall(p.payment_counts())
             pipe.zcard(p.payments_unsettled())
             pipe.zrange(p.payments_unsettled(), 0, 0, withscores=True)
         try:
-            # TIME on its own: a Redis Cluster pipeline takes only commands with a key.
-            seconds, micros = await client.time()
+            # TIME apart: a cluster pipeline refuses a command without a key.
+            now_ms = await now_ms_async(self._client(), self._keys.partition(0).payment_counts())
             replies = await pipe.execute()
         except RedisError as error:
             raise GatewayError(f"the gateway's ledger did not answer: {error}") from error
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
         counts = dict.fromkeys(COUNTS, 0)
         unsettled = []
         for p in self._keys.all():
-            partition_counts, count, oldest = replies[3 * p.index : 3 + 3 * p.index]
+            partition_counts, count, oldest = replies[3 * p.index : 3 * p.index + 3]
             for name, value in partition_counts.items():
                 counts[_text(name)] = counts.get(_text(name), 0) + int(value)
             age = max(now_ms - int(oldest[0][1]), 0) if oldest else 0
@@ -307,7 +306,7 @@ class SimulatedGateway:
         if move in self.failing:
             raise GatewayError(f"the gateway did not answer {move} (test knob)")
 
-    def _client(self) -> aioredis.Redis:
+    def _client(self) -> AsyncClient:
         if self._redis is None:
             raise RuntimeError("SimulatedGateway is not bound to a Redis client (bind it first)")
         return self._redis

@@ -35,9 +35,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from flashsale.engine import AsyncEngine, NotFound, Order, OrderStatus
 from flashsale.engine.keys import Keyspace
+from flashsale.engine.nodes import AsyncClient
+from flashsale.writeback.clock import now_ms_async
 from flashsale.writeback.payments import Payment, PaymentGateway, PaymentRefused, PaymentStatus
 
 log = logging.getLogger("flashsale.writeback")
@@ -72,7 +73,8 @@ class Settlement:
 
     async def settle_partition(self, partition: int) -> list[Settled]:
         """One pass over the partition's unsettled payments (up to batch × max_batches of them)."""
-        now_ms = await _now_ms(self.engine.redis)
+        # The clock of the partition's node (on a cluster TIME has no key to route it by).
+        now_ms = await now_ms_async(self.engine.redis, self.engine.keys.partition(partition).settlements())
         done: list[Settled] = []
         offset = 0
         for _ in range(self.max_batches):
@@ -154,12 +156,7 @@ def _action(payment: Payment, order: Order | None, now_ms: int, review_wait_ms: 
     return None
 
 
-async def _now_ms(client: aioredis.Redis) -> int:
-    seconds, micros = await client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-async def read_settlements(client: aioredis.Redis, keyspace: Keyspace) -> dict[str, int]:
+async def read_settlements(client: AsyncClient, keyspace: Keyspace) -> dict[str, int]:
     """What settlement did, summed over the partitions: {capture, void, refund, finalize: count}."""
     pipe = client.pipeline(transaction=False)
     for p in keyspace.all():

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import redis.asyncio as aioredis
 from flashsale.engine.events import UnknownEvent
 from flashsale.engine.keys import Partition
+from flashsale.engine.nodes import AsyncClient
 
 STALL_FIELDS = ("stalled_at", "stalled_sink", "stalled_event", "stalled_error")
 _PERMANENT_POSTGRES = (
@@ -74,7 +74,7 @@ def stall_from_fields(partition: int, fields: dict[str, Any]) -> Stall | None:
     return Stall(partition, int(text[0]), text[1], text[2], text[3])
 
 
-async def mark(client: aioredis.Redis, partition: Partition, error: PermanentSinkError) -> None:
+async def mark(client: AsyncClient, partition: Partition, error: PermanentSinkError) -> None:
     await client.hset(
         partition.writeback_progress(),
         mapping={
@@ -86,7 +86,7 @@ async def mark(client: aioredis.Redis, partition: Partition, error: PermanentSin
     )
 
 
-async def read(client: aioredis.Redis, partition: Partition) -> Stall | None:
+async def read(client: AsyncClient, partition: Partition) -> Stall | None:
     values = await client.hmget(partition.writeback_progress(), list(STALL_FIELDS))
     return stall_from_fields(partition.index, dict(zip(STALL_FIELDS, values, strict=True)))
 

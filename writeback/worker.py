@@ -41,15 +41,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-import redis.asyncio as aioredis
 from flashsale.engine import AsyncEngine
+from flashsale.engine.client import async_redis_client, redis_client
 from flashsale.engine.events import Event, UnknownEvent, parse_entry, stream_id_key
+from flashsale.engine.nodes import AsyncClient
 from flashsale.engine.settings import Settings
 from flashsale.writeback import stalls
 from flashsale.writeback.admitter import Admitter
 from flashsale.writeback.batch import Batch
 from flashsale.writeback.kafka import Publisher, PublishFailed, ensure_topics
-from flashsale.writeback.lag import read_lag, read_lag_async, total_lag
+from flashsale.writeback.lag import nodes_down, read_lag, read_lag_async, total_lag
 from flashsale.writeback.leases import Leases
 from flashsale.writeback.messages import Topics
 from flashsale.writeback.payments import GatewayError, PaymentGateway, SimulatedGateway
@@ -62,6 +63,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 log = logging.getLogger("flashsale.writeback")
 
 T = TypeVar("T")
+
+# How long one partition's expiry step may take before the sweeper moves on to the next partition.
+_SWEEP_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +174,20 @@ class Worker:
         """Runs until stop(): holds leases, drains partitions, sweeps expiries. Releases everything after."""
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self.redis = aioredis.Redis.from_url(
-            str(self.settings.redis_url), decode_responses=True, max_connections=64
+        # One Redis or a cluster (FLASHSALE_REDIS_CLUSTER): every command below has one key, or keys of one
+        # partition ({pN}: one slot), so a cluster client sends each to the node serving it.
+        self.redis = async_redis_client(
+            str(self.settings.redis_url), cluster=self.settings.redis_cluster, max_connections=64
         )
-        self.leases = Leases(self.redis, self.keyspace, self.worker_id, self.lease_ms)
+        self._partition_clients: dict[int, AsyncClient] = {}
+        # On a cluster the leases too have a client of their own (see _redis_of).
+        self._lease_client = self.redis
+        if self.settings.redis_cluster:
+            url = str(self.settings.redis_url)
+            self._lease_client = async_redis_client(url, cluster=True, max_connections=4)
+        self.leases = Leases(self._lease_client, self.keyspace, self.worker_id, self.lease_ms)
+        if self.settings.redis_cluster:
+            await self._learn_the_cluster()
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             str(self.settings.database_url),
             min_size=1,
@@ -189,7 +203,7 @@ class Worker:
             self.topics,
             message_timeout_ms=self.options.message_timeout_ms,
         )
-        self.engine = AsyncEngine.from_url(str(self.settings.redis_url), self.settings.engine_config())
+        self.engine = AsyncEngine.from_settings(self.settings)
         log.info(
             "event=worker_started worker=%s partitions=%d batch_size=%d lease_ms=%d sweep=%s trim=%s",
             self.worker_id, self.keyspace.partitions, self.batch_size, self.lease_ms,
@@ -219,16 +233,17 @@ class Worker:
                 await self._rebalance()
                 if time.monotonic() - last_lag_log > 10:
                     last_lag_log = time.monotonic()
-                    await self._log_lag()
+                    # Bounded: a node that hangs must not hold the next renewal past the leases.
+                    await asyncio.wait_for(self._log_lag(), self.lease_ms / 6000)
             except (redis.RedisError, OSError) as error:
                 log.warning("event=lease_round_failed worker=%s error=%r", self.worker_id, str(error))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
     async def _rebalance(self) -> None:
-        live = await self.leases.heartbeat(set(self.owned_partitions))
         held = set(self._owned)
-        kept = await self.leases.renew(held)
+        kept = await self.leases.renew(held)  # first: a heartbeat to a node that hangs must not delay it
+        live = await self.leases.heartbeat(set(self.owned_partitions))
         for p in held - kept:
             log.warning("event=lease_lost worker=%s partition=%d", self.worker_id, p)
             self._leaving.add(p)
@@ -253,6 +268,42 @@ class Worker:
                 "event=lag worker=%s partitions=%d pending=%d oldest_age_ms=%d",
                 self.worker_id, len(mine), total.pending, total.oldest_age_ms,
             )  # fmt: skip
+        for node in nodes_down(lags):
+            held_back = [lag.partition for lag in lags if lag.node == node]
+            log.warning(
+                "event=redis_node_down worker=%s node=%s partitions=%s",
+                self.worker_id, node, ",".join(map(str, held_back)),
+            )  # fmt: skip
+
+    def _redis_of(self, partition: int) -> AsyncClient:
+        """The client of a partition's drain. On a cluster each partition has one of its own: redis-py's
+        asyncio cluster client closes every connection it has when a node answers CLUSTERDOWN (as a
+        restarted master does until it has heard from the others), which would fail the batches of every
+        partition at once; so a node's trouble reaches only its own partitions' drains."""
+        if not self.settings.redis_cluster:
+            return self.redis
+        client = self._partition_clients.get(partition)
+        if client is None:
+            client = async_redis_client(str(self.settings.redis_url), cluster=True, max_connections=4)
+            self._partition_clients[partition] = client
+        return client
+
+    async def _learn_the_cluster(self) -> None:
+        """Every cluster client reads the slot map now, while the node FLASHSALE_REDIS_URL names answers;
+        from then on each knows every node, so a partition taken over later still finds its master when
+        that first node is down."""
+        clients = [
+            self.redis,
+            self._lease_client,
+            *(self._redis_of(p) for p in range(self.keyspace.partitions)),
+        ]
+        try:
+            await asyncio.gather(*(client.initialize() for client in clients))  # type: ignore[union-attr]
+        except BaseException:
+            for client in clients:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await client.aclose()
+            raise
 
     def _holds(self, partition: int) -> bool:
         assert self._stopping is not None
@@ -269,7 +320,8 @@ class Worker:
         except _Abandon:
             log.info("event=batch_abandoned worker=%s partition=%d", self.worker_id, p)
         except (redis.RedisError, OSError) as error:
-            # Redis itself is away: give the partition up; the lease loop takes it again when Redis is back.
+            # Redis (on a cluster: this partition's node) is away: give the partition up; the lease loop
+            # takes it again when the node is back. The other partitions' tasks go on.
             log.error("event=partition_failed worker=%s partition=%d error=%r", self.worker_id, p, str(error))
             await asyncio.sleep(1)
         except Exception:
@@ -286,12 +338,12 @@ class Worker:
         """Drains the partition's stream while the lease is ours; PermanentSinkError when it must stop."""
         partition = self.keyspace.partition(p)
         stream = partition.events()
-        earlier = await stalls.read(self.redis, partition)
+        earlier = await stalls.read(self._redis_of(p), partition)
         if earlier is not None:  # stopped before (by this worker or one that died): wait for the operator
             await self._wait_until_resumed(p, earlier)
             return
         applied = await self._retry("postgres", p, lambda: self._read_applied(p))
-        published = str(await self.redis.hget(partition.writeback_progress(), "published") or "0-0")
+        published = str(await self._redis_of(p).hget(partition.writeback_progress(), "published") or "0-0")
         await self._check_no_events_lost(p, applied)
         log.info(
             "event=partition_resumed worker=%s partition=%d applied=%s published=%s",
@@ -300,7 +352,7 @@ class Worker:
         while self._holds(p):
             cursor = min(applied, published, key=stream_id_key)
             start = "-" if cursor == "0-0" else f"({cursor}"
-            entries: Any = await self.redis.xrange(stream, start, "+", count=self.batch_size)
+            entries: Any = await self._redis_of(p).xrange(stream, start, "+", count=self.batch_size)
             if not entries:
                 await self._idle()
                 continue
@@ -320,15 +372,15 @@ class Worker:
             return
         partition = self.keyspace.partition(p)
         stream = partition.events()
-        if await self.redis.xrange(stream, applied, applied):
+        if await self._redis_of(p).xrange(stream, applied, applied):
             return
         try:
-            last = str((await self.redis.xinfo_stream(stream)).get("last-generated-id") or "0-0")
+            last = str((await self._redis_of(p).xinfo_stream(stream)).get("last-generated-id") or "0-0")
         except redis.ResponseError:
             last = "0-0"  # no stream at all
         if last == applied:
             return  # trimmed to the offset by a worker of a release that did not keep it, nothing since
-        if await self.redis.hget(partition.writeback_progress(), "rebuilt_after") == applied:
+        if await self._redis_of(p).hget(partition.writeback_progress(), "rebuilt_after") == applied:
             return  # flashsale reconcile rebuilt Redis to continue after this offset
         raise PermanentSinkError(
             "redis",
@@ -342,21 +394,21 @@ class Worker:
     async def _stall(self, p: int, error: PermanentSinkError) -> None:
         """Stops the partition loudly and keeps its lease until an operator resumes it."""
         partition = self.keyspace.partition(p)
-        await stalls.mark(self.redis, partition, error)
+        await stalls.mark(self._redis_of(p), partition, error)
         self.stats.stalls += 1
         log.error(
             "event=partition_stalled worker=%s partition=%d sink=%s stream_id=%s error=%r hint=%r",
             self.worker_id, p, error.sink, error.event_id, error.error[:500],
             f"fix the cause, then `flashsale worker resume {p}` (README: What can be lost)",
         )  # fmt: skip
-        stall = await stalls.read(self.redis, partition)
+        stall = await stalls.read(self._redis_of(p), partition)
         if stall is not None:
             await self._wait_until_resumed(p, stall)
 
     async def _wait_until_resumed(self, p: int, stall: stalls.Stall) -> None:
         partition = self.keyspace.partition(p)
         while self._holds(p):
-            if await stalls.read(self.redis, partition) is None:
+            if await stalls.read(self._redis_of(p), partition) is None:
                 log.info(
                     "event=partition_unstalled worker=%s partition=%d stream_id=%s",
                     self.worker_id, p, stall.event_id,
@@ -459,7 +511,7 @@ class Worker:
 
     async def _record(self, p: int, applied: str, published: str) -> None:
         partition = self.keyspace.partition(p)
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self._redis_of(p).pipeline(transaction=False)
         pipe.hset(
             partition.writeback_progress(),
             mapping={
@@ -527,15 +579,18 @@ class Worker:
         assert self._stopping is not None
         interval = self.settings.sweep_interval_ms / 1000
         while not self._stopping.is_set():
-            try:
-                for p in sorted(self.owned_partitions):
+            for p in sorted(self.owned_partitions):
+                try:  # per partition, bounded: a node that is down or hangs holds back only its own
                     while True:
-                        ended = await self.engine.expire(p, self.settings.sweep_batch)
+                        expire = self.engine.expire(p, self.settings.sweep_batch)
+                        ended = await asyncio.wait_for(expire, _SWEEP_TIMEOUT_S)
                         self.stats.expired += ended
                         if ended < self.settings.sweep_batch:
                             break
-            except (redis.RedisError, OSError) as error:
-                log.warning("event=sweep_failed worker=%s error=%r", self.worker_id, str(error))
+                except (redis.RedisError, OSError) as error:  # OSError: TimeoutError too
+                    log.warning(
+                        "event=sweep_failed worker=%s partition=%d error=%r", self.worker_id, p, repr(error)
+                    )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
@@ -592,6 +647,10 @@ class Worker:
         await asyncio.to_thread(self.publisher.close, 5.0)
         await self.pool.close()
         await self.engine.close()
+        for client in [*self._partition_clients.values(), self._lease_client]:
+            if client is not self.redis:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await client.aclose()
         await self.redis.aclose()
         log.info(
             "event=worker_stopped worker=%s applied_events=%d published_events=%d batches=%d",
@@ -664,12 +723,14 @@ class WorkerThread:
 
 
 def wait_drained(settings: Settings, *, timeout_s: float = 60.0, poll_s: float = 0.05) -> bool:
-    """Waits until every partition's stream is fully in PostgreSQL and Kafka (by the workers' records)."""
-    client = redis.Redis.from_url(str(settings.redis_url))
+    """Waits until every partition's stream is fully in PostgreSQL and Kafka (by the workers' records);
+    a partition whose Redis node does not answer is not drained."""
+    client = redis_client(str(settings.redis_url), cluster=settings.redis_cluster, max_connections=4)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
-            if total_lag(read_lag(client, settings.keyspace())).pending == 0:
+            lags = read_lag(client, settings.keyspace())
+            if total_lag(lags).pending == 0 and not nodes_down(lags):
                 return True
             if time.monotonic() > deadline:
                 return False

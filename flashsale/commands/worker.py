@@ -8,6 +8,18 @@ import redis
 from flashsale.engine.settings import Settings
 
 
+def _client(settings: Settings) -> redis.Redis | redis.cluster.RedisCluster:
+    """The engine's kind of client for FLASHSALE_REDIS_URL (a cluster's with FLASHSALE_REDIS_CLUSTER)."""
+    from flashsale.engine.client import redis_client
+
+    if not settings.redis_url:
+        raise click.ClickException("FLASHSALE_REDIS_URL is not set")
+    try:
+        return redis_client(settings.redis_url, cluster=settings.redis_cluster, max_connections=4)
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as error:
+        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
+
+
 @click.group(invoke_without_command=True)
 @click.option("--worker-id", default=None, help="Name in leases and logs (default: host-pid-random).")
 @click.option("--no-sweep", is_flag=True, help="Do not run the reservation expiry sweeper.")
@@ -53,32 +65,51 @@ def worker(
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
 @click.pass_obj
 def lag(settings: Settings, as_json: bool) -> None:
-    """Events not yet in PostgreSQL and Kafka, per partition, and the age of the oldest."""
+    """Events not yet in PostgreSQL and Kafka, per partition, the age of the oldest, and the Redis node
+    serving each partition (NODE DOWN: it did not answer; its partitions wait for it)."""
     import msgspec
 
-    from flashsale.writeback.lag import read_lag, total_lag
+    from flashsale.writeback.lag import nodes_down, read_lag, total_lag
 
-    if not settings.redis_url:
-        raise click.ClickException("FLASHSALE_REDIS_URL is not set")
-    client = redis.Redis.from_url(settings.redis_url)
+    client = _client(settings)
     try:
         lags = read_lag(client, settings.keyspace())
     except redis.RedisError as error:
         raise click.ClickException(f"cannot read lag from Redis: {error}") from None
     finally:
         client.close()
-    total = total_lag(lags)
+    total, down = total_lag(lags), nodes_down(lags)
     if as_json:
-        click.echo(msgspec.json.encode({"partitions": lags, "pending": total.pending,
-                                        "oldest_age_ms": total.oldest_age_ms}))  # fmt: skip
+        document = {
+            "partitions": lags,
+            "pending": total.pending,
+            "oldest_age_ms": total.oldest_age_ms,
+            "nodes_down": down,
+        }
+        click.echo(msgspec.json.encode(document))
         return
-    click.echo(f"{'partition':>9} {'pending':>9} {'oldest ms':>10}  {'owner':<28} applied / published")
+    node_width = max((len(row.node) for row in lags), default=4)
+    click.echo(
+        f"{'partition':>9} {'pending':>9} {'oldest ms':>10}  {'node':<{node_width}}  {'owner':<28} "
+        "applied / published"
+    )
     for row in lags:
+        if row.node_down:
+            click.echo(
+                f"{row.partition:>9} {'NODE DOWN':>9} {'-':>10}  {row.node:<{node_width}}  {'-':<28} -"
+            )
+            continue
         click.echo(
-            f"{row.partition:>9} {row.pending:>9} {row.oldest_age_ms:>10}  {row.owner or '-':<28} "
-            f"{row.applied_id} / {row.published_id}"
+            f"{row.partition:>9} {row.pending:>9} {row.oldest_age_ms:>10}  {row.node:<{node_width}}  "
+            f"{row.owner or '-':<28} {row.applied_id} / {row.published_id}"
         )
     click.echo(f"{'total':>9} {total.pending:>9} {total.oldest_age_ms:>10}")
+    for node in down:
+        held_back = [str(row.partition) for row in lags if row.node == node]
+        error = next(row.node_error for row in lags if row.node == node)
+        click.echo(
+            f"NODE DOWN {node}: partitions {','.join(held_back)} wait for it (pending unknown): {error}"
+        )
     for row in lags:
         if row.stalled_event is not None:
             where = f"STALLED partition {row.partition}: {row.stalled_sink}"
@@ -101,12 +132,10 @@ def resume(settings: Settings, partitions: tuple[int, ...], every: bool) -> None
     from flashsale.writeback.lag import read_lag
     from flashsale.writeback.stalls import clear_fields
 
-    if not settings.redis_url:
-        raise click.ClickException("FLASHSALE_REDIS_URL is not set")
     if not partitions and not every:
         raise click.UsageError("name the partitions to resume, or --all")
     keyspace = settings.keyspace()
-    client = redis.Redis.from_url(settings.redis_url)
+    client = _client(settings)
     try:
         stalled = {row.partition for row in read_lag(client, keyspace) if row.stalled_event is not None}
         chosen = stalled if every else set(partitions)

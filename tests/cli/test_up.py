@@ -459,11 +459,6 @@ def test_up_with_a_redis_cluster_serves_every_master_and_a_dead_node_stops_it_na
     assert_all_gone(children)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the write-behind worker drains a Redis Cluster's partitions from the cluster-worker branch "
-    "(issue 13): remove this mark when it is merged",
-)
 def test_up_with_a_redis_cluster_carries_a_reservation_into_postgresql(
     start_up: Callable[..., RunningStack], tmp_path: Path
 ) -> None:

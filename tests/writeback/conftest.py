@@ -15,11 +15,13 @@ from flashsale.launcher import KafkaBroker
 
 
 @pytest.fixture
-def settings(redis_url: str, database_url: str, kafka_broker: KafkaBroker) -> Settings:
-    """Settings for one test: the session's servers, topics of its own (the broker outlives the test)."""
+def settings(redis_url: str, on_cluster: bool, database_url: str, kafka_broker: KafkaBroker) -> Settings:
+    """Settings for one test: the session's servers (one Redis, or the 3-master cluster for a test marked
+    ``cluster``), topics of its own (the broker outlives the test)."""
     tag = uuid.uuid4().hex[:8]
     return Settings(
         redis_url=redis_url,
+        redis_cluster=on_cluster,
         database_url=database_url,
         kafka_bootstrap=kafka_broker.bootstrap,
         topic_reservations=f"reservations-{tag}",

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import msgspec
 import psycopg
 import pytest
-import redis
 from click.testing import CliRunner
 from flashsale.engine import Engine, SaleSettings
+from flashsale.engine.nodes import partition_nodes
 from flashsale.engine.settings import Settings
 from flashsale.writeback import WorkerOptions, WorkerThread, read_lag, total_lag
 from flashsale.writeback.database import migrations
@@ -94,6 +94,7 @@ def test_a_reservation_status_outside_the_enum_is_refused(database_url: str) -> 
             )
 
 
+@pytest.mark.cluster
 def test_lag_counts_events_no_worker_has_taken_and_drops_to_zero_after_a_drain(
     engine: Engine, settings: Settings
 ) -> None:
@@ -101,18 +102,23 @@ def test_lag_counts_events_no_worker_has_taken_and_drops_to_zero_after_a_drain(
     for i in range(20):
         engine.reserve("MUG", f"user-{i}")
     time.sleep(0.05)
-    client = redis.Redis.from_url(str(settings.redis_url))
+    client = engine.redis  # one Redis, or a cluster client
     lags = read_lag(client, settings.keyspace())
     mug = next(lag for lag in lags if lag.partition == engine.keys.for_sku("MUG").index)
     assert (mug.pending, mug.owner, mug.applied_id) == (21, None, "0-0")
     assert mug.oldest_age_ms >= 50
     assert total_lag(lags).pending == 21
+    serving = {node.name: node.partitions for node in partition_nodes(client, engine.keys)}
+    assert {lag.node for lag in lags} == set(serving)  # one Redis: one node; the cluster: its 3 masters
+    assert all(lag.partition in serving[lag.node] and not lag.node_down for lag in lags)
 
     runner = CliRunner()
     env = settings.as_env()
     shown = runner.invoke(main, ["worker", "lag", "--json"], env=env)
     assert shown.exit_code == 0, shown.output
-    assert msgspec.json.decode(shown.output)["pending"] == 21
+    document = msgspec.json.decode(shown.output)
+    assert (document["pending"], document["nodes_down"]) == (21, [])
+    assert document["partitions"][mug.partition]["node"] == mug.node
 
     with WorkerThread(settings, WorkerOptions(sweep=False)) as worker:
         assert worker.wait_drained(timeout_s=30)
@@ -122,4 +128,4 @@ def test_lag_counts_events_no_worker_has_taken_and_drops_to_zero_after_a_drain(
     table = runner.invoke(main, ["worker", "lag"], env=env)
     assert table.exit_code == 0
     assert "total" in table.output
-    client.close()
+    assert all(name in table.output for name in serving)

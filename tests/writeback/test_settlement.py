@@ -9,8 +9,8 @@ import logging
 import time
 
 import pytest
-import redis
 from flashsale.engine import AsyncEngine, Order, SaleSettings
+from flashsale.engine.client import redis_client
 from flashsale.engine.keys import Keyspace, new_order_id
 from flashsale.engine.settings import Settings
 from flashsale.writeback.payments import Payment, PaymentStatus, SimulatedGateway
@@ -188,19 +188,19 @@ async def test_concurrent_passes_move_each_payment_once(
     assert await gateway.unsettled(e.keys.for_sku(SKU).index, 100) == []
 
 
-def _ledger_final(redis_url: str, order_ids: list[str]) -> dict[str, str]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def _ledger_final(settings: Settings, order_ids: list[str]) -> dict[str, str]:
+    client = redis_client(str(settings.redis_url), cluster=settings.redis_cluster)
     try:
         return {oid: str(client.hget(KEYS.for_order(oid).payment(oid), "status")) for oid in order_ids}
     finally:
         client.close()
 
 
-def _prepare(redis_url: str) -> tuple[str, str]:
+def _prepare(settings: Settings) -> tuple[str, str]:
     """A confirmed order whose capture was never made and a failed one whose authorization was left."""
 
     async def prepare() -> tuple[str, str]:
-        engine = AsyncEngine.from_url(redis_url)
+        engine = AsyncEngine.from_settings(settings)
         try:
             await engine.load_sale(SaleSettings(sku=SKU, total=10, per_user_limit=1))
             gateway = SimulatedGateway(engine.redis, engine.keys)
@@ -215,26 +215,27 @@ def _prepare(redis_url: str) -> tuple[str, str]:
     return asyncio.run(prepare())
 
 
+@pytest.mark.cluster
 def test_the_worker_settles_the_payments_of_its_partitions(settings: Settings) -> None:
-    confirmed, failed = _prepare(str(settings.redis_url))
+    confirmed, failed = _prepare(settings)
     with WorkerThread(settings, WorkerOptions(settle_interval_ms=50)) as worker:
         deadline = time.monotonic() + 20
-        while _ledger_final(str(settings.redis_url), [confirmed, failed]) != {
+        while _ledger_final(settings, [confirmed, failed]) != {
             confirmed: "CAPTURED",
             failed: "VOIDED",
         }:
-            assert time.monotonic() < deadline, _ledger_final(str(settings.redis_url), [confirmed, failed])
+            assert time.monotonic() < deadline, _ledger_final(settings, [confirmed, failed])
             time.sleep(0.05)
         assert worker.stats.settled == 2
 
 
 def test_a_worker_with_no_settle_leaves_payments_alone(settings: Settings) -> None:
-    confirmed, failed = _prepare(str(settings.redis_url))
+    confirmed, failed = _prepare(settings)
     with WorkerThread(settings, WorkerOptions(settle=False, settle_interval_ms=50)) as worker:
         assert worker.wait_drained(timeout_s=30)  # the worker is up and has done its other work
         time.sleep(0.3)
         assert worker.stats.settled == 0
-    assert _ledger_final(str(settings.redis_url), [confirmed, failed]) == {
+    assert _ledger_final(settings, [confirmed, failed]) == {
         confirmed: "AUTHORIZED",
         failed: "AUTHORIZED",
     }
