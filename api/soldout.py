@@ -167,7 +167,7 @@ class StockListener:
 
     On a Redis Cluster one node is enough: Redis (6.2 included) broadcasts a PUBLISH, a script's too, over
     the cluster bus to every node, masters and replicas, so a subscriber on any node hears every
-    partition's channel whichever master ran the script (tests/api/test_cluster.py checks it).
+    partition's channel whichever master ran the script (tests/api/test_api_cluster.py checks it).
     """
 
     def __init__(
