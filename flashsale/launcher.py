@@ -318,6 +318,10 @@ class RedisClusterNode(RedisServer):
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(self.node_timeout_ms),
+            # A master that is down (and has no replica to promote) takes only its own slots away: with
+            # the default (yes) every master refuses every key once it is marked failed, stopping the
+            # whole sale for one node.
+            "--cluster-require-full-coverage", "no",
         ]  # fmt: skip
 
     @property

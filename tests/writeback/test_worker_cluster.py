@@ -123,14 +123,16 @@ def test_a_worker_killed_under_load_is_taken_over_and_nothing_is_lost(
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     """Three masters without replicas, of this test's own (one of them is killed, and comes back from its
-    append-only file: ``data_dir``). Redis's default
-    cluster-require-full-coverage=yes would make every master refuse every key once the dead one is
-    marked failed; with it off each master goes on serving its own slots, as it should here."""
+    append-only file: ``data_dir``). The launcher starts every node with cluster-require-full-coverage
+    no: with Redis's default (yes) every master would refuse every key once the dead one is marked failed;
+    with it off each master goes on serving its own slots, as it should here."""
     with RedisCluster(3, node_timeout_ms=1000, data_dir=tmp_path / "cluster") as cluster:
         for node in cluster.masters:
             client = node.client()
             try:
-                client.config_set("cluster-require-full-coverage", "no")
+                assert client.config_get("cluster-require-full-coverage") == {
+                    "cluster-require-full-coverage": "no"
+                }
             finally:
                 client.close()
         yield cluster
