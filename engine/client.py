@@ -48,7 +48,7 @@ from .models import (
     reservation_from_record,
     sale_from_values,
 )
-from .operations import Call, Operations, RateLimit, identifier
+from .operations import MAX_KEY_ROUNDS, NEEDS_KEYS, Call, Operations, RateLimit, identifier, needed_keys
 from .pipelining import AutoPipeline
 from .scripts import Script, load_scripts
 from .settings import EngineConfig, Settings
@@ -58,6 +58,10 @@ T = TypeVar("T")
 
 def _raise_engine_error(error: ResponseError) -> FlashSaleError | ResponseError:
     return from_reply(str(error)) or error
+
+
+def _still_asking(call: Call[Any]) -> ResponseError:
+    return ResponseError(f"{call.script}: the script still asked for keys after {MAX_KEY_ROUNDS} sends")
 
 
 def _no_retry() -> Retry:
@@ -246,15 +250,22 @@ class Engine(_Common):
     def _run(self, call: Call[T]) -> T:
         sha = self.scripts[call.script].sha
         evalsha = self._evalsha_on_cluster if self.cluster else self.redis.evalsha
-        try:
+        for _ in range(MAX_KEY_ROUNDS):
             try:
-                reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
-            except NoScriptError:
-                self.load_scripts()
-                reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
-        except ResponseError as error:
-            raise _raise_engine_error(error) from None
-        return call.parse(reply)
+                try:
+                    reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
+                except NoScriptError:
+                    self.load_scripts()
+                    reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
+            except ResponseError as error:
+                # A refusal (most calls of a sold-out sale), raised without a local holding it: no cycle.
+                message = str(error)
+                if not message.startswith(NEEDS_KEYS):
+                    raise (from_reply(message) or error) from None
+                call = call.with_keys(needed_keys(message))  # nothing ran: send it again with them
+                continue
+            return call.parse(reply)
+        raise _still_asking(call)
 
     def _evalsha_on_cluster(self, sha: str, count: int, *keys_and_args: str | int) -> Any:
         """redis-py follows MOVED and ASK, and gives TRYAGAIN (a migrating slot whose keys are split, which
@@ -486,21 +497,30 @@ class AsyncEngine(_Common):
 
     async def _run(self, call: Call[T]) -> T:
         sha = self.scripts[call.script].sha
-        if self._pipeline is not None:
+        pipeline = self._pipeline
+        for _ in range(MAX_KEY_ROUNDS):
             try:
-                reply = await self._pipeline.evalsha(sha, call.keys, call.args)
+                if pipeline is not None:  # the hot path: one frame
+                    reply = await pipeline.evalsha(sha, call.keys, call.args)
+                else:
+                    reply = await self._evalsha(sha, call)
             except ResponseError as error:
-                raise _raise_engine_error(error) from None
+                # A refusal (most calls of a sold-out sale), raised without a local holding it: no cycle.
+                message = str(error)
+                if not message.startswith(NEEDS_KEYS):
+                    raise (from_reply(message) or error) from None
+                call = call.with_keys(needed_keys(message))  # nothing ran: send it again with them
+                continue
             return call.parse(reply)
+        raise _still_asking(call)
+
+    async def _evalsha(self, sha: str, call: Call[Any]) -> Any:
+        """One call without the auto-pipeline, its scripts loaded again on NOSCRIPT."""
         try:
-            try:
-                reply = await self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
-            except NoScriptError:
-                await self.load_scripts()
-                reply = await self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
-        except ResponseError as error:
-            raise _raise_engine_error(error) from None
-        return call.parse(reply)
+            return await self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
+        except NoScriptError:
+            await self.load_scripts()
+            return await self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
 
     # -- state changes: one script each -------------------------------------------------------------------
     async def load_sale(self, settings: SaleSettings) -> Sale:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from .bounds import IDENTIFIER_PATTERN, LATE_PLACES, MAX_IDEMPOTENCY_KEY_CHARS, MAX_IDENTIFIER_CHARS
@@ -44,6 +45,23 @@ class Call(Generic[T]):
     keys: tuple[str, ...]
     args: tuple[str | int, ...]
     parse: Callable[[Any], T]
+
+    def with_keys(self, needed: tuple[str, ...]) -> Call[T]:
+        """The same call with the keys a NEEDS_KEYS reply named added to its KEYS (arguments unchanged)."""
+        return replace(self, keys=self.keys + tuple(k for k in needed if k not in self.keys))
+
+
+# A script names the keys it needs beyond those it was given, before its first write: every key a script
+# touches is in its KEYS (lua/includes/common.lua's needKeys). The clients send the call again with them.
+NEEDS_KEYS = "NEEDS_KEYS "
+# How often one call may be sent again for keys: the keys a call needs change only when what it reads
+# changes between two sends (a hold lapsing, a checkout starting), so a few rounds always suffice.
+MAX_KEY_ROUNDS = 8
+
+
+def needed_keys(message: str) -> tuple[str, ...]:
+    """The keys a NEEDS_KEYS error reply (``message``, which starts with NEEDS_KEYS) names."""
+    return tuple(message[len(NEEDS_KEYS) :].split())
 
 
 def identifier(value: str, what: str) -> str:
@@ -108,6 +126,10 @@ def early_place() -> int:
     return int.from_bytes(os.urandom(6), "big") % LATE_PLACES
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _count(reply: Any) -> int:
     return int(reply)
 
@@ -121,14 +143,26 @@ class Operations:
         self._backlog_limit = config.backlog_limit_events
         # Where an early joiner's random place comes from (a test may seed it).
         self.early_place: Callable[[], int] = early_place
+        # This process's clock, ms: only to name the idempotency generations a keyed call reads (the
+        # script asks for others when Redis's clock disagrees); a test may set it off.
+        self.now_ms: Callable[[], int] = _now_ms
 
-    def _idempotency(self, operation: str, scope: str, user: str, key: str | None) -> tuple[str | int, ...]:
-        """The optional trailing arguments of an idempotent call: (ttl ms, field), or none without a key."""
+    def _idempotency(
+        self, p: Partition, operation: str, scope: str, user: str, key: str | None
+    ) -> tuple[tuple[str, ...], tuple[str | int, ...]]:
+        """The optional trailing keys and arguments of an idempotent call, or none without a key: the two
+        generations of answers the script reads (by this process's clock; the script asks for others when
+        Redis's clock is in another generation), and (ttl ms, field)."""
         if key is None:
-            return ()
+            return (), ()
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise InvalidArgument(f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters")
-        return (self.config.idempotency_ttl_ms, idempotency_field(operation, scope, user, key))
+        ttl = self.config.idempotency_ttl_ms
+        generation = self.now_ms() // ttl
+        return (
+            (p.idempotency(generation), p.idempotency(generation - 1)),
+            (ttl, idempotency_field(operation, scope, user, key)),
+        )
 
     def load_sale(self, settings: SaleSettings) -> Call[Sale]:
         p = self.keys.for_sku(identifier(settings.sku, "sku"))
@@ -150,12 +184,12 @@ class Operations:
         keys: tuple[str, ...] = (p.sku(sku), p.holds(sku), p.events(), p.open_holds(), p.admitted(sku))
         # A key is scoped to its SKU (reservation, order below), never to the partition a hash happens
         # to put it in: reusing a key for another SKU is a new request.
-        idempotency = self._idempotency("reserve", sku, user, idempotency_key)
+        answers, idempotency = self._idempotency(p, "reserve", sku, user, idempotency_key)
         args = (user, str(quantity), rid, self._backlog_limit, self.config.lazy_expiry_bound, *idempotency)
         if rate is not None and rate.per_s > 0:
             keys += (p.rate(user),)
             args = (*args, *(() if idempotency else ("", "")), *rate.args())
-        return Call("reserve", keys, args, lambda reply: reservation_from_reserve(sku, user, reply))
+        return Call("reserve", keys + answers, args, lambda reply: reservation_from_reserve(sku, user, reply))
 
     def set_waiting_room(self, sku: str, room: WaitingRoom) -> Call[Sale]:
         p = self.keys.for_sku(identifier(sku, "sku"))
@@ -196,16 +230,17 @@ class Operations:
         p = self.keys.for_reservation(reservation_id)
         identifier(user, "user id")
         order_id = new_order_id(p)
+        answers, idempotency = self._idempotency(p, "checkout", reservation_id, user, idempotency_key)
         return Call(
             "begin_checkout",
-            (p.open_holds(), p.reservation(reservation_id), p.events(), p.order(order_id)),
+            (p.open_holds(), p.reservation(reservation_id), p.events(), p.order(order_id), *answers),
             (
                 user,
                 order_id,
                 text(payment_method, "payment method"),
                 self.config.payment_grace_ms,
                 reservation_id,
-                *self._idempotency("checkout", reservation_id, user, idempotency_key),
+                *idempotency,
             ),
             _order,
         )
@@ -215,15 +250,11 @@ class Operations:
     ) -> Call[Order]:
         p = self.keys.for_order(order_id)
         identifier(user, "user id")
+        answers, idempotency = self._idempotency(p, "confirm", order_id, user, idempotency_key)
         return Call(
             "confirm",
-            (p.order(order_id), p.events()),
-            (
-                user,
-                text(transaction_id, "transaction id"),
-                order_id,
-                *self._idempotency("confirm", order_id, user, idempotency_key),
-            ),
+            (p.order(order_id), p.events(), *answers),
+            (user, text(transaction_id, "transaction id"), order_id, *idempotency),
             _order,
         )
 
@@ -248,7 +279,7 @@ class Operations:
         if type(partition) is not int or not 0 <= partition < self.config.partitions:
             raise InvalidArgument(f"partition must be 0..{self.config.partitions - 1}")
         p = self.keys.partition(partition)
-        return Call("expire", (p.catalog(), p.events()), (str(limit),), _count)
+        return Call("expire", (p.catalog(), p.events(), p.open_holds()), (str(limit),), _count)
 
     def cancel_order(self, order_id: str, user: str, admin: bool) -> Call[Order]:
         p = self.keys.for_order(order_id)
