@@ -328,7 +328,7 @@ class Engine(_Common):
                 redirects += 1
                 if redirects > 16:
                     raise ClusterError("TTL exhausted.")
-                if isinstance(reply, AskError):
+                if not isinstance(reply, MovedError):  # redis-py's MovedError is an AskError too
                     asking = self.redis.get_node(reply.host, reply.port)  # type: ignore[no-untyped-call]
                 if asking is None:
                     self.redis.nodes_manager.initialize()

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 from engine_checks import check_invariants, sku_in_partition
 from flashsale.engine import AsyncEngine, Engine, EngineConfig, OutOfStock, SaleSettings
+from flashsale.engine.cluster import slot_of
 from flashsale.engine.errors import NotReplicated
 from flashsale.engine.settings import Settings
 
@@ -132,3 +133,22 @@ async def test_a_change_no_replica_confirms_in_time_is_not_acknowledged(lonely_r
         await e.close()
     sync.close()
     admin.close()
+
+
+def test_the_sync_client_in_wait_mode_follows_a_moved_slot_to_its_node(
+    replicated_cluster: RedisCluster,
+) -> None:
+    """In WAIT mode the sync client sends the call and its WAIT to the slot's node itself (one pipeline, one
+    connection), so it follows MOVED itself: a stale slot map costs one redirection, not the call."""
+    engine = Engine.from_url(replicated_cluster.url, WAIT_ONE, cluster=True, max_connections=4)
+    engine.load_scripts()
+    sku = sku_in_partition(2, stem="MOVEDWAIT")
+    engine.load_sale(SaleSettings(sku=sku, total=5))
+    slot = slot_of(engine.keys.for_sku(sku).tag)
+    cache = engine.redis.nodes_manager.slots_cache
+    owner = cache[slot][0]
+    cache[slot] = [next(node for node in engine.redis.get_primaries() if node.name != owner.name)]
+    assert engine.reserve(sku, "mover").user == "mover"
+    assert engine.redis.nodes_manager.slots_cache[slot][0].name == owner.name
+    assert engine.get_sale(sku).reserved == 1
+    engine.close()
