@@ -6,6 +6,7 @@ few and short on purpose: every one costs Redis CPU on every call (README, Perfo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -59,6 +60,19 @@ NEEDS_KEYS = "NEEDS_KEYS "
 MAX_KEY_ROUNDS = 8
 
 
+# How many reservations and orders an Operations remembers the SKU (and reservation) of: they never change,
+# so a checkout call can name its SKU's keys up front instead of learning them from a NEEDS_KEYS round
+# trip. Bounded, oldest dropped first; a miss (another process made the hold) costs that round trip only.
+KNOWN_ENTITIES = 65_536
+
+
+def _remember(known: dict[str, Any], key: str, value: Any) -> None:
+    known[key] = value
+    if len(known) > KNOWN_ENTITIES:
+        with contextlib.suppress(KeyError, StopIteration, RuntimeError):  # another thread got there first
+            del known[next(iter(known))]
+
+
 def needed_keys(message: str) -> tuple[str, ...]:
     """The keys a NEEDS_KEYS error reply (``message``, which starts with NEEDS_KEYS) names."""
     return tuple(message[len(NEEDS_KEYS) :].split())
@@ -76,10 +90,6 @@ def text(value: str, what: str) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be text")
     return value
-
-
-def _order(reply: Any) -> Order:
-    return from_pairs(reply, Order)
 
 
 def _sale(reply: Any) -> Sale:
@@ -146,6 +156,31 @@ class Operations:
         # This process's clock, ms: only to name the idempotency generations a keyed call reads (the
         # script asks for others when Redis's clock disagrees); a test may set it off.
         self.now_ms: Callable[[], int] = _now_ms
+        # reservation id -> SKU, order id -> (reservation id, SKU), learnt from replies (KNOWN_ENTITIES).
+        self._sku_of: dict[str, str] = {}
+        self._order_of: dict[str, tuple[str, str]] = {}
+
+    def _reservation(self, reservation: Reservation) -> Reservation:
+        _remember(self._sku_of, reservation.id, reservation.sku)
+        return reservation
+
+    def _order(self, reply: Any) -> Order:
+        order = from_pairs(reply, Order)
+        _remember(self._order_of, order.id, (order.reservation_id, order.sku))
+        return order
+
+    def _hold_keys(self, p: Partition, reservation_id: str) -> tuple[str, ...]:
+        """The SKU keys of a reservation this process has seen (else none: the script asks for them)."""
+        sku = self._sku_of.get(reservation_id)
+        return (p.sku(sku), p.holds(sku)) if sku is not None else ()
+
+    def _order_keys(self, p: Partition, order_id: str) -> tuple[str, ...]:
+        """The reservation and SKU keys of an order this process has seen (else none: the script asks)."""
+        known = self._order_of.get(order_id)
+        if known is None:
+            return ()
+        rid, sku = known
+        return (p.open_holds(), p.reservation(rid), p.sku(sku), p.holds(sku))
 
     def _idempotency(
         self, p: Partition, operation: str, scope: str, user: str, key: str | None
@@ -189,7 +224,12 @@ class Operations:
         if rate is not None and rate.per_s > 0:
             keys += (p.rate(user),)
             args = (*args, *(() if idempotency else ("", "")), *rate.args())
-        return Call("reserve", keys + answers, args, lambda reply: reservation_from_reserve(sku, user, reply))
+        return Call(
+            "reserve",
+            keys + answers,
+            args,
+            lambda reply: self._reservation(reservation_from_reserve(sku, user, reply)),
+        )
 
     def set_waiting_room(self, sku: str, room: WaitingRoom) -> Call[Sale]:
         p = self.keys.for_sku(identifier(sku, "sku"))
@@ -233,7 +273,14 @@ class Operations:
         answers, idempotency = self._idempotency(p, "checkout", reservation_id, user, idempotency_key)
         return Call(
             "begin_checkout",
-            (p.open_holds(), p.reservation(reservation_id), p.events(), p.order(order_id), *answers),
+            (
+                p.open_holds(),
+                p.reservation(reservation_id),
+                p.events(),
+                p.order(order_id),
+                *self._hold_keys(p, reservation_id),
+                *answers,
+            ),
             (
                 user,
                 order_id,
@@ -242,7 +289,7 @@ class Operations:
                 reservation_id,
                 *idempotency,
             ),
-            _order,
+            self._order,
         )
 
     def confirm(
@@ -253,16 +300,19 @@ class Operations:
         answers, idempotency = self._idempotency(p, "confirm", order_id, user, idempotency_key)
         return Call(
             "confirm",
-            (p.order(order_id), p.events(), *answers),
+            (p.order(order_id), p.events(), *self._order_keys(p, order_id), *answers),
             (user, text(transaction_id, "transaction id"), order_id, *idempotency),
-            _order,
+            self._order,
         )
 
     def fail_checkout(self, order_id: str, user: str, reason: str) -> Call[Order]:
         p = self.keys.for_order(order_id)
         identifier(user, "user id")
         return Call(
-            "fail_checkout", (p.order(order_id), p.events()), (user, text(reason, "reason"), order_id), _order
+            "fail_checkout",
+            (p.order(order_id), p.events(), *self._order_keys(p, order_id)),
+            (user, text(reason, "reason"), order_id),
+            self._order,
         )
 
     def release(self, reservation_id: str, user: str) -> Call[Reservation]:
@@ -270,7 +320,7 @@ class Operations:
         identifier(user, "user id")
         return Call(
             "release",
-            (p.open_holds(), p.reservation(reservation_id), p.events()),
+            (p.open_holds(), p.reservation(reservation_id), p.events(), *self._hold_keys(p, reservation_id)),
             (user, reservation_id),
             lambda record: reservation_from_record(reservation_id, record),
         )
@@ -284,11 +334,16 @@ class Operations:
     def cancel_order(self, order_id: str, user: str, admin: bool) -> Call[Order]:
         p = self.keys.for_order(order_id)
         identifier(user, "user id")
-        return Call("cancel_order", (p.order(order_id), p.events()), (user, int(admin), order_id), _order)
+        return Call(
+            "cancel_order",
+            (p.order(order_id), p.events(), *self._order_keys(p, order_id)),
+            (user, int(admin), order_id),
+            self._order,
+        )
 
     def fulfil_order(self, order_id: str) -> Call[Order]:
         p = self.keys.for_order(order_id)
-        return Call("fulfil_order", (p.order(order_id), p.events()), (order_id,), _order)
+        return Call("fulfil_order", (p.order(order_id), p.events()), (order_id,), self._order)
 
     def restock(self, sku: str, delta: int) -> Call[Sale]:
         p = self.keys.for_sku(identifier(sku, "sku"))
