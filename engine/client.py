@@ -562,19 +562,32 @@ class AsyncEngine(_Common):
 
     async def _run(self, call: Call[T]) -> T:
         sha = self.scripts[call.script].sha
-        pipeline = self._pipeline
-        for _ in range(MAX_KEY_ROUNDS):
+        try:
+            if self._pipeline is not None:  # the hot path: one frame, no loop
+                reply = await self._pipeline.evalsha(sha, call.keys, call.args)
+            else:
+                reply = await self._evalsha(sha, call)
+        except ResponseError as error:
+            # A refusal (most calls of a sold-out sale), raised without a local holding it: no cycle.
+            message = str(error)
+            if not message.startswith(NEEDS_KEYS):
+                raise (from_reply(message) or error) from None
+            return await self._run_again(sha, call.with_keys(needed_keys(message)))
+        return call.parse(reply)
+
+    async def _run_again(self, sha: str, call: Call[T]) -> T:
+        """A call a script asked more keys for (nothing ran), sent again with them until it answers."""
+        for _ in range(MAX_KEY_ROUNDS - 1):
             try:
-                if pipeline is not None:  # the hot path: one frame
-                    reply = await pipeline.evalsha(sha, call.keys, call.args)
+                if self._pipeline is not None:
+                    reply = await self._pipeline.evalsha(sha, call.keys, call.args)
                 else:
                     reply = await self._evalsha(sha, call)
             except ResponseError as error:
-                # A refusal (most calls of a sold-out sale), raised without a local holding it: no cycle.
                 message = str(error)
                 if not message.startswith(NEEDS_KEYS):
                     raise (from_reply(message) or error) from None
-                call = call.with_keys(needed_keys(message))  # nothing ran: send it again with them
+                call = call.with_keys(needed_keys(message))
                 continue
             return call.parse(reply)
         raise _still_asking(call)
