@@ -45,6 +45,7 @@ STATUS_BY_CODE: dict[str, int] = {
     # The write-behind backlog reached its memory budget (PostgreSQL or Kafka away too long): nothing was
     # written, try again later.
     "BACKLOG_FULL": 503,
+    "NOT_REPLICATED": 503,  # WAIT mode: fewer replicas than asked have the change (engine.errors)
 }
 # Refusals a client should simply retry after a while.
 RETRY_AFTER_S = {"BACKLOG_FULL": 5}

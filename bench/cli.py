@@ -36,6 +36,11 @@ SCENARIOS = {
         "cluster_clients",
         "Redis Cluster clients side by side: flashsale's per-node auto-pipeline, redis-py, coredis, glide.",
     ),
+    "failover": (
+        "failover",
+        "A master killed (-9) under load on 3 masters with a replica each, WAIT mode off and on: "
+        "acknowledged reservations lost, time to promotion, the cost of WAIT.",
+    ),
     "memory": ("memory", "Redis bytes per held reservation (with and without idempotency key), per event."),
     "servers": (
         "compare_servers",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import redis
@@ -25,11 +25,19 @@ import redis.cluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterDownError, ClusterError, NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from .cluster import ClusterRouter
-from .errors import FlashSaleError, NotFound, from_reply
+from .errors import FlashSaleError, NotFound, NotReplicated, from_reply
 from .events import Event, parse_entry
 from .keys import Partition, bought_field, check_layout, held_field
 from .models import (
@@ -48,8 +56,8 @@ from .models import (
     reservation_from_record,
     sale_from_values,
 )
-from .operations import Call, Operations, RateLimit, identifier
-from .pipelining import AutoPipeline
+from .operations import MAX_KEY_ROUNDS, NEEDS_KEYS, Call, Operations, RateLimit, identifier, needed_keys
+from .pipelining import AutoPipeline, release_when_replicated
 from .scripts import Script, load_scripts
 from .settings import EngineConfig, Settings
 
@@ -58,6 +66,10 @@ T = TypeVar("T")
 
 def _raise_engine_error(error: ResponseError) -> FlashSaleError | ResponseError:
     return from_reply(str(error)) or error
+
+
+def _still_asking(call: Call[Any]) -> ResponseError:
+    return ResponseError(f"{call.script}: the script still asked for keys after {MAX_KEY_ROUNDS} sends")
 
 
 def _no_retry() -> Retry:
@@ -245,16 +257,27 @@ class Engine(_Common):
 
     def _run(self, call: Call[T]) -> T:
         sha = self.scripts[call.script].sha
-        evalsha = self._evalsha_on_cluster if self.cluster else self.redis.evalsha
-        try:
+        evalsha: Callable[..., Any]
+        if self.config.wait is not None:
+            evalsha = self._evalsha_waited
+        else:
+            evalsha = self._evalsha_on_cluster if self.cluster else self.redis.evalsha
+        for _ in range(MAX_KEY_ROUNDS):
             try:
-                reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
-            except NoScriptError:
-                self.load_scripts()
-                reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
-        except ResponseError as error:
-            raise _raise_engine_error(error) from None
-        return call.parse(reply)
+                try:
+                    reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
+                except NoScriptError:
+                    self.load_scripts()
+                    reply = evalsha(sha, len(call.keys), *call.keys, *call.args)
+            except ResponseError as error:
+                # A refusal (most calls of a sold-out sale), raised without a local holding it: no cycle.
+                message = str(error)
+                if not message.startswith(NEEDS_KEYS):
+                    raise (from_reply(message) or error) from None
+                call = call.with_keys(needed_keys(message))  # nothing ran: send it again with them
+                continue
+            return call.parse(reply)
+        raise _still_asking(call)
 
     def _evalsha_on_cluster(self, sha: str, count: int, *keys_and_args: str | int) -> Any:
         """redis-py follows MOVED and ASK, and gives TRYAGAIN (a migrating slot whose keys are split, which
@@ -274,6 +297,54 @@ class Engine(_Common):
                     raise
                 time.sleep(pause * (0.5 + random.random()))
                 pause = min(pause * 2, 0.1)
+
+    def _evalsha_waited(self, sha: str, count: int, *keys_and_args: str | int) -> Any:
+        """WAIT mode: the call, then ``WAIT n timeout`` on the same connection (one pipeline); its reply
+        only once n replicas have its change, else NotReplicated. On a cluster the pipeline goes to the node
+        serving the call's slot, whose plain client follows no redirection: MOVED, ASK, TRYAGAIN and
+        CLUSTERDOWN are followed here as redis-py would (none of them means the script ran)."""
+        wait = self.config.wait
+        assert wait is not None
+        deadline = time.monotonic() + self.redirect_timeout
+        pause, asking, redirects = 0.002, None, 0
+        while True:
+            if isinstance(self.redis, redis.cluster.RedisCluster):
+                node = asking or self.redis.get_node_from_key(str(keys_and_args[0]))  # type: ignore[no-untyped-call]
+                pipe = node.redis_connection.pipeline(transaction=False)
+                if asking is not None:
+                    pipe.execute_command("ASKING")
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(sha, count, *keys_and_args)
+            pipe.execute_command("WAIT", *wait)
+            replies = pipe.execute(raise_on_error=False)[1 if asking is not None else 0 :]
+            reply, asking = replies[0], None
+            if isinstance(reply, NoScriptError):
+                self.load_scripts()
+                continue
+            if isinstance(reply, (MovedError, AskError)) and isinstance(
+                self.redis, redis.cluster.RedisCluster
+            ):
+                redirects += 1
+                if redirects > 16:
+                    raise ClusterError("TTL exhausted.")
+                if not isinstance(reply, MovedError):  # redis-py's MovedError is an AskError too
+                    asking = self.redis.get_node(reply.host, reply.port)  # type: ignore[no-untyped-call]
+                if asking is None:
+                    self.redis.nodes_manager.initialize()
+                continue
+            if isinstance(reply, (TryAgainError, ClusterDownError)) and self.cluster:
+                if time.monotonic() + pause > deadline:
+                    raise reply
+                time.sleep(pause * (0.5 + random.random()))
+                pause = min(pause * 2, 0.1)
+                continue
+            if isinstance(reply, ResponseError):
+                raise reply
+            released = release_when_replicated(replies, [True], wait)[0]
+            if isinstance(released, NotReplicated):
+                raise released
+            return released
 
     # -- state changes: one script each -------------------------------------------------------------------
     def load_sale(self, settings: SaleSettings) -> Sale:
@@ -408,7 +479,11 @@ class AsyncEngine(_Common):
         if router is None and pipelining:
             assert isinstance(client, aioredis.Redis), "a cluster client needs its router"
             self._pipeline = AutoPipeline(
-                client, self.load_scripts, max_batch=max_batch, max_inflight=max_inflight
+                client,
+                self.load_scripts,
+                max_batch=max_batch,
+                max_inflight=max_inflight,
+                wait=self.config.wait,
             )
 
     @classmethod
@@ -443,6 +518,7 @@ class AsyncEngine(_Common):
             max_batch=max_batch,
             max_inflight=max_inflight,
             redirect_timeout=pool_timeout,
+            wait=(config or EngineConfig()).wait,
         )
         return cls(client, config, router=router)
 
@@ -486,21 +562,58 @@ class AsyncEngine(_Common):
 
     async def _run(self, call: Call[T]) -> T:
         sha = self.scripts[call.script].sha
-        if self._pipeline is not None:
-            try:
-                reply = await self._pipeline.evalsha(sha, call.keys, call.args)
-            except ResponseError as error:
-                raise _raise_engine_error(error) from None
-            return call.parse(reply)
         try:
-            try:
-                reply = await self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
-            except NoScriptError:
-                await self.load_scripts()
-                reply = await self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
+            if self._pipeline is not None:  # the hot path: one frame, no loop
+                reply = await self._pipeline.evalsha(sha, call.keys, call.args)
+            else:
+                reply = await self._evalsha(sha, call)
         except ResponseError as error:
-            raise _raise_engine_error(error) from None
+            # A refusal (most calls of a sold-out sale), raised without a local holding it: no cycle.
+            message = str(error)
+            if not message.startswith(NEEDS_KEYS):
+                raise (from_reply(message) or error) from None
+            return await self._run_again(sha, call.with_keys(needed_keys(message)))
         return call.parse(reply)
+
+    async def _run_again(self, sha: str, call: Call[T]) -> T:
+        """A call a script asked more keys for (nothing ran), sent again with them until it answers."""
+        for _ in range(MAX_KEY_ROUNDS - 1):
+            try:
+                if self._pipeline is not None:
+                    reply = await self._pipeline.evalsha(sha, call.keys, call.args)
+                else:
+                    reply = await self._evalsha(sha, call)
+            except ResponseError as error:
+                message = str(error)
+                if not message.startswith(NEEDS_KEYS):
+                    raise (from_reply(message) or error) from None
+                call = call.with_keys(needed_keys(message))
+                continue
+            return call.parse(reply)
+        raise _still_asking(call)
+
+    async def _evalsha(self, sha: str, call: Call[Any]) -> Any:
+        """One call without the auto-pipeline, its scripts loaded again on NOSCRIPT (in WAIT mode, with
+        its WAIT on the same connection)."""
+        wait = self.config.wait
+        if wait is not None:
+            for attempt in (1, 2):
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.evalsha(sha, len(call.keys), *call.keys, *call.args)
+                pipe.execute_command("WAIT", *wait)
+                replies = await pipe.execute(raise_on_error=False)
+                if isinstance(replies[0], NoScriptError) and attempt == 1:
+                    await self.load_scripts()
+                    continue
+                reply = release_when_replicated(replies, [True], wait)[0]
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply
+        try:
+            return await self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
+        except NoScriptError:
+            await self.load_scripts()
+            return await self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
 
     # -- state changes: one script each -------------------------------------------------------------------
     async def load_sale(self, settings: SaleSettings) -> Sale:

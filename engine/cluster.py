@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .pipelining import AutoPipeline, _pack
+from .pipelining import AutoPipeline, _pack, release_when_replicated
 
 log = logging.getLogger("flashsale.engine.cluster")
 
@@ -104,8 +104,11 @@ class ClusterRouter:
         max_batch: int = 256,
         max_inflight: int = 4,
         redirect_timeout: float = 10.0,
+        wait: tuple[int, int] | None = None,
     ) -> None:
         self._startup = list(startup)
+        # WAIT mode: (replicas, timeout ms) for every node's pipeline (engine.pipelining), or None.
+        self._wait = wait
         self._kwargs = connection_kwargs
         # Loads every script into one node (the engine sets it: it owns the scripts).
         self.load_scripts: ScriptLoader = _no_scripts
@@ -145,6 +148,7 @@ class ClusterRouter:
                 lambda: self.load_scripts(client),
                 max_batch=self._max_batch,
                 max_inflight=self._max_inflight,
+                wait=self._wait,
             )
         return lane
 
@@ -202,11 +206,11 @@ class ClusterRouter:
             address = await self._owner(slot)
         lane = self._lanes.get(address) or self._lane(address)
         try:
-            return await lane.submit(packed)
+            return await lane.submit(packed, True)
         except ResponseError as error:
             if not str(error).startswith(_CLUSTER_REPLIES):
                 raise  # the engine's own answer (a refusal): the common case, kept short
-            return await self._redirected(slot, packed, error)
+            return await self._redirected(slot, packed, error, writes=True)
         except (RedisConnectionError, RedisTimeoutError, OSError):
             self._refresh_soon()  # a dead node: the next calls look for its replacement
             raise
@@ -231,7 +235,9 @@ class ClusterRouter:
             self._refresh_soon()
             raise
 
-    async def _redirected(self, slot: int, packed: bytes, error: ResponseError) -> Any:
+    async def _redirected(
+        self, slot: int, packed: bytes, error: ResponseError, *, writes: bool = False
+    ) -> Any:
         """Follows MOVED, ASK, TRYAGAIN and CLUSTERDOWN until the call gets a real answer (module doc)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.redirect_timeout
@@ -261,8 +267,8 @@ class ClusterRouter:
                 raise ClusterUnavailable(f"slot {slot}: more than {MAX_REDIRECTS} redirections ({error})")
             try:
                 if ask_to is not None:
-                    return await self._asking(ask_to, packed)
-                return await self._lane(await self._owner(slot)).submit(packed)
+                    return await self._asking(ask_to, packed, writes)
+                return await self._lane(await self._owner(slot)).submit(packed, writes)
             except ResponseError as again:
                 if not str(again).startswith(_CLUSTER_REPLIES):
                     raise
@@ -271,20 +277,26 @@ class ClusterRouter:
                 self._refresh_soon()
                 raise
 
-    async def _asking(self, address: Address, packed: bytes) -> Any:
+    async def _asking(self, address: Address, packed: bytes, writes: bool) -> Any:
         """ASKING and the call on one connection of the importing node, outside its pipeline (ASKING
-        holds for the next command of that connection only). A NOSCRIPT there: load, and once more."""
+        holds for the next command of that connection only), and in WAIT mode the WAIT after it. A
+        NOSCRIPT there: load, and once more."""
         client = self.client(address)
         for attempt in (1, 2):
             connection: AbstractConnection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 asking: bytes = hiredis.pack_command(("ASKING",))
-                replies = await AutoPipeline._round_trip(connection, [asking, packed])
+                commands = [asking, packed]
+                if writes and self._wait is not None:
+                    commands.append(hiredis.pack_command(("WAIT", *self._wait)))  # type: ignore[arg-type]
+                replies = await AutoPipeline._round_trip(connection, commands)
             except BaseException:
                 await asyncio.shield(connection.disconnect(nowait=True))
                 raise
             finally:
                 await client.connection_pool.release(connection)
+            if len(replies) == 3:
+                replies = release_when_replicated(replies, [False, True], self._wait)  # type: ignore[arg-type]
             reply = replies[1]
             if isinstance(reply, NoScriptError) and attempt == 1:
                 await self.load_scripts(client)

@@ -110,6 +110,15 @@ class NotInQueue(FlashSaleError):
     code = "NOT_IN_QUEUE"
 
 
+class NotReplicated(FlashSaleError):
+    """WAIT mode (FLASHSALE_REDIS_WAIT_REPLICAS): the call ran on the master, but fewer replicas than asked
+    confirmed its change within FLASHSALE_REDIS_WAIT_TIMEOUT_MS, so it is not acknowledged: it may be lost
+    if the master fails now, or it may stay. Retrying with the same idempotency key returns the first
+    answer once replicated. Raised by the clients, never by a script."""
+
+    code = "NOT_REPLICATED"
+
+
 _RETRY_IN = re.compile(r"in (\d+) ms")
 
 ERRORS_BY_CODE: dict[str, type[FlashSaleError]] = {

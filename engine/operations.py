@@ -6,10 +6,12 @@ few and short on purpose: every one costs Redis CPU on every call (README, Perfo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from .bounds import IDENTIFIER_PATTERN, LATE_PLACES, MAX_IDEMPOTENCY_KEY_CHARS, MAX_IDENTIFIER_CHARS
@@ -45,6 +47,36 @@ class Call(Generic[T]):
     args: tuple[str | int, ...]
     parse: Callable[[Any], T]
 
+    def with_keys(self, needed: tuple[str, ...]) -> Call[T]:
+        """The same call with the keys a NEEDS_KEYS reply named added to its KEYS (arguments unchanged)."""
+        return replace(self, keys=self.keys + tuple(k for k in needed if k not in self.keys))
+
+
+# A script names the keys it needs beyond those it was given, before its first write: every key a script
+# touches is in its KEYS (lua/includes/common.lua's needKeys). The clients send the call again with them.
+NEEDS_KEYS = "NEEDS_KEYS "
+# How often one call may be sent again for keys: the keys a call needs change only when what it reads
+# changes between two sends (a hold lapsing, a checkout starting), so a few rounds always suffice.
+MAX_KEY_ROUNDS = 8
+
+
+# How many reservations and orders an Operations remembers the SKU (and reservation) of: they never change,
+# so a checkout call can name its SKU's keys up front instead of learning them from a NEEDS_KEYS round
+# trip. Bounded, oldest dropped first; a miss (another process made the hold) costs that round trip only.
+KNOWN_ENTITIES = 65_536
+
+
+def _remember(known: dict[str, Any], key: str, value: Any) -> None:
+    known[key] = value
+    if len(known) > KNOWN_ENTITIES:
+        with contextlib.suppress(KeyError, StopIteration, RuntimeError):  # another thread got there first
+            del known[next(iter(known))]
+
+
+def needed_keys(message: str) -> tuple[str, ...]:
+    """The keys a NEEDS_KEYS error reply (``message``, which starts with NEEDS_KEYS) names."""
+    return tuple(message[len(NEEDS_KEYS) :].split())
+
 
 def identifier(value: str, what: str) -> str:
     if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
@@ -58,10 +90,6 @@ def text(value: str, what: str) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be text")
     return value
-
-
-def _order(reply: Any) -> Order:
-    return from_pairs(reply, Order)
 
 
 def _sale(reply: Any) -> Sale:
@@ -108,6 +136,10 @@ def early_place() -> int:
     return int.from_bytes(os.urandom(6), "big") % LATE_PLACES
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _count(reply: Any) -> int:
     return int(reply)
 
@@ -121,14 +153,51 @@ class Operations:
         self._backlog_limit = config.backlog_limit_events
         # Where an early joiner's random place comes from (a test may seed it).
         self.early_place: Callable[[], int] = early_place
+        # This process's clock, ms: only to name the idempotency generations a keyed call reads (the
+        # script asks for others when Redis's clock disagrees); a test may set it off.
+        self.now_ms: Callable[[], int] = _now_ms
+        # reservation id -> SKU, order id -> (reservation id, SKU), learnt from replies (KNOWN_ENTITIES).
+        self._sku_of: dict[str, str] = {}
+        self._order_of: dict[str, tuple[str, str]] = {}
 
-    def _idempotency(self, operation: str, scope: str, user: str, key: str | None) -> tuple[str | int, ...]:
-        """The optional trailing arguments of an idempotent call: (ttl ms, field), or none without a key."""
-        if key is None:
+    def _reservation(self, reservation: Reservation) -> Reservation:
+        _remember(self._sku_of, reservation.id, reservation.sku)
+        return reservation
+
+    def _order(self, reply: Any) -> Order:
+        order = from_pairs(reply, Order)
+        _remember(self._order_of, order.id, (order.reservation_id, order.sku))
+        return order
+
+    def _hold_keys(self, p: Partition, reservation_id: str) -> tuple[str, ...]:
+        """The SKU keys of a reservation this process has seen (else none: the script asks for them)."""
+        sku = self._sku_of.get(reservation_id)
+        return (p.sku(sku), p.holds(sku)) if sku is not None else ()
+
+    def _order_keys(self, p: Partition, order_id: str) -> tuple[str, ...]:
+        """The reservation and SKU keys of an order this process has seen (else none: the script asks)."""
+        known = self._order_of.get(order_id)
+        if known is None:
             return ()
+        rid, sku = known
+        return (p.open_holds(), p.reservation(rid), p.sku(sku), p.holds(sku))
+
+    def _idempotency(
+        self, p: Partition, operation: str, scope: str, user: str, key: str | None
+    ) -> tuple[tuple[str, ...], tuple[str | int, ...]]:
+        """The optional trailing keys and arguments of an idempotent call, or none without a key: the two
+        generations of answers the script reads (by this process's clock; the script asks for others when
+        Redis's clock is in another generation), and (ttl ms, field)."""
+        if key is None:
+            return (), ()
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise InvalidArgument(f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters")
-        return (self.config.idempotency_ttl_ms, idempotency_field(operation, scope, user, key))
+        ttl = self.config.idempotency_ttl_ms
+        generation = self.now_ms() // ttl
+        return (
+            (p.idempotency(generation), p.idempotency(generation - 1)),
+            (ttl, idempotency_field(operation, scope, user, key)),
+        )
 
     def load_sale(self, settings: SaleSettings) -> Call[Sale]:
         p = self.keys.for_sku(identifier(settings.sku, "sku"))
@@ -150,12 +219,17 @@ class Operations:
         keys: tuple[str, ...] = (p.sku(sku), p.holds(sku), p.events(), p.open_holds(), p.admitted(sku))
         # A key is scoped to its SKU (reservation, order below), never to the partition a hash happens
         # to put it in: reusing a key for another SKU is a new request.
-        idempotency = self._idempotency("reserve", sku, user, idempotency_key)
+        answers, idempotency = self._idempotency(p, "reserve", sku, user, idempotency_key)
         args = (user, str(quantity), rid, self._backlog_limit, self.config.lazy_expiry_bound, *idempotency)
         if rate is not None and rate.per_s > 0:
             keys += (p.rate(user),)
             args = (*args, *(() if idempotency else ("", "")), *rate.args())
-        return Call("reserve", keys, args, lambda reply: reservation_from_reserve(sku, user, reply))
+        return Call(
+            "reserve",
+            keys + answers,
+            args,
+            lambda reply: self._reservation(reservation_from_reserve(sku, user, reply)),
+        )
 
     def set_waiting_room(self, sku: str, room: WaitingRoom) -> Call[Sale]:
         p = self.keys.for_sku(identifier(sku, "sku"))
@@ -196,18 +270,26 @@ class Operations:
         p = self.keys.for_reservation(reservation_id)
         identifier(user, "user id")
         order_id = new_order_id(p)
+        answers, idempotency = self._idempotency(p, "checkout", reservation_id, user, idempotency_key)
         return Call(
             "begin_checkout",
-            (p.open_holds(), p.reservation(reservation_id), p.events(), p.order(order_id)),
+            (
+                p.open_holds(),
+                p.reservation(reservation_id),
+                p.events(),
+                p.order(order_id),
+                *self._hold_keys(p, reservation_id),
+                *answers,
+            ),
             (
                 user,
                 order_id,
                 text(payment_method, "payment method"),
                 self.config.payment_grace_ms,
                 reservation_id,
-                *self._idempotency("checkout", reservation_id, user, idempotency_key),
+                *idempotency,
             ),
-            _order,
+            self._order,
         )
 
     def confirm(
@@ -215,23 +297,22 @@ class Operations:
     ) -> Call[Order]:
         p = self.keys.for_order(order_id)
         identifier(user, "user id")
+        answers, idempotency = self._idempotency(p, "confirm", order_id, user, idempotency_key)
         return Call(
             "confirm",
-            (p.order(order_id), p.events()),
-            (
-                user,
-                text(transaction_id, "transaction id"),
-                order_id,
-                *self._idempotency("confirm", order_id, user, idempotency_key),
-            ),
-            _order,
+            (p.order(order_id), p.events(), *self._order_keys(p, order_id), *answers),
+            (user, text(transaction_id, "transaction id"), order_id, *idempotency),
+            self._order,
         )
 
     def fail_checkout(self, order_id: str, user: str, reason: str) -> Call[Order]:
         p = self.keys.for_order(order_id)
         identifier(user, "user id")
         return Call(
-            "fail_checkout", (p.order(order_id), p.events()), (user, text(reason, "reason"), order_id), _order
+            "fail_checkout",
+            (p.order(order_id), p.events(), *self._order_keys(p, order_id)),
+            (user, text(reason, "reason"), order_id),
+            self._order,
         )
 
     def release(self, reservation_id: str, user: str) -> Call[Reservation]:
@@ -239,7 +320,7 @@ class Operations:
         identifier(user, "user id")
         return Call(
             "release",
-            (p.open_holds(), p.reservation(reservation_id), p.events()),
+            (p.open_holds(), p.reservation(reservation_id), p.events(), *self._hold_keys(p, reservation_id)),
             (user, reservation_id),
             lambda record: reservation_from_record(reservation_id, record),
         )
@@ -248,16 +329,21 @@ class Operations:
         if type(partition) is not int or not 0 <= partition < self.config.partitions:
             raise InvalidArgument(f"partition must be 0..{self.config.partitions - 1}")
         p = self.keys.partition(partition)
-        return Call("expire", (p.catalog(), p.events()), (str(limit),), _count)
+        return Call("expire", (p.catalog(), p.events(), p.open_holds()), (str(limit),), _count)
 
     def cancel_order(self, order_id: str, user: str, admin: bool) -> Call[Order]:
         p = self.keys.for_order(order_id)
         identifier(user, "user id")
-        return Call("cancel_order", (p.order(order_id), p.events()), (user, int(admin), order_id), _order)
+        return Call(
+            "cancel_order",
+            (p.order(order_id), p.events(), *self._order_keys(p, order_id)),
+            (user, int(admin), order_id),
+            self._order,
+        )
 
     def fulfil_order(self, order_id: str) -> Call[Order]:
         p = self.keys.for_order(order_id)
-        return Call("fulfil_order", (p.order(order_id), p.events()), (order_id,), _order)
+        return Call("fulfil_order", (p.order(order_id), p.events()), (order_id,), self._order)
 
     def restock(self, sku: str, delta: int) -> Call[Sale]:
         p = self.keys.for_sku(identifier(sku, "sku"))

@@ -13,6 +13,11 @@ so there is no pool round trip per batch, and gives it back when the queue runs 
 a reference cycle behind (see ``evalsha``): in a sold-out sale nearly every call is a refusal, and cycles
 per refusal cost a third of the CPU in GC.
 
+With ``wait=(n, timeout_ms)`` (FLASHSALE_REDIS_WAIT_REPLICAS) a batch holding a script call ends with
+``WAIT n timeout_ms`` on the same connection: one WAIT covers every write of the batch, and a script's reply
+is released only when n replicas have it; when fewer confirmed it in time, each script call that did not
+fail gets ``NotReplicated`` instead (its change is on the master, and may be lost with it).
+
 Replies come back in order; each caller gets its own reply or its own error. A connection error fails
 every call of that pipeline: the caller cannot know whether its script ran, which is why reserve and
 checkout take idempotency keys. Nothing here retries a script by itself, so none ever runs twice; the one
@@ -34,7 +39,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-_Pending = tuple[bytes, "asyncio.Future[Any]"]
+from .errors import NotReplicated
+
+# A queued call: the command packed, its caller's future, and whether it may write (a script call).
+_Pending = tuple[bytes, "asyncio.Future[Any]", bool]
 
 
 def _pack(sha: str, keys: tuple[str, ...], args: tuple[str | int, ...]) -> bytes:
@@ -52,9 +60,13 @@ class AutoPipeline:
         *,
         max_batch: int = 256,
         max_inflight: int = 4,
+        wait: tuple[int, int] | None = None,
     ) -> None:
         if max_batch < 1 or max_inflight < 1:
             raise ValueError("max_batch and max_inflight must be at least 1")
+        # (replicas, timeout ms) of the WAIT that ends each batch with a script call, or None.
+        self._wait = wait
+        self._wait_command = hiredis.pack_command(("WAIT", *wait)) if wait else b""  # type: ignore[arg-type]
         self._redis = redis
         self._reload_scripts = reload_scripts
         self._max_batch = max_batch
@@ -67,7 +79,7 @@ class AutoPipeline:
     async def evalsha(self, sha: str, keys: tuple[str, ...], args: tuple[str | int, ...]) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((_pack(sha, keys, args), future))
+        self._queue.append((_pack(sha, keys, args), future, True))
         if not self._start_pending and self._senders < self._max_inflight:
             # Wait for the rest of this loop turn's calls, then send them together.
             self._start_pending = True
@@ -80,12 +92,13 @@ class AutoPipeline:
             # Dropping the future breaks it, so refusals (most calls in a sold-out sale) cost no GC time.
             del future
 
-    async def submit(self, packed: bytes) -> Any:
-        """Any command already packed to RESP (the cluster router's path: scripts and plain reads). The
-        body of ``evalsha`` again rather than a call from it, so the single-Redis hot path keeps one frame."""
+    async def submit(self, packed: bytes, writes: bool = False) -> Any:
+        """Any command already packed to RESP (the cluster router's path: scripts, ``writes``, and plain
+        reads). The body of ``evalsha`` again rather than a call from it, so the single-Redis hot path keeps
+        one frame."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((packed, future))
+        self._queue.append((packed, future, writes))
         if not self._start_pending and self._senders < self._max_inflight:
             self._start_pending = True
             loop.call_soon(self._start_sender)
@@ -133,12 +146,12 @@ class AutoPipeline:
 
     async def _send(self, connection: AbstractConnection, batch: list[_Pending]) -> None:
         try:
-            replies = await self._round_trip(connection, [packed for packed, _ in batch])
+            replies = await self._round_trip_waited(connection, batch)
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if missing:
                 # Redis lost its script cache (restart, SCRIPT FLUSH): NOSCRIPT means nothing ran.
                 await self._reload_scripts()
-                again = await self._round_trip(connection, [batch[i][0] for i in missing])
+                again = await self._round_trip_waited(connection, [batch[i] for i in missing])
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         except (Exception, asyncio.CancelledError) as error:
@@ -148,13 +161,22 @@ class AutoPipeline:
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
-        for (_, future), reply in zip(batch, replies, strict=True):
+        for (_, future, _writes), reply in zip(batch, replies, strict=True):
             if future.done():  # the caller gave up waiting
                 continue
             if isinstance(reply, Exception):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _round_trip_waited(self, connection: AbstractConnection, batch: list[_Pending]) -> list[Any]:
+        """The batch's replies; in WAIT mode, a batch that may write ends with WAIT, and the replies of its
+        script calls become NotReplicated when fewer replicas than asked confirmed them in time."""
+        commands = [packed for packed, _, _ in batch]
+        if self._wait is None or not any(writes for _, _, writes in batch):
+            return await self._round_trip(connection, commands)
+        replies = await self._round_trip(connection, [*commands, self._wait_command])
+        return release_when_replicated(replies, [writes for _, _, writes in batch], self._wait)
 
     @staticmethod
     async def _round_trip(connection: AbstractConnection, commands: list[bytes]) -> list[Any]:
@@ -175,13 +197,32 @@ class AutoPipeline:
 
     @staticmethod
     def _fail(batch: list[_Pending], error: BaseException) -> None:
-        for _, future in batch:
+        for _, future, _writes in batch:
             if not future.done():
                 future.set_exception(error)
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def release_when_replicated(replies: list[Any], writes: list[bool], wait: tuple[int, int]) -> list[Any]:
+    """The replies of a batch that ended with ``WAIT n timeout`` (its reply last): as they are when n
+    replicas confirmed, else NotReplicated for each call that may have written and did not fail."""
+    acked = replies.pop()
+    wanted, timeout_ms = wait
+    if isinstance(acked, int) and acked >= wanted:
+        return replies
+    if isinstance(acked, Exception):  # WAIT itself refused (e.g. on a replica): nothing is confirmed
+        acked = 0
+    error = NotReplicated(
+        f"the change is on the master, but {acked} of the {wanted} replicas asked for confirmed it within "
+        f"{timeout_ms} ms: it may be lost if the master fails now (retry with the same idempotency key)"
+    )
+    return [
+        error if may_write and not isinstance(reply, Exception) else reply
+        for reply, may_write in zip(replies, writes, strict=True)
+    ]
 
 
 def _error_reply(message: str) -> ResponseError:

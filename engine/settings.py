@@ -31,6 +31,8 @@ LAZY_EXPIRY_BOUND = 16
 # unapplied event in the stream (bench/results/memory.md), rounded up.
 BACKLOG_BUDGET_MB = 2048
 EVENT_BYTES = 128
+# WAIT mode's bound on how long a reply waits for its replicas (FLASHSALE_REDIS_WAIT_TIMEOUT_MS).
+WAIT_TIMEOUT_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,19 @@ class EngineConfig:
     payment_grace_ms: int = PAYMENT_GRACE_MS
     lazy_expiry_bound: int = LAZY_EXPIRY_BOUND
     backlog_budget_mb: int = BACKLOG_BUDGET_MB
+    # WAIT mode: a script call is acknowledged only once this many replicas have its change (WAIT after
+    # each pipeline of writes); 0 = off. Fewer within the timeout: NotReplicated.
+    wait_replicas: int = 0
+    wait_timeout_ms: int = WAIT_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        if self.wait_replicas < 0 or (self.wait_replicas > 0 and self.wait_timeout_ms < 1):
+            raise ValueError("wait_replicas must be >= 0, and wait_timeout_ms >= 1 when it is on")
+
+    @property
+    def wait(self) -> tuple[int, int] | None:
+        """(replicas, timeout ms) of WAIT mode, or None when it is off."""
+        return (self.wait_replicas, self.wait_timeout_ms) if self.wait_replicas > 0 else None
 
     @property
     def backlog_limit_events(self) -> int:
@@ -68,6 +83,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     backlog_budget_mb: int = BACKLOG_BUDGET_MB
     redis_max_connections: int = 64
     redis_pool_timeout_s: float = 10.0
+    # WAIT mode (Redis with replicas): a change is acknowledged only once this many replicas have it; 0 = off.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = WAIT_TIMEOUT_MS
 
     # HTTP API
     host: str = "127.0.0.1"
@@ -137,6 +155,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             payment_grace_ms=self.payment_grace_ms,
             lazy_expiry_bound=self.lazy_expiry_bound,
             backlog_budget_mb=self.backlog_budget_mb,
+            wait_replicas=self.redis_wait_replicas,
+            wait_timeout_ms=self.redis_wait_timeout_ms,
         )
 
     def as_env(self) -> dict[str, str]:

@@ -8,6 +8,10 @@
     KEYS[2] ended reservation    fs:{pN}:r:<reservation id>   (its record once it ended)
     KEYS[3] partition stream     fs:{pN}:events
     KEYS[4] new order            fs:{pN}:order:<order id>
+    KEYS[5..] with an idempotency key: its answers' generations fs:{pN}:idem:<g> and idem:<g - 1>
+              (g = now // ttl by the client's clock); the reservation's SKU hash and holds
+              (fs:{pN}:sku:<sku>, fs:{pN}:holds:<sku>), and the order of a lapsed payment it ends, once a
+              NEEDS_KEYS reply named them
     ARGV[1] user id              the caller; must own the reservation
     ARGV[2] new order id
     ARGV[3] payment method       1..64 bytes
@@ -18,6 +22,8 @@
   Output:
     the order as a flat field/value array (status PENDING)
     a repeat with the same idempotency field returns the first answer, refusal included
+    error NEEDS_KEYS <key> ...   keys to read or write that are not in KEYS (nothing written, not
+                               remembered): the client sends the call again with them
     error INVALID_ARGUMENT     malformed payment method (nothing written)
     error NOT_FOUND            no such reservation (nothing written)
     error FORBIDDEN            the reservation is another user's (nothing written)
@@ -30,6 +36,7 @@
   Publishes: the SKU id on fs:{pN}:stock when it ends an expired hold (includes/stock.lua)
 ]]
 --@include common
+--@include declared
 --@include events
 --@include holds
 --@include idempotency
@@ -41,7 +48,10 @@ local prefix = string.match(KEYS[1], '^(.*:)open$')
 local now = nowMs()
 
 if idemTtl > 0 then
-  local earlier = storedAnswer(prefix, idemField, idemTtl, now)
+  local current, previous = answerKeys(prefix, idemTtl, now)
+  local refusal = needAnswerKeys(current, previous)
+  if refusal then return refusal end
+  local earlier = storedAnswer(current, previous, idemField)
   if earlier then return earlier end
 end
 
@@ -58,12 +68,17 @@ if r.status ~= 'RESERVED' then
   return remember(prefix, idemField, idemTtl, now, refuse('INVALID_STATE', 'reservation ' .. rid .. ' is ' .. r.status))
 end
 if now >= deadline(r) then
+  local refusal = needKeys(holdKeys(prefix, rid, r))
+  if refusal then return refusal end
   endHold(prefix, stream, rid, r, 'EXPIRED', 'expired', now)
   return remember(prefix, idemField, idemTtl, now, refuse('RESERVATION_EXPIRED', 'reservation ' .. rid .. ' has expired'))
 end
 if r.order_id then
   return remember(prefix, idemField, idemTtl, now, refuse('CHECKOUT_IN_PROGRESS', 'order ' .. r.order_id .. ' is already paying for ' .. rid))
 end
+
+local refusal = needKeys(holdKeys(prefix, rid, r))
+if refusal then return refusal end
 
 -- Checks done; writes follow.
 local unitPrice = tonumber(rcall('HGET', prefix .. 'sku:' .. r.sku, 'flash_price_cents'))

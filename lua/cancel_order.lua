@@ -8,11 +8,15 @@
   Input:
     KEYS[1] order                fs:{pN}:order:<order id>
     KEYS[2] partition stream     fs:{pN}:events
+    KEYS[3..] the order's reservation (fs:{pN}:open, fs:{pN}:r:<reservation id>) and SKU
+              (fs:{pN}:sku:<sku>, fs:{pN}:holds:<sku>), once a NEEDS_KEYS reply named them
     ARGV[1] user id              the caller; must own the order unless ARGV[2] is 1
     ARGV[2] admin                0 | 1
     ARGV[3] order id
   Output:
     the order as a flat field/value array (status CANCELLED)
+    error NEEDS_KEYS <key> ...   keys to read or write that are not in KEYS (nothing written): the client
+                               sends the call again with them
     error NOT_FOUND            no such order (nothing written)
     error FORBIDDEN            the order is another user's (nothing written)
     error INVALID_STATE        the order is FAILED, FULFILLED or CANCELLED (nothing written), or its
@@ -22,6 +26,7 @@
   Publishes: the SKU id on fs:{pN}:stock whenever units go back to available (includes/stock.lua)
 ]]
 --@include common
+--@include declared
 --@include events
 --@include holds
 
@@ -34,8 +39,11 @@ if not o[1] then return refuse('NOT_FOUND', 'no order ' .. orderId) end
 if o[1] ~= user and not admin then return refuse('FORBIDDEN', 'order ' .. orderId .. ' belongs to another user') end
 local owner, status, rid, sku, qty = o[1], o[2], o[3], o[4], tonumber(o[5])
 local now = nowMs()
+local skuKey = prefix .. 'sku:' .. sku
 
 if status == 'PENDING' then
+  local refusal = needKeys({openKey(prefix), endedKey(prefix, rid), skuKey, prefix .. 'holds:' .. sku})
+  if refusal then return refusal end
   local r = readReservation(prefix, rid)
   if not r or r.status ~= 'RESERVED' or r.order_id ~= orderId then
     return refuse('INVALID_STATE', 'reservation ' .. rid .. ' is not being paid for by order ' .. orderId)
@@ -55,8 +63,10 @@ if status == 'PENDING' then
 end
 if status ~= 'CONFIRMED' then return refuse('INVALID_STATE', 'order ' .. orderId .. ' is ' .. status) end
 
+local refusal = needKeys({skuKey})
+if refusal then return refusal end
+
 -- Checks done; writes follow.
-local skuKey = prefix .. 'sku:' .. sku
 local boughtField = 'b:' .. owner
 local c = rcall('HMGET', skuKey, 'available', 'sold', boughtField)
 local bought = tonumber(c[3] or 0) - qty

@@ -7,6 +7,10 @@
   Input:
     KEYS[1] order                fs:{pN}:order:<order id>
     KEYS[2] partition stream     fs:{pN}:events
+    KEYS[3..] with an idempotency key: its answers' generations fs:{pN}:idem:<g> and idem:<g - 1>
+              (g = now // ttl by the client's clock); the order's reservation (fs:{pN}:open,
+              fs:{pN}:r:<reservation id>) and SKU (fs:{pN}:sku:<sku>, fs:{pN}:holds:<sku>), once a
+              NEEDS_KEYS reply named them
     ARGV[1] user id              the caller; must own the order
     ARGV[2] payment transaction id   0..128 bytes
     ARGV[3] order id
@@ -15,6 +19,8 @@
   Output:
     the order as a flat field/value array (status CONFIRMED)
     a repeat with the same idempotency field returns the first answer, refusal included
+    error NEEDS_KEYS <key> ...   keys to read or write that are not in KEYS (nothing written, not
+                               remembered): the client sends the call again with them
     error INVALID_ARGUMENT     transaction id too long (nothing written)
     error NOT_FOUND            no such order (nothing written)
     error FORBIDDEN            the order is another user's (nothing written)
@@ -25,6 +31,7 @@
   Publishes: the SKU id on fs:{pN}:stock when it ends an expired hold (includes/stock.lua)
 ]]
 --@include common
+--@include declared
 --@include events
 --@include holds
 --@include idempotency
@@ -36,7 +43,10 @@ local prefix = string.match(orderKey, '^(.*:)order:')
 local now = nowMs()
 
 if idemTtl > 0 then
-  local earlier = storedAnswer(prefix, idemField, idemTtl, now)
+  local current, previous = answerKeys(prefix, idemTtl, now)
+  local refusal = needAnswerKeys(current, previous)
+  if refusal then return refusal end
+  local earlier = storedAnswer(current, previous, idemField)
   if earlier then return earlier end
 end
 
@@ -50,6 +60,9 @@ if o[2] ~= 'PENDING' then
   return remember(prefix, idemField, idemTtl, now, refuse('INVALID_STATE', 'order ' .. orderId .. ' is ' .. o[2]))
 end
 local rid, sku, qty = o[3], o[4], tonumber(o[5])
+local skuKey = prefix .. 'sku:' .. sku
+local refusal = needKeys({openKey(prefix), endedKey(prefix, rid), skuKey, prefix .. 'holds:' .. sku})
+if refusal then return refusal end
 local r = readReservation(prefix, rid)
 if not r or r.status ~= 'RESERVED' or r.order_id ~= orderId then
   -- Cannot happen through these scripts: a PENDING order's hold is open and paid for by it.
@@ -61,7 +74,6 @@ if now >= deadline(r) then
 end
 
 -- Checks done; writes follow.
-local skuKey = prefix .. 'sku:' .. sku
 local heldField, boughtField = 'h:' .. user, 'b:' .. user
 local c = rcall('HMGET', skuKey, 'reserved', 'sold', heldField, boughtField)
 local held = tonumber(c[3] or 0) - qty

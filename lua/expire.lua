@@ -6,14 +6,20 @@
   Input:
     KEYS[1] partition catalog    fs:{pN}:skus   set of the partition's SKU ids
     KEYS[2] partition stream     fs:{pN}:events
+    KEYS[3] open holds           fs:{pN}:open   the partition's open reservation records
+    KEYS[4..] the keys a NEEDS_KEYS reply named: each SKU's holds (fs:{pN}:holds:<sku>) to read, and for
+              the holds to end their SKU's hash, their records (fs:{pN}:r:<id>) and orders
     ARGV[1] limit                integer 1..10,000
   Output:
     the number of reservations ended (integer)
+    error NEEDS_KEYS <key> ...   keys to read or write that are not in KEYS (nothing written): the client
+                                 sends the call again with them (includes/common.lua)
     error INVALID_ARGUMENT  malformed limit (nothing written)
   Event: ["expired", sku, at, reservation id, user, quantity, order id or null] per reservation ended
   Publishes: the SKU id on fs:{pN}:stock once per SKU whose holds it ended (includes/stock.lua)
 ]]
 --@include common
+--@include declared
 --@include events
 --@include holds
 
@@ -25,9 +31,28 @@ if limit == nil or limit < 1 then
 end
 
 local now = nowMs()
+local skus = rcall('SMEMBERS', catalogKey)
+local holdsKeys = {openKey(prefix)}
+for i = 1, #skus do holdsKeys[i + 1] = prefix .. 'holds:' .. skus[i] end
+local refusal = needKeys(holdsKeys)
+if refusal then return refusal end
+
+-- Which holds lapsed, and the keys ending them writes: all declared before the first write.
+local found, keys, left = {}, {}, limit
+for _, sku in ipairs(skus) do
+  if left <= 0 then break end
+  local lapsed, needed = lapsedHolds(prefix, sku, now, left)
+  if #lapsed > 0 then
+    found[#found + 1] = {sku, lapsed}
+    for i = 1, #needed do keys[#keys + 1] = needed[i] end
+    left = left - #lapsed
+  end
+end
+refusal = needKeys(keys)
+if refusal then return refusal end
+
 local ended = 0
-for _, sku in ipairs(rcall('SMEMBERS', catalogKey)) do
-  if ended >= limit then break end
-  ended = ended + expireDue(prefix, stream, sku, now, limit - ended)
+for i = 1, #found do
+  ended = ended + endLapsed(prefix, stream, found[i][1], found[i][2], now)
 end
 return ended

@@ -5,11 +5,15 @@
   Input:
     KEYS[1] order                fs:{pN}:order:<order id>
     KEYS[2] partition stream     fs:{pN}:events
+    KEYS[3..] the order's reservation (fs:{pN}:open, fs:{pN}:r:<reservation id>) and its SKU's holds
+              (fs:{pN}:holds:<sku>), once a NEEDS_KEYS reply named them
     ARGV[1] user id              the caller; must own the order
     ARGV[2] reason               1..200 bytes, e.g. PAYMENT_DECLINED
     ARGV[3] order id
   Output:
     the order as a flat field/value array (status FAILED)
+    error NEEDS_KEYS <key> ...   keys to read or write that are not in KEYS (nothing written): the client
+                            sends the call again with them
     error INVALID_ARGUMENT  malformed reason (nothing written)
     error NOT_FOUND         no such order (nothing written)
     error FORBIDDEN         the order is another user's (nothing written)
@@ -19,6 +23,7 @@
              to its own expiry, maybe already passed: a sold-out answer may end sooner (includes/stock.lua)
 ]]
 --@include common
+--@include declared
 --@include events
 --@include reservations
 --@include stock
@@ -35,8 +40,11 @@ if not o[1] then return refuse('NOT_FOUND', 'no order ' .. orderId) end
 if o[1] ~= user then return refuse('FORBIDDEN', 'order ' .. orderId .. ' belongs to another user') end
 if o[2] ~= 'PENDING' then return refuse('INVALID_STATE', 'order ' .. orderId .. ' is ' .. o[2]) end
 
--- Checks done; writes follow.
 local rid, sku = o[3], o[4]
+local refusal = needKeys({openKey(prefix), endedKey(prefix, rid), prefix .. 'holds:' .. sku})
+if refusal then return refusal end
+
+-- Checks done; writes follow.
 local now = nowMs()
 local r = readReservation(prefix, rid)
 if r and r.status == 'RESERVED' and r.order_id == orderId then

@@ -16,6 +16,8 @@
     KEYS[5] admitted          fs:{pN}:wr:a:<sku>   zset user -> admission deadline ms (negated once used):
                               read only when the sale has a waiting room (lua/includes/waiting_room.lua)
     KEYS[6] rate bucket       fs:{pN}:rl:<user>   (optional, with ARGV[8..9]) the user's request rate
+    KEYS[6 or 7..] with an idempotency key: its answers' generations fs:{pN}:idem:<g> and idem:<g - 1>
+                              (g = now // ttl by the client's clock); and any keys a NEEDS_KEYS reply named
     ARGV[1] user id
     ARGV[2] quantity          integer 1..per_user_limit
     ARGV[3] new reservation id
@@ -28,6 +30,9 @@
   Output:
     "<reservation id> <quantity> <created_at ms> <expires_at ms>" (status RESERVED)
     a repeat with the same idempotency field returns the first answer, refusal included
+    error NEEDS_KEYS <key> ...   keys to read or write that are not in KEYS (nothing written, not
+                             remembered): the idempotency generations of the server's clock, or the
+                             records and orders of lapsed holds to end; sent again with them
     error INVALID_ARGUMENT | INVALID_QUANTITY   malformed input (nothing written)
     error NOT_FOUND          no sale for this SKU (nothing written)
     error OUT_OF_STOCK       sold out: fewer units available than asked for and no lapsed hold to end;
@@ -48,7 +53,8 @@
   A waiting-room admission used by this reservation is marked used (its score negated): it lasts until
   its deadline all the same, and the admitter counts it as used rather than abandoned.
 ]]
-local skuKey, holdsKey, stream, openHolds, admittedKey, rateKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local skuKey, holdsKey, stream, openHolds, admittedKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local rateKey = ARGV[8] and ARGV[8] ~= '' and KEYS[6]
 
 -- Sold out comes first, and before the includes below: most calls of a flash sale end here, and
 -- defining the includes' functions costs more than this whole check (Redis runs a script's body on
@@ -76,6 +82,7 @@ if not ARGV[6] or ARGV[6] == '' then
 end
 
 --@include common
+--@include declared
 --@include events
 
 local user, rid = ARGV[1], ARGV[3]
@@ -84,9 +91,15 @@ local prefix, sku = skuKeyParts(skuKey)
 
 -- The helpers of the rarer paths are defined only when a call takes them: Redis runs a script's whole
 -- body on every call, and each Lua function it defines costs about as much as a HGET (README, Performance).
-local function expireLapsed(now, bound)
+-- This SKU's lapsed holds: nil when none, else a function that ends them; or the NEEDS_KEYS reply for the
+-- keys ending them writes (their records, their orders), asked before the first write.
+local function lapsedOf(now, bound)
   --@include holds
-  return expireDue(prefix, stream, sku, now, bound)
+  local lapsed, keys = lapsedHolds(prefix, sku, now, bound)
+  if #lapsed == 0 then return nil end
+  local refusal = needKeys(keys)
+  if refusal then return nil, refusal end
+  return function() return endLapsed(prefix, stream, sku, lapsed, now) end
 end
 
 local now
@@ -95,7 +108,10 @@ if ARGV[6] and ARGV[6] ~= '' then
   --@include idempotency
   local idemTtl = tonumber(ARGV[6])
   now = nowMs()
-  local earlier = storedAnswer(prefix, idemField, idemTtl, now)
+  local current, previous = answerKeys(prefix, idemTtl, now)
+  local refusal = needAnswerKeys(current, previous)
+  if refusal then return refusal end
+  local earlier = storedAnswer(current, previous, idemField)
   if earlier then return earlier end
   answer = function(reply) return remember(prefix, idemField, idemTtl, now, reply) end
 end
@@ -134,6 +150,16 @@ local startsAt, endsAt = tonumber(s[3]), tonumber(s[4])
 if s[5] == '1' or now < startsAt or (endsAt > 0 and now >= endsAt) then
   return answer(refuse('SALE_NOT_ACTIVE', 'the sale for sku ' .. sku .. ' is not open now'))
 end
+local reserved, ttl = tonumber(s[1]), tonumber(s[6])
+local held, bought = tonumber(s[7] or 0), tonumber(s[8] or 0)
+-- A refusal for the limit or the stock first ends lapsed holds (below); their keys are asked for here,
+-- before the rate bucket is written.
+local endLapsedHolds
+if held + bought + qty > limit or available < qty then
+  local refusal
+  endLapsedHolds, refusal = lapsedOf(now, tonumber(ARGV[5]))
+  if refusal then return refusal end
+end
 if rateKey then
   --@include ratelimit
   local wait = overRate(rateKey, now, tonumber(ARGV[8]), tonumber(ARGV[9]))
@@ -148,9 +174,7 @@ if s[9] == '1' then
   end
 end
 
-local reserved, ttl = tonumber(s[1]), tonumber(s[6])
-local held, bought = tonumber(s[7] or 0), tonumber(s[8] or 0)
-if (held + bought + qty > limit or available < qty) and expireLapsed(now, tonumber(ARGV[5])) > 0 then
+if endLapsedHolds and endLapsedHolds() > 0 then
   -- Lapsed holds ended: judge again on what they gave back.
   local again = rcall('HMGET', skuKey, 'available', 'reserved', heldField)
   available, reserved, held = tonumber(again[1]), tonumber(again[2]), tonumber(again[3] or 0)

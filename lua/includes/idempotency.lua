@@ -3,15 +3,29 @@
   idempotency ttl. Answers live in generation hashes fs:{pN}:idem:<n>, n = floor(now / ttl), one field per
   answer ("<operation>:<scope>:<user>:<key>"); a repeat looks in this generation and the one before, and
   a generation expires two ttls after it began. One field in a shared hash costs far less than a key of
-  its own with its own expiry (README, Performance).
+  its own with its own expiry (README, Performance). The two generations a call reads are among its KEYS
+  (the client names them by its own clock; needAnswerKeys asks for them when the server's clock
+  disagrees).
   A stored answer is a refusal ("!CODE message"), a reply array (JSON), or a plain reply string.
 ]]
 --@include common
+--@include declared
 
-local function storedAnswer(prefix, field, ttl, now)
+-- The hashes a keyed call reads: this generation's (where remember writes) and the one before's.
+local function answerKeys(prefix, ttl, now)
   local generation = math.floor(now / ttl)
-  local stored = rcall('HGET', prefix .. 'idem:' .. generation, field)
-    or rcall('HGET', prefix .. 'idem:' .. (generation - 1), field)
+  return prefix .. 'idem:' .. generation, prefix .. 'idem:' .. (generation - 1)
+end
+
+-- nil when both are among the call's KEYS (the client puts them last), else the NEEDS_KEYS reply.
+local function needAnswerKeys(current, previous)
+  local n = #KEYS
+  if KEYS[n - 1] == current and KEYS[n] == previous then return nil end
+  return needKeys({current, previous})
+end
+
+local function storedAnswer(current, previous, field)
+  local stored = rcall('HGET', current, field) or rcall('HGET', previous, field)
   if not stored then return nil end
   local first = string.sub(stored, 1, 1)
   if first == '!' then return redis.error_reply(string.sub(stored, 2)) end

@@ -26,10 +26,13 @@ local function packReservation(r)
     .. r.expires_at .. ' ' .. (r.order_id or '-') .. ' ' .. (r.pay_until or 0) .. ' ' .. (r.ended_at or 0)
 end
 
--- The record as a table, or nil when there is none (or it is not a reservation record).
-local function readReservation(prefix, rid)
-  local value = rcall('HGET', openKey(prefix), rid) or rcall('GET', endedKey(prefix, rid))
-  if not value then return nil end
+-- The keys a reservation's record may be in (readReservation reads both, writeReservation writes both).
+local function reservationKeys(prefix, rid)
+  return {openKey(prefix), endedKey(prefix, rid)}
+end
+
+-- A record as a table, or nil when it is not a reservation record.
+local function parseReservation(value)
   local sku, user, qty, status, created, expires, order, payUntil, ended = string.match(value, RESERVATION_PATTERN)
   if not sku then return nil end
   return {
@@ -37,6 +40,20 @@ local function readReservation(prefix, rid)
     expires_at = tonumber(expires), order_id = order ~= '-' and order or nil, pay_until = tonumber(payUntil),
     ended_at = tonumber(ended),
   }
+end
+
+-- The record as a table, or nil when there is none (or it is not a reservation record).
+local function readReservation(prefix, rid)
+  local value = rcall('HGET', openKey(prefix), rid) or rcall('GET', endedKey(prefix, rid))
+  if not value then return nil end
+  return parseReservation(value)
+end
+
+-- An open hold's record, or nil when the reservation is not open.
+local function readOpenReservation(prefix, rid)
+  local value = rcall('HGET', openKey(prefix), rid)
+  if not value then return nil end
+  return parseReservation(value)
 end
 
 -- An open hold's record in the open hash; an ended one in a key of its own, kept for RETENTION_MS.

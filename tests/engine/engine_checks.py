@@ -7,6 +7,7 @@ they judge the scripts instead of trusting them.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import redis
 from flashsale.engine import Engine, Event, partition_of, replay
 from flashsale.engine.events import effect, parse_entry
+from flashsale.engine.scripts import Script
 
 T = TypeVar("T")
 
@@ -293,3 +295,53 @@ def run_together(*calls: Callable[[], T]) -> list[T | BaseException]:
     for thread in threads:
         thread.join(timeout=60)
     return results
+
+
+# Put before a script, this Lua makes every redis.call / redis.pcall of the script first check that the
+# command's keys are among the call's KEYS, and stop the script (before the command runs) with
+# UNDECLARED_KEY otherwise: the rule Redis Cluster enforces only mid-migration, enforced on every call.
+# A command not listed here stops the script too, so a script using a new one makes the list grow.
+_CHECK_KEYS_LUA = """
+local flashsaleRedis = redis
+local declaredKeys = {}
+for i = 1, #KEYS do declaredKeys[KEYS[i]] = true end
+local FIRST_ARG_IS_THE_KEY = {}
+for _, name in ipairs({'GET', 'SET', 'HDEL', 'HEXISTS', 'HGET', 'HGETALL', 'HINCRBY', 'HMGET', 'HSET',
+  'HSETNX', 'PERSIST', 'PEXPIRE', 'PEXPIREAT', 'SADD', 'SMEMBERS', 'XADD', 'XLEN', 'ZADD', 'ZCARD', 'ZCOUNT',
+  'ZPOPMIN', 'ZRANGE', 'ZRANGEBYSCORE', 'ZRANK', 'ZREM', 'ZREMRANGEBYSCORE', 'ZSCORE'}) do
+  FIRST_ARG_IS_THE_KEY[name] = true
+end
+local function checkKeys(command, ...)
+  local name, args = string.upper(command), {...}
+  local keys
+  if name == 'TIME' or name == 'PUBLISH' then
+    keys = {}
+  elseif name == 'DEL' then
+    keys = args
+  elseif name == 'ZUNIONSTORE' then
+    keys = {args[1]}
+    for i = 1, tonumber(args[2]) do keys[#keys + 1] = args[2 + i] end
+  elseif FIRST_ARG_IS_THE_KEY[name] then
+    keys = {args[1]}
+  else
+    error('UNCHECKED_COMMAND ' .. name)
+  end
+  for _, key in ipairs(keys) do
+    if not declaredKeys[key] then error('UNDECLARED_KEY ' .. name .. ' ' .. tostring(key)) end
+  end
+end
+local redis = setmetatable({
+  call = function(...) checkKeys(...) return flashsaleRedis.call(...) end,
+  pcall = function(...) checkKeys(...) return flashsaleRedis.pcall(...) end,
+}, {__index = flashsaleRedis})
+"""
+
+
+def scripts_checking_keys(scripts: dict[str, Script]) -> dict[str, Script]:
+    """The engine's scripts, each stopping with UNDECLARED_KEY at the first key it touches that is not in
+    its KEYS (see _CHECK_KEYS_LUA): give them to an engine (``engine.scripts = ...``) and load them."""
+    checked = {}
+    for name, script in scripts.items():
+        source = _CHECK_KEYS_LUA + script.source
+        checked[name] = Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+    return checked
