@@ -184,7 +184,12 @@ class Worker:
         self._lease_client = self.redis
         if self.settings.redis_cluster:
             url = str(self.settings.redis_url)
-            self._lease_client = async_redis_client(url, cluster=True, max_connections=4)
+            # A connection per partition and a few for the lease loop: on stop every drain task releases
+            # its lease at once, and redis-py's asyncio cluster client fails a command at once (Too many
+            # connections) past its per-node limit; a lost release leaves the lease held until it expires,
+            # blocking a takeover and `reconcile --repair` right after a clean stop.
+            pool = self.keyspace.partitions + 4
+            self._lease_client = async_redis_client(url, cluster=True, max_connections=pool)
         self.leases = Leases(self._lease_client, self.keyspace, self.worker_id, self.lease_ms)
         if self.settings.redis_cluster:
             await self._learn_the_cluster()

@@ -107,6 +107,9 @@ def test_a_worker_killed_under_load_is_taken_over_and_nothing_is_lost(
         assert wait_drained(settings, timeout_s=60)
         beta.send_signal(signal.SIGTERM)
         assert beta.wait(15) == 0, "SIGTERM must stop the worker cleanly"
+        # Every lease released at once on stop (not left to expire): another worker or a repair may start.
+        leases = [engine.redis.get(p.writeback_lease()) for p in settings.keyspace().all()]
+        assert leases == [None] * settings.partitions, leases
     finally:
         for process in (alpha, beta):
             if process.poll() is None:
