@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from flashsale.writeback import WorkerOptions, WorkerThread, read_lag, total_lag
 from flashsale.writeback.database import migrations
 
 from flashsale.cli import main
-from flashsale.launcher import PostgresServer
+from flashsale.launcher import PostgresServer, RedisServer
 
 
 @pytest.fixture
@@ -129,3 +130,25 @@ def test_lag_counts_events_no_worker_has_taken_and_drops_to_zero_after_a_drain(
     assert table.exit_code == 0
     assert "total" in table.output
     assert all(name in table.output for name in serving)
+
+
+@pytest.mark.timeout(60)
+def test_lag_answers_with_node_down_when_redis_hangs_rather_than_hanging_with_it() -> None:
+    """A frozen Redis (SIGSTOP: connections accepted, nothing answered) shows as NODE DOWN once a read
+    times out (redis-py's default socket timeout, 5 s, unless the URL names another), not a hang."""
+    with RedisServer() as server:
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            shown = CliRunner().invoke(
+                main, ["worker", "lag", "--json"], env={"FLASHSALE_REDIS_URL": server.url}
+            )
+            took = time.monotonic() - started
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+    assert shown.exit_code == 0, shown.output
+    document = msgspec.json.decode(shown.output)
+    assert document["nodes_down"] == [f"127.0.0.1:{server.port}"]
+    assert all(row["node_down"] for row in document["partitions"])
+    assert took < 15

@@ -279,6 +279,10 @@ def test_a_frozen_master_holds_back_only_its_partitions_and_the_other_leases_sta
                     assert time.monotonic() < deadline, "the other masters' changes did not reach PostgreSQL"
                     time.sleep(0.1)
                 assert worker.owned_partitions >= live, worker.owned_partitions
+                # `worker lag` answers (it does not hang on the frozen master) and names it.
+                shown = CliRunner().invoke(main, ["worker", "lag", "--json"], env=settings.as_env())
+                assert shown.exit_code == 0, shown.output
+                assert msgspec.json.decode(shown.output)["nodes_down"] == [frozen.address]
             finally:
                 frozen.process.send_signal(signal.SIGCONT)
             deadline = time.monotonic() + 20
