@@ -28,10 +28,12 @@ def _invariants_hold(cluster: RedisCluster) -> None:
         engine.close()
 
 
+# With the replica behind, the only case where WAIT changes the outcome; a replica in step is covered by
+# `flashsale bench failover` and, with the worker killed too, by tests/writeback/test_failover.py.
 @pytest.mark.parametrize(
     ("wait_replicas", "replica_lag_s"),
-    [(0, 0.0), (1, 0.0), (0, 1.5), (1, 1.5)],
-    ids=["wait-off", "wait-1", "wait-off-replica-behind", "wait-1-replica-behind"],
+    [(0, 1.5), (1, 1.5)],
+    ids=["wait-off-replica-behind", "wait-1-replica-behind"],
 )
 def test_a_master_killed_under_load_is_replaced_and_in_wait_mode_loses_nothing_acknowledged(
     wait_replicas: int, replica_lag_s: float
