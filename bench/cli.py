@@ -25,6 +25,10 @@ SCENARIOS = {
     "baseline": ("baseline", "3: flashsale side by side with the design document's locking design."),
     "many-skus": ("many_skus", "4: 1,000 SKUs, uniform and Zipf-skewed traffic."),
     "http": ("http", "5: POST /reservations end to end through `flashsale serve`, driven by wrk."),
+    "http-scaling": (
+        "http_scaling",
+        "HTTP reservations/s as `flashsale serve --workers W` grows (--api-workers, repeat): many cores.",
+    ),
     "write-behind": ("write_behind", "6: write-behind drain rate and lag under a steady reserve load."),
     "full-sale": ("full_sale", "7: a whole sale: reserve, 70% checkout, 20% release, 10% expire."),
     "rush": (
@@ -101,6 +105,13 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
             help="memory, servers: held reservations per variant (default 100,000; --quick 10,000).",
         ),
         click.option(
+            "--api-workers",
+            "api_workers",
+            type=click.IntRange(1, 256),
+            multiple=True,
+            help="http-scaling: the uvicorn worker counts to measure (repeat; default 1 and 2).",
+        ),
+        click.option(
             "--attempts",
             type=click.IntRange(0, 100_000_000),
             default=0,
@@ -140,6 +151,7 @@ def _run(name: str, **raw: Any) -> None:
         servers=servers,
         holds=raw["holds"],
         attempts=raw["attempts"],
+        api_workers=tuple(raw["api_workers"]),
     )
     module = importlib.import_module(f"flashsale.bench.scenarios.{SCENARIOS[name][0]}")
     report = module.run_scenario(options)

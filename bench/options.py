@@ -35,6 +35,8 @@ class Options:
     holds: int = 0
     # many-skus --redis-cluster: attempts per cluster size (0: the scenario's default)
     attempts: int = 0
+    # http-scaling: uvicorn worker counts to run (empty: 1 and 2)
+    api_workers: tuple[int, ...] = ()
 
     @property
     def server(self) -> str:

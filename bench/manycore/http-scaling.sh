@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Issue 14's many-core run, as one prepared script for a lent machine with many cores (16 here):
+# `flashsale bench http-scaling` with `flashsale serve --workers W` for W = 1, 2, 4, 8, 11 against one Redis,
+# wrk -t4 -c256, every request a full reserve by a user of its own. The machine has no network: the
+# wheels the API needs beyond what it has travel in .whl/ (cp312, manylinux), and Debian's wrk with its
+# libluajit in .wrk/. Results go to $OUT (the device tool brings them back) or bench/results/manycore/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${OUT:-bench/results/manycore}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PATH=$PWD/.wrk:$PATH LD_LIBRARY_PATH=$PWD/.wrk
+wrk --version | head -1 || true
+python3 -m flashsale.bench http-scaling \
+  --api-workers 1 --api-workers 2 --api-workers 4 --api-workers 8 --api-workers 11 \
+  --no-plots --results-dir "$out" 2>&1 | tee "$out/http-run.log"
