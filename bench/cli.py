@@ -112,6 +112,12 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
             help="http-scaling: the uvicorn worker counts to measure (repeat; default 1 and 2).",
         ),
         click.option(
+            "--connections",
+            type=click.IntRange(0, 100_000),
+            default=0,
+            help="http-scaling: wrk's connections (default 256; --quick 128).",
+        ),
+        click.option(
             "--attempts",
             type=click.IntRange(0, 100_000_000),
             default=0,
@@ -152,6 +158,7 @@ def _run(name: str, **raw: Any) -> None:
         holds=raw["holds"],
         attempts=raw["attempts"],
         api_workers=tuple(raw["api_workers"]),
+        connections=raw["connections"],
     )
     module = importlib.import_module(f"flashsale.bench.scenarios.{SCENARIOS[name][0]}")
     report = module.run_scenario(options)

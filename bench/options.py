@@ -37,6 +37,8 @@ class Options:
     attempts: int = 0
     # http-scaling: uvicorn worker counts to run (empty: 1 and 2)
     api_workers: tuple[int, ...] = ()
+    # http-scaling: wrk's connections (0: the scenario's default)
+    connections: int = 0
 
     @property
     def server(self) -> str:

@@ -43,9 +43,10 @@ class Settings:
     @classmethod
     def for_run(cls, options: Options) -> Settings:
         workers = sorted(set(options.api_workers)) or [1, 2]
+        connections = options.connections or (128 if options.quick else 256)
         if options.quick:
-            return cls(workers, 2, 128, 3, 60_000)
-        return cls(workers, 4, 256, 5, 300_000)
+            return cls(workers, 2, connections, 3, 60_000)
+        return cls(workers, 4, connections, 5, 300_000)
 
 
 def _api_cpu_seconds(pid: int) -> float:
