@@ -118,6 +118,12 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
             help="http-scaling: wrk's connections (default 256; --quick 128).",
         ),
         click.option(
+            "--clients",
+            type=click.IntRange(0, 100_000),
+            default=0,
+            help="many-skus --redis-cluster: asyncio clients per process (default 1,000; --quick 500).",
+        ),
+        click.option(
             "--attempts",
             type=click.IntRange(0, 100_000_000),
             default=0,
@@ -159,6 +165,7 @@ def _run(name: str, **raw: Any) -> None:
         attempts=raw["attempts"],
         api_workers=tuple(raw["api_workers"]),
         connections=raw["connections"],
+        clients=raw["clients"],
     )
     module = importlib.import_module(f"flashsale.bench.scenarios.{SCENARIOS[name][0]}")
     report = module.run_scenario(options)

@@ -39,6 +39,8 @@ class Options:
     api_workers: tuple[int, ...] = ()
     # http-scaling: wrk's connections (0: the scenario's default)
     connections: int = 0
+    # many-skus --redis-cluster: asyncio clients per client process (0: the scenario's default)
+    clients: int = 0
 
     @property
     def server(self) -> str:

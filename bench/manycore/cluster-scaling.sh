@@ -12,6 +12,11 @@ mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 { nproc; python3 --version; lscpu | grep -E 'Model name|^CPU\(s\)'; } | tee "$out/machine.txt"
+# 1,000 asyncio clients per process (the default), then 4,000: the offered concurrency is split between the
+# masters, so with more masters each one's pipelines get shorter unless the clients grow with them.
 python3 -m flashsale.bench many-skus \
   --redis-cluster 1 --redis-cluster 2 --redis-cluster 4 --redis-cluster 8 \
-  --client-processes 8 --attempts 1000000 --no-plots --results-dir "$out" 2>&1 | tee "$out/run.log"
+  --client-processes 8 --attempts 1000000 --no-plots --results-dir "$out/clients1000" 2>&1 | tee "$out/run-clients1000.log"
+python3 -m flashsale.bench many-skus \
+  --redis-cluster 1 --redis-cluster 4 \
+  --client-processes 8 --clients 4000 --attempts 1000000 --no-plots --results-dir "$out/clients4000" 2>&1 | tee "$out/run-clients4000.log"

@@ -52,10 +52,13 @@ class Settings:
             units = max(1, options.attempts // 2000)
             seconds = max(30.0, options.attempts / 20_000)
             processes, attempts = options.client_processes, options.attempts
-            return cls(sizes, processes, 1000, units, 1000, attempts, seconds, 1.1, 7, options.loop)
+            clients = options.clients or 1000
+            return cls(sizes, processes, 1000, units, clients, attempts, seconds, 1.1, 7, options.loop)
         if options.quick:
-            return cls(sizes, options.client_processes, 1000, 10, 500, 20_000, 10.0, 1.1, 7, options.loop)
-        return cls(sizes, options.client_processes, 1000, 50, 1000, 100_000, 30.0, 1.1, 7, options.loop)
+            clients = options.clients or 500
+            return cls(sizes, options.client_processes, 1000, 10, clients, 20_000, 10.0, 1.1, 7, options.loop)
+        clients = options.clients or 1000
+        return cls(sizes, options.client_processes, 1000, 50, clients, 100_000, 30.0, 1.1, 7, options.loop)
 
 
 def _client_process(
