@@ -11,13 +11,12 @@ thread alone, which is what serialises the scripts), another process's from /pro
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
+import psutil
 import redis
 
 from flashsale.launcher import PostgresServer, RedisServer, find_redis_server, find_valkey_server
@@ -102,19 +101,22 @@ def redis_cpu_seconds(url: str) -> float:
 
 def process_cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) of a live process, the children it has reaped and those still running
-    (a worker's, PostgreSQL's backends), from /proc (Linux); 0.0 once the process is gone."""
+    (uvicorn's workers, a worker's, PostgreSQL's backends); 0.0 once the process is gone. Through psutil,
+    which also works where /proc has no per-task children lists (the gVisor sandbox of the many-core
+    machine)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = [
-            int(child)
-            for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()
-        ]
-    except OSError:
+        process = psutil.Process(pid)
+        tree = [process, *process.children(recursive=True)]
+    except psutil.Error:
         return 0.0
-    # Fields 14-17 of stat (utime, stime, cutime, cstime) are 11-14 after the name.
-    own = sum(int(ticks) for ticks in stat[11:15]) / os.sysconf("SC_CLK_TCK")
-    return own + sum(process_cpu_seconds(child) for child in children)
+    total = 0.0
+    for p in tree:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ from flashsale.bench import plots
 from flashsale.bench.checks import invariant_1
 from flashsale.bench.options import Options
 from flashsale.bench.report import Report
-from flashsale.bench.servers import redis_cpu_seconds, redis_version, running
+from flashsale.bench.servers import process_cpu_seconds, redis_cpu_seconds, redis_version, running
 from flashsale.bench.stack import FLASHSALE
 from flashsale.engine import Engine, SaleSettings
 from flashsale.engine.settings import Settings as FlashsaleSettings
@@ -85,18 +85,6 @@ def find_wrk() -> str | None:
         subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, stdout=subprocess.DEVNULL)
         return shutil.which("wrk")
     return None
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a live process and its children (uvicorn's workers), from /proc (Linux)."""
-    total = 0.0
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                total += _cpu_seconds(int(child))
-    return total
 
 
 @contextlib.contextmanager
@@ -197,9 +185,9 @@ def _sold_out(
             with _serve(mode, s.server_workers) as (url, server):
                 load = dict(connections=64, threads=1, pace_ms=0)
                 _wrk(binary, url, tokens, sku, seconds=2, **load)  # tokens verified, flags set
-                server_cpu, redis_cpu = _cpu_seconds(server.pid), redis_cpu_seconds(redis_url)
+                server_cpu, redis_cpu = process_cpu_seconds(server.pid), redis_cpu_seconds(redis_url)
                 result = _wrk(binary, url, tokens, sku, seconds=s.soldout_seconds, **load)
-                result["server_cpu_s"] = _cpu_seconds(server.pid) - server_cpu
+                result["server_cpu_s"] = process_cpu_seconds(server.pid) - server_cpu
                 result["redis_cpu_s"] = redis_cpu_seconds(redis_url) - redis_cpu
                 runs[name].append(result)
     figures = {}
@@ -255,7 +243,10 @@ def run_scenario(options: Options) -> Report:
                 *successes,
                 ("paced", stock, s.paced_connections, s.pace_ms, s.paced_seconds),
             ):
-                server_cpu, redis_cpu = _cpu_seconds(server.pid), redis_cpu_seconds(servers.redis_url)
+                server_cpu, redis_cpu = (
+                    process_cpu_seconds(server.pid),
+                    redis_cpu_seconds(servers.redis_url),
+                )
                 result = _wrk(
                     binary,
                     url,
@@ -266,7 +257,7 @@ def run_scenario(options: Options) -> Report:
                     seconds=seconds,
                     pace_ms=pace,
                 )
-                result["server_cpu_s"] = round(_cpu_seconds(server.pid) - server_cpu, 2)
+                result["server_cpu_s"] = round(process_cpu_seconds(server.pid) - server_cpu, 2)
                 result["redis_cpu_s"] = round(redis_cpu_seconds(servers.redis_url) - redis_cpu, 2)
                 result["connections"], result["pace_ms"], result["sku"] = connections, pace, sku
                 figures[name] = result

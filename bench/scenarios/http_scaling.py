@@ -5,7 +5,7 @@ cores for it (bench/manycore/http-scaling.sh).
 For each W: ``flashsale serve --workers W`` against one Redis, then wrk (-t 4 -c 256, one bearer token per
 request from a file of 300,000 users) for 5 s, every request a full reserve on a deep SKU of its
 own (per-user limit high, so a user's repeat still reserves: the rounds share the token file). Reported per
-W: requests/s, latency, the cores wrk, the API (all its workers, through psutil) and Redis used, and CPU µs
+W: requests/s, latency, the cores wrk, the API (all its workers) and Redis used, and CPU µs
 per request for the API and Redis; the ratios against W = the smallest. A check per run that the API used
 no more cores than it has workers (wrk's timed window and the servers' CPU agree) and that every answer was
 a 201 counted by Redis.
@@ -20,11 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 from flashsale.bench.options import Options
 from flashsale.bench.report import Report
 from flashsale.bench.scenarios.http import INSTALL_HINT, _serve, _wrk, find_wrk
-from flashsale.bench.servers import redis_cpu_seconds, redis_version, running
+from flashsale.bench.servers import process_cpu_seconds, redis_cpu_seconds, redis_version, running
 from flashsale.engine import Engine, SaleSettings
 from flashsale.engine.bounds import MAX_PER_USER_LIMIT
 from flashsale.engine.settings import Settings as FlashsaleSettings
@@ -47,19 +46,6 @@ class Settings:
         if options.quick:
             return cls(workers, 2, connections, 3, 60_000)
         return cls(workers, 4, connections, 5, 300_000)
-
-
-def _api_cpu_seconds(pid: int) -> float:
-    """User + system CPU of the server process and every worker it started."""
-    process = psutil.Process(pid)
-    total = 0.0
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            times = p.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
 
 
 def run_scenario(options: Options) -> Report:
@@ -97,9 +83,12 @@ def run_scenario(options: Options) -> Report:
             with _serve(settings, workers) as (url, server):
                 load = dict(connections=s.connections, threads=s.threads, pace_ms=0)
                 _wrk(binary, url, warm_up, f"{sku}-warm-up", seconds=2, **load)  # other users, no such SKU
-                api_before, redis_before = _api_cpu_seconds(server.pid), redis_cpu_seconds(servers.redis_url)
+                api_before, redis_before = (
+                    process_cpu_seconds(server.pid),
+                    redis_cpu_seconds(servers.redis_url),
+                )
                 result = _wrk(binary, url, tokens, sku, seconds=s.seconds, **load)
-                api_s = _api_cpu_seconds(server.pid) - api_before
+                api_s = process_cpu_seconds(server.pid) - api_before
                 redis_s = redis_cpu_seconds(servers.redis_url) - redis_before
             seconds_run = result["duration_us"] / 1e6
             reserved = engine.get_sale(sku).reserved
