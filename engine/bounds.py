@@ -30,6 +30,8 @@ MAX_IDEMPOTENCY_KEY_CHARS: Final = 200
 # Identifiers (SKU, user): the characters allowed in Redis key names and ids.
 IDENTIFIER_PATTERN: Final = r"[A-Za-z0-9\-_.@]{1,128}"
 MAX_IDENTIFIER_CHARS: Final = 128
+# Stock buckets of one SKU (engine/buckets.py): each on its own partition, so at most the partition count.
+MAX_BUCKETS: Final = 64
 # The sweeper's step.
 MAX_SWEEP_BATCH: Final = 10_000
 # A waiting room (lua/set_waiting_room.lua): shoppers admitted per second, the stock rule's factor (at
@@ -74,6 +76,7 @@ def as_lua() -> str:
         "MAX_REASON_BYTES",
         "MAX_IDENTIFIER_CHARS",
         "MAX_SWEEP_BATCH",
+        "MAX_BUCKETS",
         "RETENTION_MS",
         "MAX_ADMIT_PER_S",
         "MAX_STOCK_FACTOR",

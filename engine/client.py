@@ -16,8 +16,9 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import msgspec
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
@@ -36,10 +37,12 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from . import buckets as stock_buckets
+from .buckets import Plan
 from .cluster import ClusterRouter
-from .errors import FlashSaleError, NotFound, NotReplicated, from_reply
+from .errors import FlashSaleError, InvalidArgument, NotFound, NotReplicated, from_reply
 from .events import Event, parse_entry
-from .keys import Partition, bought_field, check_layout, held_field
+from .keys import Partition, bought_field, check_layout, held_field, home_bucket
 from .models import (
     SALE_AND_ROOM_FIELDS,
     AdmitStep,
@@ -56,7 +59,16 @@ from .models import (
     reservation_from_record,
     sale_from_values,
 )
-from .operations import MAX_KEY_ROUNDS, NEEDS_KEYS, Call, Operations, RateLimit, identifier, needed_keys
+from .operations import (
+    MAX_KEY_ROUNDS,
+    NEEDS_KEYS,
+    Call,
+    Operations,
+    RateLimit,
+    identifier,
+    needed_keys,
+    remember,
+)
 from .pipelining import AutoPipeline, release_when_replicated
 from .scripts import Script, load_scripts
 from .settings import EngineConfig, Settings
@@ -133,6 +145,10 @@ def _url_of(settings: Settings) -> str:
     return settings.redis_url
 
 
+# A waiting room's line and admissions live in one partition; a bucketed SKU's shoppers reserve in theirs.
+_NO_ROOM_WITH_BUCKETS = "a waiting room is not yet supported on a sale split into stock buckets"
+
+
 class _Common:
     """What both clients share: configuration, key layout, scripts, and decoding of reads."""
 
@@ -141,6 +157,30 @@ class _Common:
         self.ops = Operations(self.config)
         self.keys = self.ops.keys
         self.scripts: dict[str, Script] = load_scripts()
+        # SKU -> its stock bucket count (engine/buckets.py), learnt once per SKU: fixed for a sale's life.
+        self._buckets: dict[str, int] = {}
+
+    def _learnt_buckets(self, sku: str, values: list[Any]) -> int:
+        """The bucket count from bucket 0's (available, buckets); remembered only when the sale exists."""
+        count = int(values[1] or 1)
+        if values[0] is not None:
+            remember(self._buckets, sku, count)
+        return count
+
+    def _bucket_sku_keys(self, sku: str, buckets: int) -> list[str]:
+        return [self.keys.for_bucket(sku, b).sku(sku) for b in range(1, buckets)]
+
+    @staticmethod
+    def _summed(sale: Sale, others: list[list[Any]]) -> Sale:
+        """A bucketed sale as one: bucket 0's settings and total, the counters summed over the buckets, and
+        the units between two buckets (``moving``)."""
+        available, reserved, sold = sale.available, sale.reserved, sale.sold
+        for row in others:
+            available += int(row[0] or 0)
+            reserved += int(row[1] or 0)
+            sold += int(row[2] or 0)
+        moving = sale.total - available - reserved - sold
+        return msgspec.structs.replace(sale, available=available, reserved=reserved, sold=sold, moving=moving)
 
     def _parse(self, call: Call[T], reply: Any) -> T:
         if isinstance(reply, ResponseError):
@@ -183,7 +223,8 @@ class _Common:
 
     @staticmethod
     def _catalog(members_per_partition: list[Any]) -> list[str]:
-        return sorted(str(sku) for members in members_per_partition for sku in members)
+        # A bucketed SKU is in the catalog of each of its buckets' partitions: listed once.
+        return sorted({str(sku) for members in members_per_partition for sku in members})
 
     def _queue_reads(self, sku: str, now: int, pipe: Any) -> None:
         """A waiting room's figures, asked on a pipeline: line, unused and used live admissions, state."""
@@ -346,9 +387,40 @@ class Engine(_Common):
                 raise released
             return released
 
+    def _drive(self, plan: Plan[T]) -> T:
+        """Runs a plan of several script calls (engine/buckets.py), one call at a time."""
+        outcome: Any = None
+        try:
+            while True:
+                step = plan.send(outcome)
+                outcome = [self._outcome(c) for c in step] if isinstance(step, list) else self._outcome(step)
+        except StopIteration as done:
+            return cast(T, done.value)
+
+    def _outcome(self, call: Call[Any]) -> Any:
+        try:
+            return self._run(call)
+        except FlashSaleError as error:
+            return error
+
+    def buckets_of(self, sku: str) -> int:
+        """The SKU's stock bucket count (1 when it has no sale yet)."""
+        known = self._buckets.get(sku)
+        if known is None:
+            known = self._learnt_buckets(sku, self.redis.hmget(self._sku_key(sku), ("available", "buckets")))
+        return known
+
     # -- state changes: one script each -------------------------------------------------------------------
-    def load_sale(self, settings: SaleSettings) -> Sale:
-        return self._run(self.ops.load_sale(settings))
+    def load_sale(self, settings: SaleSettings, *, buckets: int | None = None) -> Sale:
+        """Creates or changes a sale; ``buckets`` > 1 splits a new sale's stock (engine/buckets.py). A sale's
+        bucket count is fixed once it exists (None: keep it)."""
+        count = buckets or self.buckets_of(settings.sku)
+        if not 1 <= count <= self.config.partitions:
+            raise InvalidArgument(f"buckets must be 1..{self.config.partitions} (one partition each)")
+        if count == 1:
+            return self._run(self.ops.load_sale(settings))
+        self._drive(stock_buckets.load_sale(self.ops, settings, count))
+        return self.get_sale(settings.sku)
 
     def reserve(
         self,
@@ -359,9 +431,14 @@ class Engine(_Common):
         idempotency_key: str | None = None,
         rate: RateLimit | None = None,
     ) -> Reservation:
-        return self._run(self.ops.reserve(sku, user, quantity, idempotency_key, rate))
+        count = self._buckets.get(sku) or self.buckets_of(sku)
+        if count == 1:
+            return self._run(self.ops.reserve(sku, user, quantity, idempotency_key, rate))
+        return self._drive(stock_buckets.reserve(self.ops, sku, user, quantity, idempotency_key, rate, count))
 
     def set_waiting_room(self, sku: str, room: WaitingRoom) -> Sale:
+        if room.on and self.buckets_of(sku) > 1:
+            raise InvalidArgument(_NO_ROOM_WITH_BUCKETS)
         return self._run(self.ops.set_waiting_room(sku, room))
 
     def join_queue(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:
@@ -402,14 +479,36 @@ class Engine(_Common):
         return self._run(self.ops.fulfil_order(order_id))
 
     def restock(self, sku: str, delta: int) -> Sale:
-        return self._run(self.ops.restock(sku, delta))
+        count = self.buckets_of(sku)
+        if count == 1:
+            return self._run(self.ops.restock(sku, delta))
+        self._drive(stock_buckets.restock(self.ops, sku, delta, count))
+        return self.get_sale(sku)
+
+    def finish_transfers(self, partition: int, grace_ms: int = stock_buckets.TRANSFER_GRACE_MS) -> int:
+        """The sweeper's step for stock-bucket transfers of one partition (engine/buckets.py)."""
+        return self._drive(stock_buckets.finish_transfers(self.ops, partition, grace_ms))
 
     def noop(self, sku: str) -> int:
         return self._run(self.ops.noop(sku))
 
     # -- reads --------------------------------------------------------------------------------------------
     def get_sale(self, sku: str) -> Sale:
-        return self._sale(self.redis.hmget(self._sku_key(sku), SALE_AND_ROOM_FIELDS), sku)
+        sale = self._sale(self.redis.hmget(self._sku_key(sku), SALE_AND_ROOM_FIELDS), sku)
+        if sale.buckets == 1:
+            return sale
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self._bucket_sku_keys(sku, sale.buckets):
+            pipe.hmget(key, ("available", "reserved", "sold"))
+        return self._summed(sale, pipe.execute())
+
+    def bucket_sales(self, sku: str) -> list[Sale]:
+        """Each stock bucket of a SKU as a sale of its own (its counters), bucket 0 first."""
+        first = self._sale(self.redis.hmget(self._sku_key(sku), SALE_AND_ROOM_FIELDS), sku)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self._bucket_sku_keys(sku, first.buckets):
+            pipe.hmget(key, SALE_AND_ROOM_FIELDS)
+        return [first, *(self._sale(values, sku) for values in pipe.execute())]
 
     def list_sales(self) -> list[Sale]:
         """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales); on a cluster
@@ -420,7 +519,8 @@ class Engine(_Common):
         pipe = self.redis.pipeline(transaction=False)
         for sku in self._catalog(catalogs.execute()):
             pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_AND_ROOM_FIELDS)
-        return [sale for values in pipe.execute() if (sale := sale_from_values(values)) is not None]
+        sales = [sale for values in pipe.execute() if (sale := sale_from_values(values)) is not None]
+        return [self.get_sale(sale.sku) if sale.buckets > 1 else sale for sale in sales]
 
     def get_reservation(self, reservation_id: str) -> Reservation:
         open_holds, ended = self._reservation_keys(reservation_id)
@@ -435,7 +535,8 @@ class Engine(_Common):
 
     def user_counts(self, sku: str, user: str) -> UserCounts:
         fields = (held_field(identifier(user, "user id")), bought_field(user))
-        return self._counts(self.redis.hmget(self._sku_key(sku), fields))
+        key = self.keys.for_bucket(sku, home_bucket(user, self.buckets_of(sku))).sku(sku)
+        return self._counts(self.redis.hmget(key, fields))
 
     def queue_figures(self, sku: str) -> QueueFigures:
         """A waiting room's line, live admissions, counts and time in line, read in one round trip."""
@@ -615,9 +716,47 @@ class AsyncEngine(_Common):
             await self.load_scripts()
             return await self.redis.evalsha(sha, len(call.keys), *call.keys, *call.args)
 
+    async def _drive(self, plan: Plan[T]) -> T:
+        """Runs a plan of several script calls (engine/buckets.py); a list step's calls concurrently."""
+        outcome: Any = None
+        try:
+            while True:
+                step = plan.send(outcome)
+                if isinstance(step, list):
+                    outcome = list(await asyncio.gather(*(self._outcome(c) for c in step)))
+                else:
+                    outcome = await self._outcome(step)
+        except StopIteration as done:
+            return cast(T, done.value)
+
+    async def _outcome(self, call: Call[Any]) -> Any:
+        try:
+            return await self._run(call)
+        except FlashSaleError as error:
+            return error
+
+    async def _hmget(self, key: str, fields: tuple[str, ...]) -> list[Any]:
+        if self._router is not None:
+            return list(await self._read(key, "HMGET", key, *fields))
+        return list(await self.redis.hmget(key, fields))
+
+    async def buckets_of(self, sku: str) -> int:
+        """The SKU's stock bucket count (1 when it has no sale yet)."""
+        known = self._buckets.get(sku)
+        if known is None:
+            known = self._learnt_buckets(sku, await self._hmget(self._sku_key(sku), ("available", "buckets")))
+        return known
+
     # -- state changes: one script each -------------------------------------------------------------------
-    async def load_sale(self, settings: SaleSettings) -> Sale:
-        return await self._run(self.ops.load_sale(settings))
+    async def load_sale(self, settings: SaleSettings, *, buckets: int | None = None) -> Sale:
+        """Creates or changes a sale; ``buckets`` > 1 splits a new sale's stock (engine/buckets.py)."""
+        count = buckets or await self.buckets_of(settings.sku)
+        if not 1 <= count <= self.config.partitions:
+            raise InvalidArgument(f"buckets must be 1..{self.config.partitions} (one partition each)")
+        if count == 1:
+            return await self._run(self.ops.load_sale(settings))
+        await self._drive(stock_buckets.load_sale(self.ops, settings, count))
+        return await self.get_sale(settings.sku)
 
     async def reserve(
         self,
@@ -628,9 +767,15 @@ class AsyncEngine(_Common):
         idempotency_key: str | None = None,
         rate: RateLimit | None = None,
     ) -> Reservation:
-        return await self._run(self.ops.reserve(sku, user, quantity, idempotency_key, rate))
+        count = self._buckets.get(sku) or await self.buckets_of(sku)
+        if count == 1:
+            return await self._run(self.ops.reserve(sku, user, quantity, idempotency_key, rate))
+        plan = stock_buckets.reserve(self.ops, sku, user, quantity, idempotency_key, rate, count)
+        return await self._drive(plan)
 
     async def set_waiting_room(self, sku: str, room: WaitingRoom) -> Sale:
+        if room.on and await self.buckets_of(sku) > 1:
+            raise InvalidArgument(_NO_ROOM_WITH_BUCKETS)
         return await self._run(self.ops.set_waiting_room(sku, room))
 
     async def join_queue(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:
@@ -674,7 +819,15 @@ class AsyncEngine(_Common):
         return await self._run(self.ops.fulfil_order(order_id))
 
     async def restock(self, sku: str, delta: int) -> Sale:
-        return await self._run(self.ops.restock(sku, delta))
+        count = await self.buckets_of(sku)
+        if count == 1:
+            return await self._run(self.ops.restock(sku, delta))
+        await self._drive(stock_buckets.restock(self.ops, sku, delta, count))
+        return await self.get_sale(sku)
+
+    async def finish_transfers(self, partition: int, grace_ms: int = stock_buckets.TRANSFER_GRACE_MS) -> int:
+        """The sweeper's step for stock-bucket transfers of one partition (engine/buckets.py)."""
+        return await self._drive(stock_buckets.finish_transfers(self.ops, partition, grace_ms))
 
     async def noop(self, sku: str) -> int:
         return await self._run(self.ops.noop(sku))
@@ -687,10 +840,12 @@ class AsyncEngine(_Common):
         return await self._router.command(key, *command)
 
     async def get_sale(self, sku: str) -> Sale:
-        key = self._sku_key(sku)
-        if self._router is not None:
-            return self._sale(await self._read(key, "HMGET", key, *SALE_AND_ROOM_FIELDS), sku)
-        return self._sale(await self.redis.hmget(key, SALE_AND_ROOM_FIELDS), sku)
+        sale = self._sale(await self._hmget(self._sku_key(sku), SALE_AND_ROOM_FIELDS), sku)
+        if sale.buckets == 1:
+            return sale
+        keys = self._bucket_sku_keys(sku, sale.buckets)
+        others = await asyncio.gather(*(self._hmget(key, ("available", "reserved", "sold")) for key in keys))
+        return self._summed(sale, list(others))
 
     async def list_sales(self) -> list[Sale]:
         """Every SKU's sale, sorted by SKU: two pipelined round trips (catalogs, then sales); on a cluster
@@ -702,14 +857,16 @@ class AsyncEngine(_Common):
             rows = await asyncio.gather(
                 *(self._read(key, "HMGET", key, *SALE_AND_ROOM_FIELDS) for key in keys)
             )
-            return [sale for values in rows if (sale := sale_from_values(values)) is not None]
+            sales = [sale for values in rows if (sale := sale_from_values(values)) is not None]
+            return [await self.get_sale(sale.sku) if sale.buckets > 1 else sale for sale in sales]
         catalogs = self.redis.pipeline(transaction=False)
         for p in self.keys.all():
             catalogs.smembers(p.catalog())
         pipe = self.redis.pipeline(transaction=False)
         for sku in self._catalog(await catalogs.execute()):
             pipe.hmget(self.keys.for_sku(sku).sku(sku), SALE_AND_ROOM_FIELDS)
-        return [sale for values in await pipe.execute() if (sale := sale_from_values(values)) is not None]
+        sales = [sale for values in await pipe.execute() if (sale := sale_from_values(values)) is not None]
+        return [await self.get_sale(sale.sku) if sale.buckets > 1 else sale for sale in sales]
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         open_holds, ended = self._reservation_keys(reservation_id)
@@ -733,10 +890,8 @@ class AsyncEngine(_Common):
 
     async def user_counts(self, sku: str, user: str) -> UserCounts:
         fields = (held_field(identifier(user, "user id")), bought_field(user))
-        key = self._sku_key(sku)
-        if self._router is not None:
-            return self._counts(await self._read(key, "HMGET", key, *fields))
-        return self._counts(await self.redis.hmget(key, fields))
+        key = self.keys.for_bucket(sku, home_bucket(user, await self.buckets_of(sku))).sku(sku)
+        return self._counts(await self._hmget(key, fields))
 
     async def queue_figures(self, sku: str) -> QueueFigures:
         """A waiting room's line, live admissions, counts and time in line (one Redis)."""

@@ -119,6 +119,13 @@ class NotReplicated(FlashSaleError):
     code = "NOT_REPLICATED"
 
 
+class TransferLate(FlashSaleError):
+    """A stock-bucket transfer's deposit came past its deadline: the sweeper finishes it (engine/buckets.py).
+    Handled inside the engine; never an answer to a shopper."""
+
+    code = "TRANSFER_LATE"
+
+
 _RETRY_IN = re.compile(r"in (\d+) ms")
 
 ERRORS_BY_CODE: dict[str, type[FlashSaleError]] = {
@@ -142,6 +149,7 @@ ERRORS_BY_CODE: dict[str, type[FlashSaleError]] = {
         QueueClosed,
         QueueNotOpen,
         NotInQueue,
+        TransferLate,
     )
 }
 

@@ -36,22 +36,18 @@ class EventType(StrEnum):
     WAITING_ROOM_SET = "waiting_room_set"
     QUEUE_ADMITTED = "queue_admitted"
     QUEUE_CLOSED = "queue_closed"
+    # A hot SKU's stock buckets (engine/buckets.py): a bucket other than 0 made or changed, and units
+    # moved between buckets (withdrawn from one, deposited into another).
+    BUCKET_SET = "bucket_set"
+    TRANSFERRED_OUT = "transferred_out"
+    TRANSFERRED_IN = "transferred_in"
 
 
 # What each event's array holds after [type, sku, at], in order.
+_PRICES = ("name", "price_cents", "flash_price_cents")
+_RULES = ("per_user_limit", "starts_at", "ends_at", "reservation_ttl_ms", "paused")
 LAYOUT: dict[EventType, tuple[str, ...]] = {
-    EventType.SALE_LOADED: (
-        "delta",
-        "name",
-        "price_cents",
-        "flash_price_cents",
-        "total",
-        "per_user_limit",
-        "starts_at",
-        "ends_at",
-        "reservation_ttl_ms",
-        "paused",
-    ),
+    EventType.SALE_LOADED: ("delta", *_PRICES, "total", *_RULES),
     EventType.RESTOCKED: ("delta", "total"),
     # A hold expires at `at` + its ttl: the ttl is shorter to carry than the moment.
     EventType.RESERVED: ("reservation_id", "user", "quantity", "ttl_ms"),
@@ -82,6 +78,9 @@ LAYOUT: dict[EventType, tuple[str, ...]] = {
     ),
     EventType.QUEUE_ADMITTED: ("count", "users"),
     EventType.QUEUE_CLOSED: ("count",),
+    EventType.BUCKET_SET: ("bucket", "buckets", *_PRICES, *_RULES),
+    EventType.TRANSFERRED_OUT: ("transfer_id", "from_bucket", "to_bucket", "quantity"),
+    EventType.TRANSFERRED_IN: ("transfer_id", "from_bucket", "to_bucket", "quantity"),
 }
 
 
@@ -126,6 +125,11 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
     admission_ttl_ms: int | None = None
     count: int | None = None
     users: list[str] | None = None
+    bucket: int | None = None
+    buckets: int | None = None
+    transfer_id: str | None = None
+    from_bucket: int | None = None
+    to_bucket: int | None = None
 
 
 _decode_body = msgspec.json.Decoder(list[Any]).decode
@@ -175,6 +179,8 @@ class Effect:
     reserved: int = 0
     sold: int = 0
     total: int = 0
+    # Units withdrawn from one stock bucket and not yet deposited into another (engine/buckets.py).
+    moving: int = 0
     held: int = 0
     bought: int = 0
     reservation: dict[str, Any] | None = None
@@ -182,6 +188,9 @@ class Effect:
     order: dict[str, Any] | None = None
     order_created: bool = False
     product: dict[str, Any] | None = None
+    # A product (and inventory row) to create when missing, never to change: a stock bucket's settings
+    # copy, whose partition may be applied before the SKU's own (bucket 0's sale_loaded sets the product).
+    product_if_missing: dict[str, Any] | None = None
     # A waiting room's settings it sets; shoppers it admitted, and sent away (sold out).
     waiting_room: dict[str, Any] | None = None
     admitted: int = 0
@@ -194,26 +203,30 @@ def _q(e: Event) -> int:
     return e.quantity
 
 
+def _settings(e: Event, total: int | None) -> dict[str, Any]:
+    """A product's fields as a sale_loaded (or a bucket's bucket_set) event sets them."""
+    return {
+        "name": e.name,
+        "price_cents": e.price_cents,
+        "flash_price_cents": e.flash_price_cents,
+        "total": total,
+        "per_user_limit": e.per_user_limit,
+        "starts_at": e.starts_at,
+        "ends_at": e.ends_at,
+        "reservation_ttl_ms": e.reservation_ttl_ms,
+        "paused": e.paused,
+        "created_at": e.at,
+        "updated_at": e.at,
+    }
+
+
 def effect(e: Event) -> Effect:
     """What ``e`` did: the one definition every reader of the log uses."""
     at = e.at
     match e.type:
         case EventType.SALE_LOADED:
             delta = e.delta or 0
-            product = {
-                "name": e.name,
-                "price_cents": e.price_cents,
-                "flash_price_cents": e.flash_price_cents,
-                "total": e.total,
-                "per_user_limit": e.per_user_limit,
-                "starts_at": e.starts_at,
-                "ends_at": e.ends_at,
-                "reservation_ttl_ms": e.reservation_ttl_ms,
-                "paused": e.paused,
-                "created_at": at,
-                "updated_at": at,
-            }
-            return Effect(available=delta, total=delta, product=product)
+            return Effect(available=delta, total=delta, product=_settings(e, e.total))
         case EventType.RESTOCKED:
             delta = e.delta or 0
             return Effect(available=delta, total=delta, product={"total": e.total, "updated_at": at})
@@ -307,6 +320,14 @@ def effect(e: Event) -> Effect:
             return Effect(admitted=e.count or 0, waiting_room={"updated_at": at})
         case EventType.QUEUE_CLOSED:
             return Effect(sent_away=e.count or 0, waiting_room={"updated_at": at})
+        case EventType.BUCKET_SET:
+            return Effect(product_if_missing=_settings(e, 0))
+        case EventType.TRANSFERRED_OUT:
+            q = _q(e)
+            return Effect(available=-q, moving=q)
+        case EventType.TRANSFERRED_IN:
+            q = _q(e)
+            return Effect(available=q, moving=-q)
     raise UnknownEvent(
         f"event {e.id} has no known effect ({e.type})"
     )  # pragma: no cover - enum is exhaustive
@@ -320,12 +341,14 @@ class Counters(msgspec.Struct, kw_only=True):
     available: int = 0
     reserved: int = 0
     sold: int = 0
+    moving: int = 0
 
     def add(self, change: Effect) -> None:
         self.available += change.available
         self.reserved += change.reserved
         self.sold += change.sold
         self.total += change.total
+        self.moving += change.moving
 
 
 @dataclass(slots=True)
@@ -344,6 +367,7 @@ class Fold:
     counters: dict[str, Counters] = field(default_factory=dict)  # sku -> summed deltas
     users: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (sku, user) -> [held, bought]
     products: dict[str, Change] = field(default_factory=dict)
+    products_if_missing: dict[str, Change] = field(default_factory=dict)  # stock buckets' settings copies
     reservations: dict[str, Change] = field(default_factory=dict)
     orders: dict[str, Change] = field(default_factory=dict)
     events_per_sku: dict[str, int] = field(default_factory=dict)
@@ -366,6 +390,8 @@ class Fold:
             counts[1] += change.bought
         if change.product is not None:
             _merge(self.products, e.sku, change.product, e.type == EventType.SALE_LOADED)
+        if change.product_if_missing is not None and e.sku not in self.products_if_missing:
+            self.products_if_missing[e.sku] = Change(e.sku, True, dict(change.product_if_missing))
         if change.reservation is not None and e.reservation_id is not None:
             _merge(self.reservations, e.reservation_id, change.reservation, change.reservation_created)
         if change.order is not None and e.order_id is not None:

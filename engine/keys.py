@@ -32,6 +32,10 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
     fs:{p3}:wr:lease:<sku>     string  the worker admitting shoppers to this SKU's sale (a lease)
     fs:{p3}:rl:<user>          string  the user's request-rate bucket in this partition (GCRA: the next
                                        allowed moment), expiring when the bucket is full again
+    fs:{p3}:moves:out          hash    stock-bucket transfers this partition's bucket gave and the receiver
+                                       has not yet confirmed: id -> "sku to_bucket units at" (the ledger)
+    fs:{p3}:moves:in           hash    transfers this partition's bucket received: id -> "sku from_bucket
+                                       units at" (receipts: a transfer is deposited once) (engine/buckets.py)
     fs:{p3}:stock              channel (pub/sub, not a key) a SKU id, published by a script that may have
                                        made a sold-out SKU reservable again (lua/includes/stock.lua)
     fs:{p3}:writeback:lease    string  the write-behind worker holding the partition (a lease)
@@ -40,6 +44,9 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
     fs:writeback:worker:<id>   string  the partitions a worker holds, expiring with the worker
     fs:{layout}                hash    partitions: the partition count this keyspace was laid out with,
                                        written by the first process, checked by every later one
+
+A SKU split into stock buckets (engine/buckets.py) keeps bucket b under the same key names in partition
+``(partition_of(sku) + b) % partitions``: each bucket is a sale of its own to every script.
 
 Reservation and order ids carry their partition (``rsv_3_…``, ``ord_3_…``), so a lookup by id needs no index.
 
@@ -115,6 +122,14 @@ class Partition:
         message); every API process listens to drop its "sold out" flags (api/soldout.py)."""
         return f"{self.tag}stock"
 
+    def transfers_out(self) -> str:
+        """The ledger of stock-bucket transfers this partition gave and has not yet seen deposited."""
+        return f"{self.tag}moves:out"
+
+    def transfers_in(self) -> str:
+        """The receipts of stock-bucket transfers this partition received (each deposited once)."""
+        return f"{self.tag}moves:in"
+
     def writeback_lease(self) -> str:
         return f"{self.tag}writeback:lease"
 
@@ -182,6 +197,14 @@ class Keyspace:
 
     def for_sku(self, sku: str) -> Partition:
         return self._all[zlib.crc32(sku.encode()) % self.partitions]
+
+    def for_bucket(self, sku: str, bucket: int) -> Partition:
+        """The partition of a SKU's stock bucket ``bucket`` (0: the SKU's own partition)."""
+        return self._all[(zlib.crc32(sku.encode()) + bucket) % self.partitions]
+
+    def bucket_of(self, sku: str, partition: int) -> int:
+        """Which stock bucket of ``sku`` lives in ``partition`` (0 for a SKU without buckets)."""
+        return (partition - zlib.crc32(sku.encode())) % self.partitions
 
     def for_id(self, entity_id: str) -> Partition | None:
         """The partition an id was minted in, or None when the id is not one of ours (one strict ASCII
@@ -264,6 +287,17 @@ def _random_part() -> str:
 
 def new_reservation_id(partition: Partition) -> str:
     return f"rsv_{partition.index}_{_random_part()}"
+
+
+def new_transfer_id(partition: Partition) -> str:
+    """A stock-bucket transfer's id, minted in the giving bucket's partition."""
+    return f"mv_{partition.index}_{_random_part()}"
+
+
+def home_bucket(user: str, buckets: int) -> int:
+    """The stock bucket a user's reservations of a bucketed SKU go to: always the same one, so that the
+    user's held and bought counts live in one hash and the per-user limit stays exact."""
+    return zlib.crc32(user.encode()) % buckets if buckets > 1 else 0
 
 
 def new_order_id(partition: Partition) -> str:

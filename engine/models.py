@@ -71,6 +71,11 @@ class Sale(msgspec.Struct, kw_only=True, frozen=True):
     created_at: int
     updated_at: int
     waiting_room: WaitingRoom | None = None
+    # A hot SKU's stock split into buckets on different partitions (engine/buckets.py): the counters
+    # above are the sums over its buckets, and ``moving`` the units between two buckets right now
+    # (available + reserved + sold + moving == total).
+    buckets: int = 1
+    moving: int = 0
 
 
 class WaitingRoom(msgspec.Struct, kw_only=True, frozen=True):
@@ -259,12 +264,15 @@ SALE_FIELDS = (
 
 # The waiting room's fields of a SKU hash (lua/includes/waiting_room.lua), read with the sale's own.
 WAITING_ROOM_FIELDS = ("waiting_room", "wr_opens_at", "wr_rate", "wr_stock_factor", "wr_admission_ttl_ms")
-SALE_AND_ROOM_FIELDS = SALE_FIELDS + WAITING_ROOM_FIELDS
+# A stock bucket's fields (lua/load_sale.lua): how many buckets, which one this hash is, units moved in - out.
+BUCKET_FIELDS = ("buckets", "bucket", "moved")
+SALE_AND_ROOM_FIELDS = SALE_FIELDS + WAITING_ROOM_FIELDS + BUCKET_FIELDS
 
 
 def sale_from_fields(fields: Mapping[Any, Any]) -> Sale:
     """A Sale from a mapping of the SKU hash's fields (SALE_AND_ROOM_FIELDS; missing ones None)."""
-    values = {name: fields.get(name) for name in SALE_FIELDS}
+    values: dict[str, Any] = {name: fields.get(name) for name in SALE_FIELDS}
+    values["buckets"] = int(fields.get("buckets") or 1)
     room: list[Any] = [fields.get(name) for name in WAITING_ROOM_FIELDS]
     if room[0] is not None:
         values["waiting_room"] = WaitingRoom(

@@ -66,7 +66,7 @@ MAX_KEY_ROUNDS = 8
 KNOWN_ENTITIES = 65_536
 
 
-def _remember(known: dict[str, Any], key: str, value: Any) -> None:
+def remember(known: dict[str, Any], key: str, value: Any) -> None:
     known[key] = value
     if len(known) > KNOWN_ENTITIES:
         with contextlib.suppress(KeyError, StopIteration, RuntimeError):  # another thread got there first
@@ -94,6 +94,15 @@ def text(value: str, what: str) -> str:
 
 def _sale(reply: Any) -> Sale:
     return sale_from_pairs(reply)
+
+
+def _pair(reply: Any) -> tuple[int, int]:
+    return int(reply[0]), int(reply[1])
+
+
+def _entries(reply: Any) -> list[tuple[str, str]]:
+    as_text = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+    return list(zip(as_text[::2], as_text[1::2], strict=True))
 
 
 def _admit_step(reply: Any) -> AdmitStep:
@@ -161,12 +170,12 @@ class Operations:
         self._order_of: dict[str, tuple[str, str]] = {}
 
     def _reservation(self, reservation: Reservation) -> Reservation:
-        _remember(self._sku_of, reservation.id, reservation.sku)
+        remember(self._sku_of, reservation.id, reservation.sku)
         return reservation
 
     def _order(self, reply: Any) -> Order:
         order = from_pairs(reply, Order)
-        _remember(self._order_of, order.id, (order.reservation_id, order.sku))
+        remember(self._order_of, order.id, (order.reservation_id, order.sku))
         return order
 
     def _hold_keys(self, p: Partition, reservation_id: str) -> tuple[str, ...]:
@@ -199,11 +208,13 @@ class Operations:
             (ttl, idempotency_field(operation, scope, user, key)),
         )
 
-    def load_sale(self, settings: SaleSettings) -> Call[Sale]:
-        p = self.keys.for_sku(identifier(settings.sku, "sku"))
-        return Call(
-            "load_sale", (p.sku(settings.sku), p.events(), p.catalog()), tuple(settings.as_pairs()), _sale
-        )
+    def load_sale(self, settings: SaleSettings, bucket: int = 0, buckets: int = 1) -> Call[Sale]:
+        """Creates or changes a sale; with ``buckets`` > 1, its stock bucket ``bucket`` (engine/buckets)."""
+        p = self.keys.for_bucket(identifier(settings.sku, "sku"), bucket)
+        pairs = settings.as_pairs()
+        if buckets > 1:
+            pairs += ["buckets", str(buckets), "bucket", str(bucket)]
+        return Call("load_sale", (p.sku(settings.sku), p.events(), p.catalog()), tuple(pairs), _sale)
 
     def reserve(
         self,
@@ -212,8 +223,9 @@ class Operations:
         quantity: int,
         idempotency_key: str | None,
         rate: RateLimit | None = None,
+        bucket: int = 0,
     ) -> Call[Reservation]:
-        p = self.keys.for_sku(identifier(sku, "sku"))
+        p = self.keys.for_bucket(identifier(sku, "sku"), bucket) if bucket else self.keys.for_sku(sku)
         identifier(user, "user id")
         rid = new_reservation_id(p)
         keys: tuple[str, ...] = (p.sku(sku), p.holds(sku), p.events(), p.open_holds(), p.admitted(sku))
@@ -348,6 +360,48 @@ class Operations:
     def restock(self, sku: str, delta: int) -> Call[Sale]:
         p = self.keys.for_sku(identifier(sku, "sku"))
         return Call("restock", (p.sku(sku), p.events()), (str(delta),), _sale)
+
+    # -- stock buckets (engine/buckets.py) ----------------------------------------------------------------
+    def bucket_stock(self, sku: str, bucket: int) -> Call[tuple[int, int]]:
+        """A bucket's available units, ms until its first hold ends (-1: none); (-1, -1): no bucket."""
+        p = self.keys.for_bucket(sku, bucket)
+        return Call("bucket_stock", (p.sku(sku), p.holds(sku)), (), _pair)
+
+    def transfer_out(
+        self, sku: str, bucket: int, transfer_id: str, to: int, most: int
+    ) -> Call[tuple[int, int]]:
+        """Withdraws up to ``most`` units from ``bucket`` for bucket ``to``: (units, at ms)."""
+        p = self.keys.for_bucket(sku, bucket)
+        return Call(
+            "transfer_out",
+            (p.sku(sku), p.events(), p.transfers_out()),
+            (transfer_id, str(to), str(most)),
+            _pair,
+        )
+
+    def transfer_in(
+        self, sku: str, bucket: int, transfer_id: str, source: int, units: int, at: int, deadline_ms: int
+    ) -> Call[int]:
+        """Deposits a withdrawn transfer into ``bucket``, once; TRANSFER_LATE past ``deadline_ms``."""
+        p = self.keys.for_bucket(sku, bucket)
+        return Call(
+            "transfer_in",
+            (p.sku(sku), p.events(), p.transfers_in()),
+            (transfer_id, str(source), str(units), str(at), str(deadline_ms)),
+            _count,
+        )
+
+    def transfer_done(self, hash_key: str, transfer_id: str) -> Call[int]:
+        """Drops a transfer from a ledger (the giver's, once deposited) or a receipts hash (when pruned)."""
+        return Call("transfer_done", (hash_key,), (transfer_id,), _count)
+
+    def transfer_pending(self, ledger_key: str, transfer_id: str) -> Call[int]:
+        """1 while a transfer is in its giver's ledger, else 0."""
+        return Call("transfer_pending", (ledger_key,), (transfer_id,), _count)
+
+    def transfers_due(self, hash_key: str, older_than_ms: int) -> Call[list[tuple[str, str]]]:
+        """The entries of a ledger or receipts hash older than ``older_than_ms``: [(transfer id, record)]."""
+        return Call("transfers_due", (hash_key,), (str(older_than_ms),), _entries)
 
     def noop(self, sku: str) -> Call[int]:
         p = self.keys.for_sku(sku)

@@ -41,6 +41,12 @@ SCRIPT_NAMES = (
     "queue_join",
     "queue_status",
     "queue_admit",
+    "bucket_stock",
+    "transfer_out",
+    "transfer_in",
+    "transfer_done",
+    "transfers_due",
+    "transfer_pending",
 )
 
 

@@ -13,6 +13,8 @@ SKU per line) with these fields per SKU:
                              ("now", "now+10m", "now-1h", "now+2d"); empty = no bound
     reservation_ttl_s        how long a hold lasts, in seconds (or reservation_ttl_ms)
     paused                   true/false
+    buckets                  a hot SKU's stock split into this many buckets on different partitions
+                             (README, Stock buckets; default 1); set when the SKU is created, fixed after
     waiting_room             a waiting room in front of the sale (README, Waiting room): in JSON an object
                              {"admit_per_s": 50, "opens_at": "now", "stock_factor": 0, "admission_s": 120},
                              or false to turn one off; in CSV the columns waiting_room_admit_per_s,
@@ -52,7 +54,7 @@ _FIELDS = {
     "sku", "name", "price", "price_cents", "flash_price", "flash_price_cents", "stock", "total",
     "per_user_limit", "starts_at", "ends_at", "reservation_ttl_s", "reservation_ttl_ms", "paused",
     "waiting_room", "waiting_room_admit_per_s", "waiting_room_opens_at", "waiting_room_stock_factor",
-    "waiting_room_admission_s",
+    "waiting_room_admission_s", "buckets",
 }  # fmt: skip
 # The load_sale script's bounds (engine/bounds.py, which the script gets as its 'bounds' include), checked
 # here as well so that a file is refused whole instead of half loaded.
@@ -60,9 +62,9 @@ LIMITS = {
     "price_cents": bounds.MAX_PRICE_CENTS, "flash_price_cents": bounds.MAX_PRICE_CENTS,
     "total": bounds.MAX_UNITS, "per_user_limit": bounds.MAX_PER_USER_LIMIT,
     "starts_at": bounds.MAX_TIME_MS, "ends_at": bounds.MAX_TIME_MS,
-    "reservation_ttl_ms": bounds.MAX_RESERVATION_TTL_MS, "paused": 1,
+    "reservation_ttl_ms": bounds.MAX_RESERVATION_TTL_MS, "paused": 1, "buckets": bounds.MAX_BUCKETS,
 }  # fmt: skip
-MINIMUM = {"per_user_limit": 1, "reservation_ttl_ms": bounds.MIN_RESERVATION_TTL_MS}
+MINIMUM = {"per_user_limit": 1, "reservation_ttl_ms": bounds.MIN_RESERVATION_TTL_MS, "buckets": 1}
 
 
 class SaleFileError(ValueError):
@@ -249,6 +251,17 @@ def _settings(record: dict[str, Any], sku: str, now_ms: int) -> SaleSettings:
     )
 
 
+def stock_buckets(record: dict[str, Any]) -> int | None:
+    """A record's stock bucket count (None: not given, the sale keeps its own), checked."""
+    value = record.get("buckets")
+    if value in (None, ""):
+        return None
+    text = str(value).strip()
+    if not _EPOCH_MS.fullmatch(text) or not MINIMUM["buckets"] <= int(text) <= LIMITS["buckets"]:
+        raise SaleFileError(f"buckets must be an integer from 1 to {LIMITS['buckets']}")
+    return int(text)
+
+
 def waiting_room(record: dict[str, Any], now_ms: int) -> WaitingRoom | None:
     """A record's waiting room (None: the record says nothing of one), checked; raises SaleFileError."""
     sku = str(record.get("sku", "")).strip()
@@ -345,6 +358,8 @@ def load_sales(engine: Engine, records: list[dict[str, Any]]) -> list[Sale]:
     if not sales:
         raise SaleFileError("the sale file has no SKUs")
     rooms = [waiting_room(record, now_ms) for record in records]
+    for record in records:
+        stock_buckets(record)
     check_against_live(engine, sales)
     for settings, room in zip(sales, rooms, strict=True):
         starts_at = settings.starts_at
@@ -355,7 +370,10 @@ def load_sales(engine: Engine, records: list[dict[str, Any]]) -> list[Sale]:
                 starts_at = 0
         if room is not None and room.on and room.opens_at and starts_at and room.opens_at >= starts_at:
             raise SaleFileError(f"sku {settings.sku!r}: the waiting room must open before the sale starts")
-    loaded = [engine.load_sale(settings) for settings in sales]
+    loaded = [
+        engine.load_sale(settings, buckets=stock_buckets(record))
+        for settings, record in zip(sales, records, strict=True)
+    ]
     return [
         sale if room is None else engine.set_waiting_room(sale.sku, room)
         for sale, room in zip(loaded, rooms, strict=True)

@@ -48,6 +48,24 @@ ON CONFLICT (sku_id) DO UPDATE SET
   is_active = EXCLUDED.is_active,
   updated_at = EXCLUDED.updated_at;
 
+-- name: insert_products_if_missing --
+-- Creates products from a stock bucket's settings copy (bucket_set events) when the SKU's own partition
+-- has not created them yet; never changes one (bucket 0's sale_loaded is the product's record).
+INSERT INTO products (
+  sku_id, name, base_price_cents, flash_sale_price_cents, total_inventory, per_user_limit,
+  starts_at, ends_at, reservation_ttl_ms, is_active, created_at, updated_at
+)
+SELECT u.sku_id, u.name, u.price_cents, u.flash_price_cents, u.total, u.per_user_limit,
+       ms_to_timestamptz(NULLIF(u.starts_at, 0)), ms_to_timestamptz(NULLIF(u.ends_at, 0)),
+       u.reservation_ttl_ms, NOT u.paused, ms_to_timestamptz(u.created_at), ms_to_timestamptz(u.at)
+FROM unnest(
+  %(sku_id)b::text[], %(name)b::text[], %(price_cents)b::bigint[], %(flash_price_cents)b::bigint[],
+  %(total)b::integer[], %(per_user_limit)b::integer[], %(starts_at)b::bigint[], %(ends_at)b::bigint[],
+  %(reservation_ttl_ms)b::bigint[], %(paused)b::boolean[], %(at)b::bigint[], %(created_at)b::bigint[]
+) AS u(sku_id, name, price_cents, flash_price_cents, total, per_user_limit, starts_at, ends_at,
+       reservation_ttl_ms, paused, at, created_at)
+ON CONFLICT (sku_id) DO NOTHING;
+
 -- name: update_product_totals --
 -- Sets the units on sale of products restocked without new settings (restocked events).
 UPDATE products AS p
@@ -100,12 +118,13 @@ UPDATE inventory AS i SET
   reserved_count = i.reserved_count + u.dr,
   sold_count = i.sold_count + u.ds,
   total_count = i.total_count + u.dt,
+  moving_count = i.moving_count + u.dm,
   version = i.version + u.events,
   updated_at = ms_to_timestamptz(u.at)
 FROM unnest(
   %(sku_id)b::text[], %(da)b::integer[], %(dr)b::integer[], %(ds)b::integer[], %(dt)b::integer[],
-  %(events)b::integer[], %(at)b::bigint[]
-) AS u(sku_id, da, dr, ds, dt, events, at)
+  %(dm)b::integer[], %(events)b::integer[], %(at)b::bigint[]
+) AS u(sku_id, da, dr, ds, dt, dm, events, at)
 WHERE i.sku_id = u.sku_id
 RETURNING i.sku_id;
 

@@ -44,26 +44,7 @@ class Batch:
         return [p for p in self.changes.products.values() if "name" in p.fields]
 
     def product_rows(self) -> dict[str, list[Any]]:
-        return _columns(
-            [
-                {
-                    "sku_id": p.id,
-                    "name": f["name"],
-                    "price_cents": f["price_cents"],
-                    "flash_price_cents": f["flash_price_cents"],
-                    "total": f["total"],
-                    "per_user_limit": f["per_user_limit"],
-                    "starts_at": f["starts_at"],
-                    "ends_at": f["ends_at"],
-                    "reservation_ttl_ms": f["reservation_ttl_ms"],
-                    "paused": bool(f["paused"]),
-                    "at": f["updated_at"],
-                    "created_at": f["created_at"],
-                }
-                for p in self._full_products()
-                for f in [p.fields]
-            ]
-        )
+        return _columns([_product_row(p) for p in self._full_products()])
 
     def product_total_rows(self) -> dict[str, list[Any]]:
         # Restocked without new settings in this batch: only the units on sale change.
@@ -75,8 +56,14 @@ class Batch:
             ]
         )
 
+    def products_if_missing_rows(self) -> dict[str, list[Any]]:
+        # A stock bucket's settings copy (bucket_set, total 0): creates the product only if its own
+        # partition (bucket 0's sale_loaded) has not been applied yet.
+        return _columns([_product_row(p) for p in self.changes.products_if_missing.values()])
+
     def new_inventory_rows(self) -> dict[str, list[Any]]:
-        return _columns([{"sku_id": p.id, "at": p.fields["updated_at"]} for p in self._full_products()])
+        created = [*self._full_products(), *self.changes.products_if_missing.values()]
+        return _columns([{"sku_id": p.id, "at": p.fields["updated_at"]} for p in created])
 
     def inventory_rows(self) -> dict[str, list[Any]]:
         # Sorted: rows are locked and updated in one fixed order, so two batches never deadlock.
@@ -88,6 +75,7 @@ class Batch:
                     "dr": c.reserved,
                     "ds": c.sold,
                     "dt": c.total,
+                    "dm": c.moving,
                     "events": self.changes.events_per_sku[sku],
                     "at": self.changes.last_at[sku],
                 }
@@ -209,6 +197,24 @@ class Batch:
                 for f in [o.fields]
             ]
         )
+
+
+def _product_row(p: Change) -> dict[str, Any]:
+    f = p.fields
+    return {
+        "sku_id": p.id,
+        "name": f["name"],
+        "price_cents": f["price_cents"],
+        "flash_price_cents": f["flash_price_cents"],
+        "total": f["total"],
+        "per_user_limit": f["per_user_limit"],
+        "starts_at": f["starts_at"],
+        "ends_at": f["ends_at"],
+        "reservation_ttl_ms": f["reservation_ttl_ms"],
+        "paused": bool(f["paused"]),
+        "at": f["updated_at"],
+        "created_at": f["created_at"],
+    }
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

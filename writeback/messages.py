@@ -83,6 +83,13 @@ class InventoryMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     reserved_delta: int
     sold_delta: int
     total_delta: int
+    # A hot SKU's stock buckets (engine/buckets.py): units put into (+) or taken out of (-) a move between
+    # two buckets, and the transfer's id and buckets. Each bucket's messages are in its order; two
+    # buckets' messages interleave as their partitions are drained (the key, the SKU, is the same).
+    moving_delta: int = 0
+    transfer_id: str | None = None
+    from_bucket: int | None = None
+    to_bucket: int | None = None
     total: int | None = None
     name: str | None = None
     price_cents: int | None = None
@@ -208,6 +215,10 @@ def messages(event: Event, topics: Topics) -> Iterator[tuple[str, bytes]]:
                     reserved_delta=change.reserved,
                     sold_delta=change.sold,
                     total_delta=change.total,
+                    moving_delta=change.moving,
+                    transfer_id=e.transfer_id,
+                    from_bucket=e.from_bucket,
+                    to_bucket=e.to_bucket,
                     total=product.get("total"),
                     name=product.get("name"),
                     price_cents=product.get("price_cents"),

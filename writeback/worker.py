@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-from flashsale.engine import AsyncEngine
+from flashsale.engine import AsyncEngine, FlashSaleError
 from flashsale.engine.client import async_redis_client, redis_client
 from flashsale.engine.events import Event, UnknownEvent, parse_entry, stream_id_key
 from flashsale.engine.nodes import AsyncClient
@@ -97,6 +97,7 @@ class WorkerStats:
     published_messages: int = 0  # Kafka messages (an event goes to one to three topics)
     batches: int = 0
     expired: int = 0  # reservations the sweeper ended
+    transfers_finished: int = 0  # stock-bucket transfers the sweeper finished after a crash cut them
     stalls: int = 0  # partitions stopped on an event a sink can never take (writeback.stalls)
     settled: int = 0  # payments settlement captured, voided, refunded or finalized
     admitted: int = 0  # shoppers the admitter let in
@@ -592,7 +593,18 @@ class Worker:
                         self.stats.expired += ended
                         if ended < self.settings.sweep_batch:
                             break
-                except (redis.RedisError, OSError) as error:  # OSError: TimeoutError too
+                    # Stock-bucket transfers a crash cut between their steps (engine/buckets.py).
+                    finish = self.engine.finish_transfers(p)
+                    finished = await asyncio.wait_for(finish, _SWEEP_TIMEOUT_S)
+                    if finished:
+                        self.stats.transfers_finished += finished
+                        log.warning(
+                            "event=transfers_finished worker=%s partition=%d transfers=%d",
+                            self.worker_id,
+                            p,
+                            finished,
+                        )
+                except (redis.RedisError, OSError, FlashSaleError) as error:  # OSError: TimeoutError too
                     log.warning(
                         "event=sweep_failed worker=%s partition=%d error=%r", self.worker_id, p, repr(error)
                     )

@@ -6,7 +6,7 @@
 
 local SALE_FIELDS = {'sku', 'name', 'price_cents', 'flash_price_cents', 'total', 'available', 'reserved', 'sold',
   'per_user_limit', 'starts_at', 'ends_at', 'reservation_ttl_ms', 'paused', 'created_at', 'updated_at',
-  'waiting_room', 'wr_opens_at', 'wr_rate', 'wr_stock_factor', 'wr_admission_ttl_ms'}
+  'waiting_room', 'wr_opens_at', 'wr_rate', 'wr_stock_factor', 'wr_admission_ttl_ms', 'buckets'}
 
 -- The sale as a flat field/value array.
 local function saleReply(skuKey)

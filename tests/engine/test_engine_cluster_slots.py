@@ -16,6 +16,7 @@ import pytest
 from engine_checks import keyspace, scripts_checking_keys, sku_in_partition
 from flashsale.engine import Engine, EngineConfig, SaleSettings
 from flashsale.engine.errors import FlashSaleError
+from flashsale.engine.keys import new_transfer_id
 from flashsale.engine.models import WaitingRoom
 from flashsale.engine.operations import Call, Operations, RateLimit
 from flashsale.engine.scripts import SCRIPT_NAMES, Script
@@ -54,6 +55,13 @@ def _calls_of_every_operation(ops: Operations, sku: str) -> dict[str, list[Call[
         "queue_join": [ops.queue_join(sku, "alice"), ops.queue_join(sku, "alice", RateLimit(5, 10))],
         "queue_status": [ops.queue_status(sku, "alice"), ops.queue_status(sku, "alice", RateLimit(5, 10))],
         "queue_admit": [ops.queue_admit(sku, "worker-1", 100)],
+        # Stock buckets (engine/buckets.py): each call is on one bucket, here bucket 0.
+        "bucket_stock": [ops.bucket_stock(sku, 0)],
+        "transfer_out": [ops.transfer_out(sku, 0, f"mv_{p.index}_x", 1, 5)],
+        "transfer_in": [ops.transfer_in(sku, 0, "mv_3_x", 1, 5, 1, 0)],
+        "transfer_done": [ops.transfer_done(p.transfers_out(), "mv_3_x")],
+        "transfer_pending": [ops.transfer_pending(p.transfers_out(), "mv_3_x")],
+        "transfers_due": [ops.transfers_due(p.transfers_in(), 0)],
     }
 
 
@@ -165,6 +173,25 @@ def _every_path(engine: Engine, run: Callable[[str, str, Callable[[], Any]], Any
         run("queue_status", sku, lambda sku=sku: engine.queue_status(sku, "hank", rate=RateLimit(5, 10)))
         run("reserve", sku, lambda sku=sku: engine.reserve(sku, "hank", rate=RateLimit(5, 10)))
     assert {_plain.id for _plain, *_ in held.values()}  # the scenario did hold units
+    # Stock buckets: each script on one bucket (a bucketed call as a whole spans partitions).
+    ops, do = engine.ops, engine._run
+    for sku in skus:
+        bucketed = f"{sku}-B"
+        while engine.keys.for_sku(bucketed) != engine.keys.for_sku(sku):
+            bucketed += "x"
+        engine.load_sale(SaleSettings(sku=bucketed, total=8), buckets=2)
+        run("bucket_stock", sku, lambda b=bucketed: do(ops.bucket_stock(b, 0)))
+        ledger = engine.keys.for_bucket(bucketed, 0).transfers_out()
+        tid = new_transfer_id(engine.keys.for_bucket(bucketed, 0))
+        run("transfer_out", sku, lambda b=bucketed, t=tid: do(ops.transfer_out(b, 0, t, 1, 1)))
+        # The deposit into bucket 0 of a transfer from bucket 1, withdrawn outside the check.
+        back = new_transfer_id(engine.keys.for_bucket(bucketed, 1))
+        units, at = do(ops.transfer_out(bucketed, 1, back, 0, 1))
+        deposit = ops.transfer_in(bucketed, 0, back, 1, units, at, 0)
+        run("transfer_in", sku, lambda deposit=deposit: do(deposit))
+        run("transfer_pending", sku, lambda t=tid, k=ledger: do(ops.transfer_pending(k, t)))
+        run("transfers_due", sku, lambda k=ledger: do(ops.transfers_due(k, 0)))
+        run("transfer_done", sku, lambda t=tid, k=ledger: do(ops.transfer_done(k, t)))
 
 
 def test_the_keys_the_scripts_build_themselves_share_the_slot_of_the_call(graceless_engine: Engine) -> None:

@@ -45,6 +45,9 @@ def test_every_type_has_a_layout_and_an_effect() -> None:
         "waiting_room_set": (1, 0, 50, 2, 120_000),
         "queue_admitted": (2, ["alice", "bob"]),
         "queue_closed": (7,),
+        "bucket_set": (2, 4, "Mug", 1200, 500, 2, 0, 0, 120_000, 0),
+        "transferred_out": ("mv_3_a", 0, 2, 5),
+        "transferred_in": ("mv_3_a", 0, 2, 5),
     }
     assert set(samples) == {t.value for t in EventType}
     for kind, fields in samples.items():
@@ -192,3 +195,18 @@ def test_a_message_carries_the_events_stable_id_its_status_and_its_deltas() -> N
     assert bodies["inventory"]["sold_delta"] == 2
     assert {b["event_id"] for b in bodies.values()} == {f"3-{AT}-0"}
     assert {b["sku_id"] for b in bodies.values()} == {"SKU-1"}
+
+
+def test_a_transfer_between_stock_buckets_moves_units_and_leaves_the_total_alone() -> None:
+    out, into = event("transferred_out", "mv_3_a", 0, 2, 5), event("transferred_in", "mv_3_a", 0, 2, 5)
+    assert (effect(out).available, effect(out).moving, effect(out).total) == (-5, 5, 0)
+    assert (effect(into).available, effect(into).moving, effect(into).total) == (5, -5, 0)
+    counters = replay([event(*SALE), out, into])["SKU-1"]
+    assert (counters.total, counters.available, counters.moving) == (10, 10, 0)
+    # A bucket's settings copy creates the product only when missing, with no units of its own.
+    copy = effect(event("bucket_set", 2, 4, "Mug", 1200, 500, 2, 0, 0, 120_000, 0))
+    assert copy.product is None
+    assert copy.product_if_missing is not None
+    assert copy.product_if_missing["total"] == 0
+    inventory = [m for t, m in messages(out, TOPICS) if t == "inventory"]
+    assert json.loads(inventory[0])["moving_delta"] == 5

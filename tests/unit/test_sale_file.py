@@ -68,7 +68,7 @@ class StandInEngine:
             raise NotFound(f"no sale for sku {sku!r}")
         return self.sales[sku]
 
-    def load_sale(self, given: SaleSettings) -> Sale:
+    def load_sale(self, given: SaleSettings, *, buckets: int | None = None) -> Sale:
         self.loaded.append(given)
         return live_sale(given.sku, total=given.total or 0)
 

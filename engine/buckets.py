@@ -1,0 +1,190 @@
+"""A hot SKU's stock split into buckets on different partitions, so one SKU is not capped by one Redis core.
+
+A sale created with ``buckets`` = B > 1 keeps bucket b under the SKU's usual key names in partition
+``(partition_of(sku) + b) % partitions`` (``Keyspace.for_bucket``): to every script a bucket is a sale of
+its own, with its own available/reserved/sold, holds, user counts and stream, so reserve, checkout,
+release, expiry and cancel run unchanged on the bucket that holds the reservation (its id carries the
+partition). Bucket 0 is the sale's record: its ``total`` is the SKU's total and its changes emit
+``sale_loaded``; the others start empty and emit ``bucket_set``. Each bucket's ``moved`` is the units it
+received minus those it gave, so in each hash ``total + moved == available + reserved + sold``.
+
+**Routing.** A user's reservations go to their home bucket, ``crc32(user) % B`` (``keys.home_bucket``), so
+their held and bought counts live in one hash and the per-user limit stays exact and atomic.
+
+**Transfers.** When the home bucket refuses OUT_OF_STOCK, the engine reads every bucket's stock
+(``bucket_stock``) and moves units from the richest ones to the home bucket in three steps, each one
+script: ``transfer_out`` on the giver (units leave its available, a ledger entry records where they go,
+idempotent by transfer id), ``transfer_in`` on the receiver (deposited once: a receipt), ``transfer_done``
+on the giver (the ledger entry goes). Then it reserves on the home bucket again. Between the first and the
+second step the units are *moving*: for every SKU at every moment
+``sum over buckets of (available + reserved + sold) + moving == total``, where ``moving`` is the ledger
+entries without a receipt. A crash between steps leaves a ledger entry; the sweeper (``finish_transfers``)
+deposits it (at most once, by the receipt) once it is ``TRANSFER_GRACE_MS`` old, and a caller may deposit
+only within ``TRANSFER_DEADLINE_MS`` of the withdrawal, so the two never race. A receipt is forgotten
+only after ``RECEIPT_TTL_MS`` and only once its ledger entry is gone, when no deposit can come again.
+
+**The bound.** A reserve makes at most ``TRANSFER_ROUNDS`` rounds, each reading every bucket and moving
+from at most B - 1 givers: at most 3(B - 1) transfers. A shopper hears OUT_OF_STOCK only when, in the
+round's read, no other bucket had a unit available (every bucket was empty during the request), or after
+those rounds (others took what was moved). A keyed (idempotent) reserve remembers its first answer, so it
+makes its transfers first and reserves once.
+
+The algorithms are written once as plans: generators that yield script calls (a list: calls to run
+concurrently) and receive their outcomes (a value, or the FlashSaleError it raised); the sync and asyncio
+clients each drive them (``drive``), as they run single calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, TypeVar
+
+from .errors import FlashSaleError, NotFound, OutOfStock, TransferLate
+from .keys import Keyspace, home_bucket, new_transfer_id
+from .models import Reservation, SaleSettings
+from .operations import Call, Operations, RateLimit
+
+T = TypeVar("T")
+
+Step = Call[Any] | list[Call[Any]]
+Plan = Generator[Step, Any, T]
+
+# Rounds of reading every bucket and moving units to the home bucket that one reserve may make.
+TRANSFER_ROUNDS = 3
+# A caller deposits a transfer within this long of its withdrawal, else leaves it to the sweeper...
+TRANSFER_DEADLINE_MS = 10_000
+# ...which finishes transfers older than this (the gap covers clock skew between two Redis servers).
+TRANSFER_GRACE_MS = 30_000
+# A receipt is kept at least this long, and until its transfer has left the giver's ledger.
+RECEIPT_TTL_MS = 3_600_000
+
+
+def _value(outcome: Any) -> Any:
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def load_sale(ops: Operations, settings: SaleSettings, buckets: int) -> Plan[None]:
+    """Creates or changes a bucketed sale: bucket 0 first (it holds the total), then the others (settings
+    only); a new sale's units are then spread evenly by transfers from bucket 0."""
+    before = _value((yield ops.bucket_stock(settings.sku, 0)))
+    creating = before[0] < 0
+    _value((yield ops.load_sale(settings, 0, buckets)))
+    fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
+    # The others take the settings, never units (0 creates a bucket; None leaves its units alone).
+    copy = SaleSettings(**{**fields, "total": 0 if creating else None})
+    outcomes = yield [ops.load_sale(copy, b, buckets) for b in range(1, buckets)]
+    # A bucket a crash left uncreated (NotFound without units): created now.
+    missing = [
+        b for b, outcome in zip(range(1, buckets), outcomes, strict=True) if isinstance(outcome, NotFound)
+    ]
+    for outcome in outcomes:
+        if not isinstance(outcome, NotFound):
+            _value(outcome)
+    for outcome in (
+        yield [ops.load_sale(SaleSettings(**{**fields, "total": 0}), b, buckets) for b in missing]
+    ):
+        _value(outcome)
+    if creating and settings.total:
+        share = settings.total // buckets
+        for b in range(1, buckets):
+            if share:
+                yield from _move(ops, settings.sku, 0, b, share)
+
+
+def _move(ops: Operations, sku: str, giver: int, receiver: int, most: int) -> Plan[int]:
+    """One transfer of up to ``most`` units from ``giver`` to ``receiver``; the units deposited (0 when
+    the giver had none, or when the deposit came too late and is the sweeper's to finish)."""
+    transfer_id = new_transfer_id(ops.keys.for_bucket(sku, giver))
+    units, at = _value((yield ops.transfer_out(sku, giver, transfer_id, receiver, most)))
+    if units == 0:
+        return 0
+    deposited = yield ops.transfer_in(sku, receiver, transfer_id, giver, units, at, TRANSFER_DEADLINE_MS)
+    if isinstance(deposited, TransferLate):
+        return 0
+    _value(deposited)
+    _value((yield ops.transfer_done(ops.keys.for_bucket(sku, giver).transfers_out(), transfer_id)))
+    return int(units)
+
+
+def _sold_out(sku: str, stocks: list[tuple[int, int]]) -> OutOfStock:
+    """The refusal after reading every bucket, in reserve.lua's words (api/soldout.py reads them): the
+    units left over all buckets and the soonest end of a hold in any."""
+    left = sum(max(available, 0) for available, _ in stocks)
+    ends = [first for _, first in stocks if first >= 0]
+    if not ends:
+        return OutOfStock(f"sku {sku} has {left} units left; none is held")
+    return OutOfStock(f"sku {sku} has {left} units left; the first hold ends in {min(ends)} ms")
+
+
+def reserve(
+    ops: Operations,
+    sku: str,
+    user: str,
+    quantity: int,
+    idempotency_key: str | None,
+    rate: RateLimit | None,
+    buckets: int,
+) -> Plan[Reservation]:
+    """Reserves on the user's home bucket, moving units there from the others when it is empty."""
+    home = home_bucket(user, buckets)
+    if idempotency_key is None:
+        first = yield ops.reserve(sku, user, quantity, None, rate, home)
+        if not isinstance(first, OutOfStock):
+            return _value(first)  # type: ignore[no-any-return]
+        refusal: FlashSaleError = first
+    for _ in range(TRANSFER_ROUNDS):
+        stocks = [_value(s) for s in (yield [ops.bucket_stock(sku, b) for b in range(buckets)])]
+        have = stocks[home][0]
+        if have < quantity and stocks[home][1] != 0:  # (a lapsed hold at home: reserve ends it itself)
+            givers = sorted(
+                (b for b in range(buckets) if b != home and stocks[b][0] > 0), key=lambda b: -stocks[b][0]
+            )
+            if not givers:
+                raise _sold_out(sku, stocks)
+            need = quantity - max(have, 0)
+            for giver in givers:
+                # Half of a giver's units (at least what is needed): a hot home bucket asks less often.
+                need -= yield from _move(ops, sku, giver, home, max(need, -(-stocks[giver][0] // 2)))
+                if need <= 0:
+                    break
+        outcome = yield ops.reserve(sku, user, quantity, idempotency_key, rate, home)
+        if idempotency_key is not None or not isinstance(outcome, OutOfStock):
+            return _value(outcome)  # type: ignore[no-any-return]
+        refusal = outcome
+    raise refusal
+
+
+def restock(ops: Operations, sku: str, delta: int, buckets: int) -> Plan[None]:
+    """Adds units to bucket 0 (they move on demand); removes available units, gathering them into bucket 0
+    from the others first when it has too few."""
+    if delta < 0:
+        stocks = [_value(s) for s in (yield [ops.bucket_stock(sku, b) for b in range(buckets)])]
+        need = -delta - max(stocks[0][0], 0)
+        for giver in sorted(range(1, buckets), key=lambda b: -stocks[b][0]):
+            if need <= 0 or stocks[giver][0] <= 0:
+                break
+            need -= yield from _move(ops, sku, giver, 0, need)
+    _value((yield ops.restock(sku, delta)))
+
+
+def finish_transfers(ops: Operations, partition: int, grace_ms: int = TRANSFER_GRACE_MS) -> Plan[int]:
+    """The sweeper's step for one partition: deposits the transfers its bucket gave that are older than
+    TRANSFER_GRACE_MS and ends them; forgets receipts older than RECEIPT_TTL_MS whose transfer has left
+    its giver's ledger. Returns how many transfers it finished."""
+    keys: Keyspace = ops.keys
+    p = keys.partition(partition)
+    finished = 0
+    for transfer_id, record in _value((yield ops.transfers_due(p.transfers_out(), grace_ms))):
+        sku, to, units, at = record.split(" ")
+        giver = keys.bucket_of(sku, partition)
+        _value((yield ops.transfer_in(sku, int(to), transfer_id, giver, int(units), int(at), 0)))
+        _value((yield ops.transfer_done(p.transfers_out(), transfer_id)))
+        finished += 1
+    for transfer_id, record in _value((yield ops.transfers_due(p.transfers_in(), RECEIPT_TTL_MS))):
+        sku, giver_bucket, _units, _at = record.split(" ")
+        ledger = keys.for_bucket(sku, int(giver_bucket)).transfers_out()
+        if _value((yield ops.transfer_pending(ledger, transfer_id))) == 0:
+            _value((yield ops.transfer_done(p.transfers_in(), transfer_id)))
+    return finished
