@@ -321,7 +321,7 @@ def effect(e: Event) -> Effect:
         case EventType.QUEUE_CLOSED:
             return Effect(sent_away=e.count or 0, waiting_room={"updated_at": at})
         case EventType.BUCKET_SET:
-            return Effect(product_if_missing=_settings(e, 0))
+            return Effect(product_if_missing={**_settings(e, 0), "buckets": e.buckets})
         case EventType.TRANSFERRED_OUT:
             q = _q(e)
             return Effect(available=-q, moving=q)

@@ -66,6 +66,12 @@ FROM unnest(
        reservation_ttl_ms, paused, at, created_at)
 ON CONFLICT (sku_id) DO NOTHING;
 
+-- name: set_product_buckets --
+-- Records how many stock buckets a SKU's sale is split into (bucket_set events; fixed for a sale's life).
+UPDATE products AS p SET buckets = u.buckets
+FROM unnest(%(sku_id)b::text[], %(buckets)b::integer[]) AS u(sku_id, buckets)
+WHERE p.sku_id = u.sku_id AND p.buckets <> u.buckets;
+
 -- name: update_product_totals --
 -- Sets the units on sale of products restocked without new settings (restocked events).
 UPDATE products AS p
@@ -237,7 +243,7 @@ SELECT p.sku_id, p.name, p.base_price_cents, p.flash_sale_price_cents, p.per_use
        p.reservation_ttl_ms, NOT p.is_active AS paused,
        (extract(epoch FROM p.created_at) * 1000)::bigint AS created_at,
        (extract(epoch FROM p.updated_at) * 1000)::bigint AS updated_at,
-       i.total_count, i.available_count, i.reserved_count, i.sold_count
+       i.total_count, i.available_count, i.reserved_count, i.sold_count, i.moving_count, p.buckets
 FROM products AS p LEFT JOIN inventory AS i USING (sku_id)
 ORDER BY p.sku_id;
 
@@ -290,7 +296,7 @@ ORDER BY sku_id;
 -- Sets a SKU's counters to the values the log implies (repair postgres-from-stream).
 UPDATE inventory
 SET total_count = %(total)s, available_count = %(available)s, reserved_count = %(reserved)s,
-    sold_count = %(sold)s, updated_at = now()
+    sold_count = %(sold)s, moving_count = %(moving)s, updated_at = now()
 WHERE sku_id = %(sku)s
 RETURNING sku_id;
 
@@ -299,20 +305,21 @@ RETURNING sku_id;
 WITH product AS (
   INSERT INTO products (
     sku_id, name, base_price_cents, flash_sale_price_cents, total_inventory, per_user_limit,
-    starts_at, ends_at, reservation_ttl_ms, is_active, created_at, updated_at
+    starts_at, ends_at, reservation_ttl_ms, is_active, created_at, updated_at, buckets
   ) VALUES (
     %(sku)s, %(name)s, %(price_cents)s, %(flash_price_cents)s, %(total)s, %(per_user_limit)s,
     ms_to_timestamptz(NULLIF(%(starts_at)s::bigint, 0)), ms_to_timestamptz(NULLIF(%(ends_at)s::bigint, 0)),
-    %(reservation_ttl_ms)s, NOT %(paused)s, ms_to_timestamptz(%(created_at)s), now()
+    %(reservation_ttl_ms)s, NOT %(paused)s, ms_to_timestamptz(%(created_at)s), now(), %(buckets)s
   )
   ON CONFLICT (sku_id) DO NOTHING
   RETURNING sku_id
 )
-INSERT INTO inventory (sku_id, total_count, available_count, reserved_count, sold_count, updated_at)
-VALUES (%(sku)s, %(total)s, %(available)s, %(reserved)s, %(sold)s, now())
+INSERT INTO inventory (sku_id, total_count, available_count, reserved_count, sold_count, moving_count, updated_at)
+VALUES (%(sku)s, %(total)s, %(available)s, %(reserved)s, %(sold)s, %(moving)s, now())
 ON CONFLICT (sku_id) DO UPDATE SET
   total_count = EXCLUDED.total_count, available_count = EXCLUDED.available_count,
-  reserved_count = EXCLUDED.reserved_count, sold_count = EXCLUDED.sold_count, updated_at = now();
+  reserved_count = EXCLUDED.reserved_count, sold_count = EXCLUDED.sold_count,
+  moving_count = EXCLUDED.moving_count, updated_at = now();
 
 -- name: repair_upsert_waiting_room --
 -- Writes one waiting room, settings and counts, as Redis has it less the unapplied events (repair

@@ -61,6 +61,15 @@ class Batch:
         # partition (bucket 0's sale_loaded) has not been applied yet.
         return _columns([_product_row(p) for p in self.changes.products_if_missing.values()])
 
+    def product_bucket_rows(self) -> dict[str, list[Any]]:
+        # How many stock buckets a SKU has (its buckets' bucket_set events).
+        return _columns(
+            [
+                {"sku_id": p.id, "buckets": p.fields["buckets"]}
+                for p in self.changes.products_if_missing.values()
+            ]
+        )
+
     def new_inventory_rows(self) -> dict[str, list[Any]]:
         created = [*self._full_products(), *self.changes.products_if_missing.values()]
         return _columns([{"sku_id": p.id, "at": p.fields["updated_at"]} for p in created])

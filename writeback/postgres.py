@@ -67,6 +67,7 @@ async def apply_batch(conn: AsyncConnection[Any], batch: Batch, expected_id: str
 
         await run("upsert_products", batch.product_rows())
         await run("insert_products_if_missing", batch.products_if_missing_rows())
+        await run("set_product_buckets", batch.product_bucket_rows())
         await run("update_product_totals", batch.product_total_rows(), expect_rows=True)
         await run("create_inventory", batch.new_inventory_rows())
         inventory = batch.inventory_rows()

@@ -206,8 +206,8 @@ def _store_checks(
     if c is None:
         return []
     found = []
-    if c.available + c.reserved + c.sold != c.total:
-        found.append(Drift(sku, "counts_add_up", where, "available+reserved+sold == total", fmt(c)))
+    if c.available + c.reserved + c.sold + c.moving != c.total:
+        found.append(Drift(sku, "counts_add_up", where, "available+reserved+sold+moving == total", fmt(c)))
     if any(getattr(c, n) < 0 for n in COUNTERS):
         found.append(Drift(sku, "nothing_negative", where, "all >= 0", fmt(c)))
     if open_units != c.reserved:

@@ -84,11 +84,14 @@ def plan_postgres_from_stream(snap: Snapshot) -> PostgresPlan:
             plan.unrepairable.append(f"{sku}: Redis's sale record lacks counters (use redis-from-postgres)")
             continue
         delta = deltas.get(sku, Counters())
-        target = Counters(**{n: getattr(redis_c, n) - getattr(delta, n) for n in COUNTERS})
+        target = Counters(
+            **{n: getattr(redis_c, n) - getattr(delta, n) for n in COUNTERS},
+            moving=redis_c.moving - delta.moving,
+        )
         if sku not in pg.sales:
             if sku in pending.products and "name" in pending.products[sku].fields:
                 continue  # the worker creates it when it applies the sale_loaded event
-            plan.new_products[sku] = {**sale, **{n: getattr(target, n) for n in COUNTERS}}
+            plan.new_products[sku] = {**sale, **{n: getattr(target, n) for n in (*COUNTERS, "moving")}}
         elif fmt(counters(pg.sales[sku])) != fmt(target):
             plan.inventory[sku] = (counters(pg.sales[sku]), target)
     for sku in sorted(set(pg.sales) - set(r.sales)):
@@ -194,11 +197,13 @@ def apply_postgres_plan(engine: Engine, database_url: str, plan: PostgresPlan, s
                     **settings,
                     "paused": bool(settings["paused"]),
                     "created_at": int(values["created_at"]),
-                    **{n: int(values[n]) for n in COUNTERS},
+                    **{n: int(values[n]) for n in (*COUNTERS, "moving")},
+                    "buckets": int(values.get("buckets") or 1),
                 },
             )
         for sku, (_now, target) in plan.inventory.items():
-            conn.execute(q["repair_set_inventory"], {"sku": sku, **{n: getattr(target, n) for n in COUNTERS}})
+            counts = {n: getattr(target, n) for n in (*COUNTERS, "moving")}
+            conn.execute(q["repair_set_inventory"], {"sku": sku, **counts})
         for sku, (_now, room) in plan.rooms.items():
             conn.execute(
                 q["repair_upsert_waiting_room"],

@@ -26,8 +26,9 @@ import redis
 
 from flashsale.engine import Engine
 from flashsale.engine.bounds import RETENTION_MS
+from flashsale.engine.buckets import TRANSFER_GRACE_MS
 from flashsale.engine.events import Counters, stream_id_key
-from flashsale.engine.keys import Partition, bought_field, held_field
+from flashsale.engine.keys import Keyspace, Partition, bought_field, held_field, home_bucket, new_transfer_id
 
 from .state import (
     OPEN,
@@ -187,9 +188,56 @@ def _sale_hash(sale: Record) -> dict[str, str | int]:
     fields: dict[str, str | int] = {
         name: int(value) if isinstance(value, bool) else value
         for name, value in sale.items()
-        if value is not None
+        if value is not None and name not in ("moving", "bucket", "buckets")
     }
     return fields
+
+
+def _bucket_layout(
+    keys: Keyspace, sku: str, sale: Record, users: dict[tuple[str, str], tuple[int, int]], holds: list[Record]
+) -> list[tuple[Partition, dict[str, str | int]]]:
+    """Each stock bucket's partition and hash fields (engine/buckets.py): one for a SKU without buckets.
+    A bucketed SKU's holds and purchases stay in the bucket of their reservations (their users' home
+    buckets); every available unit goes to bucket 0 (it moves again on demand). Units the log says are
+    moving stay moving: ``_reissue_transfers`` gives them one ledger entry the sweeper deposits."""
+    count = int(sale.get("buckets") or 1)
+    fields = _sale_hash(sale)
+    if count == 1:
+        return [(keys.for_sku(sku), fields)]
+    reserved, sold = [0] * count, [0] * count
+    for res in holds:
+        if res["status"] == OPEN:
+            reserved[keys.bucket_of(sku, keys.for_reservation(res["id"]).index)] += int(res["quantity"])
+    for (user_sku, user), (_held, bought) in users.items():
+        if user_sku == sku:
+            sold[home_bucket(user, count)] += bought
+    available = int(sale["available"])
+    layout = []
+    for b in range(count):
+        mine = dict(fields)
+        mine.update(buckets=count, bucket=b, reserved=reserved[b], sold=sold[b])
+        if b == 0:
+            mine.update(available=available, moved=available + reserved[0] + sold[0] - int(sale["total"]))
+        else:
+            mine.update(total=0, available=0, moved=reserved[b] + sold[b])
+        layout.append((keys.for_bucket(sku, b), mine))
+    return layout
+
+
+def _reissue_transfers(engine: Engine, sku: str, moving: int, partitions: list[Partition], now: int) -> None:
+    """Replaces the SKU's transfer ledger entries and receipts (what Redis still has of them, if anything)
+    by one entry for the units the log says are moving, from bucket 0 to bucket 0, old enough for the
+    sweeper's next pass: it deposits them with a transferred_in event, so the log and Redis agree again."""
+    for p in partitions:
+        for key in (p.transfers_out(), p.transfers_in()):
+            records = engine.redis.hgetall(key).items()
+            mine = [tid for tid, record in records if str(record).split(" ")[0] == sku]
+            if mine:
+                engine.redis.hdel(key, *mine)
+    if moving > 0:
+        p = partitions[0]
+        record = f"{sku} 0 {moving} {now - TRANSFER_GRACE_MS}"
+        engine.redis.hset(p.transfers_out(), new_transfer_id(p), record)
 
 
 def _room_settings(room: Record) -> dict[str, int]:
@@ -227,43 +275,53 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
         if res["status"] == OPEN:
             open_now.setdefault(res["sku"], []).append(rid)
     for sku, sale in sorted(target.sales.items()):
-        p = keys.for_sku(sku)
-        pipe = engine.redis.pipeline(transaction=True)
-        pipe.delete(p.sku(sku), p.holds(sku))
-        if open_now.get(sku):
-            pipe.hdel(p.open_holds(), *open_now[sku])
-        pipe.hset(p.sku(sku), mapping=_sale_hash(sale))
-        room = target.rooms.get(sku)
-        if room is not None:
-            if _room_settings(room):
-                pipe.hset(p.sku(sku), mapping=_room_settings(room))
-            pipe.hset(p.waiting_room(sku), mapping={n: int(room[n]) for n in ROOM_COUNTS})
-            _mend_line(engine, pipe, p, sku, plan, now)
-        elif sku in plan.rooms:
-            pipe.delete(*_room_keys(p, sku))
-        for (user_sku, user), (held, bought) in target.users.items():
-            if user_sku == sku and held:
-                pipe.hset(p.sku(sku), held_field(user), held)
-            if user_sku == sku and bought:
-                pipe.hset(p.sku(sku), bought_field(user), bought)
-        pipe.sadd(p.catalog(), sku)
-        for res in by_sku_res.get(sku, []):
-            key = p.reservation(res["id"])
-            if res["status"] == OPEN:
+        layout = _bucket_layout(keys, sku, sale, target.users, by_sku_res.get(sku, []))
+        for bucket, (p, fields) in enumerate(layout):
+            pipe = engine.redis.pipeline(transaction=True)
+            pipe.delete(p.sku(sku), p.holds(sku))
+            stale_open = [rid for rid in open_now.get(sku, []) if keys.for_reservation(rid) == p]
+            if stale_open:
+                pipe.hdel(p.open_holds(), *stale_open)
+            pipe.hset(p.sku(sku), mapping=fields)
+            room = target.rooms.get(sku)
+            if room is not None and bucket == 0:
+                if _room_settings(room):
+                    pipe.hset(p.sku(sku), mapping=_room_settings(room))
+                pipe.hset(p.waiting_room(sku), mapping={n: int(room[n]) for n in ROOM_COUNTS})
+                _mend_line(engine, pipe, p, sku, plan, now)
+            elif sku in plan.rooms and bucket == 0:
+                pipe.delete(*_room_keys(p, sku))
+            for (user_sku, user), (held, bought) in target.users.items():
+                if user_sku != sku or home_bucket(user, len(layout)) != bucket:
+                    continue
+                if held:
+                    pipe.hset(p.sku(sku), held_field(user), held)
+                if bought:
+                    pipe.hset(p.sku(sku), bought_field(user), bought)
+            pipe.sadd(p.catalog(), sku)
+            for res in by_sku_res.get(sku, []):
+                if keys.for_reservation(res["id"]) != p:
+                    continue
+                key = p.reservation(res["id"])
+                if res["status"] == OPEN:
+                    pipe.delete(key)
+                    pipe.hset(p.open_holds(), res["id"], _record(res))
+                    pipe.zadd(p.holds(sku), {res["id"]: deadline(res)})
+                else:
+                    pipe.hdel(p.open_holds(), res["id"])
+                    pipe.set(key, _record(res), px=_left(res.get("ended_at"), now))
+            for order in by_sku_ord.get(sku, []):
+                if keys.for_order(order["id"]) != p:
+                    continue
+                key = p.order(order["id"])
                 pipe.delete(key)
-                pipe.hset(p.open_holds(), res["id"], _record(res))
-                pipe.zadd(p.holds(sku), {res["id"]: deadline(res)})
-            else:
-                pipe.hdel(p.open_holds(), res["id"])
-                pipe.set(key, _record(res), px=_left(res.get("ended_at"), now))
-        for order in by_sku_ord.get(sku, []):
-            key = p.order(order["id"])
-            pipe.delete(key)
-            pipe.hset(key, mapping={k: v for k, v in order.items() if v is not None})
-            if order["status"] not in ("PENDING", "CONFIRMED"):
-                pipe.pexpire(key, _left(order.get("updated_at"), now))
-        pipe.execute()
-        log.info("event=redis_rebuilt sku=%s", sku)
+                pipe.hset(key, mapping={k: v for k, v in order.items() if v is not None})
+                if order["status"] not in ("PENDING", "CONFIRMED"):
+                    pipe.pexpire(key, _left(order.get("updated_at"), now))
+            pipe.execute()
+        if len(layout) > 1:
+            _reissue_transfers(engine, sku, int(sale.get("moving") or 0), [p for p, _ in layout], now)
+        log.info("event=redis_rebuilt sku=%s buckets=%d", sku, len(layout))
     for rid in plan.stale_reservations:
         p = engine.keys.for_reservation(rid)
         engine.redis.hdel(p.open_holds(), rid)

@@ -32,6 +32,7 @@ from flashsale.engine.nodes import node_clients, partition_nodes
 from flashsale.writeback.database import queries
 
 from .state import (
+    COUNTERS,
     PostgresState,
     Record,
     RedisState,
@@ -78,6 +79,8 @@ def _sale_from_product(row: dict[str, Any]) -> Record:
         "available": row["available_count"],
         "reserved": row["reserved_count"],
         "sold": row["sold_count"],
+        "moving": row["moving_count"],
+        "buckets": int(row["buckets"]),
     }
 
 
@@ -204,6 +207,11 @@ def sale_from_hash(fields: dict[str, str]) -> tuple[Record, dict[str, tuple[int,
             sale[name] = value == "1"
         else:
             sale[name] = None if value is None else int(value)
+    # A stock bucket (engine/buckets.py): units it received minus those it gave; summed over a SKU's
+    # buckets, minus that is what is moving between two of them.
+    sale["moving"] = -int(fields.get("moved") or 0)
+    sale["bucket"] = int(fields.get("bucket") or 0)
+    sale["buckets"] = int(fields.get("buckets") or 1)
     users: dict[str, list[int]] = {}
     for name, value in fields.items():
         if name.startswith(("h:", "b:")):
@@ -239,6 +247,19 @@ def room_from_hash(fields: dict[str, str], counts: list[str | None]) -> Record |
     }
 
 
+def _with_bucket(sale: Record | None, bucket: Record) -> Record:
+    """A SKU's sale so far with one more of its stock buckets read (engine/buckets.py): counters summed,
+    settings bucket 0's; a SKU without buckets is its one hash."""
+    if sale is None:
+        return bucket
+    first, other = (bucket, sale) if bucket["bucket"] == 0 else (sale, bucket)
+    merged = dict(first)
+    for name in (*COUNTERS, "moving"):
+        if first.get(name) is not None and other.get(name) is not None:
+            merged[name] = int(first[name]) + int(other[name])
+    return merged
+
+
 def _scan(client: redis.Redis, pattern: str) -> list[str]:
     return sorted(str(k) for k in client.scan_iter(match=pattern, count=1000))
 
@@ -272,10 +293,12 @@ def _read_partition(client: redis.Redis, p: Partition, applied: str, state: Redi
         fields, holds, room_counts, line, join_times, admissions = replies[at : at + 6]
         at += 6
         if fields:
-            state.sales[sku], users = sale_from_hash(fields)
-            for user, counts in users.items():
-                state.users[(sku, user)] = counts
-        state.holds[sku] = {str(rid): int(deadline) for rid, deadline in holds}
+            sale, users = sale_from_hash(fields)
+            state.sales[sku] = _with_bucket(state.sales.get(sku), sale)
+            for user, (held, bought) in users.items():  # a user's counts are in their home bucket
+                before = state.users.get((sku, user), (0, 0))
+                state.users[(sku, user)] = (before[0] + held, before[1] + bought)
+        state.holds.setdefault(sku, {}).update({str(rid): int(deadline) for rid, deadline in holds})
         room = room_from_hash(fields, room_counts)
         if room is not None:
             state.rooms[sku] = room

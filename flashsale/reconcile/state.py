@@ -128,13 +128,15 @@ def cutoff(now_ms: int) -> int:
 def counters(sale: Record | None) -> Counters | None:
     if sale is None or any(sale.get(n) is None for n in COUNTERS):
         return None
-    return Counters(**{n: int(sale[n]) for n in COUNTERS})
+    # moving: units between two stock buckets of the SKU (engine/buckets.py); 0 without buckets.
+    return Counters(**{n: int(sale[n]) for n in COUNTERS}, moving=int(sale.get("moving") or 0))
 
 
 def fmt(c: Counters | None) -> str:
     if c is None:
         return "missing"
-    return " ".join(f"{n}={getattr(c, n)}" for n in COUNTERS)
+    text = " ".join(f"{n}={getattr(c, n)}" for n in COUNTERS)
+    return f"{text} moving={c.moving}" if c.moving else text
 
 
 def room_text(room: Record | None, names: tuple[str, ...] = ROOM_SETTINGS + ROOM_COUNTS) -> str:

@@ -25,13 +25,21 @@ def _apply(state: StoreState, e: Event) -> None:
                 "available": 0,
                 "reserved": 0,
                 "sold": 0,
+                "moving": 0,
                 "created_at": e.at,
             }
         for name in SETTINGS:
             sale[name] = change.product[name]
+    if sale is None and change.product_if_missing is not None:  # a stock bucket's copy, first
+        sale = state.sales[e.sku] = {"sku": e.sku, "total": 0, "available": 0, "reserved": 0, "sold": 0}
+        sale.update({"moving": 0, "created_at": e.at, "updated_at": e.at})
+        for name in SETTINGS:
+            sale[name] = change.product_if_missing[name]
+    if sale is not None and change.product_if_missing is not None:
+        sale["buckets"] = max(int(sale.get("buckets") or 1), int(change.product_if_missing["buckets"]))
     if sale is not None:
-        for name in ("available", "reserved", "sold", "total"):
-            sale[name] = int(sale[name] or 0) + getattr(change, name)
+        for name in ("available", "reserved", "sold", "total", "moving"):
+            sale[name] = int(sale.get(name) or 0) + getattr(change, name)
         if change.product is not None:
             sale["updated_at"] = e.at
     if (change.held or change.bought) and e.user is not None:
