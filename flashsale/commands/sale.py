@@ -253,6 +253,12 @@ def put_table(sale: Sale, now_ms: int) -> Table:
 @click.option("--ttl", "reservation_ttl_s", metavar="SECONDS", help="How long a hold lasts.")
 @click.option("--pause/--resume", "paused", default=None, help="Refuse reservations, or take them again.")
 @click.option(
+    "--buckets",
+    metavar="B",
+    help="Split a new SKU's stock into B buckets on different partitions (a hot SKU past one Redis core);"
+    " fixed once the sale exists.",
+)
+@click.option(
     "--waiting-room",
     "waiting_room_admit_per_s",
     metavar="PER_S",
@@ -311,23 +317,57 @@ _STATUS_COLUMNS = ("SKU", "name", "price", "window", "total", "available", "rese
                    "queue", "write-behind lag")  # fmt: skip
 
 
-def _node_sales(engine: Engine, client: redis.Redis, partitions: tuple[int, ...]) -> list[tuple[Sale, int]]:
-    """The sales of one node's partitions with their open holds, in two pipelined round trips to it."""
+def _node_sales(
+    engine: Engine, client: redis.Redis, partitions: tuple[int, ...]
+) -> list[tuple[Sale, int, int]]:
+    """The sales of one node's partitions with their open holds and partition, in two pipelined round
+    trips to it. A SKU split into stock buckets has one sale per bucket, each in its bucket's partition."""
     catalogs = client.pipeline(transaction=False)
     for index in partitions:
         catalogs.smembers(engine.keys.partition(index).catalog())
-    skus = sorted(str(sku) for members in catalogs.execute() for sku in members)
+    found = [
+        (str(sku), index)
+        for index, members in zip(partitions, catalogs.execute(), strict=True)
+        for sku in sorted(members)
+    ]
     pipe = client.pipeline(transaction=False)
-    for sku in skus:
-        p = engine.keys.for_sku(sku)
+    for sku, index in found:
+        p = engine.keys.partition(index)
         pipe.hmget(p.sku(sku), SALE_AND_ROOM_FIELDS)
         pipe.zcard(p.holds(sku))
     replies = pipe.execute()
     return [
-        (sale_, int(holds))
-        for values, holds in zip(replies[::2], replies[1::2], strict=True)
+        (sale_, int(holds), index)
+        for (_sku, index), values, holds in zip(found, replies[::2], replies[1::2], strict=True)
         if (sale_ := sale_from_values(values)) is not None
     ]
+
+
+def _one_sku(
+    engine: Engine, rows: list[tuple[Sale, int, int, str]]
+) -> tuple[Sale, int, str, list[dict[str, Any]]]:
+    """A SKU from its rows (one, or one per stock bucket): bucket 0's settings, the counters and holds
+    summed, and each bucket as ``sale status --json`` lists it (empty without buckets)."""
+    rows = sorted(rows, key=lambda row: engine.keys.bucket_of(row[0].sku, row[2]))
+    first, holds, _index, node = rows[0]
+    if len(rows) == 1 and first.buckets == 1:
+        return first, holds, node, []
+    detail = [
+        {
+            "bucket": engine.keys.bucket_of(s.sku, index),
+            "partition": index,
+            "node": where,
+            "available": s.available,
+            "reserved": s.reserved,
+            "sold": s.sold,
+            "holds": held,
+        }
+        for s, held, index, where in rows
+    ]
+    summed = {n: sum(row[n] for row in detail) for n in ("available", "reserved", "sold", "holds")}
+    moving = first.total - summed["available"] - summed["reserved"] - summed["sold"]
+    counters = {n: summed[n] for n in ("available", "reserved", "sold")}
+    return msgspec.structs.replace(first, **counters, moving=moving), summed["holds"], node, detail
 
 
 def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, Any]:
@@ -340,7 +380,7 @@ def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, An
     clients = node_clients(engine.redis)
     now_ms = redis_now_ms(engine)
     lag_of = {lag.partition: lag for lag in lags or ()}
-    found: list[tuple[Sale, int, str]] = []
+    found: list[tuple[Sale, int, int, str]] = []
     unreadable = []
     for node in nodes:
         try:
@@ -348,12 +388,16 @@ def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, An
             if client is None:
                 raise redis.ConnectionError("the cluster client has no connection to it")
             read = _node_sales(engine, client, node.partitions)
-            found += [(sale_, holds, node.name) for sale_, holds in read]
+            found += [(sale_, holds, index, node.name) for sale_, holds, index in read]
         except redis.RedisError as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             unreadable.append({"node": node.name, "partitions": list(node.partitions), "error": reason})
+    by_sku: dict[str, list[tuple[Sale, int, int, str]]] = {}
+    for row in found:
+        by_sku.setdefault(row[0].sku, []).append(row)
     sales = []
-    for sale_, holds, node_name in sorted(found, key=lambda row: row[0].sku):
+    for sku in sorted(by_sku):
+        sale_, holds, node_name, buckets = _one_sku(engine, by_sku[sku])
         partition = engine.keys.for_sku(sale_.sku)
         lag = lag_of.get(partition.index)
         sales.append(
@@ -363,6 +407,7 @@ def sale_status(engine: Engine, lags: list[PartitionLag] | None) -> dict[str, An
                 "node": node_name,
                 "window": _window(sale_, now_ms),
                 "holds": holds,
+                "bucket_detail": buckets,
                 "queue": _queue_json(engine, sale_),
                 "writeback_lag": None
                 if lags is None
@@ -429,7 +474,7 @@ def status_table(status: dict[str, Any]) -> Table:
         else:
             shown_lag = "0"
         table.add_row(
-            row["sku"],
+            row["sku"] + (f" ({row['buckets']} buckets)" if row["buckets"] > 1 else ""),
             row["name"],
             _money(row["flash_price_cents"]),
             row["window"],
@@ -438,6 +483,28 @@ def status_table(status: dict[str, Any]) -> Table:
             shown_lag,
             *([row["node"] or "?"] if show_nodes else []),
         )
+    return table
+
+
+def bucket_table(status: dict[str, Any]) -> Table:
+    """One row per stock bucket of each SKU split into buckets, and the units moving between two."""
+    table = Table(title="stock buckets", title_justify="left")
+    for column in ("SKU", "bucket", "partition", "node", "available", "reserved", "sold", "holds"):
+        table.add_column(column, justify="left" if column in ("SKU", "node") else "right", no_wrap=True)
+    for row in status["sales"]:
+        for b in row["bucket_detail"]:
+            cells = (
+                b["bucket"],
+                b["partition"],
+                b["node"],
+                b["available"],
+                b["reserved"],
+                b["sold"],
+                b["holds"],
+            )
+            table.add_row(row["sku"], *map(str, cells))
+        if row["bucket_detail"]:
+            table.add_row(row["sku"], "moving", "", "", str(row["moving"]), "", "", "")
     return table
 
 
@@ -469,8 +536,13 @@ def status(settings: Settings, as_json: bool) -> None:
     "starts in ..."), holds, queue (null without a waiting room, else {line, admitted_now, joined,
     admitted, abandoned, sent_away, closed, admit_per_s, first_admitted_at, wait_p50_s, wait_p99_s}),
     writeback_lag {partition, pending, oldest_age_ms} (null: not known), partition and node (the Redis
-    serving it, host:port); the document also lists "nodes" [{node, partitions}] and
-    "unreadable_nodes" [{node, partitions, error}].
+    serving it, host:port), buckets and moving (a SKU split into stock buckets: its counters are the
+    sums, moving the units between two buckets) and bucket_detail ([] without buckets, else one
+    {bucket, partition, node, available, reserved, sold, holds} per bucket); the document also lists
+    "nodes" [{node, partitions}] and "unreadable_nodes" [{node, partitions, error}].
+
+    A SKU split into stock buckets shows "(B buckets)" after its id, and a second table lists its
+    buckets.
 
     On a Redis Cluster (FLASHSALE_REDIS_CLUSTER=1) the table adds a node column. A node that does not
     answer is named with its partitions, the other nodes' SKUs are still shown, and the exit code is 1.
@@ -486,6 +558,8 @@ def status(settings: Settings, as_json: bool) -> None:
         echo_json(document)
     else:
         print_table(status_table(document))
+        if any(row["bucket_detail"] for row in document["sales"]):
+            print_table(bucket_table(document))
     if document["unreadable_nodes"]:
         for node in document["unreadable_nodes"]:
             click.echo(

@@ -212,7 +212,7 @@ def test_status_shows_counters_holds_and_write_behind_lag(
 SALE_KEYS = {
     "sku", "name", "price_cents", "flash_price_cents", "total", "available", "reserved", "sold",
     "per_user_limit", "starts_at", "ends_at", "reservation_ttl_ms", "paused", "created_at", "updated_at",
-    "waiting_room",
+    "waiting_room", "buckets", "moving",
 }  # fmt: skip
 STATUS_HEADERS = ("SKU", "name", "price", "window", "total", "available", "reserved", "sold", "holds",
                   "queue", "write-behind lag")  # fmt: skip
@@ -257,7 +257,9 @@ def test_status_json_is_one_document_with_every_sku_its_holds_lag_and_node(
     assert document["unreadable_nodes"] == []
     assert abs(document["now"] - redis_ms(engine)) < 10_000
     camera, lens = document["sales"]
-    assert set(camera) == SALE_KEYS | {"partition", "node", "window", "holds", "queue", "writeback_lag"}
+    assert set(camera) == SALE_KEYS | {
+        "partition", "node", "window", "holds", "bucket_detail", "queue", "writeback_lag"
+    }  # fmt: skip
     # Each sale names its partition and the Redis node serving it; "nodes" lists every node's partitions.
     nodes = partition_nodes(engine.redis, engine.keys)
     assert document["nodes"] == [{"node": n.name, "partitions": list(n.partitions)} for n in nodes]
@@ -491,3 +493,30 @@ def test_a_waiting_room_from_a_sale_file_and_sale_put_shows_in_sale_status(
     assert engine.get_sale("SKU-DROP").waiting_room.admit_per_s == 7  # type: ignore[union-attr]
     assert cli(env, "sale", "put", "SKU-DROP", "--no-waiting-room").exit_code == 0
     assert json.loads(cli(env, "sale", "status", "--json").output)["sales"][0]["queue"] is None
+
+
+@pytest.mark.cluster
+def test_put_splits_a_new_sku_into_buckets_and_status_lists_them(
+    engine: Engine, redis_env: dict[str, str], on_cluster: bool
+) -> None:
+    env = redis_env
+    put = cli(env, "sale", "put", "SKU-HOT", "--total", "40", "--buckets", "4", "--json", "--wait", "0")
+    assert put.exit_code == 0, put.output
+    assert (json.loads(put.output)["sale"]["buckets"], json.loads(put.output)["sale"]["available"]) == (4, 40)
+    changed = cli(env, "sale", "put", "SKU-HOT", "--buckets", "2")
+    assert changed.exit_code != 0
+    assert "buckets is fixed" in changed.output
+    engine.reserve("SKU-HOT", "ann")
+    document = json.loads(cli(env, "sale", "status", "--json").output)
+    (row,) = document["sales"]
+    assert (row["total"], row["available"], row["reserved"], row["holds"], row["moving"]) == (40, 39, 1, 1, 0)
+    assert [b["bucket"] for b in row["bucket_detail"]] == [0, 1, 2, 3]
+    assert [b["partition"] for b in row["bucket_detail"]] == [
+        engine.keys.for_bucket("SKU-HOT", b).index for b in range(4)
+    ]
+    assert sum(b["available"] for b in row["bucket_detail"]) == 39
+    nodes = {n.name for n in partition_nodes(engine.redis, engine.keys)}
+    assert {b["node"] for b in row["bucket_detail"]} <= nodes
+    table = cli(env, "sale", "status")
+    assert "SKU-HOT (4 buckets)" in table.output
+    assert "stock buckets" in table.output
