@@ -36,10 +36,10 @@ clients each drive them (``drive``), as they run single calls.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-from .errors import FlashSaleError, NotFound, OutOfStock, TransferLate
+from .errors import FlashSaleError, InvalidArgument, NotFound, OutOfStock, TransferLate
 from .keys import Keyspace, home_bucket, new_transfer_id
 from .models import Reservation, SaleSettings
 from .operations import Call, Operations, RateLimit
@@ -93,19 +93,35 @@ def load_sale(ops: Operations, settings: SaleSettings, buckets: int) -> Plan[Non
                 yield from _move(ops, settings.sku, 0, b, share)
 
 
-def _move(ops: Operations, sku: str, giver: int, receiver: int, most: int) -> Plan[int]:
-    """One transfer of up to ``most`` units from ``giver`` to ``receiver``; the units deposited (0 when
-    the giver had none, or when the deposit came too late and is the sweeper's to finish)."""
+Deposit = tuple[str, int, int, int, int]  # transfer id, giving bucket, units, withdrawn at, deadline ms
+
+
+def _move(
+    ops: Operations,
+    sku: str,
+    giver: int,
+    receiver: int,
+    most: int,
+    deposit_by: Callable[[Deposit], Call[Any]] | None = None,
+) -> Plan[tuple[int, Any]]:
+    """One transfer of up to ``most`` units from ``giver`` to ``receiver``: the units deposited (0 when the
+    giver had none, or when the deposit came too late and is the sweeper's to finish), and the outcome of
+    ``deposit_by``'s call, which deposits the transfer itself (a reserve on the receiver that takes the
+    units first, in the same step), or None without one (a plain transfer_in)."""
     transfer_id = new_transfer_id(ops.keys.for_bucket(sku, giver))
     units, at = _value((yield ops.transfer_out(sku, giver, transfer_id, receiver, most)))
     if units == 0:
-        return 0
-    deposited = yield ops.transfer_in(sku, receiver, transfer_id, giver, units, at, TRANSFER_DEADLINE_MS)
-    if isinstance(deposited, TransferLate):
-        return 0
-    _value(deposited)
+        return 0, None
+    deposit = (transfer_id, giver, units, at, TRANSFER_DEADLINE_MS)
+    outcome = yield (
+        deposit_by(deposit) if deposit_by is not None else ops.transfer_in(sku, receiver, *deposit)
+    )
+    if isinstance(outcome, TransferLate):
+        return 0, None
+    if deposit_by is None or isinstance(outcome, (InvalidArgument, NotFound)):
+        _value(outcome)  # a deposit refused as malformed or without its bucket: not expected, raised
     _value((yield ops.transfer_done(ops.keys.for_bucket(sku, giver).transfers_out(), transfer_id)))
-    return int(units)
+    return int(units), outcome
 
 
 def _sold_out(sku: str, stocks: list[tuple[int, int]]) -> OutOfStock:
@@ -134,22 +150,38 @@ def reserve(
         if not isinstance(first, OutOfStock):
             return _value(first)  # type: ignore[no-any-return]
         refusal: FlashSaleError = first
+
+    def reserving(deposit: Deposit | None) -> Call[Reservation]:
+        return ops.reserve(sku, user, quantity, idempotency_key, rate, home, deposit)
+
     for _ in range(TRANSFER_ROUNDS):
         stocks = [_value(s) for s in (yield [ops.bucket_stock(sku, b) for b in range(buckets)])]
         have = stocks[home][0]
+        outcome: Any = None
         if have < quantity and stocks[home][1] != 0:  # (a lapsed hold at home: reserve ends it itself)
+            # A bucket with a lapsed hold (its first ends in 0 ms) gives its units back as well.
             givers = sorted(
-                (b for b in range(buckets) if b != home and stocks[b][0] > 0), key=lambda b: -stocks[b][0]
+                (b for b in range(buckets) if b != home and (stocks[b][0] > 0 or stocks[b][1] == 0)),
+                key=lambda b: -stocks[b][0],
             )
             if not givers:
                 raise _sold_out(sku, stocks)
             need = quantity - max(have, 0)
             for giver in givers:
                 # Half of a giver's units (at least what is needed): a hot home bucket asks less often.
-                need -= yield from _move(ops, sku, giver, home, max(need, -(-stocks[giver][0] // 2)))
-                if need <= 0:
-                    break
-        outcome = yield ops.reserve(sku, user, quantity, idempotency_key, rate, home)
+                # The reserve deposits them itself, in the same step, so no other shopper's call takes
+                # the moved units first.
+                most = max(need, -(-stocks[giver][0] // 2), 1)
+                _moved, outcome = yield from _move(ops, sku, giver, home, most, reserving)
+                if outcome is not None and (
+                    idempotency_key is not None or not isinstance(outcome, OutOfStock)
+                ):
+                    return _value(outcome)  # type: ignore[no-any-return]
+                # Refused all the same (the giver had fewer units than read, or home's were taken
+                # meanwhile), or nothing moved: on to the next giver, for the whole quantity.
+                need, outcome = quantity, None
+        if outcome is None:
+            outcome = yield reserving(None)
         if idempotency_key is not None or not isinstance(outcome, OutOfStock):
             return _value(outcome)  # type: ignore[no-any-return]
         refusal = outcome
@@ -165,7 +197,7 @@ def restock(ops: Operations, sku: str, delta: int, buckets: int) -> Plan[None]:
         for giver in sorted(range(1, buckets), key=lambda b: -stocks[b][0]):
             if need <= 0 or stocks[giver][0] <= 0:
                 break
-            need -= yield from _move(ops, sku, giver, 0, need)
+            need -= (yield from _move(ops, sku, giver, 0, need))[0]
     _value((yield ops.restock(sku, delta)))
 
 

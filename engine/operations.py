@@ -224,7 +224,10 @@ class Operations:
         idempotency_key: str | None,
         rate: RateLimit | None = None,
         bucket: int = 0,
+        deposit: tuple[str, int, int, int, int] | None = None,
     ) -> Call[Reservation]:
+        """``bucket``: the stock bucket to reserve in; ``deposit``: a transfer into it to deposit first, in
+        the same step (transfer id, giving bucket, units, withdrawn at, deadline ms; engine/buckets.py)."""
         p = self.keys.for_bucket(identifier(sku, "sku"), bucket) if bucket else self.keys.for_sku(sku)
         identifier(user, "user id")
         rid = new_reservation_id(p)
@@ -236,6 +239,9 @@ class Operations:
         if rate is not None and rate.per_s > 0:
             keys += (p.rate(user),)
             args = (*args, *(() if idempotency else ("", "")), *rate.args())
+        if deposit is not None:
+            keys += (p.transfers_in(),)
+            args = (*args, *("",) * (9 - len(args)), *map(str, deposit))
         return Call(
             "reserve",
             keys + answers,
@@ -372,12 +378,9 @@ class Operations:
     ) -> Call[tuple[int, int]]:
         """Withdraws up to ``most`` units from ``bucket`` for bucket ``to``: (units, at ms)."""
         p = self.keys.for_bucket(sku, bucket)
-        return Call(
-            "transfer_out",
-            (p.sku(sku), p.events(), p.transfers_out()),
-            (transfer_id, str(to), str(most)),
-            _pair,
-        )
+        keys = (p.sku(sku), p.events(), p.transfers_out(), p.holds(sku), p.open_holds())
+        args = (transfer_id, str(to), str(most), self.config.lazy_expiry_bound)
+        return Call("transfer_out", keys, args, _pair)
 
     def transfer_in(
         self, sku: str, bucket: int, transfer_id: str, source: int, units: int, at: int, deadline_ms: int

@@ -27,6 +27,11 @@
     ARGV[7] idempotency field       "reserve:<sku>:<user>:<key>"
     ARGV[8] rate interval ms        (optional, with ARGV[9] and KEYS[6]) lua/includes/ratelimit.lua
     ARGV[9] rate tolerance ms
+    ARGV[10..14] (optional) a stock-bucket transfer to deposit first, in the same step: transfer id,
+                            giving bucket, units, withdrawn at ms, deadline ms (lua/includes/transfers.lua;
+                            its receipts hash fs:{pN}:moves:in among the KEYS). The deposit stays
+                            whatever the answer; a refusal of the deposit itself (INVALID_ARGUMENT,
+                            NOT_FOUND, TRANSFER_LATE) is the answer, nothing written
   Output:
     "<reservation id> <quantity> <created_at ms> <expires_at ms>" (status RESERVED)
     a repeat with the same idempotency field returns the first answer, refusal included
@@ -48,7 +53,8 @@
     error NOT_ADMITTED       the sale has a waiting room and the user holds no live admission (nothing
                              written; not remembered: the same key may succeed once admitted)
     (a limit or stock refusal may first have ended lapsed holds, each with its own event)
-  Event: ["reserved", sku, at, reservation id, user, quantity, ttl ms]   (expires at = at + ttl)
+  Event: ["reserved", sku, at, reservation id, user, quantity, ttl ms]   (expires at = at + ttl); with a
+         deposit, "transferred_in" before it
   Publishes: the SKU id on fs:{pN}:stock when ending lapsed holds gives units back (includes/stock.lua)
   A waiting-room admission used by this reservation is marked used (its score negated): it lasts until
   its deadline all the same, and the admitter counts it as used rather than abandoned.
@@ -64,7 +70,7 @@ local rateKey = ARGV[8] and ARGV[8] ~= '' and KEYS[6]
 -- ('0', '1') rather than tonumber, whose strtod costs as much as a command. A keyed call looks for its
 -- first answer before anything else (below), and any other quantity or stock takes the full checks.
 local availableText
-if not ARGV[6] or ARGV[6] == '' then
+if (not ARGV[6] or ARGV[6] == '') and not ARGV[10] then
   availableText = redis.call('HGET', skuKey, 'available')
   if availableText == '0' and (ARGV[2] == '1' or string.find(ARGV[2], '^[1-9]%d?%d?%d?$')) then
     local sku = string.sub(skuKey, string.find(skuKey, '}:', 1, true) + 6)
@@ -88,6 +94,17 @@ end
 local user, rid = ARGV[1], ARGV[3]
 local idemField = ARGV[7]
 local prefix, sku = skuKeyParts(skuKey)
+
+-- Units moved here from another stock bucket by this shopper's request (engine/buckets.py): deposited in
+-- this step, before anyone else's call can take them.
+if ARGV[10] then
+  --@include transfers
+  local receipts = prefix .. 'moves:in'
+  local refusal = needKeys({receipts})
+  if refusal then return refusal end
+  local deposited = depositTransfer(skuKey, stream, receipts, ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14])
+  if type(deposited) == 'table' then return deposited end
+end
 
 -- The helpers of the rarer paths are defined only when a call takes them: Redis runs a script's whole
 -- body on every call, and each Lua function it defines costs about as much as a HGET (README, Performance).

@@ -21,31 +21,10 @@
     NOT_FOUND          no sale for this SKU in this bucket (nothing written)
     TRANSFER_LATE      past the deadline: left to the sweeper (nothing written)
   Event: ["transferred_in", sku, at, transfer id, from bucket, to bucket, units]
-  Publishes: the SKU id on fs:{pN}:stock (units came: a sold-out flag must drop) (includes/stock.lua)
+  Publishes: the SKU id on fs:{pN}:stock (units came: a sold-out flag must drop) (includes/transfers.lua)
 ]]
 --@include common
---@include events
---@include stock
+--@include transfers
 
 local skuKey, stream, receipts = KEYS[1], KEYS[2], KEYS[3]
-local tid = ARGV[1]
-local prefix, sku = skuKeyParts(skuKey)
-
-if rcall('HEXISTS', receipts, tid) == 1 then return 0 end
-local from, n = parseCount(ARGV[2], MAX_BUCKETS - 1), parseCount(ARGV[3], MAX_UNITS)
-local withdrawn, deadline = parseCount(ARGV[4], MAX_TIME_MS), parseCount(ARGV[5], MAX_TIME_MS)
-if from == nil or n == nil or n < 1 or withdrawn == nil or deadline == nil or not string.match(tid, '^mv_%d+_[%w_-]+$') then
-  return refuse('INVALID_ARGUMENT', 'malformed transfer')
-end
-local s = rcall('HMGET', skuKey, 'available', 'moved', 'bucket')
-if not s[1] then return refuse('NOT_FOUND', 'no sale for sku ' .. sku .. ' in this bucket') end
-local now = nowMs()
-if deadline > 0 and now > withdrawn + deadline then
-  return refuse('TRANSFER_LATE', 'transfer ' .. tid .. ' is older than ' .. deadline .. ' ms: the sweeper finishes it')
-end
-
-rcall('HSET', skuKey, 'available', int(tonumber(s[1]) + n), 'moved', int(tonumber(s[2] or 0) + n))
-rcall('HSET', receipts, tid, sku .. ' ' .. from .. ' ' .. int(n) .. ' ' .. int(now))
-emit(stream, 'transferred_in', sku, int(now), ',"' .. tid .. '",' .. from .. ',' .. (s[3] or '0') .. ',' .. int(n))
-announceStock(prefix, sku)
-return n
+return depositTransfer(skuKey, stream, receipts, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])

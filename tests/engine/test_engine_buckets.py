@@ -220,3 +220,52 @@ def test_buckets_are_fixed_once_a_sale_exists_and_settings_reach_every_bucket(en
     assert engine.restock("FIXB", -15).available == 5  # gathers units into bucket 0 first
     assert_total_exact(engine, "FIXB", 4, 5)
     assert [s.sku for s in engine.list_sales()] == ["FIXB"]
+
+
+@pytest.mark.cluster
+def test_a_lapsed_hold_in_another_bucket_gives_its_unit_to_a_shopper_whose_bucket_is_empty(
+    engine: Engine,
+) -> None:
+    sku = "LAPSEB"
+    engine.load_sale(SaleSettings(sku=sku, total=2, reservation_ttl_ms=1000), buckets=2)
+    homed = {b: [u for u in (f"lapse-{n}" for n in range(200)) if home_bucket(u, 2) == b] for b in (0, 1)}
+    buyer, holder, late = homed[0][0], homed[1][0], homed[0][1]
+    bought = engine.reserve(sku, buyer)
+    engine.confirm(engine.begin_checkout(bought.id, buyer, "card").id, buyer)  # bucket 0: nothing left
+    held = engine.reserve(sku, holder)  # bucket 1's unit, held until it lapses
+    with pytest.raises(OutOfStock):
+        engine.reserve(sku, late)
+    time.sleep(1.1)
+    won = engine.reserve(sku, late)  # no sweeper ran: the withdrawal ended the lapsed hold first
+    assert won.user == late
+    assert engine.get_reservation(held.id).status == "EXPIRED"
+    sale = engine.get_sale(sku)
+    assert (sale.available, sale.reserved, sale.sold, sale.moving) == (0, 1, 1, 0)
+    assert_total_exact(engine, sku, 2, 2)
+
+
+@pytest.mark.cluster
+def test_when_buyers_barely_outnumber_the_units_every_unit_is_sold_wherever_it_was(engine: Engine) -> None:
+    """150 buyers, all homed on bucket 0, for 120 units spread over 4 buckets: the units must move to them
+    and every one be sold (a shopper who moved units takes them in the same step as the deposit)."""
+    sku, buckets = "FAIRB", 4
+    engine.load_sale(SaleSettings(sku=sku, total=120), buckets=buckets)
+    users = _buyers(buckets, skewed=True)[:150]
+
+    def buy(user: str) -> tuple[Reservation | Exception, int, int]:
+        began = int(time.time() * 1000)
+        try:
+            outcome: Reservation | Exception = engine.reserve(sku, user)
+        except FlashSaleError as error:
+            outcome = error
+        return outcome, began, int(time.time() * 1000)
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        outcomes = list(pool.map(buy, users))
+    won = [o for o, _, _ in outcomes if isinstance(o, Reservation)]
+    assert len(won) == 120
+    lost = [(o, began, ended) for o, began, ended in outcomes if not isinstance(o, Reservation)]
+    assert all(type(o) is OutOfStock for o, _, _ in lost)
+    unfair = [(b, e, s) for _, b, e in lost if (s := _empty_during(engine, sku, buckets, b, e))]
+    assert not unfair, unfair[:5]
+    assert_total_exact(engine, sku, buckets, 120)
