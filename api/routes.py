@@ -203,7 +203,7 @@ async def put_sale(api: Api, call: Call) -> Product:
         else 1000 * body.reservation_ttl_seconds,
         paused=body.paused,
     )
-    return schemas.product(await api.engine.load_sale(settings))
+    return schemas.product(await api.engine.load_sale(settings, buckets=body.buckets))
 
 
 async def put_waiting_room(api: Api, call: Call) -> Product:

@@ -113,6 +113,9 @@ class SaleRequest(Request):
         | None
     ) = None
     paused: bool | None = None
+    # A hot SKU's stock split into this many buckets on different Redis partitions (README, Stock
+    # buckets); only when the sale is created (at most the partition count), fixed afterwards.
+    buckets: Annotated[int, Meta(ge=1, le=bounds.MAX_BUCKETS)] | None = None
 
 
 class WaitingRoomRequest(Request):
