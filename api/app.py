@@ -264,7 +264,7 @@ def create_app(
             gateway=payments,
             checkout=Checkout(live, payments, metrics),
             reads=SingleFlight(),
-            openapi=msgspec.json.encode(openapi.build(ENDPOINTS)),
+            openapi=msgspec.json.encode(openapi.build(ENDPOINTS, partitions=settings.partitions)),
             soldout=soldout,
         )
         listening = None

@@ -9,6 +9,8 @@ from typing import Any
 import msgspec
 from flashsale.api.routes import IDEMPOTENCY_KEY, Endpoint
 from flashsale.api.schemas import ErrorBody, Identifier
+from flashsale.engine.bounds import MAX_BUCKETS
+from flashsale.engine.settings import PARTITIONS
 
 _PARAM = re.compile(r"{(\w+)}")
 _REF = "#/components/schemas/{name}"
@@ -104,7 +106,9 @@ LINKS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def build(endpoints: list[Endpoint], *, title: str = "flashsale", version: str = "1") -> dict[str, Any]:
+def build(
+    endpoints: list[Endpoint], *, title: str = "flashsale", version: str = "1", partitions: int = PARTITIONS
+) -> dict[str, Any]:
     types: list[Any] = [ErrorBody]
     for endpoint in endpoints:
         types += [t for t in (endpoint.body, endpoint.returns) if t is not None]
@@ -112,6 +116,8 @@ def build(endpoints: list[Endpoint], *, title: str = "flashsale", version: str =
     schema_of = dict(zip(map(_key, types), schemas, strict=True))
     for (component, field), refinement in _REFINEMENTS.items():
         _refine(components[component]["properties"][field], refinement)
+    # Stock buckets live one per partition: at most this deployment's partition count.
+    _refine(components["SaleRequest"]["properties"]["buckets"], {"maximum": min(partitions, MAX_BUCKETS)})
     error = schema_of[_key(ErrorBody)]
 
     paths: dict[str, dict[str, Any]] = {}

@@ -321,9 +321,9 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", f"{V1}/orders/{{orderId}}/cancel", cancel_order, returns=OrderBody,
              errors=(*_USER, 409, 502)),
     Endpoint("PUT", f"{ADMIN}/sales/{{skuId}}", put_sale, "admin", body=SaleRequest, returns=Product,
-             errors=(*_BODY, *_ADMIN)),
+             errors=(*_BODY, *_ADMIN, 409)),  # 409: a sale's stock buckets are fixed once it exists
     Endpoint("PUT", f"{ADMIN}/sales/{{skuId}}/waiting-room", put_waiting_room, "admin",
-             body=WaitingRoomRequest, returns=Product, errors=(*_BODY, *_ADMIN)),
+             body=WaitingRoomRequest, returns=Product, errors=(*_BODY, *_ADMIN, 409)),  # 409: bucketed
     Endpoint("POST", f"{ADMIN}/sales/{{skuId}}/restock", restock, "admin", body=RestockRequest,
              returns=Product, errors=(*_BODY, *_ADMIN)),
     Endpoint("POST", f"{ADMIN}/sales/{{skuId}}/pause", pause_sale, "admin", returns=Product, errors=_ADMIN),

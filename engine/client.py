@@ -40,7 +40,7 @@ from redis.retry import Retry
 from . import buckets as stock_buckets
 from .buckets import Plan
 from .cluster import ClusterRouter
-from .errors import FlashSaleError, InvalidArgument, NotFound, NotReplicated, from_reply
+from .errors import FlashSaleError, InvalidArgument, InvalidState, NotFound, NotReplicated, from_reply
 from .events import Event, parse_entry
 from .keys import Partition, bought_field, check_layout, held_field, home_bucket
 from .models import (
@@ -146,7 +146,7 @@ def _url_of(settings: Settings) -> str:
 
 
 # A waiting room's line and admissions live in one partition; a bucketed SKU's shoppers reserve in theirs.
-_NO_ROOM_WITH_BUCKETS = "a waiting room is not yet supported on a sale split into stock buckets"
+_NO_ROOM_WITH_BUCKETS = "a waiting room is not supported on a sale split into stock buckets"
 
 
 class _Common:
@@ -438,7 +438,7 @@ class Engine(_Common):
 
     def set_waiting_room(self, sku: str, room: WaitingRoom) -> Sale:
         if room.on and self.buckets_of(sku) > 1:
-            raise InvalidArgument(_NO_ROOM_WITH_BUCKETS)
+            raise InvalidState(_NO_ROOM_WITH_BUCKETS)
         return self._run(self.ops.set_waiting_room(sku, room))
 
     def join_queue(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:
@@ -775,7 +775,7 @@ class AsyncEngine(_Common):
 
     async def set_waiting_room(self, sku: str, room: WaitingRoom) -> Sale:
         if room.on and await self.buckets_of(sku) > 1:
-            raise InvalidArgument(_NO_ROOM_WITH_BUCKETS)
+            raise InvalidState(_NO_ROOM_WITH_BUCKETS)
         return await self._run(self.ops.set_waiting_room(sku, room))
 
     async def join_queue(self, sku: str, user: str, *, rate: RateLimit | None = None) -> QueueStanding:

@@ -26,7 +26,8 @@
     error INVALID_ARGUMENT   bad sku id, unknown field, malformed value, odd number of values,
                              ends_at <= starts_at
     error NOT_FOUND          changing a SKU that was never created without giving `total`
-    error INVALID_ARGUMENT   buckets or bucket changed, or given units for a bucket other than 0
+    error INVALID_STATE      buckets or bucket changed on a sale that exists
+    error INVALID_ARGUMENT   units given for a bucket other than 0
     error INVALID_QUANTITY   total below reserved + sold (+ units moved out of this bucket)
     (on any error nothing is written)
   Event: ["sale_loaded", sku, at, change of total, name, price_cents, flash_price_cents, total, per_user_limit,
@@ -83,7 +84,7 @@ end
 local buckets = tonumber(current[6] or (exists and 1) or changes.buckets or 1)
 local bucket = tonumber(current[7] or (exists and 0) or changes.bucket or 0)
 if (changes.buckets and changes.buckets ~= buckets) or (changes.bucket and changes.bucket ~= bucket) then
-  return refuse('INVALID_ARGUMENT', 'buckets is fixed once a sale exists (sku ' .. sku .. ' has ' .. buckets .. ')')
+  return refuse('INVALID_STATE', 'buckets is fixed once a sale exists (sku ' .. sku .. ' has ' .. buckets .. ')')
 end
 if bucket >= buckets then return refuse('INVALID_ARGUMENT', 'bucket must be below buckets') end
 if bucket > 0 and changes.total and changes.total ~= 0 then

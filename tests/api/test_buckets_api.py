@@ -33,8 +33,8 @@ def test_a_bucketed_sale_over_http_sells_exactly_its_units_and_reopens_when_one_
     assert (created.json()["total"], created.json()["available"]) == (UNITS, UNITS)
     assert engine.get_sale(SKU).buckets == BUCKETS
     again = http.put(f"{ADMIN}/sales/{SKU}", json={"buckets": 2}, headers=api.auth("ops", admin=True))
-    assert again.status_code == 400
-    assert again.json()["error"] == "INVALID_ARGUMENT"
+    assert again.status_code == 409
+    assert again.json()["error"] == "INVALID_STATE"
 
     # Most shoppers homed on bucket 0: the other buckets' units move to them.
     shoppers = _homed(1, 2) + _homed(0, 14)
