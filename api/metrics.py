@@ -183,12 +183,13 @@ class _LiveState(Collector):
         yield node_partitions
         stock = GaugeMetricFamily(
             "flashsale_stock_units",
-            "Units of a SKU by state (available, reserved, sold, total)",
+            "Units of a SKU by state (available, reserved, sold, total; moving: between two of its stock "
+            "buckets, 0 without buckets)",
             labels=["sku", "state"],
         )
         paused = GaugeMetricFamily("flashsale_sale_paused", "1 when the SKU's sale is paused", labels=["sku"])
         for sale in self.sales:
-            for state in ("available", "reserved", "sold", "total"):
+            for state in ("available", "reserved", "sold", "total", "moving"):
                 stock.add_metric([sale.sku, state], getattr(sale, state))
             paused.add_metric([sale.sku], int(sale.paused))
         pending = GaugeMetricFamily(

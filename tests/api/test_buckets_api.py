@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 
 import httpx
-from flashsale.engine import Engine
-from flashsale.engine.keys import home_bucket
+from flashsale.engine import Engine, SaleSettings
+from flashsale.engine.keys import home_bucket, new_transfer_id
 
 from tests.api.conftest import ApiServer
 from tests.api.test_soldout import listening, metric
@@ -75,3 +75,22 @@ def test_a_bucketed_sale_over_http_sells_exactly_its_units_and_reopens_when_one_
         assert time.monotonic() < deadline, response.text
     sale_now = engine.get_sale(SKU)
     assert (sale_now.available, sale_now.reserved, sale_now.moving) == (0, UNITS, 0)
+
+
+def test_units_moving_between_buckets_are_a_metric_the_stuck_transfer_alert_watches(
+    api: ApiServer, http: httpx.Client, engine: Engine
+) -> None:
+    engine.load_sale(SaleSettings(sku=SKU, total=8), buckets=BUCKETS)
+    giver = engine.keys.for_bucket(SKU, 1)
+    units, _at = engine._run(engine.ops.transfer_out(SKU, 1, new_transfer_id(giver), 0, 2))
+    assert units == 2  # withdrawn, never deposited: a cut transfer
+    deadline = time.monotonic() + 5
+    while metric(http, "flashsale_stock_units", sku=SKU, state="moving") != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert metric(http, "flashsale_stock_units", sku=SKU, state="total") == 8
+    assert metric(http, "flashsale_stock_units", sku=SKU, state="available") == 6
+    engine.finish_transfers(giver.index, grace_ms=0)
+    while metric(http, "flashsale_stock_units", sku=SKU, state="moving") != 0:
+        assert time.monotonic() < deadline + 5
+        time.sleep(0.1)
