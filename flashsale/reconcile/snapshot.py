@@ -385,8 +385,12 @@ def _leave_out(state: StoreState, partitions: set[int], count: int) -> None:
     """Drops what the given partitions hold from a store's state (their node could not be read, so
     neither store is compared there)."""
 
+    # A SKU split into stock buckets is left out when any of its buckets' partitions is.
+    buckets = {sku: int(sale.get("buckets") or 1) for sku, sale in state.sales.items()}
+
     def gone(sku: object) -> bool:
-        return partition_of(str(sku), count) in partitions
+        first = partition_of(str(sku), count)
+        return any((first + b) % count in partitions for b in range(buckets.get(str(sku), 1)))
 
     state.sales = {sku: sale for sku, sale in state.sales.items() if not gone(sku)}
     state.users = {key: counts for key, counts in state.users.items() if not gone(key[0])}
