@@ -36,6 +36,8 @@ clients each drive them (``drive``), as they run single calls.
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
@@ -124,6 +126,22 @@ def _move(
     return int(units), outcome
 
 
+# reserve.lua's sold-out refusal: units left, then when the first hold ends (api/soldout.py reads it too).
+_STOCK_IN_REFUSAL = re.compile(
+    r" has (\d+) units left(?:; (?:none is held|the first hold ends in (\d+) ms))?\Z"
+)
+
+
+def _stock_in(refusal: FlashSaleError | None) -> tuple[int, int] | None:
+    """The home bucket's (available, ms until its first hold ends or -1) from its OUT_OF_STOCK refusal; None
+    when there is none to read (a keyed call reads its bucket instead). A refusal without the hold part
+    came after the script ended the lapsed holds: no hold of that bucket is lapsed (-1 then)."""
+    match = _STOCK_IN_REFUSAL.search(refusal.message) if isinstance(refusal, OutOfStock) else None
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2)) if match.group(2) else -1
+
+
 def _sold_out(sku: str, stocks: list[tuple[int, int]]) -> OutOfStock:
     """The refusal after reading every bucket, in reserve.lua's words (api/soldout.py reads them): the
     units left over all buckets and the soonest end of a hold in any."""
@@ -145,17 +163,25 @@ def reserve(
 ) -> Plan[Reservation]:
     """Reserves on the user's home bucket, moving units there from the others when it is empty."""
     home = home_bucket(user, buckets)
+    refusal: FlashSaleError | None = None
     if idempotency_key is None:
         first = yield ops.reserve(sku, user, quantity, None, rate, home)
         if not isinstance(first, OutOfStock):
             return _value(first)  # type: ignore[no-any-return]
-        refusal: FlashSaleError = first
+        refusal = first
 
     def reserving(deposit: Deposit | None) -> Call[Reservation]:
         return ops.reserve(sku, user, quantity, idempotency_key, rate, home, deposit)
 
-    for _ in range(TRANSFER_ROUNDS):
-        stocks = [_value(s) for s in (yield [ops.bucket_stock(sku, b) for b in range(buckets)])]
+    others = [b for b in range(buckets) if b != home]
+    for round_ in range(TRANSFER_ROUNDS):
+        # The home bucket's own refusal says what it has (reserve.lua's words): read only the others.
+        known = _stock_in(refusal)
+        read = others if known is not None else list(range(buckets))
+        replies = [_value(s) for s in (yield [ops.bucket_stock(sku, b) for b in read])]
+        stocks = dict(zip(read, replies, strict=True))
+        if known is not None:
+            stocks[home] = known
         have = stocks[home][0]
         outcome: Any = None
         if have < quantity and stocks[home][1] != 0:  # (a lapsed hold at home: reserve ends it itself)
@@ -165,7 +191,11 @@ def reserve(
                 key=lambda b: -stocks[b][0],
             )
             if not givers:
-                raise _sold_out(sku, stocks)
+                raise _sold_out(sku, list(stocks.values()))
+            # Concurrent shoppers read the same stocks: each starts at another giver (by its user and
+            # round), so they do not all chase the same last units.
+            start = zlib.crc32(f"{user}:{round_}".encode()) % len(givers)
+            givers = givers[start:] + givers[:start]
             need = quantity - max(have, 0)
             for giver in givers:
                 # Half of a giver's units (at least what is needed): a hot home bucket asks less often.
@@ -185,6 +215,7 @@ def reserve(
         if idempotency_key is not None or not isinstance(outcome, OutOfStock):
             return _value(outcome)  # type: ignore[no-any-return]
         refusal = outcome
+    assert refusal is not None
     raise refusal
 
 
