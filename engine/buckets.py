@@ -41,6 +41,7 @@ import zlib
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
+from .bounds import MAX_UNITS
 from .errors import FlashSaleError, InvalidArgument, NotFound, OutOfStock, TransferLate
 from .keys import Keyspace, home_bucket, new_transfer_id
 from .models import Reservation, SaleSettings
@@ -72,6 +73,11 @@ def load_sale(ops: Operations, settings: SaleSettings, buckets: int) -> Plan[Non
     only); a new sale's units are then spread evenly by transfers from bucket 0."""
     before = _value((yield ops.bucket_stock(settings.sku, 0)))
     creating = before[0] < 0
+    if not creating and settings.total is not None:
+        # A new total is judged on bucket 0 (it holds the total): every available unit goes there
+        # first, so that the rule is the SKU's own (never below reserved + sold), not bucket 0's.
+        for b in range(1, buckets):
+            yield from _move(ops, settings.sku, b, 0, MAX_UNITS)
     _value((yield ops.load_sale(settings, 0, buckets)))
     fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
     # The others take the settings, never units (0 creates a bucket; None leaves its units alone).
@@ -123,7 +129,7 @@ def _move(
     if deposit_by is None or isinstance(outcome, (InvalidArgument, NotFound)):
         _value(outcome)  # a deposit refused as malformed or without its bucket: not expected, raised
     _value((yield ops.transfer_done(ops.keys.for_bucket(sku, giver).transfers_out(), transfer_id)))
-    return int(units), outcome
+    return int(units), outcome if deposit_by is not None else None
 
 
 # reserve.lua's sold-out refusal: units left, then when the first hold ends (api/soldout.py reads it too).
@@ -191,7 +197,10 @@ def reserve(
                 key=lambda b: -stocks[b][0],
             )
             if not givers:
-                raise _sold_out(sku, list(stocks.values()))
+                if idempotency_key is None:
+                    raise _sold_out(sku, list(stocks.values()))
+                # A keyed call answers through the script: a repeat gets its first answer back.
+                return _value((yield reserving(None)))  # type: ignore[no-any-return]
             # Concurrent shoppers read the same stocks: each starts at another giver (by its user and
             # round), so they do not all chase the same last units.
             start = zlib.crc32(f"{user}:{round_}".encode()) % len(givers)
@@ -199,17 +208,22 @@ def reserve(
             need = quantity - max(have, 0)
             for giver in givers:
                 # Half of a giver's units (at least what is needed): a hot home bucket asks less often.
-                # The reserve deposits them itself, in the same step, so no other shopper's call takes
-                # the moved units first.
                 most = max(need, -(-stocks[giver][0] // 2), 1)
-                _moved, outcome = yield from _move(ops, sku, giver, home, most, reserving)
-                if outcome is not None and (
-                    idempotency_key is not None or not isinstance(outcome, OutOfStock)
-                ):
-                    return _value(outcome)  # type: ignore[no-any-return]
-                # Refused all the same (the giver had fewer units than read, or home's were taken
-                # meanwhile), or nothing moved: on to the next giver, for the whole quantity.
-                need, outcome = quantity, None
+                # The transfer that covers what is still needed (by the read) is deposited by the reserve
+                # itself, in the same step, so no other shopper's call takes the moved units first; one
+                # that covers less is deposited on its own, and the next giver adds to it.
+                covers = min(most, stocks[giver][0]) >= need
+                moved, outcome = yield from _move(ops, sku, giver, home, most, reserving if covers else None)
+                if outcome is not None:
+                    if idempotency_key is not None or not isinstance(outcome, OutOfStock):
+                        return _value(outcome)  # type: ignore[no-any-return]
+                    # Refused all the same (the giver had fewer units than read, or home's were taken
+                    # meanwhile): on to the next giver, for the whole quantity.
+                    need, outcome = quantity, None
+                    continue
+                need -= moved
+                if need <= 0:
+                    break
         if outcome is None:
             outcome = yield reserving(None)
         if idempotency_key is not None or not isinstance(outcome, OutOfStock):

@@ -1,7 +1,8 @@
 """The bound of engine/buckets.py's reserve, read without a server: its plan driven by a stand-in that
 answers each script call as a worst case would (every bucket has units when read, every reserve is
 refused because other shoppers took them first). It must stop after at most 3(B - 1) transfers and
-answer OUT_OF_STOCK; and with every bucket empty it refuses after one read of the other buckets, moving nothing."""
+answer OUT_OF_STOCK; and with every bucket empty it refuses after one read of the other buckets, moving
+nothing."""
 
 from __future__ import annotations
 
