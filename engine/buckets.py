@@ -23,11 +23,19 @@ deposits it (at most once, by the receipt) once it is ``TRANSFER_GRACE_MS`` old,
 only within ``TRANSFER_DEADLINE_MS`` of the withdrawal, so the two never race. A receipt is forgotten
 only after ``RECEIPT_TTL_MS`` and only once its ledger entry is gone, when no deposit can come again.
 
-**The bound.** A reserve makes at most ``TRANSFER_ROUNDS`` rounds, each reading every bucket and moving
-from at most B - 1 givers: at most 3(B - 1) transfers. A shopper hears OUT_OF_STOCK only when, in the
-round's read, no other bucket had a unit available (every bucket was empty during the request), or after
-those rounds (others took what was moved). A keyed (idempotent) reserve remembers its first answer, so it
-makes its transfers first and reserves once.
+**Transfers, in detail.** The reserve that moves units deposits the last transfer itself
+(``lua/reserve.lua`` with a transfer to deposit), so the moved units are its own to take first. A giver
+gives half its units (at least what is needed), or only what is needed once units run short
+(``SCARCE_PER_BUCKET`` per bucket): half would strand units where no shopper is left to ask. Concurrent
+movers start at different givers (by user and round). A withdrawal first ends the giver's lapsed holds.
+
+**The bound.** A reserve makes at most ``TRANSFER_ROUNDS`` rounds, each reading the buckets and moving
+from at most B - 1 givers: at most 5(B - 1) transfers. A shopper hears OUT_OF_STOCK only when, in a
+round's read, no other bucket had a unit available or a lapsed hold and none was moving between two
+buckets (every bucket was empty during the request; from the second round the home bucket is read again
+too), or after those rounds. A refusal costs B script calls (the home bucket's reserve, whose refusal says
+what it holds, and a read of each other bucket). A keyed (idempotent) reserve remembers its first answer,
+so it makes its transfers first and answers through the script once (a repeat gets its first answer).
 
 The algorithms are written once as plans: generators that yield script calls (a list: calls to run
 concurrently) and receive their outcomes (a value, or the FlashSaleError it raised); the sync and asyncio
@@ -53,7 +61,9 @@ Step = Call[Any] | list[Call[Any]]
 Plan = Generator[Step, Any, T]
 
 # Rounds of reading every bucket and moving units to the home bucket that one reserve may make.
-TRANSFER_ROUNDS = 3
+TRANSFER_ROUNDS = 5
+# Units per bucket under which a giver gives only what is needed (see reserve).
+SCARCE_PER_BUCKET = 4
 # A caller deposits a transfer within this long of its withdrawal, else leaves it to the sweeper...
 TRANSFER_DEADLINE_MS = 10_000
 # ...which finishes transfers older than this (the gap covers clock skew between two Redis servers).
@@ -138,21 +148,21 @@ _STOCK_IN_REFUSAL = re.compile(
 )
 
 
-def _stock_in(refusal: FlashSaleError | None) -> tuple[int, int] | None:
-    """The home bucket's (available, ms until its first hold ends or -1) from its OUT_OF_STOCK refusal; None
-    when there is none to read (a keyed call reads its bucket instead). A refusal without the hold part
-    came after the script ended the lapsed holds: no hold of that bucket is lapsed (-1 then)."""
+def _stock_in(refusal: FlashSaleError | None) -> tuple[int, int, int] | None:
+    """The home bucket's (available, ms until its first hold ends or -1, 0) from its OUT_OF_STOCK refusal;
+    None when there is none to read (a keyed call reads its bucket instead). A refusal without the hold
+    part came after the script ended the lapsed holds: no hold of that bucket is lapsed (-1 then)."""
     match = _STOCK_IN_REFUSAL.search(refusal.message) if isinstance(refusal, OutOfStock) else None
     if match is None:
         return None
-    return int(match.group(1)), int(match.group(2)) if match.group(2) else -1
+    return int(match.group(1)), int(match.group(2)) if match.group(2) else -1, 0
 
 
-def _sold_out(sku: str, stocks: list[tuple[int, int]]) -> OutOfStock:
+def _sold_out(sku: str, stocks: list[tuple[int, int, int]]) -> OutOfStock:
     """The refusal after reading every bucket, in reserve.lua's words (api/soldout.py reads them): the
     units left over all buckets and the soonest end of a hold in any."""
-    left = sum(max(available, 0) for available, _ in stocks)
-    ends = [first for _, first in stocks if first >= 0]
+    left = sum(max(available, 0) for available, _, _ in stocks)
+    ends = [first for _, first, _ in stocks if first >= 0]
     if not ends:
         return OutOfStock(f"sku {sku} has {left} units left; none is held")
     return OutOfStock(f"sku {sku} has {left} units left; the first hold ends in {min(ends)} ms")
@@ -197,6 +207,14 @@ def reserve(
                 key=lambda b: -stocks[b][0],
             )
             if not givers:
+                last = round_ == TRANSFER_ROUNDS - 1
+                if any(stock[2] for stock in stocks.values()) and not last:
+                    continue  # none now, but units are on their way between two buckets: read again
+                if known is not None and round_ > 0 and not last:
+                    # Home was read from a refusal a round ago: others moving units there since may
+                    # have filled it. Read it too before calling the SKU sold out.
+                    refusal = None
+                    continue
                 if idempotency_key is None:
                     raise _sold_out(sku, list(stocks.values()))
                 # A keyed call answers through the script: a repeat gets its first answer back.
@@ -208,7 +226,10 @@ def reserve(
             need = quantity - max(have, 0)
             for giver in givers:
                 # Half of a giver's units (at least what is needed): a hot home bucket asks less often.
-                most = max(need, -(-stocks[giver][0] // 2), 1)
+                # Once units run short (a few per bucket left), only what is needed: half would strand
+                # units in a bucket whose own shoppers are served while others still look for them.
+                left = stocks[giver][0]
+                most = max(need, 1) if left <= SCARCE_PER_BUCKET * buckets else max(need, -(-left // 2), 1)
                 # The transfer that covers what is still needed (by the read) is deposited by the reserve
                 # itself, in the same step, so no other shopper's call takes the moved units first; one
                 # that covers less is deposited on its own, and the next giver adds to it.

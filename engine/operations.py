@@ -100,6 +100,10 @@ def _pair(reply: Any) -> tuple[int, int]:
     return int(reply[0]), int(reply[1])
 
 
+def _triple(reply: Any) -> tuple[int, int, int]:
+    return int(reply[0]), int(reply[1]), int(reply[2])
+
+
 def _entries(reply: Any) -> list[tuple[str, str]]:
     as_text = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
     return list(zip(as_text[::2], as_text[1::2], strict=True))
@@ -368,10 +372,11 @@ class Operations:
         return Call("restock", (p.sku(sku), p.events()), (str(delta),), _sale)
 
     # -- stock buckets (engine/buckets.py) ----------------------------------------------------------------
-    def bucket_stock(self, sku: str, bucket: int) -> Call[tuple[int, int]]:
-        """A bucket's available units, ms until its first hold ends (-1: none); (-1, -1): no bucket."""
+    def bucket_stock(self, sku: str, bucket: int) -> Call[tuple[int, int, int]]:
+        """A bucket's available units, ms until its first hold ends (-1: none), units it gave still moving;
+        (-1, -1, 0): no such bucket."""
         p = self.keys.for_bucket(sku, bucket)
-        return Call("bucket_stock", (p.sku(sku), p.holds(sku)), (), _pair)
+        return Call("bucket_stock", (p.sku(sku), p.holds(sku), p.transfers_out()), (), _triple)
 
     def transfer_out(
         self, sku: str, bucket: int, transfer_id: str, to: int, most: int

@@ -1,6 +1,7 @@
 """CI's smoke test of the benchmark harness: scenarios 1+2 (hot SKU with ceilings), 3 (the locking
-baseline), 7 (a full sale with the write-behind worker, then reconcile), memory (bytes per hold) and
-servers (Redis and Valkey side by side) in quick mode against servers started by the project's launcher.
+baseline), 7 (a full sale with the write-behind worker, then reconcile), memory (bytes per hold),
+servers (Redis and Valkey side by side) and hot-sku-buckets (one SKU in B stock buckets on the 3-master
+cluster) in quick mode against servers started by the project's launcher.
 It asserts the scenarios' correctness checks (exact successes, invariants, exact counts, no drift), never
 their speed or size: those are what bench/ reports.
 """
@@ -13,9 +14,16 @@ from pathlib import Path
 import pytest
 from flashsale.bench.checks import invariant_1
 from flashsale.bench.options import Options
-from flashsale.bench.scenarios import baseline, compare_servers, full_sale, hot_sku, memory
+from flashsale.bench.scenarios import baseline, compare_servers, full_sale, hot_sku, hot_sku_buckets, memory
 
-from flashsale.launcher import KafkaBroker, LaunchError, PostgresServer, RedisServer, find_valkey_server
+from flashsale.launcher import (
+    KafkaBroker,
+    LaunchError,
+    PostgresServer,
+    RedisCluster,
+    RedisServer,
+    find_valkey_server,
+)
 
 
 def _checks(report_checks: list[dict[str, object]], needle: str) -> list[dict[str, object]]:
@@ -144,3 +152,29 @@ def test_servers_quick_runs_every_check_on_each_server(tmp_path: Path) -> None:
         assert len(_checks(report.checks, f"{server}: with idempotency key")) == 5
         medians = report.figures["medians"][server]
         assert medians["reserve, full work"]["server_us"] > 0
+
+
+def test_hot_sku_buckets_quick_sells_exactly_the_units_whatever_the_bucket_count(
+    redis_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    options = Options(
+        quick=True, redis_url=redis_cluster.url, results_dir=tmp_path, plots=False, buckets=(1, 4), units=300
+    )
+    report = hot_sku_buckets.run_scenario(options)
+    _json_path, md_path = report.write(tmp_path)
+
+    assert report.passed, [c for c in report.checks if not c["passed"]]
+    runs = report.figures["runs"]
+    assert [r["buckets"] for r in runs] == [1, 4]
+    sold_out = {"total": 300, "available": 0, "reserved": 300, "sold": 0, "moving": 0}
+    for r in runs:
+        assert r["race"]["outcomes"] == {"ok": 300, "OUT_OF_STOCK": 600}
+        assert r["sold_out"]["outcomes"] == {"OUT_OF_STOCK": 300}
+        assert r["counters"]["race"] == sold_out
+        bought = r["every_one"]["successes"]
+        assert r["counters"]["every_one"]["reserved"] == bought
+        assert r["counters"]["every_one"]["available"] == 300 - bought
+        assert len(r["race"]["redis_us_per_attempt_per_master"]) == 3
+        assert sum(r["buckets_per_master"]) == r["buckets"]
+    assert len(_checks(report.checks, "B=4, round 1")) == 5
+    assert "| B |" in md_path.read_text()

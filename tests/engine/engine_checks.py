@@ -307,8 +307,8 @@ local declaredKeys = {}
 for i = 1, #KEYS do declaredKeys[KEYS[i]] = true end
 local FIRST_ARG_IS_THE_KEY = {}
 for _, name in ipairs({'GET', 'SET', 'HDEL', 'HEXISTS', 'HGET', 'HGETALL', 'HINCRBY', 'HMGET', 'HSET',
-  'HSETNX', 'PERSIST', 'PEXPIRE', 'PEXPIREAT', 'SADD', 'SMEMBERS', 'XADD', 'XLEN', 'ZADD', 'ZCARD', 'ZCOUNT',
-  'ZPOPMIN', 'ZRANGE', 'ZRANGEBYSCORE', 'ZRANK', 'ZREM', 'ZREMRANGEBYSCORE', 'ZSCORE'}) do
+  'HVALS', 'HSETNX', 'PERSIST', 'PEXPIRE', 'PEXPIREAT', 'SADD', 'SMEMBERS', 'XADD', 'XLEN', 'ZADD', 'ZCARD',
+  'ZCOUNT', 'ZPOPMIN', 'ZRANGE', 'ZRANGEBYSCORE', 'ZRANK', 'ZREM', 'ZREMRANGEBYSCORE', 'ZSCORE'}) do
   FIRST_ARG_IS_THE_KEY[name] = true
 end
 local function checkKeys(command, ...)

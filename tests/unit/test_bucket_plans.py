@@ -1,6 +1,6 @@
 """The bound of engine/buckets.py's reserve, read without a server: its plan driven by a stand-in that
 answers each script call as a worst case would (every bucket has units when read, every reserve is
-refused because other shoppers took them first). It must stop after at most 3(B - 1) transfers and
+refused because other shoppers took them first). It must stop after at most 5(B - 1) transfers and
 answer OUT_OF_STOCK; and with every bucket empty it refuses after one read of the other buckets, moving
 nothing."""
 
@@ -35,7 +35,7 @@ def _drive(plan: Plan[Any], answer: Any) -> tuple[Any, Counter[str]]:
 
 
 @pytest.mark.parametrize("buckets", [2, 4, 16])
-def test_a_reserve_refused_again_and_again_stops_after_three_rounds_of_at_most_b_minus_one_transfers(
+def test_a_reserve_refused_again_and_again_stops_after_five_rounds_of_at_most_b_minus_one_transfers(
     buckets: int,
 ) -> None:
     ops = Operations(EngineConfig())
@@ -43,7 +43,7 @@ def test_a_reserve_refused_again_and_again_stops_after_three_rounds_of_at_most_b
 
     def answer(call: Call[Any]) -> Any:
         if call.script == "bucket_stock":
-            return (0, -1) if call.keys[0] == home else (5, -1)  # the others have units when read...
+            return (0, -1, 0) if call.keys[0] == home else (5, -1, 0)  # the others have units when read...
         if call.script == "transfer_out":
             return (1, 1_796_000_000_000)
         if call.script == "reserve":
@@ -52,7 +52,7 @@ def test_a_reserve_refused_again_and_again_stops_after_three_rounds_of_at_most_b
 
     outcome, calls = _drive(reserve(ops, "HOT", "alice", 1, None, None, buckets), answer)
     assert isinstance(outcome, OutOfStock)
-    assert calls["transfer_out"] == TRANSFER_ROUNDS * (buckets - 1) == 3 * (buckets - 1)
+    assert calls["transfer_out"] == TRANSFER_ROUNDS * (buckets - 1) == 5 * (buckets - 1)
     # The home bucket's refusal says what it holds: each round reads only the others.
     assert calls["bucket_stock"] == TRANSFER_ROUNDS * (buckets - 1)
 
@@ -62,7 +62,7 @@ def test_with_every_bucket_empty_a_reserve_refuses_after_one_read_and_moves_noth
 
     def answer(call: Call[Any]) -> Any:
         if call.script == "bucket_stock":
-            return (0, 1500 if call.keys[0].startswith("fs:{p") else -1)
+            return (0, 1500 if call.keys[0].startswith("fs:{p") else -1, 0)
         if call.script == "reserve":
             return OutOfStock("sku HOT has 0 units left; none is held")
         raise AssertionError(f"{call.script} was called")
@@ -73,3 +73,25 @@ def test_with_every_bucket_empty_a_reserve_refuses_after_one_read_and_moves_noth
         str(outcome) == "sku HOT has 0 units left; the first hold ends in 1500 ms"
     )  # api/soldout.py reads it
     assert calls == Counter({"reserve": 1, "bucket_stock": 3})  # a refusal costs B script calls
+
+
+def test_units_on_their_way_between_buckets_are_read_again_rather_than_called_sold_out() -> None:
+    ops = Operations(EngineConfig())
+    reads = Counter[int]()
+
+    def answer(call: Call[Any]) -> Any:
+        if call.script == "bucket_stock":
+            reads["n"] += 1
+            return (
+                0,
+                -1,
+                2 if reads["n"] <= 3 else 0,
+            )  # first round: 2 units moving out of each other bucket
+        if call.script == "reserve":
+            return OutOfStock("sku HOT has 0 units left; none is held")
+        raise AssertionError(f"{call.script} was called")
+
+    outcome, calls = _drive(reserve(ops, "HOT", "alice", 1, None, None, 4), answer)
+    assert isinstance(outcome, OutOfStock)
+    # Read again while units move; then once more with the home bucket (filled meanwhile?); then sold out.
+    assert calls == Counter({"reserve": 1, "bucket_stock": 3 + 3 + 4})
