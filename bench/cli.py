@@ -22,6 +22,11 @@ from flashsale.bench.servers import DEFAULT_SERVER, ServerKind
 # `flashsale --help` does not pay for numpy and matplotlib.
 SCENARIOS = {
     "hot-sku": ("hot_sku", "1+2: one hot SKU at engine level, 10 → 10,000 clients, with the ceilings."),
+    "hot-sku-buckets": (
+        "hot_sku_buckets",
+        "Issue 11: one hot SKU split into B stock buckets (--buckets, default 1,2,4,8) on a Redis Cluster "
+        "(--redis-cluster, default 3 masters): attempts/s, reserves/s, Redis CPU per master, side by side.",
+    ),
     "baseline": ("baseline", "3: flashsale side by side with the design document's locking design."),
     "many-skus": ("many_skus", "4: 1,000 SKUs, uniform and Zipf-skewed traffic."),
     "http": ("http", "5: POST /reservations end to end through `flashsale serve`, driven by wrk."),
@@ -80,14 +85,15 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
             "redis_cluster",
             type=click.IntRange(1, 16),
             multiple=True,
-            help="many-skus: run on a launcher-started Redis Cluster of N masters instead (repeat: 1, 2, 4).",
+            help="many-skus: run on a launcher-started Redis Cluster of N masters instead (repeat: 1, 2, 4); "
+            "hot-sku-buckets: the cluster sizes to run on (default 3).",
         ),
         click.option(
             "--client-processes",
             type=click.IntRange(1, 64),
             default=1,
             show_default=True,
-            help="many-skus --redis-cluster: client processes sharing the attempts.",
+            help="many-skus --redis-cluster, hot-sku-buckets: client processes sharing the attempts.",
         ),
         click.option(
             "--server",
@@ -121,14 +127,29 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
             "--clients",
             type=click.IntRange(0, 100_000),
             default=0,
-            help="many-skus --redis-cluster: asyncio clients per process (default 1,000; --quick 500).",
+            help="many-skus --redis-cluster, hot-sku-buckets: asyncio clients per process (default 1,000; "
+            "--quick 500).",
         ),
         click.option(
             "--attempts",
             type=click.IntRange(0, 100_000_000),
             default=0,
             help="many-skus --redis-cluster: attempts per cluster size (default 100,000; --quick 20,000), "
-            "the units per SKU scaled to keep half of them successes (for many-core machines).",
+            "the units per SKU scaled to keep half of them successes (for many-core machines); "
+            "hot-sku-buckets: attempts per run (default 3 x --units).",
+        ),
+        click.option(
+            "--buckets",
+            default="",
+            callback=_check_buckets,
+            help="hot-sku-buckets: the stock bucket counts to compare, comma-separated (default 1,2,4,8; "
+            "each 1..16, one partition each).",
+        ),
+        click.option(
+            "--units",
+            type=click.IntRange(0, 10_000_000),
+            default=0,
+            help="hot-sku-buckets: units of the hot SKU per run (default 5,000; --quick 1,000).",
         ),
     ]
     for decorate in reversed(decorators):
@@ -143,6 +164,16 @@ def _check_servers(_ctx: click.Context, _param: click.Parameter, value: tuple[st
         except ValueError as error:
             raise click.BadParameter(str(error)) from None
     return value
+
+
+def _check_buckets(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in value.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: bucket counts separated by commas, e.g. 1,2,4,8") from None
+    if any(not 1 <= b <= 16 for b in counts):
+        raise click.BadParameter(f"{value!r}: each bucket count is 1..16 (one partition each)")
+    return counts
 
 
 def _run(name: str, **raw: Any) -> None:
@@ -166,6 +197,8 @@ def _run(name: str, **raw: Any) -> None:
         api_workers=tuple(raw["api_workers"]),
         connections=raw["connections"],
         clients=raw["clients"],
+        buckets=raw["buckets"],
+        units=raw["units"],
     )
     module = importlib.import_module(f"flashsale.bench.scenarios.{SCENARIOS[name][0]}")
     report = module.run_scenario(options)

@@ -41,6 +41,10 @@ class Options:
     connections: int = 0
     # many-skus --redis-cluster: asyncio clients per client process (0: the scenario's default)
     clients: int = 0
+    # hot-sku-buckets: the stock bucket counts to compare (empty: 1, 2, 4, 8) and the units per run (0: the
+    # scenario's default)
+    buckets: tuple[int, ...] = ()
+    units: int = 0
 
     @property
     def server(self) -> str:
