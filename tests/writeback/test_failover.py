@@ -316,13 +316,13 @@ def test_a_worker_and_a_master_with_a_replica_killed_under_load_lose_only_what_r
             ballast = victim.client()
             try:
                 tag = engine.keys.partition(min(lost_partitions)).tag
-                for _ in range(60):
+                for _ in range(200):  # (the kernel took up to ~60 MB here; more when the machine is busy)
                     if _replication_backlog(victim) > 0:
                         break
                     ballast.set(f"failover-ballast{tag}", b"x" * (1 << 20))
             finally:
                 ballast.close()
-            assert _replication_backlog(victim) > 0, "the socket buffers took 60 MB"
+            assert _replication_backlog(victim) > 0, "the socket buffers took 200 MB"
             time.sleep(0.5)  # changes acknowledged by the master alone
             figures["replica_frozen_s"] = round(time.monotonic() - frozen_at, 2)
             figures["unsent_replication_bytes"] = _replication_backlog(victim)
