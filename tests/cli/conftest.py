@@ -15,6 +15,16 @@ Drain = Callable[[Engine, str], int]
 
 
 @pytest.fixture
+def env(redis_url: str, database_url: str, on_cluster: bool) -> dict[str, str]:
+    """The environment a `flashsale` command run by a test reads: this test's Redis and PostgreSQL."""
+    return {
+        "FLASHSALE_REDIS_URL": redis_url,
+        "FLASHSALE_REDIS_CLUSTER": "1" if on_cluster else "0",
+        "FLASHSALE_DATABASE_URL": database_url,
+    }
+
+
+@pytest.fixture
 def drain() -> Drain:
     return drain_streams
 

@@ -31,15 +31,6 @@ SKUS = ("SKU-TV-55", "SKU-PHONE-1", "SKU-MUG-RED")
 
 
 @pytest.fixture
-def env(redis_url: str, database_url: str, on_cluster: bool) -> dict[str, str]:
-    return {
-        "FLASHSALE_REDIS_URL": redis_url,
-        "FLASHSALE_REDIS_CLUSTER": "1" if on_cluster else "0",
-        "FLASHSALE_DATABASE_URL": database_url,
-    }
-
-
-@pytest.fixture
 def busy_sale(engine: Engine, database_url: str, drain: Drain) -> Engine:
     """Three SKUs after a mixed burst, drained into PostgreSQL, then a few more changes left unapplied."""
     now = int(engine.redis.time()[0]) * 1000

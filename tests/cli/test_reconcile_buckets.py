@@ -36,15 +36,6 @@ def _repair(env: dict[str, str], direction: str) -> None:
 
 
 @pytest.fixture
-def env(redis_url: str, database_url: str, on_cluster: bool) -> dict[str, str]:
-    return {
-        "FLASHSALE_REDIS_URL": redis_url,
-        "FLASHSALE_REDIS_CLUSTER": "1" if on_cluster else "0",
-        "FLASHSALE_DATABASE_URL": database_url,
-    }
-
-
-@pytest.fixture
 def bucketed(engine: Engine, database_url: str, drain: Drain) -> Engine:
     """A 4-bucket sale after holds, purchases and releases (most shoppers homed on bucket 0, so units moved),
     drained; then a hold, a purchase and a transfer cut after its withdrawal, not applied."""

@@ -29,15 +29,6 @@ ROOMY, SOLD_OUT = "SKU-TV-55", "SKU-MUG-RED"
 ROOM = WaitingRoom(admit_per_s=1000, stock_factor=0, admission_ttl_ms=60_000)
 
 
-@pytest.fixture
-def env(redis_url: str, database_url: str, on_cluster: bool) -> dict[str, str]:
-    return {
-        "FLASHSALE_REDIS_URL": redis_url,
-        "FLASHSALE_REDIS_CLUSTER": "1" if on_cluster else "0",
-        "FLASHSALE_DATABASE_URL": database_url,
-    }
-
-
 def reconcile(env: dict[str, str], *args: str) -> Result:
     return CliRunner().invoke(main, ["reconcile", *args], env=env, catch_exceptions=False)
 
