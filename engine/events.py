@@ -49,7 +49,8 @@ _RULES = ("per_user_limit", "starts_at", "ends_at", "reservation_ttl_ms", "pause
 LAYOUT: dict[EventType, tuple[str, ...]] = {
     EventType.SALE_LOADED: ("delta", *_PRICES, "total", *_RULES),
     EventType.RESTOCKED: ("delta", "total"),
-    # A hold expires at `at` + its ttl: the ttl is shorter to carry than the moment.
+    # A hold expires at `at` + its ttl: the ttl is shorter to carry than the moment. Its id comes without
+    # the "rsv_<partition>_" that the stream's partition gives (the most frequent event: bytes count).
     EventType.RESERVED: ("reservation_id", "user", "quantity", "ttl_ms"),
     EventType.RELEASED: ("reservation_id", "user", "quantity", "order_id"),
     EventType.EXPIRED: ("reservation_id", "user", "quantity", "order_id"),
@@ -141,6 +142,14 @@ def stream_id_key(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _whole_id(partition: int, rid: str) -> str:
+    """A hold's id as its reserved event carries it: without the "rsv_<partition>_" its stream already says
+    (16 characters, engine.keys), or whole (streams written before, and tests)."""
+    if len(rid) == 16 or not rid.startswith("rsv_"):
+        return f"rsv_{partition}_{rid}"
+    return rid
+
+
 def parse_entry(partition: int, stream_id: str, fields: dict[str, Any]) -> Event:
     """Decodes one XRANGE/XREAD entry of a partition's stream; UnknownEvent when it cannot."""
     event_id = f"{partition}-{stream_id}"
@@ -153,6 +162,8 @@ def parse_entry(partition: int, stream_id: str, fields: dict[str, Any]) -> Event
                 values[flag] = bool(values[flag])
         if "ttl_ms" in values:
             values["expires_at"] = int(body[2]) + int(values.pop("ttl_ms"))
+        if kind is EventType.RESERVED:
+            values["reservation_id"] = _whole_id(partition, str(values["reservation_id"]))
         return Event(
             id=event_id,
             partition=partition,

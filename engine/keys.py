@@ -281,7 +281,8 @@ def idempotency_field(operation: str, scope: str, user: str, key: str) -> str:
 
 def _random_part() -> str:
     # 96 random bits as 16 URL-safe base64 characters: unique for good (PostgreSQL keeps every id), and
-    # short, since a hold's id is stored three times (its record's field, its holds entry, its event).
+    # short, since a hold's id is stored three times (its record's field, its holds entry, its event; the
+    # reserved event carries these 16 characters alone: engine/events.py relies on the length).
     return base64.urlsafe_b64encode(os.urandom(12)).decode()
 
 

@@ -53,7 +53,8 @@
     error NOT_ADMITTED       the sale has a waiting room and the user holds no live admission (nothing
                              written; not remembered: the same key may succeed once admitted)
     (a limit or stock refusal may first have ended lapsed holds, each with its own event)
-  Event: ["reserved", sku, at, reservation id, user, quantity, ttl ms]   (expires at = at + ttl); with a
+  Event: ["reserved", sku, at, reservation id less "rsv_<partition>_", user, quantity, ttl ms]   (expires
+         at = at + ttl); with a
          deposit, "transferred_in" before it
   Publishes: the SKU id on fs:{pN}:stock when ending lapsed holds gives units back (includes/stock.lua)
   A waiting-room admission used by this reservation is marked used (its score negated): it lasts until
@@ -217,5 +218,7 @@ rcall('HSET', skuKey, 'available', int(available - qty), 'reserved', int(reserve
 rcall('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' RESERVED ' .. nowText .. ' ' .. expiresAt .. ' - 0 0')
 rcall('ZADD', holdsKey, expiresAt, rid)
 if admission and admission > 0 then rcall('ZADD', admittedKey, int(-admission), user) end
-emit(stream, 'reserved', sku, nowText, ',"' .. rid .. '","' .. user .. '",' .. qtyText .. ',' .. s[6])
+-- The event's id leaves out "rsv_<partition>_": the stream's partition says it (engine/events.py).
+emit(stream, 'reserved', sku, nowText, ',"' .. string.sub(rid, string.find(rid, '_', 5, true) + 1) .. '","' .. user
+  .. '",' .. qtyText .. ',' .. s[6])
 return answer(rid .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresAt)

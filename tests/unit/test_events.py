@@ -210,3 +210,12 @@ def test_a_transfer_between_stock_buckets_moves_units_and_leaves_the_total_alone
     assert copy.product_if_missing["total"] == 0
     inventory = [m for t, m in messages(out, TOPICS) if t == "inventory"]
     assert json.loads(inventory[0])["moving_delta"] == 5
+
+
+def test_a_reserved_event_carries_its_id_without_what_its_stream_says() -> None:
+    short = event("reserved", "AbCdEfGhIjKlMnOp", "alice", 1, 1000)  # as lua/reserve.lua writes it
+    assert short.reservation_id == "rsv_3_AbCdEfGhIjKlMnOp"
+    whole = event("reserved", "rsv_3_AbCdEfGhIjKlMnOp", "alice", 1, 1000)  # streams written before
+    assert whole.reservation_id == "rsv_3_AbCdEfGhIjKlMnOp"
+    chance = event("reserved", "rsv_AbCdEfGhIjKl", "alice", 1, 1000)  # a random part that starts so
+    assert chance.reservation_id == "rsv_3_rsv_AbCdEfGhIjKl"
