@@ -5,13 +5,7 @@
 # rate. The machine has no network: the wheels flashsale needs beyond what it already has travel in .whl/
 # (bench/manycore/fetch.sh prepares them). Results go to $OUT (the device tool brings them back) or
 # bench/results/manycore/.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-out=${OUT:-bench/results/manycore}
-mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-{ nproc; python3 --version; lscpu | grep -E 'Model name|^CPU\(s\)'; } | tee "$out/machine.txt"
+source "$(dirname "$0")/prepare.sh"
 python3 -m flashsale.bench hot-sku-buckets \
   --redis-cluster 4 --buckets 1,2,4,8 --client-processes 8 --units 50000 \
   --no-plots --results-dir "$out/buckets" 2>&1 | tee "$out/run-buckets.log"

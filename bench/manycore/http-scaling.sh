@@ -4,12 +4,8 @@
 # Redis, wrk -t4 -c256 (and -c1024 for W = 1, 8, 11, 14), every request a full reserve by a user of its
 # own. The machine has no network: the wheels the API needs beyond what it has travel in .whl/ (cp312, manylinux), and Debian's wrk with its
 # libluajit in .wrk/. Results go to $OUT (the device tool brings them back) or bench/results/manycore/.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-out=${OUT:-bench/results/manycore}
-mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PATH=$PWD/.wrk:$PATH LD_LIBRARY_PATH=$PWD/.wrk
+source "$(dirname "$0")/prepare.sh"
+export PATH=$PWD/.wrk:$PATH LD_LIBRARY_PATH=$PWD/.wrk
 wrk --version | head -1 || true
 # 256 connections (the issue's first measurement), then 1,024 for the larger W: at 256 the connections,
 # not the servers, bound the rate once W passes 8 (a request's latency × the rate = the connections).
