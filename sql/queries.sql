@@ -22,7 +22,9 @@ WHERE partition = %(partition)s AND applied_id = %(expected_id)s
 RETURNING applied_id;
 
 -- name: upsert_products --
--- Creates or updates products from their latest sale settings (sale_loaded events).
+-- Creates or updates products from their latest sale settings (sale_loaded events). With replace false it
+-- only creates: a stock bucket's settings copy (bucket_set events) makes the product when the SKU's own
+-- partition has not yet, and never changes one (bucket 0's sale_loaded is the product's record).
 INSERT INTO products (
   sku_id, name, base_price_cents, flash_sale_price_cents, total_inventory, per_user_limit,
   starts_at, ends_at, reservation_ttl_ms, is_active, created_at, updated_at
@@ -46,25 +48,8 @@ ON CONFLICT (sku_id) DO UPDATE SET
   ends_at = EXCLUDED.ends_at,
   reservation_ttl_ms = EXCLUDED.reservation_ttl_ms,
   is_active = EXCLUDED.is_active,
-  updated_at = EXCLUDED.updated_at;
-
--- name: insert_products_if_missing --
--- Creates products from a stock bucket's settings copy (bucket_set events) when the SKU's own partition
--- has not created them yet; never changes one (bucket 0's sale_loaded is the product's record).
-INSERT INTO products (
-  sku_id, name, base_price_cents, flash_sale_price_cents, total_inventory, per_user_limit,
-  starts_at, ends_at, reservation_ttl_ms, is_active, created_at, updated_at
-)
-SELECT u.sku_id, u.name, u.price_cents, u.flash_price_cents, u.total, u.per_user_limit,
-       ms_to_timestamptz(NULLIF(u.starts_at, 0)), ms_to_timestamptz(NULLIF(u.ends_at, 0)),
-       u.reservation_ttl_ms, NOT u.paused, ms_to_timestamptz(u.created_at), ms_to_timestamptz(u.at)
-FROM unnest(
-  %(sku_id)b::text[], %(name)b::text[], %(price_cents)b::bigint[], %(flash_price_cents)b::bigint[],
-  %(total)b::integer[], %(per_user_limit)b::integer[], %(starts_at)b::bigint[], %(ends_at)b::bigint[],
-  %(reservation_ttl_ms)b::bigint[], %(paused)b::boolean[], %(at)b::bigint[], %(created_at)b::bigint[]
-) AS u(sku_id, name, price_cents, flash_price_cents, total, per_user_limit, starts_at, ends_at,
-       reservation_ttl_ms, paused, at, created_at)
-ON CONFLICT (sku_id) DO NOTHING;
+  updated_at = EXCLUDED.updated_at
+WHERE %(replace)s;
 
 -- name: set_product_buckets --
 -- Records how many stock buckets a SKU's sale is split into (bucket_set events; fixed for a sale's life).

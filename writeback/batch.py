@@ -43,8 +43,8 @@ class Batch:
         # A sale_loaded event carries the whole settings: those products are upserted.
         return [p for p in self.changes.products.values() if "name" in p.fields]
 
-    def product_rows(self) -> dict[str, list[Any]]:
-        return _columns([_product_row(p) for p in self._full_products()])
+    def product_rows(self) -> dict[str, Any]:
+        return _upsert(_columns([_product_row(p) for p in self._full_products()]), replace=True)
 
     def product_total_rows(self) -> dict[str, list[Any]]:
         # Restocked without new settings in this batch: only the units on sale change.
@@ -56,10 +56,12 @@ class Batch:
             ]
         )
 
-    def products_if_missing_rows(self) -> dict[str, list[Any]]:
+    def products_if_missing_rows(self) -> dict[str, Any]:
         # A stock bucket's settings copy (bucket_set, total 0): creates the product only if its own
         # partition (bucket 0's sale_loaded) has not been applied yet.
-        return _columns([_product_row(p) for p in self.changes.products_if_missing.values()])
+        return _upsert(
+            _columns([_product_row(p) for p in self.changes.products_if_missing.values()]), replace=False
+        )
 
     def product_bucket_rows(self) -> dict[str, list[Any]]:
         # How many stock buckets a SKU has (its buckets' bucket_set events).
@@ -224,6 +226,11 @@ def _product_row(p: Change) -> dict[str, Any]:
         "at": f["updated_at"],
         "created_at": f["created_at"],
     }
+
+
+def _upsert(columns: dict[str, list[Any]], *, replace: bool) -> dict[str, Any]:
+    """upsert_products's parameters: the rows' columns (none: no statement) and whether it replaces."""
+    return {**columns, "replace": replace} if columns else {}
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

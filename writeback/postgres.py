@@ -58,7 +58,7 @@ async def apply_batch(conn: AsyncConnection[Any], batch: Batch, expected_id: str
         )
         checks: list[tuple[psycopg.AsyncCursor[Any], int, str]] = []
 
-        async def run(name: str, params: dict[str, list[Any]], expect_rows: bool = False) -> None:
+        async def run(name: str, params: dict[str, Any], expect_rows: bool = False) -> None:
             if not params:
                 return
             cursor = await conn.execute(q[name], params)
@@ -66,7 +66,7 @@ async def apply_batch(conn: AsyncConnection[Any], batch: Batch, expected_id: str
                 checks.append((cursor, len(next(iter(params.values()))), name))
 
         await run("upsert_products", batch.product_rows())
-        await run("insert_products_if_missing", batch.products_if_missing_rows())
+        await run("upsert_products", batch.products_if_missing_rows())
         await run("set_product_buckets", batch.product_bucket_rows())
         await run("update_product_totals", batch.product_total_rows(), expect_rows=True)
         await run("create_inventory", batch.new_inventory_rows())

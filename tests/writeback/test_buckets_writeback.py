@@ -4,6 +4,7 @@ messages in its stream's order; and the sweeper finishing a transfer that a kill
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from flashsale.engine import Engine, FlashSaleError, Reservation, SaleSettings
 from flashsale.engine.keys import home_bucket
 from flashsale.engine.settings import Settings
 from flashsale.writeback import WorkerOptions, WorkerThread
+from flashsale.writeback.batch import Batch
+from flashsale.writeback.postgres import apply_batch, ensure_offset, unapplied
 from writeback_checks import all_events, read_topic
 
 
@@ -147,3 +150,33 @@ def test_a_process_killed_mid_transfer_loses_nothing_once_the_sweeper_ran(
     assert len(ins) == len(set(ins))
     assert set(ins) == set(outs)
     assert len(outs) > 50
+
+
+@pytest.mark.parametrize("bucket_zero_first", [True, False])
+def test_a_buckets_settings_copy_creates_the_product_when_missing_and_never_changes_it(
+    engine: Engine, settings: Settings, bucket_zero_first: bool
+) -> None:
+    """Each bucket's partition is applied on its own: whichever comes first, the product ends as bucket 0's
+    sale_loaded says (its total, its name), never as a copy's (total 0)."""
+    sku = "ORDERB"
+    engine.load_sale(SaleSettings(sku=sku, name="Hot mug", total=40), buckets=4)
+    partitions = [engine.keys.for_bucket(sku, b).index for b in range(4)]
+    order = partitions if bucket_zero_first else partitions[::-1]
+
+    async def apply_in_order() -> None:
+        conn = await psycopg.AsyncConnection.connect(str(settings.database_url))
+        try:
+            for p in order:
+                offset = await ensure_offset(conn, p)
+                events = unapplied(engine.read_events(p, after=offset), offset)
+                await apply_batch(conn, Batch.fold(p, events), offset)
+        finally:
+            await conn.close()
+
+    asyncio.run(apply_in_order())
+    with psycopg.connect(str(settings.database_url)) as conn:
+        product = conn.execute(
+            "SELECT name, total_inventory, buckets FROM products WHERE sku_id = %s", (sku,)
+        ).fetchone()
+    assert product == ("Hot mug", 40, 4)
+    assert _inventory(str(settings.database_url), sku)[:5] == (40, 40, 0, 0, 0)
