@@ -8,8 +8,9 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
     fs:{p3}:skus               set     the partition's SKU ids (the catalog)
     fs:{p3}:holds:<sku>        zset    the SKU's open holds: reservation id -> deadline ms (expiry)
     fs:{p3}:open               hash    the open reservations: reservation id -> its record "sku user quantity
-                                       status created_at expires_at order_id pay_until ended_at"
-    fs:{p3}:r:<reservation id> string  an ended reservation's record, kept for the retention period
+                                       created_at expires_at order_id pay_until"
+    fs:{p3}:r:<reservation id> string  an ended reservation's record, kept for the retention period: "sku user
+                                       quantity status created_at expires_at order_id pay_until ended_at"
                                        (lua/includes/reservations.lua)
     fs:{p3}:order:<order id>   hash    one order
     fs:{p3}:idem:<generation>  hash    first answers of idempotent calls, field "<op>:<digest of scope, user

@@ -319,10 +319,22 @@ def admit_step_from_reply(reply: list[Any]) -> AdmitStep:
     return AdmitStep(outcome=str(outcome), admitted=int(admitted), line=int(line), sent_away=int(sent_away))
 
 
+def record_values(record: str) -> list[str]:
+    """A reservation record's nine fields, ``sku user quantity status created_at expires_at order_id
+    pay_until ended_at`` ('-' / 0: none), from either layout lua/includes/reservations.lua writes: an ended
+    reservation's nine, or an open hold's seven (its status RESERVED and ended_at 0 left out)."""
+    values = record.split(" ")
+    if len(values) == 7:
+        values[3:3] = [ReservationStatus.RESERVED.value]
+        values.append("0")
+    if len(values) != 9:
+        raise ValueError(f"not a reservation record: {record!r}")
+    return values
+
+
 def reservation_from_record(reservation_id: str, record: str) -> Reservation:
-    """A Reservation from its record, the string lua/includes/reservations.lua writes:
-    ``sku user quantity status created_at expires_at order_id pay_until ended_at`` ('-' / 0: none)."""
-    sku, user, quantity, status, created_at, expires_at, order_id, pay_until, ended_at = record.split(" ")
+    """A Reservation from its record (``record_values``)."""
+    sku, user, quantity, status, created_at, expires_at, order_id, pay_until, ended_at = record_values(record)
     return Reservation(
         id=reservation_id,
         sku=sku,

@@ -215,7 +215,8 @@ end
 local expiresAt = int(now + ttl)
 local qtyText, nowText = int(qty), int(now)
 rcall('HSET', skuKey, 'available', int(available - qty), 'reserved', int(reserved + qty), heldField, int(held + qty))
-rcall('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' RESERVED ' .. nowText .. ' ' .. expiresAt .. ' - 0 0')
+-- The open record (lua/includes/reservations.lua): sku user quantity created_at expires_at order pay_until.
+rcall('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresAt .. ' - 0')
 rcall('ZADD', holdsKey, expiresAt, rid)
 if admission and admission > 0 then rcall('ZADD', admittedKey, int(-admission), user) end
 -- The event's id leaves out "rsv_<partition>_": the stream's partition says it (engine/events.py).

@@ -167,21 +167,14 @@ def plan_redis_from_postgres(snap: Snapshot) -> RedisPlan:
 
 
 def _record(res: Record) -> str:
-    """The reservation record string (lua/includes/reservations.lua)."""
-    return " ".join(
-        str(v)
-        for v in (
-            res["sku"],
-            res["user"],
-            res["quantity"],
-            res["status"],
-            res["created_at"],
-            res["expires_at"],
-            res.get("order_id") or "-",
-            res.get("pay_until") or 0 if res["status"] == OPEN else 0,
-            res.get("ended_at") or 0,
-        )
-    )
+    """The reservation record string (lua/includes/reservations.lua): an open hold's seven fields, an
+    ended reservation's nine."""
+    head = (res["sku"], res["user"], res["quantity"])
+    tail = (res.get("order_id") or "-", res.get("pay_until") or 0 if res["status"] == OPEN else 0)
+    if res["status"] == OPEN:
+        return " ".join(str(v) for v in (*head, res["created_at"], res["expires_at"], *tail))
+    ended = (res["status"], res["created_at"], res["expires_at"], *tail, res.get("ended_at") or 0)
+    return " ".join(str(v) for v in (*head, *ended))
 
 
 def _sale_hash(sale: Record) -> dict[str, str | int]:

@@ -27,7 +27,7 @@ from psycopg.rows import dict_row
 from flashsale.engine import Engine
 from flashsale.engine.events import parse_entry
 from flashsale.engine.keys import Partition, partition_of
-from flashsale.engine.models import SALE_FIELDS
+from flashsale.engine.models import SALE_FIELDS, record_values
 from flashsale.engine.nodes import node_clients, partition_nodes
 from flashsale.writeback.database import queries
 
@@ -161,7 +161,7 @@ def read_offsets(conn: psycopg.Connection[Any]) -> dict[int, str]:
 
 def reservation_from_record(reservation_id: str, value: str) -> Record:
     """A reservation record (lua/includes/reservations.lua) as the shared record shape."""
-    sku, user, quantity, status, created_at, expires_at, order_id, pay_until, ended_at = value.split(" ")
+    sku, user, quantity, status, created_at, expires_at, order_id, pay_until, ended_at = record_values(value)
     ended = int(ended_at) or None
     return {
         "id": reservation_id,

@@ -1,16 +1,22 @@
 --[[
-  The reservation record: one string of nine fields in this order, separated by single spaces (ids and
-  SKUs never contain spaces; '-' and 0 stand for "none"):
+  The reservation record: one string of fields separated by single spaces (ids and SKUs never contain
+  spaces; '-' and 0 stand for "none"). An ended reservation's record has nine:
 
     sku user quantity status created_at expires_at order_id pay_until ended_at
+
+  an open hold's record (status RESERVED, not ended) leaves those two out, 11 characters fewer per hold:
+
+    sku user quantity created_at expires_at order_id pay_until
 
   An open hold's record is a field of its partition's hash fs:{pN}:open (field: the reservation id); when
   the hold ends, its record moves to a key of its own, fs:{pN}:r:<reservation id>, kept for RETENTION_MS.
   A field of a shared hash, not a key or a hash per hold: far less memory per hold, and cheaper to create
-  (README, Performance). engine/models.py reads the same layout.
+  (README, Performance). engine/models.py reads the same layouts (and a nine-field open record, as written
+  before open records were shortened).
 ]]
 --@include common
 
+local OPEN_PATTERN = '^(%S+) (%S+) (%d+) (%d+) (%d+) (%S+) (%d+)$'
 local RESERVATION_PATTERN = '^(%S+) (%S+) (%d+) (%u+) (%d+) (%d+) (%S+) (%d+) (%d+)$'
 
 local function openKey(prefix)
@@ -22,8 +28,10 @@ local function endedKey(prefix, rid)
 end
 
 local function packReservation(r)
-  return r.sku .. ' ' .. r.user .. ' ' .. r.quantity .. ' ' .. r.status .. ' ' .. r.created_at .. ' '
-    .. r.expires_at .. ' ' .. (r.order_id or '-') .. ' ' .. (r.pay_until or 0) .. ' ' .. (r.ended_at or 0)
+  local head = r.sku .. ' ' .. r.user .. ' ' .. r.quantity .. ' '
+  local tail = ' ' .. (r.order_id or '-') .. ' ' .. (r.pay_until or 0)
+  if r.status == 'RESERVED' then return head .. r.created_at .. ' ' .. r.expires_at .. tail end
+  return head .. r.status .. ' ' .. r.created_at .. ' ' .. r.expires_at .. tail .. ' ' .. (r.ended_at or 0)
 end
 
 -- The keys a reservation's record may be in (readReservation reads both, writeReservation writes both).
@@ -33,8 +41,12 @@ end
 
 -- A record as a table, or nil when it is not a reservation record.
 local function parseReservation(value)
-  local sku, user, qty, status, created, expires, order, payUntil, ended = string.match(value, RESERVATION_PATTERN)
-  if not sku then return nil end
+  local status, ended = 'RESERVED', '0'
+  local sku, user, qty, created, expires, order, payUntil = string.match(value, OPEN_PATTERN)
+  if not sku then
+    sku, user, qty, status, created, expires, order, payUntil, ended = string.match(value, RESERVATION_PATTERN)
+    if not sku then return nil end
+  end
   return {
     sku = sku, user = user, quantity = tonumber(qty), status = status, created_at = tonumber(created),
     expires_at = tonumber(expires), order_id = order ~= '-' and order or nil, pay_until = tonumber(payUntil),

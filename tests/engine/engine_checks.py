@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import redis
 from flashsale.engine import Engine, Event, partition_of, replay
 from flashsale.engine.events import effect, parse_entry
+from flashsale.engine.models import record_values
 from flashsale.engine.scripts import Script
 
 T = TypeVar("T")
@@ -94,10 +95,14 @@ RECORD_FIELDS = (
 )
 
 
-def parse_record(record: str) -> dict[str, str]:
+def parse_record(record: str, *, open_hold: bool) -> dict[str, str]:
+    """A record as the scripts must write it: an open hold's seven fields (status and ended_at left
+    out), an ended reservation's nine (lua/includes/reservations.lua)."""
     values = record.split(" ")
-    assert len(values) == len(RECORD_FIELDS), f"malformed reservation record {record!r}"
-    return dict(zip(RECORD_FIELDS, values, strict=True))
+    expected = len(RECORD_FIELDS) - 2 if open_hold else len(RECORD_FIELDS)
+    kind = "open" if open_hold else "ended"
+    assert len(values) == expected, f"malformed {kind} reservation record {record!r}"
+    return dict(zip(RECORD_FIELDS, record_values(record), strict=True))
 
 
 def _keys(engine: Engine, pattern: str) -> list[str]:
@@ -140,13 +145,13 @@ def read_partition(engine: Engine, index: int) -> PartitionState:
                     counts["held" if f.startswith("h:") else "purchased"] = int(v)
         elif kind == "r":
             assert name not in state.reservations, f"reservation {name} is both open and ended"
-            assert parse_record(value)["status"] != "RESERVED", f"open reservation {name} has an ended record"
-            state.reservations[name] = parse_record(value)
+            ended = parse_record(value, open_hold=False)
+            assert ended["status"] != "RESERVED", f"open reservation {name} has an ended record"
+            state.reservations[name] = ended
         elif kind == "open":
             for rid, record in value.items():
                 assert rid not in state.reservations, f"reservation {rid} is both open and ended"
-                assert parse_record(record)["status"] == "RESERVED", f"ended reservation {rid} still open"
-                state.reservations[rid] = parse_record(record)
+                state.reservations[rid] = parse_record(record, open_hold=True)
         elif kind == "order":
             state.orders[name] = value
         elif kind == "holds":
