@@ -6,7 +6,10 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
     fs:{p3}:sku:<sku>          hash    counters (total available reserved sold), sale settings, and per
                                        user h:<user> (units held now), b:<user> (units bought): the limit
     fs:{p3}:skus               set     the partition's SKU ids (the catalog)
-    fs:{p3}:holds:<sku>        zset    the SKU's open holds: reservation id -> deadline ms (expiry)
+    fs:{p3}:due:<sku>          list    the SKU's holds by deadline, as they were made: "<deadline ms>
+                                       <reservation id>" (an ended hold's entry stays until the head is there)
+    fs:{p3}:holds:<sku>        zset    the SKU's holds out of the list's order: reservation id -> deadline ms
+                                       (a checkout's payment grace, ...) (lua/includes/holds.lua: expiry)
     fs:{p3}:open               hash    the open reservations: reservation id -> its record "sku user quantity
                                        created_at expires_at order_id pay_until"
     fs:{p3}:r:<reservation id> string  an ended reservation's record, kept for the retention period: "sku user
@@ -98,7 +101,12 @@ class Partition:
         return f"{self.tag}skus"
 
     def holds(self, sku: str) -> str:
+        """The SKU's holds out of ``due``'s order, by deadline (lua/includes/holds.lua)."""
         return f"{self.tag}holds:{sku}"
+
+    def due(self, sku: str) -> str:
+        """The SKU's holds in the order they were made, each "<deadline ms> <reservation id>"."""
+        return f"{self.tag}due:{sku}"
 
     def open_holds(self) -> str:
         """The hash of the partition's open reservations (field: the id, value: its record)."""

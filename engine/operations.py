@@ -235,7 +235,14 @@ class Operations:
         p = self.keys.for_bucket(identifier(sku, "sku"), bucket) if bucket else self.keys.for_sku(sku)
         identifier(user, "user id")
         rid = new_reservation_id(p)
-        keys: tuple[str, ...] = (p.sku(sku), p.holds(sku), p.events(), p.open_holds(), p.admitted(sku))
+        keys: tuple[str, ...] = (
+            p.sku(sku),
+            p.due(sku),
+            p.holds(sku),
+            p.events(),
+            p.open_holds(),
+            p.admitted(sku),
+        )
         # A key is scoped to its SKU (reservation, order below), never to the partition a hash happens
         # to put it in: reusing a key for another SKU is a new request.
         answers, idempotency = self._idempotency(p, "reserve", sku, user, idempotency_key)
@@ -376,14 +383,14 @@ class Operations:
         """A bucket's available units, ms until its first hold ends (-1: none), units it gave still moving;
         (-1, -1, 0): no such bucket."""
         p = self.keys.for_bucket(sku, bucket)
-        return Call("bucket_stock", (p.sku(sku), p.holds(sku), p.transfers_out()), (), _triple)
+        return Call("bucket_stock", (p.sku(sku), p.holds(sku), p.transfers_out(), p.due(sku)), (), _triple)
 
     def transfer_out(
         self, sku: str, bucket: int, transfer_id: str, to: int, most: int
     ) -> Call[tuple[int, int]]:
         """Withdraws up to ``most`` units from ``bucket`` for bucket ``to``: (units, at ms)."""
         p = self.keys.for_bucket(sku, bucket)
-        keys = (p.sku(sku), p.events(), p.transfers_out(), p.holds(sku), p.open_holds())
+        keys = (p.sku(sku), p.events(), p.transfers_out(), p.holds(sku), p.open_holds(), p.due(sku))
         args = (transfer_id, str(to), str(most), self.config.lazy_expiry_bound)
         return Call("transfer_out", keys, args, _pair)
 

@@ -7,8 +7,9 @@
 
   Input:
     KEYS[1] bucket's sku hash   fs:{pN}:sku:<sku>
-    KEYS[2] bucket's holds      fs:{pN}:holds:<sku>
+    KEYS[2] bucket's holds      fs:{pN}:holds:<sku>   (zset; lua/includes/holds.lua)
     KEYS[3] transfer ledger     fs:{pN}:moves:out   (few entries: only transfers under way)
+    KEYS[4] bucket's holds list fs:{pN}:due:<sku>   (the first deadline is the earlier of the two heads)
   Output:
     {available, ms until the first hold ends (0: lapsed already) or -1 when none is held, units moving
      out of this bucket}
@@ -26,9 +27,13 @@ for i = 1, #ledger do
   end
 end
 local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2]
+first = first and tonumber(first)
+local head = redis.call('LINDEX', KEYS[4], 0)
+head = head and tonumber(string.match(head, '^%d+'))
+if head and (not first or head < first) then first = head end
 if not first then return {tonumber(available), -1, moving} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ends = tonumber(first) - now
+local ends = first - now
 if ends < 0 then ends = 0 end
 return {tonumber(available), ends, moving}

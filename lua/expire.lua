@@ -7,7 +7,8 @@
     KEYS[1] partition catalog    fs:{pN}:skus   set of the partition's SKU ids
     KEYS[2] partition stream     fs:{pN}:events
     KEYS[3] open holds           fs:{pN}:open   the partition's open reservation records
-    KEYS[4..] the keys a NEEDS_KEYS reply named: each SKU's holds (fs:{pN}:holds:<sku>) to read, and for
+    KEYS[4..] the keys a NEEDS_KEYS reply named: each SKU's holds (fs:{pN}:holds:<sku>, fs:{pN}:due:<sku>:
+              lua/includes/holds.lua) to read, and for
               the holds to end their SKU's hash, their records (fs:{pN}:r:<id>) and orders
     ARGV[1] limit                integer 1..10,000
   Output:
@@ -33,7 +34,10 @@ end
 local now = nowMs()
 local skus = rcall('SMEMBERS', catalogKey)
 local holdsKeys = {openKey(prefix)}
-for i = 1, #skus do holdsKeys[i + 1] = prefix .. 'holds:' .. skus[i] end
+for i = 1, #skus do
+  holdsKeys[#holdsKeys + 1] = prefix .. 'holds:' .. skus[i]
+  holdsKeys[#holdsKeys + 1] = dueKey(prefix, skus[i])
+end
 local refusal = needKeys(holdsKeys)
 if refusal then return refusal end
 
@@ -42,7 +46,7 @@ local found, keys, left = {}, {}, limit
 for _, sku in ipairs(skus) do
   if left <= 0 then break end
   local lapsed, needed = lapsedHolds(prefix, sku, now, left)
-  if #lapsed > 0 then
+  if #lapsed > 0 or lapsed.popped > 0 then
     found[#found + 1] = {sku, lapsed}
     for i = 1, #needed do keys[#keys + 1] = needed[i] end
     left = left - #lapsed

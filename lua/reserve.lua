@@ -9,14 +9,17 @@
 
   Input:
     KEYS[1] sku hash          fs:{pN}:sku:<sku>   counters, sale settings, h:<user> / b:<user> counts
-    KEYS[2] sku holds         fs:{pN}:holds:<sku>   zset reservation id -> deadline ms
-    KEYS[3] partition stream  fs:{pN}:events
-    KEYS[4] open holds        fs:{pN}:open   the partition's open reservation records, one field each
+    KEYS[2] sku holds list    fs:{pN}:due:<sku>   "<deadline ms> <reservation id>" in the order holds were
+                              made (lua/includes/holds.lua): a new hold is appended here
+    KEYS[3] sku holds zset    fs:{pN}:holds:<sku>   reservation id -> deadline ms, for holds out of the
+                              list's order (a new hold whose deadline would come before the list's last)
+    KEYS[4] partition stream  fs:{pN}:events
+    KEYS[5] open holds        fs:{pN}:open   the partition's open reservation records, one field each
                               (lua/includes/reservations.lua)
-    KEYS[5] admitted          fs:{pN}:wr:a:<sku>   zset user -> admission deadline ms (negated once used):
+    KEYS[6] admitted          fs:{pN}:wr:a:<sku>   zset user -> admission deadline ms (negated once used):
                               read only when the sale has a waiting room (lua/includes/waiting_room.lua)
-    KEYS[6] rate bucket       fs:{pN}:rl:<user>   (optional, with ARGV[8..9]) the user's request rate
-    KEYS[6 or 7..] with an idempotency key: its answers' generations fs:{pN}:idem:<g> and idem:<g - 1>
+    KEYS[7] rate bucket       fs:{pN}:rl:<user>   (optional, with ARGV[8..9]) the user's request rate
+    KEYS[7 or 8..] with an idempotency key: its answers' generations fs:{pN}:idem:<g> and idem:<g - 1>
                               (g = now // ttl by the client's clock); and any keys a NEEDS_KEYS reply named
     ARGV[1] user id
     ARGV[2] quantity          integer 1..per_user_limit
@@ -60,13 +63,15 @@
   A waiting-room admission used by this reservation is marked used (its score negated): it lasts until
   its deadline all the same, and the admitter counts it as used rather than abandoned.
 ]]
-local skuKey, holdsKey, stream, openHolds, admittedKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local rateKey = ARGV[8] and ARGV[8] ~= '' and KEYS[6]
+local skuKey, dueListKey, holdsKey, stream, openHolds = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local admittedKey = KEYS[6]
+local rateKey = ARGV[8] and ARGV[8] ~= '' and KEYS[7]
 
 -- Sold out comes first, and before the includes below: most calls of a flash sale end here, and
 -- defining the includes' functions costs more than this whole check (Redis runs a script's body on
 -- every call). Lapsed holds would give units back, so a SKU is sold out only while its earliest hold's
--- deadline is ahead. The refusal says how far ahead: an API process answers the same from memory until
+-- deadline is ahead (the earlier head of its two indexes, lua/includes/holds.lua: an entry the list still
+-- has of an ended hold can only make that sooner). The refusal says how far ahead: an API process answers the same from memory until
 -- then, unless the SKU's stock channel says otherwise sooner (api/soldout.py). Plain string compares
 -- ('0', '1') rather than tonumber, whose strtod costs as much as a command. A keyed call looks for its
 -- first answer before anything else (below), and any other quantity or stock takes the full checks.
@@ -75,12 +80,15 @@ if (not ARGV[6] or ARGV[6] == '') and not ARGV[10] then
   availableText = redis.call('HGET', skuKey, 'available')
   if availableText == '0' and (ARGV[2] == '1' or string.find(ARGV[2], '^[1-9]%d?%d?%d?$')) then
     local sku = string.sub(skuKey, string.find(skuKey, '}:', 1, true) + 6)
-    local firstEnds = redis.call('ZRANGE', holdsKey, '0', '0', 'WITHSCORES')[2]
+    local firstEnds = redis.call('LINDEX', dueListKey, '0')
+    firstEnds = firstEnds and tonumber(string.match(firstEnds, '^%d+'))
+    local reindexed = redis.call('ZRANGE', holdsKey, '0', '0', 'WITHSCORES')[2]
+    if reindexed and (not firstEnds or tonumber(reindexed) < firstEnds) then firstEnds = tonumber(reindexed) end
     if not firstEnds then
       return redis.error_reply('OUT_OF_STOCK sku ' .. sku .. ' has 0 units left; none is held')
     end
     local t = redis.call('TIME')
-    firstEnds = tonumber(firstEnds) - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+    firstEnds = firstEnds - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
     if firstEnds > 0 then
       return redis.error_reply('OUT_OF_STOCK sku ' .. sku .. ' has 0 units left; the first hold ends in '
         .. string.format('%d', firstEnds) .. ' ms')
@@ -114,7 +122,7 @@ end
 local function lapsedOf(now, bound)
   --@include holds
   local lapsed, keys = lapsedHolds(prefix, sku, now, bound)
-  if #lapsed == 0 then return nil end
+  if #lapsed == 0 and lapsed.popped == 0 then return nil end
   local refusal = needKeys(keys)
   if refusal then return nil, refusal end
   return function() return endLapsed(prefix, stream, sku, lapsed, now) end
@@ -145,11 +153,14 @@ if not available then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
 available = tonumber(available)
 now = now or nowMs()
 if available < qty then
-  local firstEnds = rcall('ZRANGE', holdsKey, 0, 0, 'WITHSCORES')[2]
+  local firstEnds = rcall('LINDEX', dueListKey, 0)
+  firstEnds = firstEnds and tonumber(string.match(firstEnds, '^%d+'))
+  local reindexed = rcall('ZRANGE', holdsKey, 0, 0, 'WITHSCORES')[2]
+  if reindexed and (not firstEnds or tonumber(reindexed) < firstEnds) then firstEnds = tonumber(reindexed) end
   if not firstEnds then
     return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left; none is held'))
   end
-  firstEnds = tonumber(firstEnds) - now
+  firstEnds = firstEnds - now
   if firstEnds > 0 then
     return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left; the first hold ends in '
       .. firstEnds .. ' ms'))
@@ -217,7 +228,14 @@ local qtyText, nowText = int(qty), int(now)
 rcall('HSET', skuKey, 'available', int(available - qty), 'reserved', int(reserved + qty), heldField, int(held + qty))
 -- The open record (lua/includes/reservations.lua): sku user quantity created_at expires_at order pay_until.
 rcall('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresAt .. ' - 0')
-rcall('ZADD', holdsKey, expiresAt, rid)
+-- Indexed by deadline (lua/includes/holds.lua): appended to the list, unless that would put it before the
+-- list's last deadline (the sale's TTL was shortened, the clock stepped back): then in the sorted set.
+local last = rcall('LINDEX', dueListKey, -1)
+if last and tonumber(string.match(last, '^%d+')) > now + ttl then
+  rcall('ZADD', holdsKey, expiresAt, rid)
+else
+  rcall('RPUSH', dueListKey, expiresAt .. ' ' .. rid)
+end
 if admission and admission > 0 then rcall('ZADD', admittedKey, int(-admission), user) end
 -- The event's id leaves out "rsv_<partition>_": the stream's partition says it (engine/events.py).
 emit(stream, 'reserved', sku, nowText, ',"' .. string.sub(rid, string.find(rid, '_', 5, true) + 1) .. '","' .. user

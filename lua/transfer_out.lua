@@ -11,9 +11,10 @@
     KEYS[1] bucket's sku hash   fs:{pN}:sku:<sku>   (available, moved: net units moved in, minus out)
     KEYS[2] partition stream    fs:{pN}:events
     KEYS[3] transfer ledger     fs:{pN}:moves:out   transfer id -> "<sku> <to bucket> <units> <at ms>"
-    KEYS[4] bucket's holds      fs:{pN}:holds:<sku>
-    KEYS[5] open holds          fs:{pN}:open   (and any keys a NEEDS_KEYS reply named: the records and
-                                orders of lapsed holds to end)
+    KEYS[4] bucket's holds      fs:{pN}:holds:<sku>   (zset; lua/includes/holds.lua)
+    KEYS[5] open holds          fs:{pN}:open
+    KEYS[6] bucket's holds list fs:{pN}:due:<sku>   (and any keys a NEEDS_KEYS reply named: the records
+                                and orders of lapsed holds to end)
     ARGV[1] transfer id         mv_<partition>_<random>
     ARGV[2] receiving bucket    integer 0..MAX_BUCKETS-1, not this bucket's own
     ARGV[3] most units          integer 1..MAX_UNITS: withdraw up to this many
@@ -59,7 +60,7 @@ local available, moved = tonumber(s[1]), tonumber(s[4] or 0)
 local now = nowMs()
 if available < most then
   local lapsed, keys = lapsedHolds(prefix, sku, now, tonumber(ARGV[4]) or 0)
-  if #lapsed > 0 then
+  if #lapsed > 0 or lapsed.popped > 0 then
     local refusal = needKeys(keys)
     if refusal then return refusal end
     if endLapsed(prefix, stream, sku, lapsed, now) > 0 then

@@ -8,14 +8,16 @@ variant reads, before and after its holds:
 - INFO memory ``used_memory``: the delta / N is the bytes per held reservation, everything included
   (keyspace entries, encodings, the allocator's rounding);
 - ``MEMORY USAGE key SAMPLES 0`` (every element counted) of each key the holds write, by kind: the SKU
-  hashes (a user's ``h:<user>`` count), the holds sorted sets, the partitions' open hashes (the records),
+  hashes (a user's ``h:<user>`` count), the holds lists and sorted sets (the deadline indexes), the
+  partitions' open hashes (the records),
   the partition streams (the events: delta / new entries = bytes per event) and the idempotency hashes;
   what INFO counts beyond those keys is "other".
 
 No worker runs, so every hold's event is still in its stream: that is the cost of a hold "while unapplied";
 once the worker has applied it and trimmed the stream, a hold costs about one event less.
 Checks: every reserve succeeded; per SKU reserved == holds made, available 0, invariant 1; the holds
-sorted sets, open hashes and streams each grew by exactly N entries (the idempotency hashes by N fields
+lists, open hashes and streams each grew by exactly N entries (the holds sorted sets by none: every hold
+was made in deadline order) (the idempotency hashes by N fields
 with keys, 0 without); the streams replay to the counters; repeating some idempotent calls returns the same
 reservations and changes nothing.
 """
@@ -38,7 +40,7 @@ from flashsale.engine import AsyncEngine, SaleSettings
 
 # Issue 14's targets, bytes.
 TARGETS = {"per_hold": 400, "per_hold_with_key": 550, "per_event": 120}
-KINDS = ("sku hashes", "holds zsets", "open hashes", "streams", "idempotency hashes")
+KINDS = ("sku hashes", "holds lists", "holds zsets", "open hashes", "streams", "idempotency hashes")
 
 
 @dataclass
@@ -74,6 +76,7 @@ async def _keys(engine: AsyncEngine, client: aioredis.Redis, skus: list[str]) ->
     ]
     return {
         "sku hashes": [engine.keys.for_sku(sku).sku(sku) for sku in skus],
+        "holds lists": [engine.keys.for_sku(sku).due(sku) for sku in skus],
         "holds zsets": [engine.keys.for_sku(sku).holds(sku) for sku in skus],
         "open hashes": sorted(p.open_holds() for p in partitions),
         "streams": sorted(p.events() for p in partitions),
@@ -91,6 +94,8 @@ async def _snapshot(engine: AsyncEngine, client: aioredis.Redis, skus: list[str]
     usage = iter(await pipe.execute())
     by_kind = {kind: sum(int(next(usage) or 0) for _ in keys[kind]) for kind in KINDS}
     pipe = client.pipeline(transaction=False)
+    for key in keys["holds lists"]:
+        pipe.llen(key)
     for key in keys["holds zsets"]:
         pipe.zcard(key)
     for key in keys["open hashes"] + keys["idempotency hashes"]:
@@ -100,7 +105,7 @@ async def _snapshot(engine: AsyncEngine, client: aioredis.Redis, skus: list[str]
     counts = iter(await pipe.execute())
     entries = {
         kind: sum(int(next(counts)) for _ in keys[kind])
-        for kind in ("holds zsets", "open hashes", "idempotency hashes", "streams")
+        for kind in ("holds lists", "holds zsets", "open hashes", "idempotency hashes", "streams")
     }
     info = await client.info("memory")
     return {
@@ -161,7 +166,8 @@ async def _variant(
     )
     grown = {kind: after["entries"][kind] - before["entries"][kind] for kind in after["entries"]}
     expected = {
-        "holds zsets": s.holds,
+        "holds lists": s.holds,
+        "holds zsets": 0,
         "open hashes": s.holds,
         "streams": s.holds,
         "idempotency hashes": s.holds if with_key else 0,
@@ -298,10 +304,11 @@ def run_scenario(options: Options) -> Report:
         "reserve, the full work each time); the figures above are the server's memory, not its speed."
     )
     report.notes.append(
-        "A hold lives in four places: a field of its partition's open hash (the record), a member of its "
-        "SKU's holds sorted set (the deadline), a field of the SKU hash (the user's held count) and an entry "
-        "of the partition stream until the worker has applied and trimmed it; with an idempotency key also "
-        "a field of the partition's idempotency hash for 24-48 h. 'other' is what INFO counts beyond "
-        "MEMORY USAGE of those keys (the allocator's rounding, the keyspace's own tables)."
+        "A hold lives in four places: a field of its partition's open hash (the record), an entry of its "
+        "SKU's holds list (the deadline; the sorted set only for holds out of the list's order), a field "
+        "of the SKU hash (the user's held count) and an entry of the partition stream until the worker has "
+        "applied and trimmed it; with an idempotency key also a field of the partition's idempotency hash "
+        "for 24-48 h. 'other' is what INFO counts beyond MEMORY USAGE of those keys (the allocator's "
+        "rounding, the keyspace's own tables)."
     )
     return report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -320,8 +321,10 @@ _STATUS_COLUMNS = ("SKU", "name", "price", "window", "total", "available", "rese
 def _node_sales(
     engine: Engine, client: redis.Redis, partitions: tuple[int, ...]
 ) -> list[tuple[Sale, int, int]]:
-    """The sales of one node's partitions with their open holds and partition, in two pipelined round
-    trips to it. A SKU split into stock buckets has one sale per bucket, each in its bucket's partition."""
+    """The sales of one node's partitions with their open holds and partition: two pipelined round trips
+    to it, and a pass over each partition's open records (HSCAN, 1,000 a round trip), which count the
+    holds (a SKU's deadline indexes may still list ended holds: lua/includes/holds.lua). A SKU split into
+    stock buckets has one sale per bucket, each in its bucket's partition."""
     catalogs = client.pipeline(transaction=False)
     for index in partitions:
         catalogs.smembers(engine.keys.partition(index).catalog())
@@ -332,13 +335,15 @@ def _node_sales(
     ]
     pipe = client.pipeline(transaction=False)
     for sku, index in found:
-        p = engine.keys.partition(index)
-        pipe.hmget(p.sku(sku), SALE_AND_ROOM_FIELDS)
-        pipe.zcard(p.holds(sku))
+        pipe.hmget(engine.keys.partition(index).sku(sku), SALE_AND_ROOM_FIELDS)
     replies = pipe.execute()
+    holds: Counter[tuple[str, int]] = Counter()
+    for index in partitions:
+        for _rid, record in client.hscan_iter(engine.keys.partition(index).open_holds(), count=1000):
+            holds[(str(record).split(" ", 1)[0], index)] += 1
     return [
-        (sale_, int(holds), index)
-        for (_sku, index), values, holds in zip(found, replies[::2], replies[1::2], strict=True)
+        (sale_, holds[(sku, index)], index)
+        for (sku, index), values in zip(found, replies, strict=True)
         if (sale_ := sale_from_values(values)) is not None
     ]
 

@@ -4,8 +4,8 @@ Across the stores (invariant 5): Redis == PostgreSQL + the unapplied events, for
 settings, every user's counts, and every reservation and order Redis must hold (open ones, and ended ones
 within the retention period), so a Redis restored from an old copy shows the records it lost. Within each
 store: counts add up and are never negative (1), no user is past the per-user limit (2), and the rows agree
-with the counters (open holds with `reserved`; in Redis also each open hold with its SKU's holds set at its
-deadline; in PostgreSQL counted orders with `sold`).
+with the counters (open holds with `reserved`; in Redis also each open hold indexed by its SKU's holds list or
+set at or before its deadline; in PostgreSQL counted orders with `sold`).
 
 Waiting rooms: their settings and the counts the log carries (admitted, sent away) across the stores, and in
 Redis the line against the admissions: nobody both in line and admitted (a live admission), a join time for
@@ -14,6 +14,7 @@ everyone in line, and no more admission records than admissions counted.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,7 +235,10 @@ def _limit_checks(
 
 
 def _holds_checks(snap: Snapshot) -> list[Drift]:
-    """Redis's holds sets list exactly its open reservations, each at its deadline."""
+    """Redis's deadline indexes (lua/includes/holds.lua): the holds sorted set lists only open
+    reservations, each at its deadline; each holds list runs in deadline order; and every open
+    reservation is in one or the other at or before its deadline (else it would end late). A list entry
+    of a hold that ended, or whose deadline moved later, is no drift: the list's head drops it."""
     r = snap.redis
     found = []
     listed = {rid: (sku, score) for sku, holds in r.holds.items() for rid, score in holds.items()}
@@ -247,10 +251,31 @@ def _holds_checks(snap: Snapshot) -> list[Drift]:
             found.append(
                 Drift(sku, "hold_at_its_deadline", "redis", f"{rid} at {deadline(record)}", str(score))
             )
+    queued: dict[str, int] = {}
+    for sku, entries in sorted(r.due.items()):
+        for (_rid, at), (later, later_at) in itertools.pairwise(entries):
+            if later_at < at:
+                found.append(
+                    Drift(sku, "holds_list_in_order", "redis", f"{later} at or after {at}", str(later_at))
+                )
+        for rid, at in entries:
+            queued[rid] = min(at, queued.get(rid, at))
     for rid, record in sorted(r.reservations.items()):
-        if record["status"] == OPEN and rid not in listed:
+        if record["status"] != OPEN or rid in listed:
+            continue
+        if rid not in queued:
             found.append(
                 Drift(record["sku"], "open_hold_listed", "redis", f"{rid} in its holds", "not listed")
+            )
+        elif queued[rid] > deadline(record):
+            found.append(
+                Drift(
+                    record["sku"],
+                    "hold_at_its_deadline",
+                    "redis",
+                    f"{rid} at or before {deadline(record)}",
+                    str(queued[rid]),
+                )
             )
     return found
 
@@ -364,9 +389,11 @@ def check(snap: Snapshot) -> Report:
 
     drifts: list[Drift] = []
     open_units: dict[str, int] = defaultdict(int)
+    open_holds: dict[str, int] = defaultdict(int)
     for record in r.reservations.values():
         if record["status"] == OPEN:
             open_units[record["sku"]] += int(record["quantity"])
+            open_holds[record["sku"]] += 1
     views: list[SkuView] = []
     for sku in sorted(set(r.sales) | set(pg.sales) | set(target.sales)):
         redis_c, pg_c = counters(r.sales.get(sku)), counters(pg.sales.get(sku))
@@ -393,7 +420,7 @@ def check(snap: Snapshot) -> Report:
                 postgres=pg_c,
                 unapplied=deltas.get(sku, Counters()),
                 unapplied_events=event_counts.get(sku, 0),
-                holds=len(r.holds.get(sku, {})),
+                holds=open_holds.get(sku, 0),
                 drift=len(found),
                 node=r.node_of(sku),
                 room_redis=r.rooms.get(sku),

@@ -271,7 +271,7 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
         layout = _bucket_layout(keys, sku, sale, target.users, by_sku_res.get(sku, []))
         for bucket, (p, fields) in enumerate(layout):
             pipe = engine.redis.pipeline(transaction=True)
-            pipe.delete(p.sku(sku), p.holds(sku))
+            pipe.delete(p.sku(sku), p.holds(sku), p.due(sku))
             stale_open = [rid for rid in open_now.get(sku, []) if keys.for_reservation(rid) == p]
             if stale_open:
                 pipe.hdel(p.open_holds(), *stale_open)
@@ -299,7 +299,7 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
                 if res["status"] == OPEN:
                     pipe.delete(key)
                     pipe.hset(p.open_holds(), res["id"], _record(res))
-                    pipe.zadd(p.holds(sku), {res["id"]: deadline(res)})
+                    pipe.zadd(p.holds(sku), {res["id"]: deadline(res)})  # indexed at its deadline
                 else:
                     pipe.hdel(p.open_holds(), res["id"])
                     pipe.set(key, _record(res), px=_left(res.get("ended_at"), now))
@@ -324,7 +324,7 @@ def apply_redis_plan(engine: Engine, plan: RedisPlan, snap: Snapshot) -> None:
     for sku in plan.orphans:
         p = keys.for_sku(sku)
         pipe = engine.redis.pipeline(transaction=True)
-        pipe.delete(p.sku(sku), p.holds(sku))
+        pipe.delete(p.sku(sku), p.holds(sku), p.due(sku))
         if open_now.get(sku):
             pipe.hdel(p.open_holds(), *open_now[sku])
         pipe.srem(p.catalog(), sku)

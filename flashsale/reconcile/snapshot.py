@@ -178,6 +178,12 @@ def reservation_from_record(reservation_id: str, value: str) -> Record:
     }
 
 
+def _due_entry(entry: str) -> tuple[str, int]:
+    """A holds list's entry "<deadline ms> <reservation id>" (lua/includes/holds.lua) as (id, deadline)."""
+    deadline, _, rid = entry.partition(" ")
+    return rid, int(deadline)
+
+
 def order_from_hash(fields: dict[str, str]) -> Record:
     return {
         "id": fields["id"],
@@ -275,6 +281,7 @@ def _read_partition(client: redis.Redis, p: Partition, applied: str, state: Redi
     for sku in skus:
         pipe.hgetall(p.sku(sku))
         pipe.zrange(p.holds(sku), 0, -1, withscores=True)
+        pipe.lrange(p.due(sku), 0, -1)
         pipe.hmget(p.waiting_room(sku), ROOM_HASH_FIELDS)
         pipe.zrange(p.queue(sku), 0, -1)
         pipe.hlen(p.queue_joined(sku))
@@ -290,8 +297,8 @@ def _read_partition(client: redis.Redis, p: Partition, applied: str, state: Redi
     read_at = int(seconds) * 1000 + int(micros) // 1000
     at = 1
     for sku in skus:
-        fields, holds, room_counts, line, join_times, admissions = replies[at : at + 6]
-        at += 6
+        fields, holds, due, room_counts, line, join_times, admissions = replies[at : at + 7]
+        at += 7
         if fields:
             sale, users = sale_from_hash(fields)
             state.sales[sku] = _with_bucket(state.sales.get(sku), sale)
@@ -299,6 +306,7 @@ def _read_partition(client: redis.Redis, p: Partition, applied: str, state: Redi
                 before = state.users.get((sku, user), (0, 0))
                 state.users[(sku, user)] = (before[0] + held, before[1] + bought)
         state.holds.setdefault(sku, {}).update({str(rid): int(deadline) for rid, deadline in holds})
+        state.due.setdefault(sku, []).extend(_due_entry(str(entry)) for entry in due)
         room = room_from_hash(fields, room_counts)
         if room is not None:
             state.rooms[sku] = room
@@ -399,6 +407,7 @@ def _leave_out(state: StoreState, partitions: set[int], count: int) -> None:
     state.rooms = {sku: room for sku, room in state.rooms.items() if not gone(sku)}
     if isinstance(state, RedisState):
         state.holds = {sku: holds for sku, holds in state.holds.items() if not gone(sku)}
+        state.due = {sku: due for sku, due in state.due.items() if not gone(sku)}
         state.lines = {sku: line for sku, line in state.lines.items() if not gone(sku)}
         state.unapplied = {p: events for p, events in state.unapplied.items() if p not in partitions}
     if isinstance(state, PostgresState):

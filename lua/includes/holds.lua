@@ -1,8 +1,18 @@
 --[[
-  Ending holds. A SKU's open holds are the sorted set fs:{pN}:holds:<sku> (reservation id -> deadline);
-  the user's held units are the field h:<user> of the SKU hash. Units going back on sale are announced
-  on the partition's stock channel (includes/stock.lua). Ending a hold writes the keys holdKeys names:
-  a script asks for them (needKeys, includes/common.lua) before it ends one.
+  Ending holds. A SKU's open holds are indexed by deadline in two places:
+    fs:{pN}:due:<sku>    list  "<deadline ms> <reservation id>", appended by reserve in the order holds are
+                               made, so deadlines never decrease along it (a hold whose deadline would
+                               come before the last one's goes to the sorted set instead). Cheap to add
+                               to (no sorted-set node per hold) and read from its head; entries of holds
+                               that ended or whose deadline moved stay until the head reaches them.
+    fs:{pN}:holds:<sku>  zset  reservation id -> deadline: holds whose deadline is not their list entry's
+                               (a checkout's payment grace, a payment failed back to the hold's expiry,
+                               a hold out of list order, holds rebuilt by a repair).
+  Every open hold has an entry, in one or the other, at or before its deadline: the first deadline of a
+  SKU is at or after the earlier of the two heads. The user's held units are the field h:<user> of the
+  SKU hash. Units going back on sale are announced on the partition's stock channel (includes/stock.lua).
+  Ending a hold writes the keys holdKeys names: a script asks for them (needKeys, includes/common.lua)
+  before it ends one.
 ]]
 --@include common
 --@include declared
@@ -52,37 +62,57 @@ local function endHold(prefix, stream, rid, r, status, kind, now)
   emit(stream, kind, r.sku, now, ',"' .. rid .. '","' .. r.user .. '",' .. r.quantity .. ',' .. jid(orderId))
 end
 
--- Up to `limit` holds of one SKU whose deadline has passed, as {rid, record or nil}, and the keys that
--- endLapsed writes for them (to be declared first). Reads only the SKU's holds and the open hash.
+local function dueKey(prefix, sku)
+  return prefix .. 'due:' .. sku
+end
+
+-- Up to `limit` holds of one SKU whose index entry's deadline has passed, as {rid, record or nil, whether
+-- the sorted set lists it}, and the keys that endLapsed writes for them (to be declared first).
+-- `lapsed.popped` counts the list entries read off its head (endLapsed removes them). Reads only the
+-- SKU's two indexes and the open hash.
 local function lapsedHolds(prefix, sku, now, limit)
-  local due = rcall('ZRANGEBYSCORE', prefix .. 'holds:' .. sku, '-inf', now, 'LIMIT', 0, limit)
-  local lapsed, keys = {}, {prefix .. 'sku:' .. sku, prefix .. 'holds:' .. sku, openKey(prefix)}
-  for i = 1, #due do
-    local rid = due[i]
+  local holdsKey, queueKey = prefix .. 'holds:' .. sku, dueKey(prefix, sku)
+  local lapsed, keys = {popped = 0}, {prefix .. 'sku:' .. sku, holdsKey, queueKey, openKey(prefix)}
+  local seen = {}
+  local function add(rid, inSet)
+    if seen[rid] then return end
+    seen[rid] = true
     local r = readOpenReservation(prefix, rid)
-    lapsed[i] = {rid, r}
+    lapsed[#lapsed + 1] = {rid, r, inSet}
     if r and deadline(r) <= now then
       keys[#keys + 1] = endedKey(prefix, rid)
       if r.order_id then keys[#keys + 1] = prefix .. 'order:' .. r.order_id end
     end
   end
+  local due = rcall('ZRANGEBYSCORE', holdsKey, '-inf', now, 'LIMIT', 0, limit)
+  for i = 1, #due do add(due[i], true) end
+  local room = limit - #due
+  local queued = room > 0 and rcall('LRANGE', queueKey, 0, room - 1) or {}
+  for i = 1, #queued do
+    local at, rid = string.match(queued[i], '^(%d+) (%S+)$')
+    if at and tonumber(at) > now then break end
+    lapsed.popped = i
+    if rid then add(rid, false) end
+  end
   return lapsed, keys
 end
 
--- Ends the holds lapsedHolds found, in the same script; returns how many it ended.
+-- Ends the holds lapsedHolds found, in the same script; returns how many it ended. An entry whose hold
+-- ended already goes; one whose hold's deadline is still ahead is put in the sorted set at it.
 local function endLapsed(prefix, stream, sku, lapsed, now)
   local holdsKey = prefix .. 'holds:' .. sku
   local ended = 0
   for i = 1, #lapsed do
-    local rid, r = lapsed[i][1], lapsed[i][2]
+    local rid, r, inSet = lapsed[i][1], lapsed[i][2], lapsed[i][3]
     if r and deadline(r) <= now then
       endHold(prefix, stream, rid, r, 'EXPIRED', 'expired', now)
       ended = ended + 1
     elseif r then
-      rcall('ZADD', holdsKey, deadline(r), rid)  -- a stale score (cannot happen through these scripts)
-    else
+      rcall('ZADD', holdsKey, deadline(r), rid)  -- its deadline moved (a checkout's grace): indexed at it
+    elseif inSet then
       rcall('ZREM', holdsKey, rid)  -- not an open hold any more (cannot happen through these scripts)
-    end
+    end  -- else a list entry of a hold that ended: it goes with the list's head, below
   end
+  if lapsed.popped > 0 then rcall('LTRIM', dueKey(prefix, sku), lapsed.popped, -1) end
   return ended
 end

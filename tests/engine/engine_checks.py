@@ -75,6 +75,7 @@ class PartitionState:
     sales: dict[str, dict[str, str]] = field(default_factory=dict)  # the sale's own fields
     catalog: set[str] = field(default_factory=set)
     holds: dict[str, dict[str, float]] = field(default_factory=dict)
+    due: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # the holds lists: (id, deadline)
     users: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)  # held, purchased
     reservations: dict[str, dict[str, str]] = field(default_factory=dict)
     orders: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -128,6 +129,8 @@ def read_partition(engine: Engine, index: int) -> PartitionState:
             pipe.get(key)
         elif kind == "holds":
             pipe.zrange(key, 0, -1, withscores=True)
+        elif kind == "due":
+            pipe.lrange(key, 0, -1)
         elif kind == "skus":
             pipe.smembers(key)
         elif kind == "events":
@@ -156,6 +159,10 @@ def read_partition(engine: Engine, index: int) -> PartitionState:
             state.orders[name] = value
         elif kind == "holds":
             state.holds[name] = dict(value)
+        elif kind == "due":
+            entries = [entry.split(" ") for entry in value]
+            assert all(len(e) == 2 for e in entries), f"malformed holds list entry in {key}: {value}"
+            state.due[name] = [(rid, int(at)) for at, rid in entries]
         elif kind == "skus":
             state.catalog = set(value)
         elif kind == "events":
@@ -167,7 +174,7 @@ def read_partition(engine: Engine, index: int) -> PartitionState:
 
 def check_invariants(engine: Engine, partitions: Iterable[int] | None = None) -> None:
     """Invariants 1-3 of ARCHITECTURE.md, plus the agreement of every derived structure with the entities
-    (counters == sums over reservations and orders, holds sets == open holds at their deadlines, stream
+    (counters == sums over reservations and orders, every open hold indexed at its deadline, stream
     replay == counters with no counter ever negative along the way). Raises AssertionError naming what
     broke. Only the given partitions when some are named (the others must then be of no interest)."""
     for index in range(engine.config.partitions) if partitions is None else partitions:
@@ -196,12 +203,16 @@ def _check_entities(state: PartitionState) -> None:
         assert status in RESERVATION_STATUSES, (rid, res)
         assert rid.startswith(f"rsv_{state.index}_"), rid
         holds = state.holds.get(sku, {})
+        queued = dict(state.due.get(sku, []))
         if status == "RESERVED":
             reserved_by_sku[sku] += qty
             held[(sku, user)] += qty
             paying = res["order_id"] != "-"
             deadline = int(res["pay_until"]) if paying else int(res["expires_at"])
-            assert holds.get(rid) == deadline, f"active hold {rid} not at its deadline in its sku's holds"
+            # Indexed at its deadline (lua/includes/holds.lua): in the holds set, or else in the holds list
+            # at its expiry (a hold being paid for has its payment grace in the set).
+            indexed = holds.get(rid) if rid in holds else None if paying else queued.get(rid)
+            assert indexed == deadline, f"active hold {rid} not at its deadline in its sku's holds"
             assert res["ended_at"] == "0", (rid, res)
             if paying:
                 order = orders.get(res["order_id"])
@@ -244,6 +255,9 @@ def _check_entities(state: PartitionState) -> None:
     for sku, holds in state.holds.items():
         for rid in holds:
             assert reservations.get(rid, {}).get("status") == "RESERVED", f"stale hold {rid} of {sku}"
+    for sku, entries in state.due.items():
+        deadlines = [at for _rid, at in entries]
+        assert deadlines == sorted(deadlines), f"holds list of {sku} out of deadline order: {entries}"
 
     for sku, sale in sales.items():
         a, rsv, s, t = (int(sale[f]) for f in ("available", "reserved", "sold", "total"))
@@ -312,8 +326,9 @@ local declaredKeys = {}
 for i = 1, #KEYS do declaredKeys[KEYS[i]] = true end
 local FIRST_ARG_IS_THE_KEY = {}
 for _, name in ipairs({'GET', 'SET', 'HDEL', 'HEXISTS', 'HGET', 'HGETALL', 'HINCRBY', 'HMGET', 'HSET',
-  'HVALS', 'HSETNX', 'PERSIST', 'PEXPIRE', 'PEXPIREAT', 'SADD', 'SMEMBERS', 'XADD', 'XLEN', 'ZADD', 'ZCARD',
-  'ZCOUNT', 'ZPOPMIN', 'ZRANGE', 'ZRANGEBYSCORE', 'ZRANK', 'ZREM', 'ZREMRANGEBYSCORE', 'ZSCORE'}) do
+  'HVALS', 'HSETNX', 'LINDEX', 'LRANGE', 'LTRIM', 'PERSIST', 'PEXPIRE', 'PEXPIREAT', 'RPUSH', 'SADD',
+  'SMEMBERS', 'XADD', 'XLEN', 'ZADD', 'ZCARD', 'ZCOUNT', 'ZPOPMIN', 'ZRANGE', 'ZRANGEBYSCORE', 'ZRANK',
+  'ZREM', 'ZREMRANGEBYSCORE', 'ZSCORE'}) do
   FIRST_ARG_IS_THE_KEY[name] = true
 end
 local function checkKeys(command, ...)

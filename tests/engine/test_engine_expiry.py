@@ -155,3 +155,63 @@ def test_the_payment_grace_protects_a_hold_being_paid_but_not_one_whose_payment_
     sale = engine.get_sale("EXP-8")
     assert (sale.available, sale.reserved, sale.sold) == (1, 0, 1)
     check_invariants(engine)
+
+
+def test_a_hold_made_after_the_ttl_was_shortened_ends_at_its_own_deadline_before_older_ones(
+    engine: Engine,
+) -> None:
+    """A SKU's holds list runs in deadline order (lua/includes/holds.lua): a hold whose deadline comes before
+    the list's last goes to the SKU's sorted set instead, and still ends on time."""
+    engine.load_sale(SaleSettings(sku="EXP-9", total=3, reservation_ttl_ms=60_000))
+    early = engine.reserve("EXP-9", "alice")
+    engine.load_sale(SaleSettings(sku="EXP-9", total=3, reservation_ttl_ms=TTL_MS))
+    late = engine.reserve("EXP-9", "bob")
+    assert late.expires_at < early.expires_at
+    p = engine.keys.for_sku("EXP-9")
+    assert engine.redis.zscore(p.holds("EXP-9"), late.id) == late.expires_at
+    check_invariants(engine)
+    _sleep_past(late.expires_at, engine)
+
+    assert engine.expire_all() == 1
+    assert engine.get_reservation(late.id).status == ReservationStatus.EXPIRED
+    assert engine.get_reservation(early.id).status == ReservationStatus.RESERVED
+    check_invariants(engine)
+
+
+def test_the_list_entries_of_holds_that_ended_go_when_their_deadline_comes(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="EXP-10", total=3, reservation_ttl_ms=TTL_MS))
+    kept, released, bought = (engine.reserve("EXP-10", user) for user in ("ann", "ben", "cat"))
+    engine.release(released.id, "ben")
+    engine.confirm(engine.begin_checkout(bought.id, "cat", "card").id, "cat", "tx-1")
+    p = engine.keys.for_sku("EXP-10")
+    assert engine.redis.llen(p.due("EXP-10")) == 3  # entries of ended holds stay until their deadline
+    assert engine.redis.zcard(p.holds("EXP-10")) == 0  # the paid hold left the set when it was bought
+    check_invariants(engine)
+    _sleep_past(kept.expires_at, engine)
+
+    assert engine.expire_all() == 1  # the one open hold; the other two entries just go
+    assert engine.get_reservation(kept.id).status == ReservationStatus.EXPIRED
+    assert engine.redis.llen(p.due("EXP-10")) == 0
+    sale = engine.get_sale("EXP-10")
+    assert (sale.available, sale.reserved, sale.sold) == (2, 0, 1)
+    check_invariants(engine)
+
+
+def test_a_sku_sold_out_by_purchases_is_refused_and_a_refusal_drops_the_left_entries(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="EXP-11", total=2, reservation_ttl_ms=TTL_MS))
+    holds = [engine.reserve("EXP-11", user) for user in ("ann", "ben")]
+    for hold in holds:
+        engine.confirm(engine.begin_checkout(hold.id, hold.user, "card").id, hold.user, f"tx-{hold.user}")
+    with pytest.raises(OutOfStock):
+        engine.reserve("EXP-11", "cat")
+    p = engine.keys.for_sku("EXP-11")
+    _sleep_past(max(h.expires_at for h in holds), engine)
+
+    with pytest.raises(OutOfStock):  # no sweeper: the refusal itself drops the two bought holds' entries
+        engine.reserve("EXP-11", "cat")
+    assert engine.redis.llen(p.due("EXP-11")) == 0
+    with pytest.raises(OutOfStock, match="none is held"):
+        engine.reserve("EXP-11", "dan")
+    sale = engine.get_sale("EXP-11")
+    assert (sale.available, sale.reserved, sale.sold) == (0, 0, 2)
+    check_invariants(engine)

@@ -136,6 +136,26 @@ def test_a_hold_outside_its_skus_holds_set_is_drift_in_redis() -> None:
     assert checks(snap) == {("hold_at_its_deadline", "redis")}
 
 
+def test_a_hold_in_its_skus_holds_list_at_or_before_its_deadline_is_indexed() -> None:
+    """Reserve appends a hold to the SKU's holds list (lua/includes/holds.lua); entries of holds that
+    ended stay until the list's head reaches them, and are no drift."""
+    snap = consistent()
+    snap.redis.holds["MUG"] = {}
+    snap.redis.due["MUG"] = [("rsv_3_gone", NOW - DAY + 60_000), ("rsv_3_open", NOW + 60_000)]
+    assert check(snap).drifts == []
+    snap.redis.due["MUG"] = [("rsv_3_open", NOW + 30_000)]  # sooner: the head's reader indexes it again
+    assert check(snap).drifts == []
+
+
+def test_a_hold_listed_after_its_deadline_or_a_list_out_of_order_is_drift() -> None:
+    snap = consistent()
+    snap.redis.holds["MUG"] = {}
+    snap.redis.due["MUG"] = [("rsv_3_open", NOW + 90_000)]  # it would end 30 s late
+    assert checks(snap) == {("hold_at_its_deadline", "redis")}
+    snap.redis.due["MUG"] = [("rsv_3_gone", NOW + 120_000), ("rsv_3_open", NOW + 60_000)]
+    assert checks(snap) == {("holds_list_in_order", "redis")}
+
+
 def test_counts_that_do_not_add_up_and_a_user_past_the_limit_are_drift() -> None:
     snap = consistent()
     snap.redis.sales["MUG"]["available"] = 12
