@@ -72,7 +72,7 @@ class Settings:
     @classmethod
     def for_run(cls, options: Options) -> Settings:
         if options.quick:
-            return cls(500, 128, 2, 5, 50, 10, 5, 60_000, 2, 4, 1, 2_000, 1)
+            return cls(500, 128, 2, 5, 50, 10, 5, 120_000, 2, 4, 1, 2_000, 1)
         return cls(1000, 256, 2, 10, 50, 10, 15, 200_000, 2, 10, 2, 2_000, 3)
 
 
