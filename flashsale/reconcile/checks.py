@@ -252,7 +252,7 @@ def _holds_checks(snap: Snapshot) -> list[Drift]:
                 Drift(sku, "hold_at_its_deadline", "redis", f"{rid} at {deadline(record)}", str(score))
             )
     queued: dict[str, int] = {}
-    for sku, entries in sorted(r.due.items()):
+    for (sku, _partition), entries in sorted(r.due.items()):  # each stock bucket's list on its own
         for (_rid, at), (later, later_at) in itertools.pairwise(entries):
             if later_at < at:
                 found.append(

@@ -306,7 +306,7 @@ def _read_partition(client: redis.Redis, p: Partition, applied: str, state: Redi
                 before = state.users.get((sku, user), (0, 0))
                 state.users[(sku, user)] = (before[0] + held, before[1] + bought)
         state.holds.setdefault(sku, {}).update({str(rid): int(deadline) for rid, deadline in holds})
-        state.due.setdefault(sku, []).extend(_due_entry(str(entry)) for entry in due)
+        state.due[(sku, p.index)] = [_due_entry(str(entry)) for entry in due]
         room = room_from_hash(fields, room_counts)
         if room is not None:
             state.rooms[sku] = room
@@ -407,7 +407,7 @@ def _leave_out(state: StoreState, partitions: set[int], count: int) -> None:
     state.rooms = {sku: room for sku, room in state.rooms.items() if not gone(sku)}
     if isinstance(state, RedisState):
         state.holds = {sku: holds for sku, holds in state.holds.items() if not gone(sku)}
-        state.due = {sku: due for sku, due in state.due.items() if not gone(sku)}
+        state.due = {key: due for key, due in state.due.items() if not gone(key[0])}
         state.lines = {sku: line for sku, line in state.lines.items() if not gone(sku)}
         state.unapplied = {p: events for p, events in state.unapplied.items() if p not in partitions}
     if isinstance(state, PostgresState):

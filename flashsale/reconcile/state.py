@@ -89,8 +89,9 @@ class UnreadableNode:
 @dataclass(slots=True)
 class RedisState(StoreState):
     holds: dict[str, dict[str, int]] = field(default_factory=dict)  # sku -> reservation id -> deadline
-    # sku -> its holds list's entries in order, (reservation id, deadline); ended holds' entries may remain
-    due: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    # (sku, partition: one per stock bucket) -> its holds list's entries in order, (reservation id,
+    # deadline); ended holds' entries may remain (lua/includes/holds.lua)
+    due: dict[tuple[str, int], list[tuple[str, int]]] = field(default_factory=dict)
     lines: dict[str, RoomLine] = field(default_factory=dict)  # sku -> its waiting room's line
     unapplied: dict[int, list[Event]] = field(default_factory=dict)  # partition -> events after the offset
     now_ms: int = 0

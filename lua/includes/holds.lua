@@ -86,13 +86,20 @@ local function lapsedHolds(prefix, sku, now, limit)
   end
   local due = rcall('ZRANGEBYSCORE', holdsKey, '-inf', now, 'LIMIT', 0, limit)
   for i = 1, #due do add(due[i], true) end
-  local room = limit - #due
-  local queued = room > 0 and rcall('LRANGE', queueKey, 0, room - 1) or {}
-  for i = 1, #queued do
-    local at, rid = string.match(queued[i], '^(%d+) (%S+)$')
-    if at and tonumber(at) > now then break end
-    lapsed.popped = i
-    if rid then add(rid, false) end
+  -- The list's head, read in growing chunks (1, 8, 64 entries): the sweeper looks at every SKU of its
+  -- partition several times a second, and mostly finds nothing due (one entry read, not a whole batch).
+  local room, chunk = limit - #due, 1
+  while room > 0 do
+    local size = math.min(chunk, room)
+    local queued = rcall('LRANGE', queueKey, lapsed.popped, lapsed.popped + size - 1)
+    for i = 1, #queued do
+      local at, rid = string.match(queued[i], '^(%d+) (%S+)$')
+      if at and tonumber(at) > now then return lapsed, keys end
+      lapsed.popped = lapsed.popped + 1
+      if rid then add(rid, false) end
+    end
+    if #queued < size then break end
+    room, chunk = room - size, chunk * 8
   end
   return lapsed, keys
 end

@@ -215,3 +215,18 @@ def test_a_sku_sold_out_by_purchases_is_refused_and_a_refusal_drops_the_left_ent
     sale = engine.get_sale("EXP-11")
     assert (sale.available, sale.reserved, sale.sold) == (0, 0, 2)
     check_invariants(engine)
+
+
+def test_a_sweep_reads_the_holds_list_past_its_first_chunks_and_stops_at_its_limit(engine: Engine) -> None:
+    """The list's head is read in growing chunks (1, 8, 64): 100 lapsed holds take all three and more."""
+    engine.load_sale(SaleSettings(sku="EXP-12", total=100, reservation_ttl_ms=TTL_MS))
+    held = [engine.reserve("EXP-12", f"user-{n}") for n in range(100)]
+    p = engine.keys.for_sku("EXP-12")
+    _sleep_past(max(r.expires_at for r in held), engine)
+
+    assert engine.expire(p.index, limit=90) == 90
+    assert engine.redis.llen(p.due("EXP-12")) == 10
+    assert engine.expire(p.index, limit=500) == 10
+    assert engine.redis.llen(p.due("EXP-12")) == 0
+    assert engine.get_sale("EXP-12").available == 100
+    check_invariants(engine)

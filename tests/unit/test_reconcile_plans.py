@@ -141,18 +141,27 @@ def test_a_hold_in_its_skus_holds_list_at_or_before_its_deadline_is_indexed() ->
     ended stay until the list's head reaches them, and are no drift."""
     snap = consistent()
     snap.redis.holds["MUG"] = {}
-    snap.redis.due["MUG"] = [("rsv_3_gone", NOW - DAY + 60_000), ("rsv_3_open", NOW + 60_000)]
+    snap.redis.due[("MUG", 3)] = [("rsv_3_gone", NOW - DAY + 60_000), ("rsv_3_open", NOW + 60_000)]
     assert check(snap).drifts == []
-    snap.redis.due["MUG"] = [("rsv_3_open", NOW + 30_000)]  # sooner: the head's reader indexes it again
+    snap.redis.due[("MUG", 3)] = [("rsv_3_open", NOW + 30_000)]  # sooner: the head's reader indexes it again
+    assert check(snap).drifts == []
+
+
+def test_each_stock_buckets_holds_list_is_in_order_on_its_own() -> None:
+    """A bucketed SKU has one holds list per bucket (its partition); their deadlines interleave."""
+    snap = consistent()
+    snap.redis.holds["MUG"] = {}
+    snap.redis.due[("MUG", 3)] = [("rsv_3_open", NOW + 60_000)]
+    snap.redis.due[("MUG", 4)] = [("rsv_4_gone", NOW - DAY + 60_000), ("rsv_4_older", NOW - DAY + 90_000)]
     assert check(snap).drifts == []
 
 
 def test_a_hold_listed_after_its_deadline_or_a_list_out_of_order_is_drift() -> None:
     snap = consistent()
     snap.redis.holds["MUG"] = {}
-    snap.redis.due["MUG"] = [("rsv_3_open", NOW + 90_000)]  # it would end 30 s late
+    snap.redis.due[("MUG", 3)] = [("rsv_3_open", NOW + 90_000)]  # it would end 30 s late
     assert checks(snap) == {("hold_at_its_deadline", "redis")}
-    snap.redis.due["MUG"] = [("rsv_3_gone", NOW + 120_000), ("rsv_3_open", NOW + 60_000)]
+    snap.redis.due[("MUG", 3)] = [("rsv_3_gone", NOW + 120_000), ("rsv_3_open", NOW + 60_000)]
     assert checks(snap) == {("holds_list_in_order", "redis")}
 
 
