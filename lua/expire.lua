@@ -49,7 +49,7 @@ for _, sku in ipairs(skus) do
   if #lapsed > 0 or lapsed.popped > 0 then
     found[#found + 1] = {sku, lapsed}
     for i = 1, #needed do keys[#keys + 1] = needed[i] end
-    left = left - #lapsed
+    left = left - lapsed.ending
   end
 end
 refusal = needKeys(keys)

@@ -70,9 +70,10 @@ local rateKey = ARGV[8] and ARGV[8] ~= '' and KEYS[7]
 -- Sold out comes first, and before the includes below: most calls of a flash sale end here, and
 -- defining the includes' functions costs more than this whole check (Redis runs a script's body on
 -- every call). Lapsed holds would give units back, so a SKU is sold out only while its earliest hold's
--- deadline is ahead (the earlier head of its two indexes, lua/includes/holds.lua: an entry the list still
--- has of an ended hold can only make that sooner). The refusal says how far ahead: an API process answers the same from memory until
--- then, unless the SKU's stock channel says otherwise sooner (api/soldout.py). Plain string compares
+-- deadline is ahead (the earlier head of its two indexes, lua/includes/holds.lua: an entry the list
+-- still has of an ended hold can only make that sooner). The refusal says how far ahead: an API process
+-- answers the same from memory until then, unless the SKU's stock channel says otherwise sooner
+-- (api/soldout.py). Plain string compares
 -- ('0', '1') rather than tonumber, whose strtod costs as much as a command. A keyed call looks for its
 -- first answer before anything else (below), and any other quantity or stock takes the full checks.
 local availableText
@@ -83,7 +84,8 @@ if (not ARGV[6] or ARGV[6] == '') and not ARGV[10] then
     local firstEnds = redis.call('LINDEX', dueListKey, '0')
     firstEnds = firstEnds and tonumber(string.match(firstEnds, '^%d+'))
     local reindexed = redis.call('ZRANGE', holdsKey, '0', '0', 'WITHSCORES')[2]
-    if reindexed and (not firstEnds or tonumber(reindexed) < firstEnds) then firstEnds = tonumber(reindexed) end
+    reindexed = reindexed and tonumber(reindexed)
+    if reindexed and (not firstEnds or reindexed < firstEnds) then firstEnds = reindexed end
     if not firstEnds then
       return redis.error_reply('OUT_OF_STOCK sku ' .. sku .. ' has 0 units left; none is held')
     end
@@ -156,7 +158,8 @@ if available < qty then
   local firstEnds = rcall('LINDEX', dueListKey, 0)
   firstEnds = firstEnds and tonumber(string.match(firstEnds, '^%d+'))
   local reindexed = rcall('ZRANGE', holdsKey, 0, 0, 'WITHSCORES')[2]
-  if reindexed and (not firstEnds or tonumber(reindexed) < firstEnds) then firstEnds = tonumber(reindexed) end
+  reindexed = reindexed and tonumber(reindexed)
+  if reindexed and (not firstEnds or reindexed < firstEnds) then firstEnds = reindexed end
   if not firstEnds then
     return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left; none is held'))
   end

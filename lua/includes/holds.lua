@@ -66,13 +66,18 @@ local function dueKey(prefix, sku)
   return prefix .. 'due:' .. sku
 end
 
--- Up to `limit` holds of one SKU whose index entry's deadline has passed, as {rid, record or nil, whether
--- the sorted set lists it}, and the keys that endLapsed writes for them (to be declared first).
--- `lapsed.popped` counts the list entries read off its head (endLapsed removes them). Reads only the
--- SKU's two indexes and the open hash.
+-- Entries of the holds list one call may read beyond those of the holds it ends: entries left by holds
+-- that ended or whose deadline moved (they go, and do not count against the caller's limit).
+local LEFT_ENTRIES_PER_CALL = 64
+
+-- Up to `limit` holds of one SKU whose deadline has passed, found through its two indexes, as {rid,
+-- record or nil, whether the sorted set lists it} (entries of holds that ended or moved included, to be
+-- dropped), and the keys that endLapsed writes for them (to be declared first). `lapsed.ending` counts
+-- the holds to end (at most `limit`); `lapsed.popped` the list entries read off its head (endLapsed
+-- removes them). Reads only the SKU's two indexes and the open hash.
 local function lapsedHolds(prefix, sku, now, limit)
   local holdsKey, queueKey = prefix .. 'holds:' .. sku, dueKey(prefix, sku)
-  local lapsed, keys = {popped = 0}, {prefix .. 'sku:' .. sku, holdsKey, queueKey, openKey(prefix)}
+  local lapsed, keys = {popped = 0, ending = 0}, {prefix .. 'sku:' .. sku, holdsKey, queueKey, openKey(prefix)}
   local seen = {}
   local function add(rid, inSet)
     if seen[rid] then return end
@@ -80,26 +85,29 @@ local function lapsedHolds(prefix, sku, now, limit)
     local r = readOpenReservation(prefix, rid)
     lapsed[#lapsed + 1] = {rid, r, inSet}
     if r and deadline(r) <= now then
+      lapsed.ending = lapsed.ending + 1
       keys[#keys + 1] = endedKey(prefix, rid)
       if r.order_id then keys[#keys + 1] = prefix .. 'order:' .. r.order_id end
     end
   end
+  if limit < 1 then return lapsed, keys end
   local due = rcall('ZRANGEBYSCORE', holdsKey, '-inf', now, 'LIMIT', 0, limit)
   for i = 1, #due do add(due[i], true) end
   -- The list's head, read in growing chunks (1, 8, 64 entries): the sweeper looks at every SKU of its
   -- partition several times a second, and mostly finds nothing due (one entry read, not a whole batch).
-  local room, chunk = limit - #due, 1
-  while room > 0 do
-    local size = math.min(chunk, room)
+  local cap, chunk = limit + LEFT_ENTRIES_PER_CALL, 1
+  while lapsed.ending < limit and lapsed.popped < cap do
+    local size = math.min(chunk, cap - lapsed.popped)
     local queued = rcall('LRANGE', queueKey, lapsed.popped, lapsed.popped + size - 1)
     for i = 1, #queued do
       local at, rid = string.match(queued[i], '^(%d+) (%S+)$')
       if at and tonumber(at) > now then return lapsed, keys end
       lapsed.popped = lapsed.popped + 1
       if rid then add(rid, false) end
+      if lapsed.ending >= limit then return lapsed, keys end
     end
     if #queued < size then break end
-    room, chunk = room - size, chunk * 8
+    chunk = chunk * 8
   end
   return lapsed, keys
 end

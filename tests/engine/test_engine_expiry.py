@@ -230,3 +230,18 @@ def test_a_sweep_reads_the_holds_list_past_its_first_chunks_and_stops_at_its_lim
     assert engine.redis.llen(p.due("EXP-12")) == 0
     assert engine.get_sale("EXP-12").available == 100
     check_invariants(engine)
+
+
+def test_entries_of_ended_holds_do_not_count_against_a_sweeps_limit(engine: Engine) -> None:
+    engine.load_sale(SaleSettings(sku="EXP-13", total=4, reservation_ttl_ms=TTL_MS))
+    released = [engine.reserve("EXP-13", f"gone-{n}") for n in range(3)]
+    kept = engine.reserve("EXP-13", "kept")
+    for hold in released:
+        engine.release(hold.id, hold.user)
+    p = engine.keys.for_sku("EXP-13")
+    _sleep_past(kept.expires_at, engine)
+
+    assert engine.expire(p.index, limit=1) == 1  # past the three entries left by released holds
+    assert engine.get_reservation(kept.id).status == ReservationStatus.EXPIRED
+    assert engine.redis.llen(p.due("EXP-13")) == 0
+    check_invariants(engine)
