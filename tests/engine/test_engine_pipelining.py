@@ -20,7 +20,7 @@ from tests.engine.engine_checks import all_events, check_invariants
 
 SKU = "SKU-PIPE"
 # Waves of 1,000 shoppers: fewer on the cluster variant.
-WAVES, CLUSTER_WAVES = 20, 6
+WAVES, CLUSTER_WAVES = 8, 6
 
 pytestmark = pytest.mark.cluster
 
