@@ -38,7 +38,7 @@ class Settings:
     @classmethod
     def for_run(cls, options: Options) -> Settings:
         if options.quick:
-            return cls([10, 1000], 100, 20_000, 5.0, 16, options.loop)
+            return cls([10, 1000], 100, 20_000, 2.5, 16, options.loop)
         return cls([10, 100, 1000, 10_000], 1000, 50_000, 15.0, 16, options.loop)
 
 
