@@ -169,12 +169,13 @@ def plan_redis_from_postgres(snap: Snapshot) -> RedisPlan:
 def _record(res: Record) -> str:
     """The reservation record string (lua/includes/reservations.lua): an open hold's seven fields, an
     ended reservation's nine."""
-    head = (res["sku"], res["user"], res["quantity"])
-    tail = (res.get("order_id") or "-", res.get("pay_until") or 0 if res["status"] == OPEN else 0)
+    sku, user, quantity, order = res["sku"], res["user"], res["quantity"], res.get("order_id") or "-"
+    created, expires = res["created_at"], res["expires_at"]
     if res["status"] == OPEN:
-        return " ".join(str(v) for v in (*head, res["created_at"], res["expires_at"], *tail))
-    ended = (res["status"], res["created_at"], res["expires_at"], *tail, res.get("ended_at") or 0)
-    return " ".join(str(v) for v in (*head, *ended))
+        fields = (sku, user, quantity, created, expires, order, res.get("pay_until") or 0)
+    else:
+        fields = (sku, user, quantity, res["status"], created, expires, order, 0, res.get("ended_at") or 0)
+    return " ".join(str(v) for v in fields)
 
 
 def _sale_hash(sale: Record) -> dict[str, str | int]:
