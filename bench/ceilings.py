@@ -41,7 +41,7 @@ def redis_benchmark(
     requests: int,
     clients: int,
     pipeline: int,
-    keyspace: int = 10**12,
+    keyspace: int = 10**9,
 ) -> dict[str, Any]:
     """Runs one command line under redis-benchmark; ``__rand_int__`` in it becomes a fresh random number
     per call (independently at each occurrence). Returns its rate and latency figures, and the server's
