@@ -4,7 +4,8 @@ Every key of a SKU, of its reservations and orders, and of its partition's event
 hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in one Redis Cluster slot.
 
     fs:{p3}:sku:<sku>          hash    counters (total available reserved sold), sale settings, and per
-                                       user h:<user> (units held now), b:<user> (units bought): the limit
+                                       user h:<user> (units held now), b:<user> (units bought): the limit;
+                                       due_last: a deadline at or after the due list's last (reserve.lua)
     fs:{p3}:skus               set     the partition's SKU ids (the catalog)
     fs:{p3}:due:<sku>          list    the SKU's holds by deadline, as they were made: "<deadline ms>
                                        <reservation id>" (an ended hold's entry stays until the head is there)

@@ -6,9 +6,14 @@
   stock. A refusal for the limit or the stock first ends this SKU's holds whose deadline has passed (at
   most ARGV[5]) and judges again, so stock comes back even when no sweeper runs; a request that can
   succeed never looks.
+  Two paths, one answer: a call with no idempotency key and no deposit that is sold out, or that passes
+  every check, is answered by the fast path at the top, which defines none of the shared helpers (Redis
+  runs a script's whole body on every call); every other call, and every other refusal, takes the full
+  checks below it. Both grant through hold(), the one place a reservation is written.
 
   Input:
-    KEYS[1] sku hash          fs:{pN}:sku:<sku>   counters, sale settings, h:<user> / b:<user> counts
+    KEYS[1] sku hash          fs:{pN}:sku:<sku>   counters, sale settings, h:<user> / b:<user> counts,
+                              due_last (a deadline at or after the holds list's last entry's)
     KEYS[2] sku holds list    fs:{pN}:due:<sku>   "<deadline ms> <reservation id>" in the order holds were
                               made (lua/includes/holds.lua): a new hold is appended here
     KEYS[3] sku holds zset    fs:{pN}:holds:<sku>   reservation id -> deadline ms, for holds out of the
@@ -66,20 +71,27 @@
 local skuKey, dueListKey, holdsKey, stream, openHolds = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local admittedKey = KEYS[6]
 local rateKey = ARGV[8] and ARGV[8] ~= '' and KEYS[7]
+local user, rid = ARGV[1] or '', ARGV[3]
+local fmt = string.format
 
--- Sold out comes first, and before the includes below: most calls of a flash sale end here, and
--- defining the includes' functions costs more than this whole check (Redis runs a script's body on
--- every call). Lapsed holds would give units back, so a SKU is sold out only while its earliest hold's
--- deadline is ahead (the earlier head of its two indexes, lua/includes/holds.lua: an entry the list
--- still has of an ended hold can only make that sooner). The refusal says how far ahead: an API process
--- answers the same from memory until then, unless the SKU's stock channel says otherwise sooner
--- (api/soldout.py). Plain string compares
--- ('0', '1') rather than tonumber, whose strtod costs as much as a command. A keyed call looks for its
--- first answer before anything else (below), and any other quantity or stock takes the full checks.
-local availableText
-if (not ARGV[6] or ARGV[6] == '') and not ARGV[10] then
+-- The fast path: a call with no idempotency key and no deposit, where it is sold out or where every check
+-- passes, is answered here, before the includes below: most calls of a flash sale take it, and defining
+-- the includes' functions, which Redis does on every call (it runs a script's whole body), costs more
+-- than a check. Anything else (a refusal other than sold out or the user's rate, a waiting room, bad
+-- input) goes on to the full checks, which judge the call from the start; nothing is written before.
+local fast = (not ARGV[6] or ARGV[6] == '') and not ARGV[10]
+local availableText, canonical
+if fast then
+  -- One field first, and before anything is defined: a sold-out refusal needs no more.
   availableText = redis.call('HGET', skuKey, 'available')
-  if availableText == '0' and (ARGV[2] == '1' or string.find(ARGV[2], '^[1-9]%d?%d?%d?$')) then
+  canonical = ARGV[2] == '1' or string.find(ARGV[2], '^[1-9]%d?%d?%d?$')
+  -- Sold out: lapsed holds would give units back, so a SKU is sold out only while its earliest hold's
+  -- deadline is ahead (the earlier head of its two indexes, lua/includes/holds.lua: an entry the list
+  -- still has of an ended hold can only make that sooner). The refusal says how far ahead: an API process
+  -- answers the same from memory until then, unless the SKU's stock channel says otherwise sooner
+  -- (api/soldout.py). Plain string compares ('0', '1') rather than tonumber, whose strtod costs as much
+  -- as a command.
+  if availableText == '0' and canonical then
     local sku = string.sub(skuKey, string.find(skuKey, '}:', 1, true) + 6)
     local firstEnds = redis.call('LINDEX', dueListKey, '0')
     firstEnds = firstEnds and tonumber(string.match(firstEnds, '^%d+'))
@@ -98,11 +110,78 @@ if (not ARGV[6] or ARGV[6] == '') and not ARGV[10] then
   end
 end
 
+local heldField, boughtField = 'h:' .. user, 'b:' .. user
+
+-- Everything the checks read, in one HMGET (a redis.call costs about as much as a cheap command beyond
+-- its own work; the fast path reads 'available' alone first): the counters, the sale's settings, this user's counts, and due_last, a deadline at or
+-- after the holds list's last entry's (written with every append below; a hash from before it was kept
+-- has the list's last entry read instead).
+local function readSku()
+  return redis.call('HMGET', skuKey, 'available', 'reserved', 'per_user_limit', 'starts_at', 'ends_at', 'paused',
+    'reservation_ttl_ms', heldField, boughtField, 'waiting_room', 'due_last')
+end
+
+-- The writes of a granted reservation (s: readSku's reply, the counters as numbers, now: the clock in ms),
+-- returning its answer. Each number is turned into text once, as an integer (Lua's own conversion is
+-- %.14g, and dearer).
+local function hold(sku, s, qty, now, available, reserved, held, admission)
+  local expiresAt = now + tonumber(s[7])
+  local expiresText, qtyText, nowText = fmt('%d', expiresAt), fmt('%d', qty), fmt('%d', now)
+  -- Indexed by deadline (lua/includes/holds.lua): appended to the list, unless that would put it before
+  -- the list's last deadline (the sale's TTL was shortened, the clock stepped back): then in the sorted set.
+  local last = tonumber(s[11])
+  if not last then
+    last = redis.call('LINDEX', dueListKey, -1)
+    last = last and tonumber(string.match(last, '^%d+'))
+  end
+  if last and last > expiresAt then
+    redis.call('HSET', skuKey, 'available', fmt('%d', available - qty), 'reserved', fmt('%d', reserved + qty), heldField,
+      fmt('%d', held + qty))
+    redis.call('ZADD', holdsKey, expiresText, rid)
+  else
+    redis.call('HSET', skuKey, 'available', fmt('%d', available - qty), 'reserved', fmt('%d', reserved + qty), heldField,
+      fmt('%d', held + qty), 'due_last', expiresText)
+    redis.call('RPUSH', dueListKey, expiresText .. ' ' .. rid)
+  end
+  -- The open record (lua/includes/reservations.lua): sku user quantity created_at expires_at order pay_until.
+  redis.call('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresText .. ' - 0')
+  if admission and admission > 0 then redis.call('ZADD', admittedKey, fmt('%d', -admission), user) end
+  -- Its event (the layout of lua/includes/events.lua); the id leaves out "rsv_<partition>_": the stream's
+  -- partition says it (engine/events.py).
+  redis.call('XADD', stream, '*', 'e', '["reserved","' .. sku .. '",' .. nowText .. ',"'
+    .. string.sub(rid, string.find(rid, '_', 5, true) + 1) .. '","' .. user .. '",' .. qtyText .. ',' .. s[7] .. ']')
+  return rid .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresText
+end
+
+--@include bounds
+--@include ratelimit
+
+-- The fast path's grant: every check passes (else the full checks below judge the call).
+local s
+if fast and availableText and availableText ~= '0' and canonical and #user <= MAX_IDENTIFIER_CHARS
+    and string.match(user, '^[%w%-_%.@]+$') then
+  s = readSku()
+  local qty, available = tonumber(ARGV[2]), tonumber(s[1])
+  local held, bought = tonumber(s[8] or 0), tonumber(s[9] or 0)
+  if available >= qty and held + bought + qty <= tonumber(s[3]) and s[6] ~= '1' and s[10] ~= '1' then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local endsAt = tonumber(s[5])
+    if now >= tonumber(s[4]) and (endsAt == 0 or now < endsAt) and redis.call('XLEN', stream) < tonumber(ARGV[4]) then
+      if rateKey then
+        local wait = overRate(rateKey, now, tonumber(ARGV[8]), tonumber(ARGV[9]))
+        if wait then return rateRefusal(wait) end
+      end
+      return hold(string.sub(skuKey, string.find(skuKey, '}:', 1, true) + 6), s, qty, now, available,
+        tonumber(s[2]), held)
+    end
+  end
+end
+
 --@include common
 --@include declared
 --@include events
 
-local user, rid = ARGV[1], ARGV[3]
 local idemField = ARGV[7]
 local prefix, sku = skuKeyParts(skuKey)
 
@@ -149,10 +228,11 @@ if qty == nil or qty < 1 then
   return refuse('INVALID_QUANTITY', 'quantity must be an integer from 1 to ' .. MAX_PER_USER_LIMIT)
 end
 
--- Sold out, for the calls the check above left (a keyed call, another quantity, some units left).
-local available = availableText or rcall('HGET', skuKey, 'available')
-if not available then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
-available = tonumber(available)
+-- Sold out, for the calls the fast path left (a keyed call, a deposit, another quantity, some units left):
+-- these read the SKU here, after the deposit and after a keyed call's first answer was looked for.
+s = s or readSku()
+if not s[1] then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
+local available = tonumber(s[1])
 now = now or nowMs()
 if available < qty then
   local firstEnds = rcall('LINDEX', dueListKey, 0)
@@ -171,19 +251,16 @@ if available < qty then
 end
 
 if not isIdentifier(user) then return refuse('INVALID_ARGUMENT', 'user id must be 1-128 letters, digits or -_.@') end
-local heldField, boughtField = 'h:' .. user, 'b:' .. user
-local s = rcall('HMGET', skuKey, 'reserved', 'per_user_limit', 'starts_at', 'ends_at', 'paused', 'reservation_ttl_ms',
-  heldField, boughtField, 'waiting_room')
-local limit = tonumber(s[2])
+local limit = tonumber(s[3])
 if qty > limit then
   return answer(refuse('INVALID_QUANTITY', 'quantity ' .. qty .. ' is above the per-user limit ' .. limit))
 end
-local startsAt, endsAt = tonumber(s[3]), tonumber(s[4])
-if s[5] == '1' or now < startsAt or (endsAt > 0 and now >= endsAt) then
+local startsAt, endsAt = tonumber(s[4]), tonumber(s[5])
+if s[6] == '1' or now < startsAt or (endsAt > 0 and now >= endsAt) then
   return answer(refuse('SALE_NOT_ACTIVE', 'the sale for sku ' .. sku .. ' is not open now'))
 end
-local reserved, ttl = tonumber(s[1]), tonumber(s[6])
-local held, bought = tonumber(s[7] or 0), tonumber(s[8] or 0)
+local reserved = tonumber(s[2])
+local held, bought = tonumber(s[8] or 0), tonumber(s[9] or 0)
 -- A refusal for the limit or the stock first ends lapsed holds (below); their keys are asked for here,
 -- before the rate bucket is written.
 local endLapsedHolds
@@ -193,12 +270,11 @@ if held + bought + qty > limit or available < qty then
   if refusal then return refusal end
 end
 if rateKey then
-  --@include ratelimit
   local wait = overRate(rateKey, now, tonumber(ARGV[8]), tonumber(ARGV[9]))
   if wait then return rateRefusal(wait) end
 end
 local admission
-if s[9] == '1' then
+if s[10] == '1' then
   admission = tonumber(rcall('ZSCORE', admittedKey, user) or 0)
   if not (admission > now or -admission > now) then
     return refuse('NOT_ADMITTED', 'the sale of sku ' .. sku .. ' has a waiting room: join the line, reserve once admitted'
@@ -206,10 +282,16 @@ if s[9] == '1' then
   end
 end
 
-if endLapsedHolds and endLapsedHolds() > 0 then
-  -- Lapsed holds ended: judge again on what they gave back.
-  local again = rcall('HMGET', skuKey, 'available', 'reserved', heldField)
-  available, reserved, held = tonumber(again[1]), tonumber(again[2]), tonumber(again[3] or 0)
+if endLapsedHolds then
+  if endLapsedHolds() > 0 then
+    -- Lapsed holds ended: judge again on what they gave back.
+    local again = rcall('HMGET', skuKey, 'available', 'reserved', heldField)
+    available, reserved, held = tonumber(again[1]), tonumber(again[2]), tonumber(again[3] or 0)
+  elseif available < qty then
+    -- The index's first deadline had passed, but only entries of ended or moved holds were due: no hold
+    -- lapsed, so the SKU is sold out, and that answer comes first.
+    return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left'))
+  end
 end
 if held + bought + qty > limit then
   if held > 0 then
@@ -223,24 +305,4 @@ end
 if rcall('XLEN', stream) >= tonumber(ARGV[4]) then
   return refuse('BACKLOG_FULL', 'the write-behind backlog of this partition is full; try again later')
 end
-
--- Checks done; writes follow. Each number is turned into text once, as an integer (int: Lua's own
--- conversion, also redis.call's for a number argument, is sprintf's %.14g, dearer than the ZADD).
-local expiresAt = int(now + ttl)
-local qtyText, nowText = int(qty), int(now)
-rcall('HSET', skuKey, 'available', int(available - qty), 'reserved', int(reserved + qty), heldField, int(held + qty))
--- The open record (lua/includes/reservations.lua): sku user quantity created_at expires_at order pay_until.
-rcall('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresAt .. ' - 0')
--- Indexed by deadline (lua/includes/holds.lua): appended to the list, unless that would put it before the
--- list's last deadline (the sale's TTL was shortened, the clock stepped back): then in the sorted set.
-local last = rcall('LINDEX', dueListKey, -1)
-if last and tonumber(string.match(last, '^%d+')) > now + ttl then
-  rcall('ZADD', holdsKey, expiresAt, rid)
-else
-  rcall('RPUSH', dueListKey, expiresAt .. ' ' .. rid)
-end
-if admission and admission > 0 then rcall('ZADD', admittedKey, int(-admission), user) end
--- The event's id leaves out "rsv_<partition>_": the stream's partition says it (engine/events.py).
-emit(stream, 'reserved', sku, nowText, ',"' .. string.sub(rid, string.find(rid, '_', 5, true) + 1) .. '","' .. user
-  .. '",' .. qtyText .. ',' .. s[6])
-return answer(rid .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresAt)
+return answer(hold(sku, s, qty, now, available, reserved, held, admission))

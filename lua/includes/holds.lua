@@ -2,7 +2,9 @@
   Ending holds. A SKU's open holds are indexed by deadline in two places:
     fs:{pN}:due:<sku>    list  "<deadline ms> <reservation id>", appended by reserve in the order holds are
                                made, so deadlines never decrease along it (a hold whose deadline would
-                               come before the last one's goes to the sorted set instead). ~39 bytes an
+                               come before the last one's goes to the sorted set instead: reserve
+                               compares with due_last in the SKU hash, a deadline at or after the
+                               last entry's, written with each append). ~39 bytes an
                                entry against ~113 for a sorted-set member (an append costs about what
                                the ZADD did); entries of holds that ended or whose deadline moved stay
                                until the head reaches them.

@@ -258,6 +258,11 @@ def _check_entities(state: PartitionState) -> None:
     for sku, entries in state.due.items():
         deadlines = [at for _rid, at in entries]
         assert deadlines == sorted(deadlines), f"holds list of {sku} out of deadline order: {entries}"
+        # reserve.lua appends after comparing with due_last rather than the list's last entry
+        due_last = state.sales.get(sku, {}).get("due_last")
+        assert not (deadlines and due_last is not None and int(due_last) < deadlines[-1]), (
+            f"due_last {due_last} of {sku} is before its holds list's last deadline: {entries}"
+        )
 
     for sku, sale in sales.items():
         a, rsv, s, t = (int(sale[f]) for f in ("available", "reserved", "sold", "total"))

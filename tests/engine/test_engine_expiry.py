@@ -157,18 +157,24 @@ def test_the_payment_grace_protects_a_hold_being_paid_but_not_one_whose_payment_
     check_invariants(engine)
 
 
+@pytest.mark.parametrize("due_last", ["kept", "missing"])
 def test_a_hold_made_after_the_ttl_was_shortened_ends_at_its_own_deadline_before_older_ones(
-    engine: Engine,
+    engine: Engine, due_last: str
 ) -> None:
     """A SKU's holds list runs in deadline order (lua/includes/holds.lua): a hold whose deadline comes before
-    the list's last goes to the SKU's sorted set instead, and still ends on time."""
+    the list's last goes to the SKU's sorted set instead, and still ends on time. reserve.lua compares with
+    the SKU hash's due_last, or, in a hash from before it was kept ("missing"), with the list's last entry."""
     engine.load_sale(SaleSettings(sku="EXP-9", total=3, reservation_ttl_ms=60_000))
     early = engine.reserve("EXP-9", "alice")
+    p = engine.keys.for_sku("EXP-9")
+    assert engine.redis.hget(p.sku("EXP-9"), "due_last") == str(early.expires_at)
+    if due_last == "missing":
+        engine.redis.hdel(p.sku("EXP-9"), "due_last")
     engine.load_sale(SaleSettings(sku="EXP-9", total=3, reservation_ttl_ms=TTL_MS))
     late = engine.reserve("EXP-9", "bob")
     assert late.expires_at < early.expires_at
-    p = engine.keys.for_sku("EXP-9")
     assert engine.redis.zscore(p.holds("EXP-9"), late.id) == late.expires_at
+    assert engine.redis.lrange(p.due("EXP-9"), 0, -1) == [f"{early.expires_at} {early.id}"]
     check_invariants(engine)
     _sleep_past(late.expires_at, engine)
 
