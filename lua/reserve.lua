@@ -113,9 +113,9 @@ end
 local heldField, boughtField = 'h:' .. user, 'b:' .. user
 
 -- Everything the checks read, in one HMGET (a redis.call costs about as much as a cheap command beyond
--- its own work; the fast path reads 'available' alone first): the counters, the sale's settings, this user's counts, and due_last, a deadline at or
--- after the holds list's last entry's (written with every append below; a hash from before it was kept
--- has the list's last entry read instead).
+-- its own work; the fast path reads 'available' alone first): the counters, the sale's settings, this
+-- user's counts, and due_last, a deadline at or after the holds list's last entry's (written with every
+-- append below; a hash from before it was kept has the list's last entry read instead).
 local function readSku()
   return redis.call('HMGET', skuKey, 'available', 'reserved', 'per_user_limit', 'starts_at', 'ends_at', 'paused',
     'reservation_ttl_ms', heldField, boughtField, 'waiting_room', 'due_last')
