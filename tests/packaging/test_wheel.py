@@ -72,10 +72,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=300,
     )
     (wheel,) = work.glob("flashsale-*.whl")
-    venv.create(work / "venv", with_pip=True)
+    # No pip of its own (ensurepip took ~6 s): this environment's pip installs into it (--python).
+    venv.create(work / "venv", with_pip=False)
     python = work / "venv" / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", f"{wheel}[embedded]"],
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", f"{wheel}[embedded]"],
         check=True,
         timeout=600,
         cwd=work,
