@@ -5,7 +5,8 @@ hash tag ``{p<N>}`` of the SKU's partition, so one script's keys always live in 
 
     fs:{p3}:sku:<sku>          hash    counters (total available reserved sold), sale settings, and per
                                        user h:<user> (units held now), b:<user> (units bought): the limit;
-                                       due_last: a deadline at or after the due list's last (reserve.lua)
+                                       due_last: a deadline at or after the due list's last; due_first: one
+                                       at or before every open hold's (reserve.lua)
     fs:{p3}:skus               set     the partition's SKU ids (the catalog)
     fs:{p3}:due:<sku>          list    the SKU's holds by deadline, as they were made: "<deadline ms>
                                        <reservation id>" (an ended hold's entry stays until the head is there)

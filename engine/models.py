@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from .errors import OutOfStock
+
 
 class ReservationStatus(StrEnum):
     RESERVED = "RESERVED"
@@ -349,8 +351,12 @@ def reservation_from_record(reservation_id: str, record: str) -> Reservation:
     )
 
 
-def reservation_from_reserve(sku: str, user: str, reply: str) -> Reservation:
-    """The new hold from reserve's reply ``<id> <quantity> <created_at> <expires_at>``."""
+def reservation_from_reserve(sku: str, user: str, reply: str | int) -> Reservation:
+    """The new hold from reserve's reply ``<id> <quantity> <created_at> <expires_at>``; a negative number
+    -n is its sold-out refusal (the SKU's first hold ends in n ms: lua/reserve.lua), raised as the
+    OUT_OF_STOCK its full checks would give."""
+    if isinstance(reply, int):
+        raise OutOfStock(f"sku {sku} has 0 units left; the first hold ends in {-reply} ms")
     reservation_id, quantity, created_at, expires_at = reply.split(" ")
     return Reservation(
         id=reservation_id,

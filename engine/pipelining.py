@@ -208,7 +208,9 @@ class AutoPipeline:
 
 def release_when_replicated(replies: list[Any], writes: list[bool], wait: tuple[int, int]) -> list[Any]:
     """The replies of a batch that ended with ``WAIT n timeout`` (its reply last): as they are when n
-    replicas confirmed, else NotReplicated for each call that may have written and did not fail."""
+    replicas confirmed, else NotReplicated for each call that may have written and was not refused. A
+    script refuses with an error reply, or, for reserve.lua's sold-out answer, a negative integer: neither
+    wrote anything a failover could lose (reserve's due_first is a bound any earlier value of which holds)."""
     acked = replies.pop()
     wanted, timeout_ms = wait
     if isinstance(acked, int) and acked >= wanted:
@@ -220,7 +222,9 @@ def release_when_replicated(replies: list[Any], writes: list[bool], wait: tuple[
         f"{timeout_ms} ms: it may be lost if the master fails now (retry with the same idempotency key)"
     )
     return [
-        error if may_write and not isinstance(reply, Exception) else reply
+        error
+        if may_write and not isinstance(reply, Exception) and not (isinstance(reply, int) and reply < 0)
+        else reply
         for reply, may_write in zip(replies, writes, strict=True)
     ]
 

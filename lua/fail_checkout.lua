@@ -5,8 +5,8 @@
   Input:
     KEYS[1] order                fs:{pN}:order:<order id>
     KEYS[2] partition stream     fs:{pN}:events
-    KEYS[3..] the order's reservation (fs:{pN}:open, fs:{pN}:r:<reservation id>) and its SKU's holds
-              (fs:{pN}:holds:<sku>), once a NEEDS_KEYS reply named them
+    KEYS[3..] the order's reservation (fs:{pN}:open, fs:{pN}:r:<reservation id>) and its SKU's hash and
+              holds (fs:{pN}:sku:<sku>, fs:{pN}:holds:<sku>), once a NEEDS_KEYS reply named them
     ARGV[1] user id              the caller; must own the order
     ARGV[2] reason               1..200 bytes, e.g. PAYMENT_DECLINED
     ARGV[3] order id
@@ -41,7 +41,8 @@ if o[1] ~= user then return refuse('FORBIDDEN', 'order ' .. orderId .. ' belongs
 if o[2] ~= 'PENDING' then return refuse('INVALID_STATE', 'order ' .. orderId .. ' is ' .. o[2]) end
 
 local rid, sku = o[3], o[4]
-local refusal = needKeys({openKey(prefix), endedKey(prefix, rid), prefix .. 'holds:' .. sku})
+local skuKey = prefix .. 'sku:' .. sku
+local refusal = needKeys({openKey(prefix), endedKey(prefix, rid), skuKey, prefix .. 'holds:' .. sku})
 if refusal then return refusal end
 
 -- Checks done; writes follow.
@@ -51,6 +52,9 @@ if r and r.status == 'RESERVED' and r.order_id == orderId then
   r.order_id, r.pay_until = nil, 0
   writeReservation(prefix, rid, r)
   rcall('ZADD', prefix .. 'holds:' .. sku, r.expires_at, rid)
+  -- Its deadline comes sooner: due_first (reserve.lua's sold-out refusal trusts it) may have to come too.
+  local first = tonumber(rcall('HGET', skuKey, 'due_first'))
+  if first and first > r.expires_at then rcall('HSET', skuKey, 'due_first', r.expires_at) end
   announceStock(prefix, sku)
 end
 rcall('HSET', orderKey, 'status', 'FAILED', 'failure_reason', reason, 'updated_at', now)

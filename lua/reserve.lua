@@ -13,7 +13,9 @@
 
   Input:
     KEYS[1] sku hash          fs:{pN}:sku:<sku>   counters, sale settings, h:<user> / b:<user> counts,
-                              due_last (a deadline at or after the holds list's last entry's)
+                              due_last (a deadline at or after the holds list's last entry's), due_first
+                              (a deadline at or before every open hold's; lowered by each script that
+                              indexes a hold earlier, kept by a sold-out refusal that read the indexes)
     KEYS[2] sku holds list    fs:{pN}:due:<sku>   "<deadline ms> <reservation id>" in the order holds were
                               made (lua/includes/holds.lua): a new hold is appended here
     KEYS[3] sku holds zset    fs:{pN}:holds:<sku>   reservation id -> deadline ms, for holds out of the
@@ -48,10 +50,14 @@
                              records and orders of lapsed holds to end; sent again with them
     error INVALID_ARGUMENT | INVALID_QUANTITY   malformed input (nothing written)
     error NOT_FOUND          no sale for this SKU (nothing written)
-    error OUT_OF_STOCK       sold out: fewer units available than asked for and no lapsed hold to end;
-                             "sku <sku> has <n> units left; the first hold ends in <ms> ms" (relative to
-                             now) or "...; none is held": api/soldout.py answers the same from memory on
-                             that basis (nothing written)
+    a negative integer -<ms>: sold out, on the fast path (no unit left, no lapsed hold to end, a call with
+                             no idempotency key and no deposit), the SKU's first hold ending in <ms> ms
+                             (nothing written but due_first); engine/models.py raises the OUT_OF_STOCK below
+                             for it, "sku <sku> has 0 units left; the first hold ends in <ms> ms"
+    error OUT_OF_STOCK       sold out on the full checks: fewer units available than asked for and no lapsed
+                             hold to end; "sku <sku> has <n> units left; the first hold ends in <ms> ms"
+                             (relative to now) or "...; none is held": api/soldout.py answers the same from
+                             memory on that basis (nothing written)
     error SALE_NOT_ACTIVE    paused, not started or ended (nothing written)
     error ALREADY_RESERVED   the user's holds + purchases would pass the limit and they hold some now
     error ALREADY_PURCHASED  the user's purchases alone use up the limit
@@ -82,43 +88,51 @@ local fmt = string.format
 local fast = (not ARGV[6] or ARGV[6] == '') and not ARGV[10]
 local availableText, canonical
 if fast then
-  -- One field first, and before anything is defined: a sold-out refusal needs no more.
-  availableText = redis.call('HGET', skuKey, 'available')
+  -- Two fields first, and before anything is defined: a sold-out refusal needs no more.
+  local head = redis.call('HMGET', skuKey, 'available', 'due_first')
+  availableText = head[1]
   canonical = ARGV[2] == '1' or string.find(ARGV[2], '^[1-9]%d?%d?%d?$')
   -- Sold out: lapsed holds would give units back, so a SKU is sold out only while its earliest hold's
-  -- deadline is ahead (the earlier head of its two indexes, lua/includes/holds.lua: an entry the list
-  -- still has of an ended hold can only make that sooner). The refusal says how far ahead: an API process
-  -- answers the same from memory until then, unless the SKU's stock channel says otherwise sooner
-  -- (api/soldout.py). Plain string compares ('0', '1') rather than tonumber, whose strtod costs as much
-  -- as a command.
+  -- deadline is ahead. due_first is a deadline at or before every open hold's (each script that indexes a
+  -- hold at an earlier one lowers it); when it has passed, or is not there, the earlier head of the two
+  -- indexes (lua/includes/holds.lua: an entry the list still has of an ended hold can only make that
+  -- sooner) is read and, when ahead, kept as due_first for the next refusal. The refusal says how far
+  -- ahead: an API process answers the same from memory until then, unless the SKU's stock channel says
+  -- otherwise sooner (api/soldout.py). Plain string compares ('0', '1') rather than tonumber, whose strtod
+  -- costs as much as a command.
   if availableText == '0' and canonical then
-    local sku = string.sub(skuKey, string.find(skuKey, '}:', 1, true) + 6)
-    local firstEnds = redis.call('LINDEX', dueListKey, '0')
-    firstEnds = firstEnds and tonumber(string.match(firstEnds, '^%d+'))
-    local reindexed = redis.call('ZRANGE', holdsKey, '0', '0', 'WITHSCORES')[2]
-    reindexed = reindexed and tonumber(reindexed)
-    if reindexed and (not firstEnds or reindexed < firstEnds) then firstEnds = reindexed end
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local firstEnds = tonumber(head[2])
+    if not firstEnds or firstEnds <= now then
+      firstEnds = redis.call('LINDEX', dueListKey, '0')
+      firstEnds = firstEnds and tonumber(string.match(firstEnds, '^%d+'))
+      local reindexed = redis.call('ZRANGE', holdsKey, '0', '0', 'WITHSCORES')[2]
+      reindexed = reindexed and tonumber(reindexed)
+      if reindexed and (not firstEnds or reindexed < firstEnds) then firstEnds = reindexed end
+      if firstEnds and firstEnds > now then redis.call('HSET', skuKey, 'due_first', fmt('%d', firstEnds)) end
+    end
     if not firstEnds then
+      local sku = string.sub(skuKey, string.find(skuKey, '}:', 1, true) + 6)
       return redis.error_reply('OUT_OF_STOCK sku ' .. sku .. ' has 0 units left; none is held')
     end
-    local t = redis.call('TIME')
-    firstEnds = firstEnds - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-    if firstEnds > 0 then
-      return redis.error_reply('OUT_OF_STOCK sku ' .. sku .. ' has 0 units left; the first hold ends in '
-        .. string.format('%d', firstEnds) .. ' ms')
-    end
+    -- The common answer is a number, not an error reply: an error's text costs more to build (the SKU's
+    -- id, the figures) and to count than the whole refusal's checks. engine/models.py turns it into the
+    -- OUT_OF_STOCK the full checks give.
+    if firstEnds > now then return now - firstEnds end
   end
 end
 
 local heldField, boughtField = 'h:' .. user, 'b:' .. user
 
 -- Everything the checks read, in one HMGET (a redis.call costs about as much as a cheap command beyond
--- its own work; the fast path reads 'available' alone first): the counters, the sale's settings, this
--- user's counts, and due_last, a deadline at or after the holds list's last entry's (written with every
--- append below; a hash from before it was kept has the list's last entry read instead).
+-- its own work; the fast path reads 'available' and 'due_first' first): the counters, the sale's
+-- settings, this user's counts, due_last, a deadline at or after the holds list's last entry's (written
+-- with every append below; a hash from before it was kept has the list's last entry read instead), and
+-- due_first.
 local function readSku()
   return redis.call('HMGET', skuKey, 'available', 'reserved', 'per_user_limit', 'starts_at', 'ends_at', 'paused',
-    'reservation_ttl_ms', heldField, boughtField, 'waiting_room', 'due_last')
+    'reservation_ttl_ms', heldField, boughtField, 'waiting_room', 'due_last', 'due_first')
 end
 
 -- The writes of a granted reservation (s: readSku's reply, the counters as numbers, now: the clock in ms),
@@ -143,6 +157,9 @@ local function hold(sku, s, qty, now, available, reserved, held, admission)
       fmt('%d', held + qty), 'due_last', expiresText)
     redis.call('RPUSH', dueListKey, expiresText .. ' ' .. rid)
   end
+  -- A deadline before due_first (the sale's TTL was shortened) lowers it: a sold-out refusal trusts it.
+  local first = tonumber(s[12])
+  if first and first > expiresAt then redis.call('HSET', skuKey, 'due_first', expiresText) end
   -- The open record (lua/includes/reservations.lua): sku user quantity created_at expires_at order pay_until.
   redis.call('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresText .. ' - 0')
   if admission and admission > 0 then redis.call('ZADD', admittedKey, fmt('%d', -admission), user) end

@@ -213,6 +213,11 @@ def _check_entities(state: PartitionState) -> None:
             # at its expiry (a hold being paid for has its payment grace in the set).
             indexed = holds.get(rid) if rid in holds else None if paying else queued.get(rid)
             assert indexed == deadline, f"active hold {rid} not at its deadline in its sku's holds"
+            # reserve.lua's sold-out refusal trusts due_first to come at or before every open hold's deadline
+            due_first = sales.get(sku, {}).get("due_first")
+            assert due_first is None or int(due_first) <= deadline, (
+                f"due_first {due_first} of {sku} is after the deadline {deadline} of its hold {rid}"
+            )
             assert res["ended_at"] == "0", (rid, res)
             if paying:
                 order = orders.get(res["order_id"])

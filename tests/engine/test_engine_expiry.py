@@ -251,3 +251,56 @@ def test_entries_of_ended_holds_do_not_count_against_a_sweeps_limit(engine: Engi
     assert engine.get_reservation(kept.id).status == ReservationStatus.EXPIRED
     assert engine.redis.llen(p.due("EXP-13")) == 0
     check_invariants(engine)
+
+
+def _due_first(engine: Engine, sku: str) -> int | None:
+    value = engine.redis.hget(engine.keys.for_sku(sku).sku(sku), "due_first")
+    return None if value is None else int(value)
+
+
+def test_a_hold_made_with_a_shorter_ttl_brings_the_sold_out_answer_forward(engine: Engine) -> None:
+    """A sold-out refusal keeps the SKU's first deadline as due_first and trusts it until it passes
+    (lua/reserve.lua): a later hold with an earlier deadline (the sale's TTL was shortened) must lower it,
+    or the SKU would be refused as sold out while that hold has lapsed."""
+    engine.load_sale(SaleSettings(sku="EXP-20", total=1, reservation_ttl_ms=60_000))
+    long = engine.reserve("EXP-20", "alice")
+    with pytest.raises(OutOfStock, match="the first hold ends in"):
+        engine.reserve("EXP-20", "bob")
+    assert _due_first(engine, "EXP-20") == long.expires_at  # kept by the refusal
+    engine.load_sale(SaleSettings(sku="EXP-20", reservation_ttl_ms=TTL_MS))
+    engine.restock("EXP-20", 1)
+    short = engine.reserve("EXP-20", "carol")
+    assert _due_first(engine, "EXP-20") == short.expires_at
+    with pytest.raises(OutOfStock, match="the first hold ends in"):
+        engine.reserve("EXP-20", "bob")
+    check_invariants(engine)
+    _sleep_past(short.expires_at, engine)
+
+    assert engine.reserve("EXP-20", "dan").status == ReservationStatus.RESERVED  # carol's hold ended lazily
+    assert engine.get_reservation(short.id).status == ReservationStatus.EXPIRED
+    assert engine.get_reservation(long.id).status == ReservationStatus.RESERVED
+    check_invariants(engine)
+
+
+def test_a_declined_payment_brings_the_sold_out_answer_back_to_the_holds_own_deadline(engine: Engine) -> None:
+    """A hold being paid for lasts its payment grace (30 s by default): a sold-out refusal keeps that as
+    due_first; a declined payment puts the hold back on its own deadline, maybe passed, and must lower it."""
+    engine.load_sale(SaleSettings(sku="EXP-21", total=1, reservation_ttl_ms=TTL_MS))
+    hold = engine.reserve("EXP-21", "alice")
+    order = engine.begin_checkout(hold.id, "alice", "card")
+    _sleep_past(hold.expires_at, engine)
+    with pytest.raises(OutOfStock):  # its list entry is due, but the hold is being paid for: nothing ends
+        engine.reserve("EXP-21", "bob")
+    with pytest.raises(OutOfStock, match="the first hold ends in"):  # the fast path's, from the sorted set
+        engine.reserve("EXP-21", "bob")
+    grace = _due_first(engine, "EXP-21")
+    assert grace is not None
+    assert grace > hold.expires_at
+    check_invariants(engine)
+
+    engine.fail_checkout(order.id, "alice", "PAYMENT_DECLINED")
+    assert _due_first(engine, "EXP-21") == hold.expires_at
+    check_invariants(engine)
+    assert engine.reserve("EXP-21", "bob").status == ReservationStatus.RESERVED  # alice's hold ended lazily
+    assert engine.get_reservation(hold.id).status == ReservationStatus.EXPIRED
+    check_invariants(engine)
