@@ -80,14 +80,15 @@ local rateKey = ARGV[8] and ARGV[8] ~= '' and KEYS[7]
 local user, rid = ARGV[1] or '', ARGV[3]
 local fmt = string.format
 
--- The fast path: a call with no idempotency key and no deposit, where it is sold out or where every check
--- passes, is answered here, before the includes below: most calls of a flash sale take it, and defining
--- the includes' functions, which Redis does on every call (it runs a script's whole body), costs more
--- than a check. Anything else (a refusal other than sold out or the user's rate, a waiting room, bad
--- input) goes on to the full checks, which judge the call from the start; nothing is written before.
+-- The fast path: a call with no deposit that finds the SKU sold out, or a call with no idempotency key and
+-- no deposit that passes every check, is answered here, before the includes below: most calls of a flash
+-- sale take it, and defining the includes' functions, which Redis does on every call (it runs a script's
+-- whole body), costs more than a check. Anything else (a refusal other than sold out or the user's rate,
+-- a waiting room, bad input, a keyed call's repeat) goes on to the full checks, which judge the call from
+-- the start; nothing is written before but due_first.
 local fast = (not ARGV[6] or ARGV[6] == '') and not ARGV[10]
 local availableText, canonical
-if fast then
+if not ARGV[10] then
   -- Two fields first, and before anything is defined: a sold-out refusal needs no more.
   local head = redis.call('HMGET', skuKey, 'available', 'due_first')
   availableText = head[1]
@@ -112,14 +113,35 @@ if fast then
       if reindexed and (not firstEnds or reindexed < firstEnds) then firstEnds = reindexed end
       if firstEnds and firstEnds > now then redis.call('HSET', skuKey, 'due_first', fmt('%d', firstEnds)) end
     end
-    if not firstEnds then
-      local sku = string.sub(skuKey, string.find(skuKey, '}:', 1, true) + 6)
-      return redis.error_reply('OUT_OF_STOCK sku ' .. sku .. ' has 0 units left; none is held')
+    if fast then
+      if not firstEnds then
+        local sku = string.sub(skuKey, string.find(skuKey, '}:', 1, true) + 6)
+        return redis.error_reply('OUT_OF_STOCK sku ' .. sku .. ' has 0 units left; none is held')
+      end
+      -- The common answer is a number, not an error reply: an error's text costs more to build (the
+      -- SKU's id, the figures) and to count than the whole refusal's checks. engine/models.py turns it
+      -- into the OUT_OF_STOCK the full checks give.
+      if firstEnds > now then return now - firstEnds end
+    elseif not firstEnds or firstEnds > now then
+      -- A keyed call (the storefront keys every press): its first answer is kept, so this refusal is
+      -- remembered exactly as the full checks would (lua/includes/idempotency.lua: the same generations,
+      -- field and text), unless the key has an answer already or the client named other generations
+      -- (then the full checks give the answer, or ask for the keys).
+      local ttl = tonumber(ARGV[6])
+      if ttl and ttl > 0 then
+        local generation = math.floor(now / ttl)
+        local prefix = string.sub(skuKey, 1, string.find(skuKey, '}:', 1, true) + 1)
+        local current, previous, n = prefix .. 'idem:' .. generation, prefix .. 'idem:' .. (generation - 1), #KEYS
+        if KEYS[n - 1] == current and KEYS[n] == previous and not redis.call('HGET', current, ARGV[7])
+            and not redis.call('HGET', previous, ARGV[7]) then
+          local message = 'OUT_OF_STOCK sku ' .. string.sub(skuKey, #prefix + 5) .. ' has 0 units left; '
+            .. (firstEnds and 'the first hold ends in ' .. (firstEnds - now) .. ' ms' or 'none is held')
+          redis.call('HSET', current, ARGV[7], '!' .. message)
+          redis.call('PEXPIREAT', current, (generation + 2) * ttl)
+          return redis.error_reply(message)
+        end
+      end
     end
-    -- The common answer is a number, not an error reply: an error's text costs more to build (the SKU's
-    -- id, the figures) and to count than the whole refusal's checks. engine/models.py turns it into the
-    -- OUT_OF_STOCK the full checks give.
-    if firstEnds > now then return now - firstEnds end
   end
 end
 

@@ -153,3 +153,21 @@ def test_a_key_reused_for_another_sku_of_the_same_partition_is_a_new_request(eng
     assert confirmed_b.transaction_id == "tx-b"
     assert engine.get_sale(other_sku).sold == 1
     check_invariants(engine)
+
+
+def test_a_keyed_sold_out_refusal_while_a_hold_lasts_is_kept_and_repeated(engine: Engine) -> None:
+    """reserve.lua answers a keyed call on a sold-out SKU before its full checks, and keeps that answer
+    exactly as they would: a retry with the key repeats it after stock came back."""
+    engine.load_sale(SaleSettings(sku="IDEM-9", total=1, reservation_ttl_ms=60_000))
+    engine.reserve("IDEM-9", "alice")
+    with pytest.raises(OutOfStock, match=r"has 0 units left; the first hold ends in \d+ ms") as first:
+        engine.reserve("IDEM-9", "carol", idempotency_key="k")
+    p = engine.keys.for_sku("IDEM-9")
+    kept = [v for key in engine.redis.scan_iter(p.tag + "idem:*") for v in engine.redis.hvals(key)]
+    assert kept == [f"!OUT_OF_STOCK {first.value.message}"]
+    engine.restock("IDEM-9", 1)
+    with pytest.raises(OutOfStock) as again:
+        engine.reserve("IDEM-9", "carol", idempotency_key="k")
+    assert again.value.message == first.value.message
+    assert engine.reserve("IDEM-9", "carol", idempotency_key="k2").quantity == 1
+    check_invariants(engine)
