@@ -6,10 +6,11 @@
   stock. A refusal for the limit or the stock first ends this SKU's holds whose deadline has passed (at
   most ARGV[5]) and judges again, so stock comes back even when no sweeper runs; a request that can
   succeed never looks.
-  Two paths, one answer: a call with no idempotency key and no deposit that is sold out, or that passes
-  every check, is answered by the fast path at the top, which defines none of the shared helpers (Redis
-  runs a script's whole body on every call); every other call, and every other refusal, takes the full
-  checks below it. Both grant through hold(), the one place a reservation is written.
+  Two paths, one answer: a call with no deposit that is sold out (a keyed one's refusal kept as the full
+  checks keep it), or a call with no idempotency key and no deposit that passes every check, is answered
+  by the fast path at the top, which defines none of the shared helpers (Redis runs a script's whole body
+  on every call); every other call, and every other refusal, takes the full checks below it. Both grant
+  through hold(), the one place a reservation is written.
 
   Input:
     KEYS[1] sku hash          fs:{pN}:sku:<sku>   counters, sale settings, h:<user> / b:<user> counts,
