@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flashsale.engine.events import Counters, effect
+from flashsale.engine.keys import ENTITY_ID
 
 from .state import (
     COUNTERS,
@@ -238,7 +239,9 @@ def _holds_checks(snap: Snapshot) -> list[Drift]:
     """Redis's deadline indexes (lua/includes/holds.lua): the holds sorted set lists only open
     reservations, each at its deadline; each holds list runs in deadline order; and every open
     reservation is in one or the other at or before its deadline (else it would end late). A list entry
-    of a hold that ended, or whose deadline moved later, is no drift: the list's head drops it."""
+    of a hold that ended, or whose deadline moved later, is no drift: the list's head drops it. And the
+    SKU hash's due_first comes at or before every open hold's deadline (else a sold-out refusal would
+    miss a lapsed hold until the sweeper ends it)."""
     r = snap.redis
     found = []
     listed = {rid: (sku, score) for sku, holds in r.holds.items() for rid, score in holds.items()}
@@ -261,7 +264,21 @@ def _holds_checks(snap: Snapshot) -> list[Drift]:
         for rid, at in entries:
             queued[rid] = min(at, queued.get(rid, at))
     for rid, record in sorted(r.reservations.items()):
-        if record["status"] != OPEN or rid in listed:
+        if record["status"] != OPEN:
+            continue
+        minted = ENTITY_ID.fullmatch(rid)
+        bound = r.due_first.get((record["sku"], int(minted.group(2)))) if minted else None
+        if bound is not None and bound > deadline(record):
+            found.append(
+                Drift(
+                    record["sku"],
+                    "due_first_bound",
+                    "redis",
+                    f"due_first <= {deadline(record)} ({rid})",
+                    str(bound),
+                )
+            )
+        if rid in listed:
             continue
         if rid not in queued:
             found.append(

@@ -307,6 +307,8 @@ def _read_partition(client: redis.Redis, p: Partition, applied: str, state: Redi
                 state.users[(sku, user)] = (before[0] + held, before[1] + bought)
         state.holds.setdefault(sku, {}).update({str(rid): int(deadline) for rid, deadline in holds})
         state.due[(sku, p.index)] = [_due_entry(str(entry)) for entry in due]
+        if fields.get("due_first") is not None:
+            state.due_first[(sku, p.index)] = int(fields["due_first"])
         room = room_from_hash(fields, room_counts)
         if room is not None:
             state.rooms[sku] = room

@@ -92,6 +92,9 @@ class RedisState(StoreState):
     # (sku, partition: one per stock bucket) -> its holds list's entries in order, (reservation id,
     # deadline); ended holds' entries may remain (lua/includes/holds.lua)
     due: dict[tuple[str, int], list[tuple[str, int]]] = field(default_factory=dict)
+    # (sku, partition) -> its SKU hash's due_first, where set: a bound at or before every open hold's
+    # deadline, which reserve.lua's sold-out refusal trusts
+    due_first: dict[tuple[str, int], int] = field(default_factory=dict)
     lines: dict[str, RoomLine] = field(default_factory=dict)  # sku -> its waiting room's line
     unapplied: dict[int, list[Event]] = field(default_factory=dict)  # partition -> events after the offset
     now_ms: int = 0

@@ -230,6 +230,7 @@ def test_drift_in_redis_is_found_and_rebuilt_from_postgres(busy_sale: Engine, en
     before = counters(busy_sale)
     sku_key = busy_sale.keys.for_sku("SKU-TV-55").sku("SKU-TV-55")
     busy_sale.redis.hincrby(sku_key, "available", 3)  # units out of nowhere
+    busy_sale.redis.hset(sku_key, "due_first", 9_999_999_999_999)  # sold-out answers would miss lapsed holds
     mug = busy_sale.keys.for_sku("SKU-MUG-RED").sku("SKU-MUG-RED")
     busy_sale.redis.hset(mug, bought_field("user2"), 5)  # past the per-user limit of 2
     phone = busy_sale.keys.for_sku("SKU-PHONE-1")
@@ -240,9 +241,11 @@ def test_drift_in_redis_is_found_and_rebuilt_from_postgres(busy_sale: Engine, en
     assert result.exit_code == 1
     assert "drift finding" in result.output
     document = report(env)
-    assert {("counts_add_up", "redis"), ("postgres_plus_unapplied_equals_redis", "log")} <= checks_for(
-        document, "SKU-TV-55"
-    )
+    assert {
+        ("counts_add_up", "redis"),
+        ("postgres_plus_unapplied_equals_redis", "log"),
+        ("due_first_bound", "redis"),
+    } <= checks_for(document, "SKU-TV-55")
     assert {("per_user_limit", "redis"), ("user_counts_match", "log")} <= checks_for(document, "SKU-MUG-RED")
     assert checks_for(document, "SKU-PHONE-1") == {("open_hold_has_reservation", "redis")}
 
@@ -250,6 +253,7 @@ def test_drift_in_redis_is_found_and_rebuilt_from_postgres(busy_sale: Engine, en
     assert repaired.exit_code == 0, repaired.output
     assert "SKU-TV-55: counters total=25 available=" in repaired.output
     assert counters(busy_sale) == before
+    assert busy_sale.redis.hget(sku_key, "due_first") is None  # the SKU hash rewritten without it
     assert busy_sale.user_counts("SKU-MUG-RED", "user2").purchased == 0
     assert busy_sale.redis.zscore(phone.holds("SKU-PHONE-1"), dangling) is None
     assert not busy_sale.redis.exists(phone.reservation(dangling))

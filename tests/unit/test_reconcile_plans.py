@@ -165,6 +165,18 @@ def test_a_hold_listed_after_its_deadline_or_a_list_out_of_order_is_drift() -> N
     assert checks(snap) == {("holds_list_in_order", "redis")}
 
 
+def test_a_due_first_after_an_open_holds_deadline_is_drift() -> None:
+    """reserve.lua's sold-out refusal trusts the SKU hash's due_first to come at or before every open
+    hold's deadline (per partition: a stock bucket's hash bounds its own holds)."""
+    snap = consistent()
+    snap.redis.due_first[("MUG", 3)] = NOW + 60_000  # rsv_3_open's own deadline: a bound still
+    assert check(snap).drifts == []
+    snap.redis.due_first[("MUG", 4)] = NOW + 90_000  # another bucket's hash bounds other holds
+    assert check(snap).drifts == []
+    snap.redis.due_first[("MUG", 3)] = NOW + 90_000
+    assert checks(snap) == {("due_first_bound", "redis")}
+
+
 def test_counts_that_do_not_add_up_and_a_user_past_the_limit_are_drift() -> None:
     snap = consistent()
     snap.redis.sales["MUG"]["available"] = 12
