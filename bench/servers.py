@@ -57,6 +57,9 @@ class Servers:
     database_url: str | None = None
     redis_pid: int | None = None
     postgres_pid: int | None = None
+    # The Redis started here on its unix socket, as `flashsale up` connects its processes (None: a Redis
+    # given by URL, used as given)
+    redis_socket_url: str | None = None
 
 
 def redis_version(url: str) -> str:
@@ -129,13 +132,13 @@ def running(
 ) -> Iterator[Servers]:
     """Servers for one scenario run; the ones this started are stopped after, whatever happens."""
     with contextlib.ExitStack() as stack:
-        pid = postgres_pid = None
+        pid = postgres_pid = socket_url = None
         if redis_url is None:
             started = stack.enter_context(ServerKind.parse(server).server())
-            redis_url = started.url
+            redis_url, socket_url = started.url, started.socket_url
             pid = started.process.pid if started.process else None
         if postgres and database_url is None:
             pg = stack.enter_context(PostgresServer())
             database_url = pg.url
             postgres_pid = pg.process.pid if pg.process else None
-        yield Servers(redis_url, database_url, pid, postgres_pid)
+        yield Servers(redis_url, database_url, pid, postgres_pid, socket_url)

@@ -179,13 +179,16 @@ class ManagedServer:
 
 
 class RedisServer(ManagedServer):
-    """redis-server on a free loopback port. With a data dir it keeps an append-only file there.
+    """redis-server on a free loopback port, and on a unix socket (``socket_url``) for clients on this
+    machine: each round trip costs Redis about 40 % less CPU there than over loopback TCP (README,
+    Performance). With a data dir it keeps an append-only file there.
 
     ``binary`` runs another server speaking the same protocol and options (the benchmarks' valkey-server),
     ``options`` adds command-line settings (``["--io-threads", "2"]``)."""
 
     name = "redis"
     title = "Redis"
+    unix_socket = True
 
     def __init__(
         self,
@@ -200,10 +203,24 @@ class RedisServer(ManagedServer):
         self.requested_port = port
         self.binary = binary
         self.options = options
+        self.socket_path: Path | None = None
+        self._socket_dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def socket_url(self) -> str:
+        """The same server on its unix socket (``url`` when it has none)."""
+        return f"unix://{self.socket_path}?db=0" if self.socket_path is not None else self.url
+
+    def stop(self) -> None:
+        super().stop()
+        if self._socket_dir is not None:
+            self._socket_dir.cleanup()
+            self._socket_dir = None
+        self.socket_path = None
 
     def _extra_args(self) -> list[str]:
         return list(self.options)
@@ -224,6 +241,12 @@ class RedisServer(ManagedServer):
             "--logfile", str(workdir / "redis.log"),
             *self._extra_args(),
         ]  # fmt: skip
+        if self.unix_socket:
+            # In a short directory of its own, not the data dir: a socket's path has at most ~104 bytes,
+            # and it is the running server's, not data to keep.
+            self._socket_dir = tempfile.TemporaryDirectory(prefix="fs-redis-")
+            self.socket_path = Path(self._socket_dir.name) / "redis.sock"
+            args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         self.log_path = workdir / "redis.log"
         log.info(
             "event=server_starting server=redis binary=%s port=%d durable=%s", binary, self.port, durable
@@ -299,6 +322,8 @@ def partition_slots(partitions: int, prefix: str = "fs") -> list[int]:
 class RedisClusterNode(RedisServer):
     """One node of a RedisCluster: redis-server in cluster mode. Its work directory (nodes.conf, and the
     append-only file with a data dir) outlives ``kill()``, so ``start()`` brings the same node back."""
+
+    unix_socket = False  # cluster clients follow the nodes' announced host:port
 
     name = "redis-node"
     title = "Redis Cluster node"

@@ -10,6 +10,9 @@ is refused for being a repeat.
      API's and Redis's CPU per successful reservation, and the tail (p99 / p50) round after round.
   2. Paced: connections that wait between requests, about 5,000 requests/s offered, on a SKU with stock
      for all: the latency at that rate (every answer must be 201).
+  1c. Transport (issue 14): the same push, every request a reservation, with the API reaching Redis over
+     loopback TCP and over the unix socket (how `flashsale up` connects it, and the runs above), in
+     alternate rounds against the same Redis: the API's and Redis's CPU per reservation, each way.
   3. Sold out (issue 14): the herd that keeps pressing after the hot SKU sold out, a fixed set of
      shoppers retrying with their tokens, against two servers side by side, alternately: one whose every
      refusal asks Redis (``FLASHSALE_SOLDOUT_TTL_MS=0``) and one answering from its sold-out flags
@@ -68,12 +71,13 @@ class Settings:
     soldout_rounds: int
     soldout_shoppers: int
     success_rounds: int
+    transport_rounds: int
 
     @classmethod
     def for_run(cls, options: Options) -> Settings:
         if options.quick:
-            return cls(500, 128, 2, 5, 50, 10, 5, 120_000, 2, 4, 1, 2_000, 1)
-        return cls(1000, 256, 2, 10, 50, 10, 15, 200_000, 2, 10, 2, 2_000, 3)
+            return cls(500, 128, 2, 5, 50, 10, 5, 120_000, 2, 4, 1, 2_000, 1, 1)
+        return cls(1000, 256, 2, 10, 50, 10, 15, 200_000, 2, 10, 2, 2_000, 3, 4)
 
 
 def find_wrk() -> str | None:
@@ -216,15 +220,24 @@ def run_scenario(options: Options) -> Report:
         return report
     with running(options.redis_url) as servers, tempfile.TemporaryDirectory(prefix="flashsale-bench-") as tmp:
         report.servers["redis"] = redis_version(servers.redis_url)
-        settings = FlashsaleSettings.from_env(redis_url=servers.redis_url, jwt_secret=secrets.token_hex(32))
+        # The API reaches a Redis started here on its unix socket, as under `flashsale up`; the CPU
+        # figures are read over TCP (INFO, once per run: not in the per-request figures).
+        api_redis = servers.redis_socket_url or servers.redis_url
+        settings = FlashsaleSettings.from_env(redis_url=api_redis, jwt_secret=secrets.token_hex(32))
         hot, stock = f"http-hot-{options.run_id}", f"http-stock-{options.run_id}"
         # Saturation, every request a reservation: a SKU of its own per round (the rounds share the tokens,
         # and a user may hold one unit of a SKU).
         deep = [f"http-deep-{options.run_id}-{i + 1}" for i in range(s.success_rounds)]
+        transports = {"loopback TCP": servers.redis_url, "unix socket": servers.redis_socket_url}
+        transport_runs = [
+            (f"{kind}, round {r + 1}", f"http-transport-{options.run_id}-{r + 1}-{i}")
+            for r in range(s.transport_rounds if servers.redis_socket_url else 0)
+            for i, kind in enumerate(list(transports)[r % 2 :] + list(transports)[: r % 2])
+        ]
         engine = Engine.from_url(servers.redis_url, settings.engine_config())
         engine.load_scripts()
         engine.load_sale(SaleSettings(sku=hot, name="Hot SKU", total=s.units, reservation_ttl_ms=600_000))
-        for sku in (stock, *deep):
+        for sku in (stock, *deep, *(sku for _, sku in transport_runs)):
             engine.load_sale(
                 SaleSettings(sku=sku, name="Deep stock", total=100_000_000, reservation_ttl_ms=600_000)
             )
@@ -261,6 +274,26 @@ def run_scenario(options: Options) -> Report:
                 result["redis_cpu_s"] = round(redis_cpu_seconds(servers.redis_url) - redis_cpu, 2)
                 result["connections"], result["pace_ms"], result["sku"] = connections, pace, sku
                 figures[name] = result
+        transport: dict[str, Any] = {}
+        for name, sku in transport_runs:
+            kind = name.split(",")[0]
+            by = msgspec.structs.replace(settings, redis_url=transports[kind])
+            with _serve(by, s.server_workers) as (url, server):
+                server_cpu, redis_cpu = process_cpu_seconds(server.pid), redis_cpu_seconds(servers.redis_url)
+                result = _wrk(
+                    binary,
+                    url,
+                    tokens,
+                    sku,
+                    connections=s.connections,
+                    threads=s.threads,
+                    seconds=s.seconds,
+                    pace_ms=0,
+                )
+                result["server_cpu_s"] = round(process_cpu_seconds(server.pid) - server_cpu, 2)
+                result["redis_cpu_s"] = round(redis_cpu_seconds(servers.redis_url) - redis_cpu, 2)
+                result["transport"], result["sku"] = kind, sku
+                transport[name] = result
         sale = engine.get_sale(hot)
         engine.close()
         # The sold-out herd: the hot SKU is sold out now; a few thousand shoppers keep pressing.
@@ -326,7 +359,13 @@ def run_scenario(options: Options) -> Report:
         on["redis_cpu_us_per_refusal"] < 1,
         f"{on['redis_cpu_us_per_refusal']} µs of Redis CPU per refusal",
     )
-    report.figures = {**figures, "sold_out": sold_out}
+    for name, f in transport.items():
+        report.check(
+            f"transport, {name}: every answer is 201 Created, no socket errors",
+            set(f["statuses"]) == {"201"} and not any(f["errors"].values()),
+            f"statuses {f['statuses']}, errors {f['errors']}",
+        )
+    report.figures = {**figures, "sold_out": sold_out, "transport": transport}
     rows = [
         [
             name,
@@ -379,6 +418,47 @@ def run_scenario(options: Options) -> Report:
             for name, f in sold_out.items()
         ],
     )
+    if transport:
+        report.table(
+            "Redis transport, every request a 201: the API on loopback TCP and on the unix socket, "
+            f"alternate rounds against the same Redis, `--workers {s.server_workers}`, "
+            f"wrk -t {s.threads} -c {s.connections}",
+            [
+                "run",
+                "requests",
+                "requests/s",
+                "p50 ms",
+                "p99 ms",
+                "API CPU µs / request",
+                "Redis CPU µs / request",
+            ],
+            [
+                [
+                    name,
+                    f["requests"],
+                    round(f["requests_per_s"]),
+                    f["latency_ms"]["p50"],
+                    f["latency_ms"]["p99"],
+                    round(f["server_cpu_s"] / f["requests"] * 1e6),
+                    round(f["redis_cpu_s"] / f["requests"] * 1e6, 1),
+                ]
+                for name, f in transport.items()
+            ],
+        )
+        per = {
+            kind: {
+                k: sum(f[k] for f in transport.values() if f["transport"] == kind)
+                for k in ("server_cpu_s", "redis_cpu_s", "requests")
+            }
+            for kind in transports
+        }
+        tcp, unix = per["loopback TCP"], per["unix socket"]
+        for what, key in (("Redis", "redis_cpu_s"), ("API", "server_cpu_s")):
+            report.ratio(
+                f"transport: {what} CPU per reservation, unix socket / loopback TCP",
+                round(unix[key] / unix["requests"] * 1e6, 1),
+                round(tcp[key] / tcp["requests"] * 1e6, 1),
+            )
     report.ratio(
         "sold out: API CPU µs per refusal with the flag / 60 µs target",
         on["api_cpu_us_per_refusal"],
