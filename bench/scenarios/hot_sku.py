@@ -75,6 +75,8 @@ def _level_row(result: LoadResult) -> list[Any]:
 
 # The calls whose cost per call is measured through the same client, in this order.
 NOOP, SOLD_OUT, FULL = "no-op", "sold-out refusal", "reserve, full work"
+# The storefront sends an Idempotency-Key with every press: its sold-out refusals are keyed (each kept).
+KEYED_SOLD_OUT = "sold-out refusal, keyed"
 # Issue 14's targets for Redis's CPU per call (µs): a reserve doing its full work, a sold-out refusal.
 REDIS_TARGETS_US = {FULL: 12.0, SOLD_OUT: 3.0}
 
@@ -82,9 +84,10 @@ REDIS_TARGETS_US = {FULL: 12.0, SOLD_OUT: 3.0}
 async def call_costs(
     engine: AsyncEngine, url: str, clients: int, attempts: int, max_seconds: float, tag: str
 ) -> dict[str, LoadResult]:
-    """The no-op script, reserve on a sold-out SKU (every call refused OUT_OF_STOCK) and reserve on a SKU
-    with stock for every call (full work each time), one after the other through the same client, each
-    with the client's and Redis's CPU time. Each call is a distinct user."""
+    """The no-op script, reserve on a sold-out SKU (every call refused OUT_OF_STOCK; then again with an
+    idempotency key per call, as the storefront sends) and reserve on a SKU with stock for every call (full
+    work each time), one after the other through the same client, each with the client's and Redis's CPU
+    time. Each call is a distinct user."""
     noop_sku, sold_out, big = f"noop-{tag}", f"soldout-{tag}", f"stock-{tag}"
     await engine.load_sale(SaleSettings(sku=noop_sku, total=1))
     await engine.load_sale(SaleSettings(sku=sold_out, total=1, reservation_ttl_ms=3_600_000))
@@ -96,6 +99,7 @@ async def call_costs(
     calls = {
         NOOP: lambda i: engine.noop(noop_sku),
         SOLD_OUT: lambda i: engine.reserve(sold_out, f"s{tag}-{i}"),
+        KEYED_SOLD_OUT: lambda i: engine.reserve(sold_out, f"k{tag}-{i}", idempotency_key=f"press-{i}"),
         FULL: lambda i: engine.reserve(big, f"f{tag}-{i}"),
     }
     return {
@@ -105,9 +109,10 @@ async def call_costs(
 
 
 def check_call_costs(report: Report, costs: dict[str, LoadResult], label: str = "") -> None:
-    expected = {NOOP: "ok", SOLD_OUT: "OUT_OF_STOCK", FULL: "ok"}
+    expected = {NOOP: "ok", SOLD_OUT: "OUT_OF_STOCK", KEYED_SOLD_OUT: "OUT_OF_STOCK", FULL: "ok"}
     report.check(
-        f"{label}per-call runs: no-op and full reserve all ok, every sold-out call OUT_OF_STOCK",
+        f"{label}per-call runs: no-op and full reserve all ok, every sold-out call, keyed or not, refused "
+        "OUT_OF_STOCK",
         all(set(costs[name].outcomes) == {outcome} for name, outcome in expected.items()),
         "; ".join(f"{name} {dict(costs[name].outcomes)}" for name in expected),
     )
@@ -169,6 +174,7 @@ async def _engine_runs(url: str, s: Settings, run_id: str, report: Report) -> di
         out["paired"] = await _paired_rounds(engine, s, run_id, f"noop-{run_id}", report)
         out["client_noop"] = costs[NOOP].as_dict()
         out["client_sold_out"] = costs[SOLD_OUT].as_dict()
+        out["client_keyed_sold_out"] = costs[KEYED_SOLD_OUT].as_dict()
         out["client_reserve_full"] = costs[FULL].as_dict()
         out["rows"] = rows
         out.update(benchmark_facts(engine, run_id))
@@ -392,11 +398,12 @@ def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
         f"hot SKU reserve ({best['clients']} clients, mostly OUT_OF_STOCK)": best,
         NOOP: f["client_noop"],
         SOLD_OUT: f["client_sold_out"],
+        KEYED_SOLD_OUT: f["client_keyed_sold_out"],
         FULL: f["client_reserve_full"],
     }
     report.table(
         f"What one call costs (CPU microseconds per call, same run, {s.ceiling_clients:,} clients "
-        "for the last three): what limits each rate",
+        "for the last four): what limits each rate",
         ["call", "calls/s", "client µs/call", "redis µs/call", "sum µs/call", "redis target µs/call"],
         [
             [
