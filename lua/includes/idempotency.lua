@@ -7,6 +7,9 @@
   (the client names them by its own clock; needAnswerKeys asks for them when the server's clock
   disagrees).
   A stored answer is a refusal ("!CODE message"), a reply array (JSON), or a plain reply string.
+  reserve.lua's fast path keeps a keyed sold-out refusal the same way without these helpers (defining
+  them costs every call of the hot path): a change to the generations, the field or the stored form here
+  is a change there too (tests/engine/test_engine_idempotency.py pins the two to one answer).
 ]]
 --@include common
 --@include declared
