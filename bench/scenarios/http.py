@@ -230,14 +230,14 @@ def run_scenario(options: Options) -> Report:
         deep = [f"http-deep-{options.run_id}-{i + 1}" for i in range(s.success_rounds)]
         transports = {"loopback TCP": servers.redis_url, "unix socket": servers.redis_socket_url}
         transport_runs = [
-            (f"{kind}, round {r + 1}", f"http-transport-{options.run_id}-{r + 1}-{i}")
+            (f"{kind}, round {r + 1}", kind, f"http-transport-{options.run_id}-{r + 1}-{i}")
             for r in range(s.transport_rounds if servers.redis_socket_url else 0)
             for i, kind in enumerate(list(transports)[r % 2 :] + list(transports)[: r % 2])
         ]
         engine = Engine.from_url(servers.redis_url, settings.engine_config())
         engine.load_scripts()
         engine.load_sale(SaleSettings(sku=hot, name="Hot SKU", total=s.units, reservation_ttl_ms=600_000))
-        for sku in (stock, *deep, *(sku for _, sku in transport_runs)):
+        for sku in (stock, *deep, *(sku for _, _, sku in transport_runs)):
             engine.load_sale(
                 SaleSettings(sku=sku, name="Deep stock", total=100_000_000, reservation_ttl_ms=600_000)
             )
@@ -275,8 +275,7 @@ def run_scenario(options: Options) -> Report:
                 result["connections"], result["pace_ms"], result["sku"] = connections, pace, sku
                 figures[name] = result
         transport: dict[str, Any] = {}
-        for name, sku in transport_runs:
-            kind = name.split(",")[0]
+        for name, kind, sku in transport_runs:
             by = msgspec.structs.replace(settings, redis_url=transports[kind])
             with _serve(by, s.server_workers) as (url, server):
                 server_cpu, redis_cpu = process_cpu_seconds(server.pid), redis_cpu_seconds(servers.redis_url)
