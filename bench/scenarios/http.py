@@ -8,11 +8,11 @@ is refused for being a repeat.
      check that exactly S requests got 201 and Redis's counters add up (most answers are sold-out refusals).
   1b. Saturation, every request a reservation: the same push at a SKU with stock for all, in rounds: the
      API's and Redis's CPU per successful reservation, and the tail (p99 / p50) round after round.
-  2. Paced: connections that wait between requests, about 5,000 requests/s offered, on a SKU with stock
-     for all: the latency at that rate (every answer must be 201).
   1c. Transport (issue 14): the same push, every request a reservation, with the API reaching Redis over
      loopback TCP and over the unix socket (how `flashsale up` connects it, and the runs above), in
      alternate rounds against the same Redis: the API's and Redis's CPU per reservation, each way.
+  2. Paced: connections that wait between requests, about 5,000 requests/s offered, on a SKU with stock
+     for all: the latency at that rate (every answer must be 201).
   3. Sold out (issue 14): the herd that keeps pressing after the hot SKU sold out, a fixed set of
      shoppers retrying with their tokens, against two servers side by side, alternately: one whose every
      refusal asks Redis (``FLASHSALE_SOLDOUT_TTL_MS=0``) and one answering from its sold-out flags
@@ -172,6 +172,23 @@ def _wrk(
     return result
 
 
+def _measured(
+    binary: str,
+    url: str,
+    server: subprocess.Popen[bytes],
+    redis_url: str,
+    tokens: Path,
+    sku: str,
+    **load: int,
+) -> dict[str, Any]:
+    """One wrk run against the server at ``url``, with the CPU seconds its processes and Redis used."""
+    server_cpu, redis_cpu = process_cpu_seconds(server.pid), redis_cpu_seconds(redis_url)
+    result = _wrk(binary, url, tokens, sku, **load)
+    result["server_cpu_s"] = round(process_cpu_seconds(server.pid) - server_cpu, 2)
+    result["redis_cpu_s"] = round(redis_cpu_seconds(redis_url) - redis_cpu, 2)
+    return result
+
+
 SOLD_OUT_MODES = (
     ("every refusal asks Redis (FLASHSALE_SOLDOUT_TTL_MS=0)", 0),
     ("answered from the sold-out flag (default)", FlashsaleSettings().soldout_ttl_ms),
@@ -256,13 +273,11 @@ def run_scenario(options: Options) -> Report:
                 *successes,
                 ("paced", stock, s.paced_connections, s.pace_ms, s.paced_seconds),
             ):
-                server_cpu, redis_cpu = (
-                    process_cpu_seconds(server.pid),
-                    redis_cpu_seconds(servers.redis_url),
-                )
-                result = _wrk(
+                result = _measured(
                     binary,
                     url,
+                    server,
+                    servers.redis_url,
                     tokens,
                     sku,
                     connections=connections,
@@ -270,18 +285,17 @@ def run_scenario(options: Options) -> Report:
                     seconds=seconds,
                     pace_ms=pace,
                 )
-                result["server_cpu_s"] = round(process_cpu_seconds(server.pid) - server_cpu, 2)
-                result["redis_cpu_s"] = round(redis_cpu_seconds(servers.redis_url) - redis_cpu, 2)
                 result["connections"], result["pace_ms"], result["sku"] = connections, pace, sku
                 figures[name] = result
         transport: dict[str, Any] = {}
         for name, kind, sku in transport_runs:
             by = msgspec.structs.replace(settings, redis_url=transports[kind])
             with _serve(by, s.server_workers) as (url, server):
-                server_cpu, redis_cpu = process_cpu_seconds(server.pid), redis_cpu_seconds(servers.redis_url)
-                result = _wrk(
+                result = _measured(
                     binary,
                     url,
+                    server,
+                    servers.redis_url,
                     tokens,
                     sku,
                     connections=s.connections,
@@ -289,8 +303,6 @@ def run_scenario(options: Options) -> Report:
                     seconds=s.seconds,
                     pace_ms=0,
                 )
-                result["server_cpu_s"] = round(process_cpu_seconds(server.pid) - server_cpu, 2)
-                result["redis_cpu_s"] = round(redis_cpu_seconds(servers.redis_url) - redis_cpu, 2)
                 result["transport"], result["sku"] = kind, sku
                 transport[name] = result
         sale = engine.get_sale(hot)

@@ -263,21 +263,21 @@ def _holds_checks(snap: Snapshot) -> list[Drift]:
                 )
         for rid, at in entries:
             queued[rid] = min(at, queued.get(rid, at))
+    earliest: dict[tuple[str, int], tuple[int, str]] = {}  # (sku, partition) -> its first open hold
+    for rid, record in r.reservations.items():
+        minted = ENTITY_ID.fullmatch(rid)
+        if record["status"] == OPEN and minted:
+            where = (record["sku"], int(minted.group(2)))
+            earliest[where] = min(earliest.get(where, (deadline(record), rid)), (deadline(record), rid))
+    for (sku, partition), bound in sorted(r.due_first.items()):
+        first = earliest.get((sku, partition))
+        if first is not None and bound > first[0]:
+            found.append(
+                Drift(sku, "due_first_bound", "redis", f"due_first <= {first[0]} ({first[1]})", str(bound))
+            )
     for rid, record in sorted(r.reservations.items()):
         if record["status"] != OPEN:
             continue
-        minted = ENTITY_ID.fullmatch(rid)
-        bound = r.due_first.get((record["sku"], int(minted.group(2)))) if minted else None
-        if bound is not None and bound > deadline(record):
-            found.append(
-                Drift(
-                    record["sku"],
-                    "due_first_bound",
-                    "redis",
-                    f"due_first <= {deadline(record)} ({rid})",
-                    str(bound),
-                )
-            )
         if rid in listed:
             continue
         if rid not in queued:

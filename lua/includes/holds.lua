@@ -14,8 +14,8 @@
   Every open hold has an entry, in one or the other, at or before its deadline: the first deadline of a
   SKU is at or after the earlier of the two heads. The SKU hash's due_first is a bound at or before every
   open hold's deadline, which reserve.lua's sold-out refusal trusts while it is ahead: a script that gives
-  a hold an earlier deadline than due_first lowers it (reserve, fail_checkout). The user's held units are the field h:<user> of the
-  SKU hash. Units going back on sale are announced on the partition's stock channel (includes/stock.lua).
+  a hold an earlier deadline than due_first lowers it (reserve, fail_checkout). The user's held units are
+  the field h:<user> of the SKU hash. Units going back on sale are announced on the partition's stock channel (includes/stock.lua).
   Ending a hold writes the keys holdKeys names: a script asks for them (needKeys, includes/common.lua)
   before it ends one.
 ]]
