@@ -87,5 +87,13 @@ def as_lua() -> str:
     ]
     lines = ["-- Generated from engine/bounds.py by the script loader: every bound a script checks."]
     lines += [f"local {name} = {globals()[name]}" for name in names]
-    lines.append("local QUEUE_WAIT_BUCKETS_S = {" + ", ".join(map(str, QUEUE_WAIT_BUCKETS_S)) + "}")
     return "\n".join(lines) + "\n"
+
+
+def queue_wait_buckets_lua() -> str:
+    """The body of the generated include ``queue_wait_buckets`` (lua/queue_admit.lua): a table, kept out of
+    ``bounds``, which every script includes, because Redis runs a script's whole body on every call and
+    builds its tables anew each time (~0.4 µs for this one, timed in a Lua loop on Redis 6.2)."""
+    buckets = ", ".join(map(str, QUEUE_WAIT_BUCKETS_S))
+    header = "-- Generated from engine/bounds.py by the script loader."
+    return f"{header}\nlocal QUEUE_WAIT_BUCKETS_S = {{{buckets}}}\n"

@@ -51,7 +51,7 @@ SCRIPT_NAMES = (
 
 
 # Includes made from Python rather than read from a file: the one place their values live.
-GENERATED = {"bounds": bounds.as_lua}
+GENERATED = {"bounds": bounds.as_lua, "queue_wait_buckets": bounds.queue_wait_buckets_lua}
 
 
 class ScriptError(RuntimeError):

@@ -29,6 +29,7 @@
 --@include common
 --@include events
 --@include waiting_room
+--@include queue_wait_buckets
 
 local skuKey, roomKey, queueKey, admittedKey, joinedKey, leftKey, stream, leaseKey =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
