@@ -240,13 +240,14 @@ end
 -- body on every call, and each Lua function it defines costs about as much as a HGET (README, Performance).
 -- This SKU's lapsed holds: nil when none, else a function that ends them; or the NEEDS_KEYS reply for the
 -- keys ending them writes (their records, their orders), asked before the first write.
+-- The third value: how many of them have lapsed (the others are index entries of holds that ended or moved).
 local function lapsedOf(now, bound)
   --@include holds
   local lapsed, keys = lapsedHolds(prefix, sku, now, bound)
-  if #lapsed == 0 and lapsed.popped == 0 then return nil end
+  if #lapsed == 0 and lapsed.popped == 0 then return nil, nil, 0 end
   local refusal = needKeys(keys)
   if refusal then return nil, refusal end
-  return function() return endLapsed(prefix, stream, sku, lapsed, now) end
+  return function() return endLapsed(prefix, stream, sku, lapsed, now) end, nil, lapsed.ending
 end
 
 local now
@@ -291,6 +292,20 @@ if available < qty then
 end
 
 if not isIdentifier(user) then return refuse('INVALID_ARGUMENT', 'user id must be 1-128 letters, digits or -_.@') end
+-- A refusal for the limit or the stock first ends lapsed holds (below); their keys are asked for before the
+-- rate bucket is written. Short of stock, the first deadline has passed (above), but its index entry may be
+-- of a hold that ended or moved: sold out still comes first, before the other checks, unless a hold did
+-- lapse, so they are looked for here (entries of ended holds dropped on the way).
+local endLapsedHolds
+if available < qty then
+  local refusal, ending
+  endLapsedHolds, refusal, ending = lapsedOf(now, tonumber(ARGV[5]))
+  if refusal then return refusal end
+  if ending == 0 then
+    if endLapsedHolds then endLapsedHolds() end
+    return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left'))
+  end
+end
 local limit = tonumber(s[3])
 if qty > limit then
   return answer(refuse('INVALID_QUANTITY', 'quantity ' .. qty .. ' is above the per-user limit ' .. limit))
@@ -301,10 +316,7 @@ if s[6] == '1' or now < startsAt or (endsAt > 0 and now >= endsAt) then
 end
 local reserved = tonumber(s[2])
 local held, bought = tonumber(s[8] or 0), tonumber(s[9] or 0)
--- A refusal for the limit or the stock first ends lapsed holds (below); their keys are asked for here,
--- before the rate bucket is written.
-local endLapsedHolds
-if held + bought + qty > limit or available < qty then
+if not endLapsedHolds and held + bought + qty > limit then
   local refusal
   endLapsedHolds, refusal = lapsedOf(now, tonumber(ARGV[5]))
   if refusal then return refusal end
@@ -322,16 +334,10 @@ if s[10] == '1' then
   end
 end
 
-if endLapsedHolds then
-  if endLapsedHolds() > 0 then
-    -- Lapsed holds ended: judge again on what they gave back.
-    local again = rcall('HMGET', skuKey, 'available', 'reserved', heldField)
-    available, reserved, held = tonumber(again[1]), tonumber(again[2]), tonumber(again[3] or 0)
-  elseif available < qty then
-    -- The index's first deadline had passed, but only entries of ended or moved holds were due: no hold
-    -- lapsed, so the SKU is sold out, and that answer comes first.
-    return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left'))
-  end
+if endLapsedHolds and endLapsedHolds() > 0 then
+  -- Lapsed holds ended: judge again on what they gave back.
+  local again = rcall('HMGET', skuKey, 'available', 'reserved', heldField)
+  available, reserved, held = tonumber(again[1]), tonumber(again[2]), tonumber(again[3] or 0)
 end
 if held + bought + qty > limit then
   if held > 0 then

@@ -304,3 +304,27 @@ def test_a_declined_payment_brings_the_sold_out_answer_back_to_the_holds_own_dea
     assert engine.reserve("EXP-21", "bob").status == ReservationStatus.RESERVED  # alice's hold ended lazily
     assert engine.get_reservation(hold.id).status == ReservationStatus.EXPIRED
     check_invariants(engine)
+
+
+def test_sold_out_comes_first_when_the_first_index_entry_is_of_a_hold_that_ended(engine: Engine) -> None:
+    """A released hold's list entry stays until the head reaches it. Once its deadline passes, the SKU is
+    still sold out (no hold lapsed), and that answer comes before the limit's and the sale window's, as
+    every API process may give it from memory (found by the state machine: INVALID_QUANTITY came back)."""
+    engine.load_sale(SaleSettings(sku="EXP-22", total=2, per_user_limit=1, reservation_ttl_ms=TTL_MS))
+    released = engine.reserve("EXP-22", "alice")
+    engine.release(released.id, "alice")
+    time.sleep(0.3)
+    later = [engine.reserve("EXP-22", user) for user in ("bob", "carol")]
+    _sleep_past(released.expires_at, engine)
+    assert min(r.expires_at for r in later) > released.expires_at + 200  # theirs are still ahead
+    due = engine.keys.for_sku("EXP-22").due("EXP-22")
+    assert engine.redis.llen(due) == 3  # alice's entry first, though her hold ended
+
+    with pytest.raises(OutOfStock, match="has 0 units left"):
+        engine.reserve("EXP-22", "dan", 2)  # above the limit of 1, and sold out: sold out first
+    assert engine.redis.llen(due) == 2  # the ended hold's entry dropped on the way
+    with pytest.raises(OutOfStock, match="the first hold ends in"):  # the fast path again
+        engine.reserve("EXP-22", "dan", 2)
+    for r in later:
+        assert engine.get_reservation(r.id).status == ReservationStatus.RESERVED
+    check_invariants(engine)
