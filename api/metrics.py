@@ -12,6 +12,7 @@ the serve command and the counters and histograms of all workers are summed at s
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
@@ -136,13 +137,37 @@ class ApiMetrics:
         self.flush_soldout_refusals()
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             merged = CollectorRegistry()
-            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            merged.register(WorkerFiles(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
             counted = generate_latest(merged)
         else:
             counted = generate_latest(self.registry)
         live = CollectorRegistry()
         live.register(_LiveState(sales, list(lags), backlog_limit, payments, list(queues), dict(nodes or {})))
         return counted + generate_latest(live)
+
+
+class WorkerFiles(Collector):
+    """Every worker's counters and histograms, summed from their files: prometheus_client's
+    MultiProcessCollector but for one race. A process creates its file for a metric type empty and sizes it
+    a moment later; a scrape by another worker that reads it in between raised ``struct.error`` for every
+    series (prometheus/client_python#1199, open in 0.26): a 500 from /metrics, seen under load in
+    tests/api/test_serve.py. A file shorter than its header has recorded nothing yet, so it is skipped."""
+
+    HEADER_BYTES = 8
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        files = [f for f in glob.glob(os.path.join(self.path, "*.db")) if self._sized(f)]
+        merged: Iterable[Metric] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
+
+    def _sized(self, path: str) -> bool:
+        try:
+            return os.path.getsize(path) >= self.HEADER_BYTES
+        except FileNotFoundError:  # a live gauge's file removed since the glob
+            return False
 
 
 class _LiveState(Collector):
