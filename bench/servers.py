@@ -97,6 +97,17 @@ def server_cpu(url: str) -> ServerCpu:
     return ServerCpu(total, main or total)
 
 
+def script_seconds(url: str) -> float:
+    """Seconds Redis has spent running scripts so far (INFO commandstats, EVALSHA and EVAL): wall time
+    inside the calls, the commands they make included; what of its CPU the scripts' own work is."""
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(float(stats.get(f"cmdstat_{name}", {}).get("usec", 0)) for name in ("evalsha", "eval")) / 1e6
+
+
 def redis_cpu_seconds(url: str) -> float:
     """CPU time the Redis server has used so far (user + system), from INFO: what a run cost the server."""
     return server_cpu(url).total
