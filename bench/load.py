@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from flashsale.bench.servers import ServerCpu, server_cpu
 from flashsale.bench.stats import Latencies, us_per_call
-from flashsale.engine import AsyncEngine
+from flashsale.engine import AsyncEngine, EngineConfig
 
 T = TypeVar("T")
 
@@ -110,12 +110,14 @@ async def drive(
     return LoadResult(clients, len(latencies), seconds, client_cpu, outcomes, latencies, server)
 
 
-def async_engine(url: str, max_batch: int = 256, max_inflight: int = 4) -> AsyncEngine:
+def async_engine(
+    url: str, max_batch: int = 256, max_inflight: int = 4, config: EngineConfig | None = None
+) -> AsyncEngine:
     """The asyncio engine as an application would build it, with the auto-pipeline's knobs exposed."""
     # from_url builds the client exactly as the engine wants it (no redis-py retries, decoded replies);
     # its own pipeline has sent nothing, so building a second engine on that client costs nothing.
     client = AsyncEngine.from_url(url, max_connections=64).redis
-    return AsyncEngine(client, max_batch=max_batch, max_inflight=max_inflight)
+    return AsyncEngine(client, config, max_batch=max_batch, max_inflight=max_inflight)
 
 
 async def warm_up(engine: AsyncEngine, clients: int, sku: str) -> None:

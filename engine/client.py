@@ -40,6 +40,7 @@ from redis.retry import Retry
 from . import buckets as stock_buckets
 from .buckets import Plan
 from .cluster import ClusterRouter
+from .coalescing import ReserveCoalescer
 from .errors import FlashSaleError, InvalidArgument, InvalidState, NotFound, NotReplicated, from_reply
 from .events import Event, parse_entry
 from .keys import Partition, bought_field, check_layout, held_field, home_bucket
@@ -586,6 +587,13 @@ class AsyncEngine(_Common):
                 max_inflight=max_inflight,
                 wait=self.config.wait,
             )
+        # Plain reserves of one SKU at the same moment, as one script call (engine/coalescing.py); not in
+        # WAIT mode, whose NotReplicated is per script call, and not without the auto-pipeline.
+        self._coalescer = (
+            ReserveCoalescer(self.ops, self._run, max_items=self.config.coalesce_reserves)
+            if self._pipeline is not None and self.config.coalesce_reserves > 1 and self.config.wait is None
+            else None
+        )
 
     @classmethod
     def from_url(
@@ -769,6 +777,8 @@ class AsyncEngine(_Common):
     ) -> Reservation:
         count = self._buckets.get(sku) or await self.buckets_of(sku)
         if count == 1:
+            if self._coalescer is not None and idempotency_key is None and (rate is None or rate.per_s <= 0):
+                return await self._coalescer.reserve(sku, user, quantity)
             return await self._run(self.ops.reserve(sku, user, quantity, idempotency_key, rate))
         plan = stock_buckets.reserve(self.ops, sku, user, quantity, idempotency_key, rate, count)
         return await self._drive(plan)
@@ -912,7 +922,14 @@ class AsyncEngine(_Common):
             return self._events(p, entries)
         return self._events(p, await self.redis.xrange(p.events(), start, "+", count=count))
 
+    @property
+    def coalescer(self) -> ReserveCoalescer | None:
+        """What coalesces this client's plain reserves (its counts say how much it did), if anything does."""
+        return self._coalescer
+
     async def close(self) -> None:
+        if self._coalescer is not None:
+            await self._coalescer.close()
         if self._pipeline is not None:
             await self._pipeline.close()
         await self.redis.aclose()

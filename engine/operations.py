@@ -96,6 +96,10 @@ def _sale(reply: Any) -> Sale:
     return sale_from_pairs(reply)
 
 
+def _answers(reply: Any) -> list[Any]:
+    return list(reply)
+
+
 def _pair(reply: Any) -> tuple[int, int]:
     return int(reply[0]), int(reply[1])
 
@@ -259,6 +263,16 @@ class Operations:
             args,
             lambda reply: self._reservation(reservation_from_reserve(sku, user, reply)),
         )
+
+    def reserve_many(self, sku: str, items: list[tuple[str, int, str]]) -> Call[list[Any]]:
+        """Plain reserves of one SKU in one script call (lua/reserve_many.lua): each item (user, quantity,
+        new reservation id; engine/coalescing.py checks them as ``reserve`` does); one answer per item."""
+        p = self.keys.for_sku(sku)
+        args: list[str | int] = [self._backlog_limit]
+        for user, quantity, rid in items:
+            args += (user, str(quantity), rid)
+        keys = (p.sku(sku), p.due(sku), p.holds(sku), p.events(), p.open_holds())
+        return Call("reserve_many", keys, tuple(args), _answers)
 
     def set_waiting_room(self, sku: str, room: WaitingRoom) -> Call[Sale]:
         p = self.keys.for_sku(identifier(sku, "sku"))

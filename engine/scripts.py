@@ -26,6 +26,7 @@ _INCLUDE = re.compile(r"^[ \t]*--@include[ \t]+(\S+)[ \t]*$", re.MULTILINE)
 SCRIPT_NAMES = (
     "load_sale",
     "reserve",
+    "reserve_many",
     "begin_checkout",
     "confirm",
     "fail_checkout",

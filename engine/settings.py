@@ -33,6 +33,10 @@ BACKLOG_BUDGET_MB = 2048
 EVENT_BYTES = 128
 # WAIT mode's bound on how long a reply waits for its replicas (FLASHSALE_REDIS_WAIT_TIMEOUT_MS).
 WAIT_TIMEOUT_MS = 1000
+# At most this many plain reserves of one SKU that an asyncio client has at the same moment go to Redis
+# as one script call (engine/coalescing.py, lua/reserve_many.lua); 1 = each on its own.
+COALESCE_RESERVES = 64
+MAX_COALESCED = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +53,15 @@ class EngineConfig:
     # each pipeline of writes); 0 = off. Fewer within the timeout: NotReplicated.
     wait_replicas: int = 0
     wait_timeout_ms: int = WAIT_TIMEOUT_MS
+    # Plain reserves of one SKU at the same moment, coalesced into one script call of at most this many
+    # (AsyncEngine only; off in WAIT mode); 1 = off.
+    coalesce_reserves: int = COALESCE_RESERVES
 
     def __post_init__(self) -> None:
         if self.wait_replicas < 0 or (self.wait_replicas > 0 and self.wait_timeout_ms < 1):
             raise ValueError("wait_replicas must be >= 0, and wait_timeout_ms >= 1 when it is on")
+        if not 1 <= self.coalesce_reserves <= MAX_COALESCED:
+            raise ValueError(f"coalesce_reserves must be 1..{MAX_COALESCED}")
 
     @property
     def wait(self) -> tuple[int, int] | None:
@@ -86,6 +95,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # WAIT mode (Redis with replicas): a change is acknowledged only once this many replicas have it; 0 = off.
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = WAIT_TIMEOUT_MS
+    coalesce_reserves: int = COALESCE_RESERVES
 
     # HTTP API
     host: str = "127.0.0.1"
@@ -157,6 +167,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             backlog_budget_mb=self.backlog_budget_mb,
             wait_replicas=self.redis_wait_replicas,
             wait_timeout_ms=self.redis_wait_timeout_ms,
+            coalesce_reserves=self.coalesce_reserves,
         )
 
     def as_env(self) -> dict[str, str]:

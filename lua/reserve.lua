@@ -80,6 +80,7 @@ local admittedKey = KEYS[6]
 local rateKey = ARGV[8] and ARGV[8] ~= '' and KEYS[7]
 local user, rid = ARGV[1] or '', ARGV[3]
 local fmt = string.format
+--@include first_deadline
 
 -- The fast path: a call with no deposit that finds the SKU sold out, or a call with no idempotency key and
 -- no deposit that passes every check, is answered here, before the includes below: most calls of a flash
@@ -107,11 +108,7 @@ if not ARGV[10] then
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     local firstEnds = tonumber(head[2])
     if not firstEnds or firstEnds <= now then
-      firstEnds = redis.call('LINDEX', dueListKey, '0')
-      firstEnds = firstEnds and tonumber(string.match(firstEnds, '^%d+'))
-      local reindexed = redis.call('ZRANGE', holdsKey, '0', '0', 'WITHSCORES')[2]
-      reindexed = reindexed and tonumber(reindexed)
-      if reindexed and (not firstEnds or reindexed < firstEnds) then firstEnds = reindexed end
+      firstEnds = indexedFirstDeadline(dueListKey, holdsKey)
       if firstEnds and firstEnds > now then redis.call('HSET', skuKey, 'due_first', fmt('%d', firstEnds)) end
     end
     if fast then
@@ -162,6 +159,7 @@ end
 -- returning its answer. Each number is turned into text once, as an integer (Lua's own conversion is
 -- %.14g, and dearer).
 local function hold(sku, s, qty, now, available, reserved, held, admission)
+  --@include new_hold
   local expiresAt = now + tonumber(s[7])
   local expiresText, qtyText, nowText = fmt('%d', expiresAt), fmt('%d', qty), fmt('%d', now)
   -- Indexed by deadline (lua/includes/holds.lua): appended to the list, unless that would put it before
@@ -183,13 +181,10 @@ local function hold(sku, s, qty, now, available, reserved, held, admission)
   -- A deadline before due_first (the sale's TTL was shortened) lowers it: a sold-out refusal trusts it.
   local first = tonumber(s[12])
   if first and first > expiresAt then redis.call('HSET', skuKey, 'due_first', expiresText) end
-  -- The open record (lua/includes/reservations.lua): sku user quantity created_at expires_at order pay_until.
-  redis.call('HSET', openHolds, rid, sku .. ' ' .. user .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresText .. ' - 0')
+  -- The open record and the event (lua/includes/new_hold.lua).
+  redis.call('HSET', openHolds, rid, openHoldRecord(sku, user, qtyText, nowText, expiresText))
   if admission and admission > 0 then redis.call('ZADD', admittedKey, fmt('%d', -admission), user) end
-  -- Its event (the layout of lua/includes/events.lua); the id leaves out "rsv_<partition>_": the stream's
-  -- partition says it (engine/events.py).
-  redis.call('XADD', stream, '*', 'e', '["reserved","' .. sku .. '",' .. nowText .. ',"'
-    .. string.sub(rid, string.find(rid, '_', 5, true) + 1) .. '","' .. user .. '",' .. qtyText .. ',' .. s[7] .. ']')
+  redis.call('XADD', stream, '*', 'e', reservedEvent(sku, nowText, rid, user, qtyText, s[7]))
   return rid .. ' ' .. qtyText .. ' ' .. nowText .. ' ' .. expiresText
 end
 
@@ -276,11 +271,7 @@ if not s[1] then return refuse('NOT_FOUND', 'no sale for sku ' .. sku) end
 local available = tonumber(s[1])
 now = now or nowMs()
 if available < qty then
-  local firstEnds = rcall('LINDEX', dueListKey, 0)
-  firstEnds = firstEnds and tonumber(string.match(firstEnds, '^%d+'))
-  local reindexed = rcall('ZRANGE', holdsKey, 0, 0, 'WITHSCORES')[2]
-  reindexed = reindexed and tonumber(reindexed)
-  if reindexed and (not firstEnds or reindexed < firstEnds) then firstEnds = reindexed end
+  local firstEnds = indexedFirstDeadline(dueListKey, holdsKey)
   if not firstEnds then
     return answer(refuse('OUT_OF_STOCK', 'sku ' .. sku .. ' has ' .. available .. ' units left; none is held'))
   end

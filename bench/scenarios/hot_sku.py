@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import redis
@@ -75,6 +75,9 @@ def _level_row(result: LoadResult) -> list[Any]:
 
 # The calls whose cost per call is measured through the same client, in this order.
 NOOP, SOLD_OUT, FULL = "no-op", "sold-out refusal", "reserve, full work"
+# The same calls with coalescing off (engine/coalescing.py): one reserve.lua call each.
+SOLD_OUT_SINGLE = "sold-out refusal, one script call each"
+FULL_SINGLE = "reserve, full work, one script call each"
 # The storefront sends an Idempotency-Key with every press: its sold-out refusals are keyed (each kept).
 KEYED_SOLD_OUT = "sold-out refusal, keyed"
 # Issue 14's targets for Redis's CPU per call (µs): a reserve doing its full work, a sold-out refusal.
@@ -96,11 +99,19 @@ async def call_costs(
         SaleSettings(sku=big, total=BIG_STOCK, per_user_limit=1_000_000, reservation_ttl_ms=3_600_000)
     )
     await warm_up(engine, clients, noop_sku)
+    # The same client with coalescing off: one reserve.lua call per reserve, as a quiet sale sends them.
+    single = AsyncEngine(engine.redis, replace(engine.config, coalesce_reserves=1))
+    await engine.buckets_of(sold_out)
+    await engine.buckets_of(big)
+    await single.buckets_of(sold_out)
+    await single.buckets_of(big)
     calls = {
         NOOP: lambda i: engine.noop(noop_sku),
         SOLD_OUT: lambda i: engine.reserve(sold_out, f"s{tag}-{i}"),
+        SOLD_OUT_SINGLE: lambda i: single.reserve(sold_out, f"t{tag}-{i}"),
         KEYED_SOLD_OUT: lambda i: engine.reserve(sold_out, f"k{tag}-{i}", idempotency_key=f"press-{i}"),
         FULL: lambda i: engine.reserve(big, f"f{tag}-{i}"),
+        FULL_SINGLE: lambda i: single.reserve(big, f"g{tag}-{i}"),
     }
     return {
         name: await drive(clients, attempts, call, max_seconds=max_seconds, redis_url=url)
@@ -109,7 +120,14 @@ async def call_costs(
 
 
 def check_call_costs(report: Report, costs: dict[str, LoadResult], label: str = "") -> None:
-    expected = {NOOP: "ok", SOLD_OUT: "OUT_OF_STOCK", KEYED_SOLD_OUT: "OUT_OF_STOCK", FULL: "ok"}
+    expected = {
+        NOOP: "ok",
+        SOLD_OUT: "OUT_OF_STOCK",
+        SOLD_OUT_SINGLE: "OUT_OF_STOCK",
+        KEYED_SOLD_OUT: "OUT_OF_STOCK",
+        FULL: "ok",
+        FULL_SINGLE: "ok",
+    }
     report.check(
         f"{label}per-call runs: no-op and full reserve all ok, every sold-out call, keyed or not, refused "
         "OUT_OF_STOCK",
@@ -176,6 +194,14 @@ async def _engine_runs(url: str, s: Settings, run_id: str, report: Report) -> di
         out["client_sold_out"] = costs[SOLD_OUT].as_dict()
         out["client_keyed_sold_out"] = costs[KEYED_SOLD_OUT].as_dict()
         out["client_reserve_full"] = costs[FULL].as_dict()
+        out["client_sold_out_single"] = costs[SOLD_OUT_SINGLE].as_dict()
+        out["client_reserve_full_single"] = costs[FULL_SINGLE].as_dict()
+        coalescer = engine.coalescer
+        out["coalesced"] = (
+            {"calls": coalescer.calls, "items": coalescer.items, "passed_on": coalescer.passed_on}
+            if coalescer
+            else None
+        )
         out["rows"] = rows
         out.update(benchmark_facts(engine, run_id))
     finally:
@@ -401,9 +427,13 @@ def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
         KEYED_SOLD_OUT: f["client_keyed_sold_out"],
         FULL: f["client_reserve_full"],
     }
+    # Results from before coalescing have no single-call rows.
+    if "client_sold_out_single" in f:
+        per_call[SOLD_OUT_SINGLE] = f["client_sold_out_single"]
+        per_call[FULL_SINGLE] = f["client_reserve_full_single"]
     report.table(
         f"What one call costs (CPU microseconds per call, same run, {s.ceiling_clients:,} clients "
-        "for the last four): what limits each rate",
+        "for all but the first): what limits each rate",
         ["call", "calls/s", "client µs/call", "redis µs/call", "sum µs/call", "redis target µs/call"],
         [
             [
@@ -429,6 +459,16 @@ def _summarise(report: Report, f: dict[str, Any], s: Settings) -> None:
             if x
         ],
     )
+    coalesced = f.get("coalesced")
+    if coalesced and coalesced["calls"]:
+        report.notes.append(
+            "The engine coalesces the plain reserves it has for one SKU at the same moment into one "
+            "reserve_many.lua call (engine/coalescing.py): in this run "
+            f"{coalesced['calls']:,} such calls carried {coalesced['items']:,} reserves "
+            f"({coalesced['items'] / coalesced['calls']:.1f} each), {coalesced['passed_on']:,} of them"
+            " passed on to reserve.lua. The rows 'one script call each'"
+            " are the same calls with coalescing off."
+        )
     for name, target in REDIS_TARGETS_US.items():
         us = per_call[name]["redis_us_per_call"]
         report.ratio(
