@@ -25,9 +25,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from .errors import FlashSaleError, from_reply
+from .errors import from_reply
 from .keys import new_reservation_id
-from .models import Reservation, reservation_from_reserve
+from .models import Reservation, reservation_from_reserve, sold_out
 from .operations import Call, Operations, identifier
 
 # A queued reserve: user, quantity, its new reservation id, its caller's future.
@@ -59,17 +59,22 @@ class ReserveCoalescer:
         # The input checked as Operations.reserve checks it: bad input raises here, before anything is queued.
         rid = new_reservation_id(self._ops.keys.for_sku(identifier(sku, "sku")))
         identifier(user, "user id")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Reservation] = loop.create_future()
-        waiting = self._waiting.get(sku)
-        if waiting is None:
-            waiting = self._waiting[sku] = []
-            loop.call_soon(self._send_waiting, sku)
-        waiting.append((user, quantity, rid, future))
+        future: asyncio.Future[Reservation] = asyncio.get_running_loop().create_future()
+        self._queue(sku, (user, quantity, rid, future))
         try:
             return await future
         finally:
-            del future  # no reference cycle through a refusal's traceback (engine/pipelining.py)
+            # A refusal raised here has this frame in its traceback: a frame that still held the future
+            # (or the SKU's queue, which holds it) would be a reference cycle per refusal, left for the
+            # garbage collector (engine/pipelining.py).
+            del future
+
+    def _queue(self, sku: str, item: _Item) -> None:
+        waiting = self._waiting.get(sku)
+        if waiting is None:
+            waiting = self._waiting[sku] = []
+            asyncio.get_running_loop().call_soon(self._send_waiting, sku)
+        waiting.append(item)
 
     def _send_waiting(self, sku: str) -> None:
         items = self._waiting.pop(sku)
@@ -105,14 +110,12 @@ class ReserveCoalescer:
                 self._spawn(self._alone(sku, item))
             elif future.done():  # its caller gave up waiting
                 continue
+            elif isinstance(answer, int):  # sold out: -<ms until the first hold ends>
+                future.set_exception(sold_out(sku, -answer))
             elif isinstance(answer, ResponseError):
-                message = str(answer)
-                future.set_exception(from_reply(message) or answer)
+                future.set_exception(from_reply(str(answer)) or answer)
             else:
-                try:
-                    future.set_result(reservation_from_reserve(sku, item[0], answer))
-                except FlashSaleError as refusal:  # the sold-out answer, a negative number
-                    future.set_exception(refusal.with_traceback(None))
+                future.set_result(reservation_from_reserve(sku, item[0], answer))
 
     async def _alone(self, sku: str, item: _Item) -> None:
         """One reserve through reserve.lua (its full checks when the fast path does not answer it)."""

@@ -351,12 +351,17 @@ def reservation_from_record(reservation_id: str, record: str) -> Reservation:
     )
 
 
+def sold_out(sku: str, first_hold_ends_in_ms: int) -> OutOfStock:
+    """The OUT_OF_STOCK of reserve's sold-out answer, a negative number (lua/reserve.lua's fast path)."""
+    return OutOfStock(f"sku {sku} has 0 units left; the first hold ends in {first_hold_ends_in_ms} ms")
+
+
 def reservation_from_reserve(sku: str, user: str, reply: str | int) -> Reservation:
     """The new hold from reserve's reply ``<id> <quantity> <created_at> <expires_at>``; a negative number
     -n is its sold-out refusal (the SKU's first hold ends in n ms: lua/reserve.lua), raised as the
     OUT_OF_STOCK its full checks would give."""
     if isinstance(reply, int):
-        raise OutOfStock(f"sku {sku} has 0 units left; the first hold ends in {-reply} ms")
+        raise sold_out(sku, -reply)
     reservation_id, quantity, created_at, expires_at = reply.split(" ")
     return Reservation(
         id=reservation_id,
