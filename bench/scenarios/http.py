@@ -11,6 +11,8 @@ is refused for being a repeat.
   1c. Transport (issue 14): the same push, every request a reservation, with the API reaching Redis over
      loopback TCP and over the unix socket (how `flashsale up` connects it, and the runs above), in
      alternate rounds against the same Redis: the API's and Redis's CPU per reservation, each way.
+  1d. Coalescing (issue 14): the same, with plain reserves coalesced into reserve_many.lua calls (the
+     default, engine/coalescing.py) and one reserve.lua call each, in alternate rounds.
   2. Paced: connections that wait between requests, about 5,000 requests/s offered, on a SKU with stock
      for all: the latency at that rate (every answer must be 201).
   3. Sold out (issue 14): the herd that keeps pressing after the hot SKU sold out, a fixed set of
@@ -78,12 +80,14 @@ class Settings:
     soldout_shoppers: int
     success_rounds: int
     transport_rounds: int
+    coalescing_rounds: int
 
     @classmethod
     def for_run(cls, options: Options) -> Settings:
         if options.quick:
-            return cls(500, 128, 2, 5, 50, 10, 5, 120_000, 2, 4, 1, 2_000, 1, 1)
-        return cls(1000, 256, 2, 10, 50, 10, 15, 200_000, 2, 10, 2, 2_000, 3, 4)
+            return cls(500, 128, 2, 5, 50, 10, 5, 200_000, 2, 4, 1, 2_000, 1, 1, 1)
+        # Tokens for ~35k requests/s over a 10 s round: every request its own user (checked).
+        return cls(1000, 256, 2, 10, 50, 10, 15, 360_000, 2, 10, 2, 2_000, 3, 4, 4)
 
 
 def find_wrk() -> str | None:
@@ -254,16 +258,34 @@ def run_scenario(options: Options) -> Report:
         # Saturation, every request a reservation: a SKU of its own per round (the rounds share the tokens,
         # and a user may hold one unit of a SKU).
         deep = [f"http-deep-{options.run_id}-{i + 1}" for i in range(s.success_rounds)]
-        transports = {"loopback TCP": servers.redis_url, "unix socket": servers.redis_socket_url}
-        transport_runs = [
-            (f"{kind}, round {r + 1}", kind, f"http-transport-{options.run_id}-{r + 1}-{i}")
-            for r in range(s.transport_rounds if servers.redis_socket_url else 0)
-            for i, kind in enumerate(list(transports)[r % 2 :] + list(transports)[: r % 2])
+        # Side by side, every request a 201, the API restarted for each round, alternately: the API's
+        # Redis connection over loopback TCP or the unix socket; plain reserves coalesced (the default)
+        # or one reserve.lua call each (engine/coalescing.py).
+        comparisons: dict[str, dict[str, FlashsaleSettings]] = {
+            "transport": (
+                {
+                    "loopback TCP": msgspec.structs.replace(settings, redis_url=servers.redis_url),
+                    "unix socket": msgspec.structs.replace(settings, redis_url=servers.redis_socket_url),
+                }
+                if servers.redis_socket_url
+                else {}
+            ),
+            "coalescing": {
+                "one script call each": msgspec.structs.replace(settings, coalesce_reserves=1),
+                "coalesced": settings,
+            },
+        }
+        rounds_of = {"transport": s.transport_rounds, "coalescing": s.coalescing_rounds}
+        side_runs = [
+            (what, f"{kind}, round {r + 1}", kind, f"http-{what}-{options.run_id}-{r + 1}-{i}")
+            for what, variants in comparisons.items()
+            for r in range(rounds_of[what] if variants else 0)
+            for i, kind in enumerate(list(variants)[r % 2 :] + list(variants)[: r % 2])
         ]
         engine = Engine.from_url(servers.redis_url, settings.engine_config())
         engine.load_scripts()
         engine.load_sale(SaleSettings(sku=hot, name="Hot SKU", total=s.units, reservation_ttl_ms=600_000))
-        for sku in (stock, *deep, *(sku for _, _, sku in transport_runs)):
+        for sku in (stock, *deep, *(sku for *_, sku in side_runs)):
             engine.load_sale(
                 SaleSettings(sku=sku, name="Deep stock", total=100_000_000, reservation_ttl_ms=600_000)
             )
@@ -296,10 +318,9 @@ def run_scenario(options: Options) -> Report:
                 )
                 result["connections"], result["pace_ms"], result["sku"] = connections, pace, sku
                 figures[name] = result
-        transport: dict[str, Any] = {}
-        for name, kind, sku in transport_runs:
-            by = msgspec.structs.replace(settings, redis_url=transports[kind])
-            with _serve(by, s.server_workers) as (url, server):
+        side: dict[str, dict[str, Any]] = {what: {} for what in comparisons}
+        for what, name, kind, sku in side_runs:
+            with _serve(comparisons[what][kind], s.server_workers) as (url, server):
                 result = _measured(
                     binary,
                     url,
@@ -312,8 +333,8 @@ def run_scenario(options: Options) -> Report:
                     seconds=s.seconds,
                     pace_ms=0,
                 )
-                result["transport"], result["sku"] = kind, sku
-                transport[name] = result
+                result["variant"], result["sku"] = kind, sku
+                side[what][name] = result
         sale = engine.get_sale(hot)
         engine.close()
         # The sold-out herd: the hot SKU is sold out now; a few thousand shoppers keep pressing.
@@ -379,13 +400,14 @@ def run_scenario(options: Options) -> Report:
         on["redis_cpu_us_per_refusal"] < 1,
         f"{on['redis_cpu_us_per_refusal']} µs of Redis CPU per refusal",
     )
-    for name, f in transport.items():
-        report.check(
-            f"transport, {name}: every answer is 201 Created, no socket errors",
-            set(f["statuses"]) == {"201"} and not any(f["errors"].values()),
-            f"statuses {f['statuses']}, errors {f['errors']}",
-        )
-    report.figures = {**figures, "sold_out": sold_out, "transport": transport}
+    for what, runs in side.items():
+        for name, f in runs.items():
+            report.check(
+                f"{what}, {name}: every answer is 201 Created, no socket errors, every request its own user",
+                set(f["statuses"]) == {"201"} and not any(f["errors"].values()) and not f["tokens_reused"],
+                f"statuses {f['statuses']}, errors {f['errors']}, {f['requests']} requests",
+            )
+    report.figures = {**figures, "sold_out": sold_out, **side}
     rows = [
         [
             name,
@@ -440,47 +462,14 @@ def run_scenario(options: Options) -> Report:
             for name, f in sold_out.items()
         ],
     )
-    if transport:
-        report.table(
-            "Redis transport, every request a 201: the API on loopback TCP and on the unix socket, "
-            f"alternate rounds against the same Redis, `--workers {s.server_workers}`, "
-            f"wrk -t {s.threads} -c {s.connections}",
-            [
-                "run",
-                "requests",
-                "requests/s",
-                "p50 ms",
-                "p99 ms",
-                "API CPU µs / request",
-                "Redis CPU µs / request",
-            ],
-            [
-                [
-                    name,
-                    f["requests"],
-                    round(f["requests_per_s"]),
-                    f["latency_ms"]["p50"],
-                    f["latency_ms"]["p99"],
-                    round(f["server_cpu_s"] / f["requests"] * 1e6),
-                    round(f["redis_cpu_s"] / f["requests"] * 1e6, 1),
-                ]
-                for name, f in transport.items()
-            ],
-        )
-        per = {
-            kind: {
-                k: sum(f[k] for f in transport.values() if f["transport"] == kind)
-                for k in ("server_cpu_s", "redis_cpu_s", "requests")
-            }
-            for kind in transports
-        }
-        tcp, unix = per["loopback TCP"], per["unix socket"]
-        for what, key in (("Redis", "redis_cpu_s"), ("API", "server_cpu_s")):
-            report.ratio(
-                f"transport: {what} CPU per reservation, unix socket / loopback TCP",
-                round(unix[key] / unix["requests"] * 1e6, 1),
-                round(tcp[key] / tcp["requests"] * 1e6, 1),
-            )
+    titles = {
+        "transport": "Redis transport, every request a 201: the API on loopback TCP and on the unix socket",
+        "coalescing": "Coalesced reserves, every request a 201: one reserve.lua call each "
+        "(FLASHSALE_COALESCE_RESERVES=1) and plain reserves coalesced (the default)",
+    }
+    for what, runs in side.items():
+        if runs:
+            _side_by_side(report, s, titles[what], what, runs)
     report.ratio(
         "sold out: API CPU µs per refusal with the flag / 60 µs target",
         on["api_cpu_us_per_refusal"],
@@ -565,3 +554,53 @@ def run_scenario(options: Options) -> Report:
             )
         )
     return report
+
+
+def _side_by_side(report: Report, s: Settings, title: str, what: str, runs: dict[str, Any]) -> None:
+    """A table of alternate rounds of two variants, and the ratios of their CPU per reservation."""
+    report.table(
+        f"{title}, alternate rounds against the same Redis, `--workers {s.server_workers}`, "
+        f"wrk -t {s.threads} -c {s.connections}",
+        [
+            "run",
+            "requests",
+            "requests/s",
+            "p50 ms",
+            "p99 ms",
+            "API CPU µs / request",
+            "Redis CPU µs / request",
+        ],
+        [
+            [
+                name,
+                f["requests"],
+                round(f["requests_per_s"]),
+                f["latency_ms"]["p50"],
+                f["latency_ms"]["p99"],
+                round(f["server_cpu_s"] / f["requests"] * 1e6),
+                round(f["redis_cpu_s"] / f["requests"] * 1e6, 1),
+            ]
+            for name, f in runs.items()
+        ],
+    )
+    variants = list(dict.fromkeys(f["variant"] for f in runs.values()))
+    per = {
+        kind: {
+            k: sum(f[k] for f in runs.values() if f["variant"] == kind)
+            for k in ("server_cpu_s", "redis_cpu_s", "requests", "duration_us")
+        }
+        for kind in variants
+    }
+    first, second = variants  # the ratios: the second variant of the first round over the first
+    a, b = per[first], per[second]
+    for label, key in (("Redis", "redis_cpu_s"), ("API", "server_cpu_s")):
+        report.ratio(
+            f"{what}: {label} CPU per reservation, {second} / {first}",
+            round(b[key] / b["requests"] * 1e6, 1),
+            round(a[key] / a["requests"] * 1e6, 1),
+        )
+    report.ratio(
+        f"{what}: requests/s, {second} / {first}",
+        round(b["requests"] / (b["duration_us"] / 1e6)),
+        round(a["requests"] / (a["duration_us"] / 1e6)),
+    )

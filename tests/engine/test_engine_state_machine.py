@@ -29,7 +29,8 @@ from flashsale.engine import (
     UserCounts,
     partition_of,
 )
-from flashsale.engine.models import from_hash
+from flashsale.engine.keys import new_reservation_id
+from flashsale.engine.models import from_hash, reservation_from_reserve
 from hypothesis import HealthCheck, Phase, assume, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -265,6 +266,9 @@ class EngineMatchesModel(RuleBasedStateMachine):
         key=st.sampled_from(KEYS),
     )
     def reserve(self, sku: str, user: str, quantity: int, key: str | None) -> None:
+        self._reserve_one(sku, user, quantity, key)
+
+    def _reserve_one(self, sku: str, user: str, quantity: int, key: str | None) -> None:
         m = self.model
         now, outcome = self._timed(lambda: self.engine.reserve(sku, user, quantity, idempotency_key=key))
         if key is not None and ("reserve", sku, user, key) in m.answers:
@@ -291,6 +295,55 @@ class EngineMatchesModel(RuleBasedStateMachine):
             assert outcome == expected
         if key is not None and expected != "NOT_FOUND":
             m.answers[("reserve", sku, user, key)] = outcome
+
+    @rule(
+        sku=st.sampled_from(SKUS),
+        items=st.lists(
+            st.tuples(st.sampled_from(USERS), st.sampled_from([1, 1, 2, 3])), min_size=2, max_size=5
+        ),
+    )
+    def reserve_coalesced(self, sku: str, items: list[tuple[str, int]]) -> None:
+        """Plain reserves in one reserve_many call, as AsyncEngine coalesces them: each item the call judges
+        is judged as reserve would judge it at its place in the order; an item passed on (answer 0) is one
+        the fast path could not grant, and is then sent on its own, after the rest (engine/coalescing.py)."""
+        m = self.model
+        p = self.engine.keys.for_sku(sku)
+        calls = [(user, quantity, new_reservation_id(p)) for user, quantity in items]
+        now, answers = self._timed(lambda: self.engine._run(self.engine.ops.reserve_many(sku, calls)))
+        assert isinstance(answers, list), answers
+        assert len(answers) == len(items)
+        passed_on = []
+        for (user, quantity, rid), answer in zip(calls, answers, strict=True):
+            sale = m.skus.get(sku)
+            if answer == 0:
+                grantable = (
+                    sale is not None
+                    and not sale.paused
+                    and sale.available >= quantity
+                    and m.held[(sku, user)] + m.purchased[(sku, user)] + quantity <= sale.limit
+                )
+                assert not grantable, f"{user} x{quantity} passed on though the fast path could grant it"
+                passed_on.append((user, quantity))
+                continue
+            expected = self._judge_reserve(sku, user, quantity, now)
+            if isinstance(answer, str):
+                assert expected is None, (answer, expected)
+                hold = reservation_from_reserve(sku, user, answer)
+                assert hold.id == rid
+                assert hold.quantity == quantity
+                assert hold.expires_at == hold.created_at + TTL_MS
+                assert now <= hold.created_at
+                assert sale is not None
+                sale.available -= quantity
+                sale.reserved += quantity
+                m.held[(sku, user)] += quantity
+                m.holds[hold.id] = HoldModel(hold.id, sku, user, quantity, hold.expires_at)
+                m.events["reserved"] += 1
+            else:  # sold out: a negative number (ms to the first deadline) or the OUT_OF_STOCK error
+                assert expected == "OUT_OF_STOCK", (answer, expected)
+                assert (isinstance(answer, int) and answer < 0) or str(answer).startswith("OUT_OF_STOCK ")
+        for user, quantity in passed_on:
+            self._reserve_one(sku, user, quantity, None)
 
     def _judge_reserve(self, sku: str, user: str, quantity: int, now: int) -> str | None:
         """The refusal reserve must give (None: success). Sold out (no unit, no lapsed hold) is answered
