@@ -248,6 +248,8 @@ def create_app(
             await live.load_scripts()
         except RedisError as error:  # not fatal: readiness says DOWN, NOSCRIPT reloads them later
             log.warning("event=scripts_not_loaded error=%r", str(error))
+        if live.coalescer is not None:
+            live.coalescer.observe = metrics.observe_coalesced
         payments = gateway or SimulatedGateway(delay_s=settings.payment_delay_ms / 1000)
         if isinstance(payments, SimulatedGateway) and not payments.bound:
             # The simulated gateway's ledger is in Redis: through this app's pool, on this event loop.

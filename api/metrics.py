@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 # How late refusals answered from memory may reach their counters (count_soldout_refusal).
 SOLDOUT_FLUSH_S = 0.1
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+COALESCED_BUCKETS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
 
 class PaymentFigures(NamedTuple):
@@ -88,6 +89,19 @@ class ApiMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.coalesced = Histogram(
+            "flashsale_coalesced_reserves",
+            "Plain reserves per reserve_many script call: the reserves of one SKU this process had at the "
+            "same moment, sent as one (engine/coalescing.py)",
+            buckets=COALESCED_BUCKETS,
+            registry=self.registry,
+        )
+        self.passed_on = Counter(
+            "flashsale_coalesced_passed_on",
+            "Reserves of a reserve_many call that it left to reserve.lua (a refusal other than sold out, "
+            "lapsed holds to end, a sale not open)",
+            registry=self.registry,
+        )
         # outcome -> its counter child: labels() takes a lock and builds a key on every call.
         self._outcomes: dict[tuple[Counter, str], Counter] = {}
 
@@ -105,6 +119,12 @@ class ApiMetrics:
         if pending:
             self.soldout_refusals.inc(pending)
             self.reservations.labels("OUT_OF_STOCK").inc(pending)
+
+    def observe_coalesced(self, items: int, passed_on: int) -> None:
+        """One reserve_many call (engine/coalescing.py): one observation per call, not per reserve."""
+        self.coalesced.observe(items)
+        if passed_on:
+            self.passed_on.inc(passed_on)
 
     def count_reservation(self, outcome: str) -> None:
         self._count(self.reservations, outcome)

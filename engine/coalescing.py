@@ -54,6 +54,9 @@ class ReserveCoalescer:
         self.calls = 0
         self.items = 0
         self.passed_on = 0
+        # Told of each coalesced call once it is answered: its items, and how many it passed on (the API
+        # sets its metrics here; the engine imports nothing of the layers above).
+        self.observe: Callable[[int, int], None] | None = None
 
     async def reserve(self, sku: str, user: str, quantity: int) -> Reservation:
         # The input checked as Operations.reserve checks it: bad input raises here, before anything is queued.
@@ -103,10 +106,11 @@ class ReserveCoalescer:
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
+        passed_on = 0
         for item, answer in zip(items, answers, strict=True):
             future = item[3]
             if answer == 0:
-                self.passed_on += 1
+                passed_on += 1
                 self._spawn(self._alone(sku, item))
             elif future.done():  # its caller gave up waiting
                 continue
@@ -116,6 +120,9 @@ class ReserveCoalescer:
                 future.set_exception(from_reply(str(answer)) or answer)
             else:
                 future.set_result(reservation_from_reserve(sku, item[0], answer))
+        self.passed_on += passed_on
+        if self.observe is not None:
+            self.observe(len(items), passed_on)
 
     async def _alone(self, sku: str, item: _Item) -> None:
         """One reserve through reserve.lua (its full checks when the fast path does not answer it)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -128,6 +129,33 @@ def test_metrics_count_requests_by_route_template_outcomes_stock_and_write_behin
     assert (
         sum(1 for name, _ in samples if name == "flashsale_writeback_lag_events") == engine.config.partitions
     )
+
+
+async def test_metrics_show_how_many_reserves_each_coalesced_call_carried(
+    api: ApiServer, load_sale: Callable[..., Sale], engine: Engine
+) -> None:
+    """Many shoppers at once on one SKU: the API's engine sends their reserves to Redis in reserve_many
+    calls, and /metrics says how many calls and how many reserves in them (engine/coalescing.py)."""
+    load_sale(total=50)
+    shoppers = [f"crowd-{n}" for n in range(200)]
+    limits = httpx.Limits(max_connections=len(shoppers))
+    async with httpx.AsyncClient(base_url=api.url, limits=limits, timeout=30) as client:
+        answers = await asyncio.gather(
+            *(
+                client.post(f"{V1}/reservations", json={"skuId": SKU, "quantity": 1}, headers=api.auth(user))
+                for user in shoppers
+            )
+        )
+        metrics = await client.get("/metrics")
+    assert sorted(a.status_code for a in answers) == [201] * 50 + [400] * 150
+    assert engine.get_sale(SKU).reserved == 50
+
+    samples = _samples(metrics.text)
+    calls = samples[("flashsale_coalesced_reserves_count", ())]
+    carried = samples[("flashsale_coalesced_reserves_sum", ())]
+    assert calls >= 1
+    assert 2 * calls <= carried <= len(shoppers)
+    assert samples[("flashsale_coalesced_passed_on_total", ())] == 0
 
 
 def test_the_openapi_document_is_generated_from_the_structs_and_describes_real_answers(
