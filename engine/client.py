@@ -777,8 +777,8 @@ class AsyncEngine(_Common):
     ) -> Reservation:
         count = self._buckets.get(sku) or await self.buckets_of(sku)
         if count == 1:
-            if self._coalescer is not None and idempotency_key is None and (rate is None or rate.per_s <= 0):
-                return await self._coalescer.reserve(sku, user, quantity)
+            if self._coalescer is not None and idempotency_key is None:
+                return await self._coalescer.reserve(sku, user, quantity, rate)
             return await self._run(self.ops.reserve(sku, user, quantity, idempotency_key, rate))
         plan = stock_buckets.reserve(self.ops, sku, user, quantity, idempotency_key, rate, count)
         return await self._drive(plan)

@@ -1,10 +1,11 @@
-"""Coalesced reserves: the plain reserves an asyncio client has for one SKU at one moment, in one script call.
+"""Coalesced reserves: the reserves an asyncio client has for one SKU at one moment, in one script call.
 
 In a flash sale one SKU takes nearly every call, and each reserve.lua call pays Redis again for what does
 not depend on the shopper: the call itself, the SKU's settings, the clock, the backlog's length, a write to
-each of the SKU hash, its holds list and the open hash. ``ReserveCoalescer`` gathers the plain reserves (no
-idempotency key, no rate limit; a SKU in one stock bucket) that arrive for a SKU during one turn of the event
-loop and sends them as one ``lua/reserve_many.lua`` call, which judges them in turn by reserve.lua's fast
+each of the SKU hash, its holds list and the open hash. ``ReserveCoalescer`` gathers the reserves without an
+idempotency key (a SKU in one stock bucket) that arrive for a SKU during one turn of the event loop, those
+held to the users' shared rate apart from those that are not, and sends each lot as one
+``lua/reserve_many.lua`` call, which judges them in turn by reserve.lua's fast
 path and writes each grant's record and event as reserve.lua would. An item it cannot judge there (answer 0:
 a limit refusal, lapsed holds to end, the sale not open, a waiting room, bad input) goes through reserve.lua
 on its own, nothing having been written for it. A SKU with one call waiting goes through reserve.lua
@@ -28,10 +29,12 @@ from redis.exceptions import ResponseError
 from .errors import from_reply
 from .keys import new_reservation_id
 from .models import Reservation, reservation_from_reserve, sold_out
-from .operations import Call, Operations, identifier
+from .operations import Call, Operations, RateLimit, identifier
 
 # A queued reserve: user, quantity, its new reservation id, its caller's future.
 _Item = tuple[str, int, str, "asyncio.Future[Reservation]"]
+# Reserves coalesce with those of the same SKU held to the same rate (or to none).
+_Group = tuple[str, RateLimit | None]
 
 
 class ReserveCoalescer:
@@ -47,7 +50,7 @@ class ReserveCoalescer:
         self._ops = ops
         self._run = run
         self._max_items = max_items
-        self._waiting: dict[str, list[_Item]] = {}
+        self._waiting: dict[_Group, list[_Item]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # What was sent, for the benchmark and tests: coalesced script calls, the items in them, and those
         # of them that went on through reserve.lua.
@@ -58,12 +61,13 @@ class ReserveCoalescer:
         # sets its metrics here; the engine imports nothing of the layers above).
         self.observe: Callable[[int, int], None] | None = None
 
-    async def reserve(self, sku: str, user: str, quantity: int) -> Reservation:
+    async def reserve(self, sku: str, user: str, quantity: int, rate: RateLimit | None = None) -> Reservation:
         # The input checked as Operations.reserve checks it: bad input raises here, before anything is queued.
         rid = new_reservation_id(self._ops.keys.for_sku(identifier(sku, "sku")))
         identifier(user, "user id")
         future: asyncio.Future[Reservation] = asyncio.get_running_loop().create_future()
-        self._queue(sku, (user, quantity, rid, future))
+        held_to = rate if rate is not None and rate.per_s > 0 else None
+        self._queue((sku, held_to), (user, quantity, rid, future))
         try:
             return await future
         finally:
@@ -72,32 +76,33 @@ class ReserveCoalescer:
             # garbage collector (engine/pipelining.py).
             del future
 
-    def _queue(self, sku: str, item: _Item) -> None:
-        waiting = self._waiting.get(sku)
+    def _queue(self, group: _Group, item: _Item) -> None:
+        waiting = self._waiting.get(group)
         if waiting is None:
-            waiting = self._waiting[sku] = []
-            asyncio.get_running_loop().call_soon(self._send_waiting, sku)
+            waiting = self._waiting[group] = []
+            asyncio.get_running_loop().call_soon(self._send_waiting, group)
         waiting.append(item)
 
-    def _send_waiting(self, sku: str) -> None:
-        items = self._waiting.pop(sku)
+    def _send_waiting(self, group: _Group) -> None:
+        items = self._waiting.pop(group)
         for start in range(0, len(items), self._max_items):
-            self._spawn(self._send(sku, items[start : start + self._max_items]))
+            self._spawn(self._send(group, items[start : start + self._max_items]))
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, sku: str, items: list[_Item]) -> None:
+    async def _send(self, group: _Group, items: list[_Item]) -> None:
         if len(items) == 1:
-            await self._alone(sku, items[0])
+            await self._alone(group, items[0])
             return
+        sku, rate = group
         self.calls += 1
         self.items += len(items)
         try:
             answers = await self._run(
-                self._ops.reserve_many(sku, [(user, quantity, rid) for user, quantity, rid, _ in items])
+                self._ops.reserve_many(sku, [(user, quantity, rid) for user, quantity, rid, _ in items], rate)
             )
         except (Exception, asyncio.CancelledError) as error:
             for *_, future in items:
@@ -111,7 +116,7 @@ class ReserveCoalescer:
             future = item[3]
             if answer == 0:
                 passed_on += 1
-                self._spawn(self._alone(sku, item))
+                self._spawn(self._alone(group, item))
             elif future.done():  # its caller gave up waiting
                 continue
             elif isinstance(answer, int):  # sold out: -<ms until the first hold ends>
@@ -124,11 +129,11 @@ class ReserveCoalescer:
         if self.observe is not None:
             self.observe(len(items), passed_on)
 
-    async def _alone(self, sku: str, item: _Item) -> None:
+    async def _alone(self, group: _Group, item: _Item) -> None:
         """One reserve through reserve.lua (its full checks when the fast path does not answer it)."""
-        user, quantity, _, future = item
+        (sku, rate), (user, quantity, _, future) = group, item
         try:
-            reservation = await self._run(self._ops.reserve(sku, user, quantity, None))
+            reservation = await self._run(self._ops.reserve(sku, user, quantity, None, rate))
         except (Exception, asyncio.CancelledError) as error:
             if not future.done():
                 future.set_exception(error.with_traceback(None))

@@ -264,14 +264,19 @@ class Operations:
             lambda reply: self._reservation(reservation_from_reserve(sku, user, reply)),
         )
 
-    def reserve_many(self, sku: str, items: list[tuple[str, int, str]]) -> Call[list[Any]]:
-        """Plain reserves of one SKU in one script call (lua/reserve_many.lua): each item (user, quantity,
-        new reservation id; engine/coalescing.py checks them as ``reserve`` does); one answer per item."""
+    def reserve_many(
+        self, sku: str, items: list[tuple[str, int, str]], rate: RateLimit | None = None
+    ) -> Call[list[Any]]:
+        """Reserves of one SKU in one script call (lua/reserve_many.lua): each item (user, quantity, new
+        reservation id; engine/coalescing.py checks them as ``reserve`` does), each held to ``rate`` when
+        given; one answer per item."""
         p = self.keys.for_sku(sku)
-        args: list[str | int] = [self._backlog_limit]
+        args: list[str | int] = [self._backlog_limit, *_rate_args(rate)]
         for user, quantity, rid in items:
             args += (user, str(quantity), rid)
-        keys = (p.sku(sku), p.due(sku), p.holds(sku), p.events(), p.open_holds())
+        keys: tuple[str, ...] = (p.sku(sku), p.due(sku), p.holds(sku), p.events(), p.open_holds())
+        if rate is not None and rate.per_s > 0:
+            keys += tuple(p.rate(user) for user, _, _ in items)
         return Call("reserve_many", keys, tuple(args), _answers)
 
     def set_waiting_room(self, sku: str, room: WaitingRoom) -> Call[Sale]:

@@ -1,7 +1,7 @@
 --[[
-  Holds units of one SKU for several shoppers in one step: the plain reserves (no idempotency key, no rate
-  limit, no deposit) that one client process has for this SKU at the same moment, coalesced by
-  engine/coalescing.py. Each is judged in turn, as if reserve.lua had run for each in that order, by
+  Holds units of one SKU for several shoppers in one step: the reserves without an idempotency key or a
+  deposit that one client process has for this SKU at the same moment, coalesced by engine/coalescing.py
+  (those with the user's shared request rate in one call, those without it in another). Each is judged in turn, as if reserve.lua had run for each in that order, by
   reserve.lua's fast path only: a grant (every check passes) or a sold-out refusal. Anything else is not
   judged here: the item's answer is 0 and the client sends it through reserve.lua, whose full checks give
   its answer (the limit's and stock's refusals after ending lapsed holds, a waiting room, the sale not
@@ -17,35 +17,44 @@
                               has passed (lua/includes/holds.lua)
     KEYS[4] partition stream  fs:{pN}:events
     KEYS[5] open holds        fs:{pN}:open
+    KEYS[6..]                 with a rate (ARGV[2] > 0): item i's rate bucket fs:{pN}:rl:<user> is KEYS[5 + i]
     ARGV[1] backlog limit     grants stop (0, reserve.lua refuses) at this many unapplied events
-    ARGV[2 + 3i], ARGV[3 + 3i], ARGV[4 + 3i]  (i = 0, 1, ...) an item: user id, quantity, new reservation id
+    ARGV[2] rate interval ms  '0': no rate; else every item's user is held to it (lua/includes/ratelimit.lua),
+    ARGV[3] rate tolerance ms as reserve.lua holds one: checked when the item would be granted
+    ARGV[4 + 3i], ARGV[5 + 3i], ARGV[6 + 3i]  (i = 0, 1, ...) an item: user id, quantity, new reservation id
   Output:
     an array, one answer per item, in order:
       "<reservation id> <quantity> <created_at ms> <expires_at ms>"   granted (status RESERVED)
       a negative integer -<ms>   sold out (reserve.lua's fast refusal: no unit left, the SKU's first hold
                                  ending in <ms> ms); engine/models.py raises OUT_OF_STOCK for it
       error OUT_OF_STOCK ...     sold out with no hold open ("...; none is held"), as reserve.lua says it
+      error RATE_LIMITED ...     over the user's request rate (nothing written for it), as reserve.lua says it
       0                          not judged here: nothing written for it; send it through reserve.lua
-  Errors: none of its own (every refusal is an item's answer); a malformed call (ARGV not triples) is a
-    Lua error, nothing written.
+  Errors: none of its own (every refusal is an item's answer); a malformed call (ARGV not triples, a rate
+    without its keys) is a Lua error, nothing written.
   Event: one "reserved" event per grant, in the items' order, as reserve.lua writes it (includes/new_hold.lua)
   Writes nothing but due_first (as reserve.lua's sold-out refusal does) unless it grants.
 ]]
 --@include bounds
 --@include first_deadline
 --@include new_hold
+--@include ratelimit
 
 local skuKey, dueListKey, holdsKey, stream, openHolds = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local fmt = string.format
-local count = (#ARGV - 1) / 3
-if count < 1 or count % 1 ~= 0 then error('reserve_many takes the backlog limit and (user, quantity, id) triples') end
+local FIRST = 4  -- the first item's ARGV
+local count = (#ARGV - FIRST + 1) / 3
+local interval, tolerance = tonumber(ARGV[2]) or 0, tonumber(ARGV[3]) or 0
+if count < 1 or count % 1 ~= 0 or (interval > 0 and #KEYS ~= 5 + count) then
+  error('reserve_many takes the backlog limit, the rate and (user, quantity, id) triples, with a rate key each')
+end
 
 -- Everything the checks read, in one HMGET: the counters and settings, then each item's user counts.
 local fields = {'available', 'reserved', 'per_user_limit', 'starts_at', 'ends_at', 'paused', 'reservation_ttl_ms',
   'waiting_room', 'due_last', 'due_first'}
 local FIXED = #fields
 for i = 1, count do
-  local user = ARGV[3 * i - 1]
+  local user = ARGV[FIRST + 3 * i - 3]
   fields[FIXED + 2 * i - 1], fields[FIXED + 2 * i] = 'h:' .. user, 'b:' .. user
 end
 local s = redis.call('HMGET', skuKey, unpack(fields))
@@ -97,7 +106,7 @@ local function firstDeadline()
 end
 
 for i = 1, count do
-  local user, qtyText, rid = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local user, qtyText, rid = ARGV[FIRST + 3 * i - 3], ARGV[FIRST + 3 * i - 2], ARGV[FIRST + 3 * i - 1]
   local answer = 0
   if string.find(qtyText, '^[1-9]%d?%d?%d?$') then
     local qty = tonumber(qtyText)
@@ -112,7 +121,12 @@ for i = 1, count do
         and string.match(user, '^[%w%-_%.@]+$') then
       local heldField = fields[FIXED + 2 * i - 1]
       local userHeld = held[heldField] or tonumber(s[FIXED + 2 * i - 1] or 0)
-      if userHeld + tonumber(s[FIXED + 2 * i] or 0) + qty <= limit then
+      local fits = userHeld + tonumber(s[FIXED + 2 * i] or 0) + qty <= limit
+      -- The user's rate, as reserve.lua's fast path checks it: last, and spent only by a grant.
+      local wait = fits and interval > 0 and overRate(KEYS[5 + i], now, interval, tolerance)
+      if wait then
+        answer = rateRefusal(wait)
+      elseif fits then
         available, reserved, held[heldField] = available - qty, reserved + qty, userHeld + qty
         counts[#counts + 1] = heldField
         counts[#counts + 1] = fmt('%d', userHeld + qty)

@@ -104,10 +104,11 @@ def _expiring(client: Any, keys: Iterable[str]) -> set[str]:
     return {key for key, ttl in zip(names, pipe.execute(), strict=True) if ttl > 0 or ttl == -2}
 
 
-def _many(engine: Engine, sku: str, users: list[str]) -> list[Any]:
-    """A coalesced call of plain reserves, as engine/coalescing.py sends it (the sync client does not)."""
+def _many(engine: Engine, sku: str, users: list[str], rate: RateLimit | None = None) -> list[Any]:
+    """A coalesced call of reserves, as engine/coalescing.py sends it (the sync client does not)."""
     p = engine.keys.for_sku(sku)
-    return engine._run(engine.ops.reserve_many(sku, [(user, 1, new_reservation_id(p)) for user in users]))
+    items = [(user, 1, new_reservation_id(p)) for user in users]
+    return engine._run(engine.ops.reserve_many(sku, items, rate))
 
 
 def _every_path(engine: Engine, run: Callable[[str, str, Callable[[], Any]], Any]) -> None:
@@ -181,6 +182,11 @@ def _every_path(engine: Engine, run: Callable[[str, str, Callable[[], Any]], Any
         )
         answers = run("reserve_many", many, lambda many=many: _many(engine, many, ["oli", "pam", "quin"]))
         assert [type(a) for a in answers] == [str, str, int], answers  # sold out: the first hold ends in ms
+        # Held to the users' rate: each item's rate bucket is among the keys.
+        rated = run(
+            "reserve_many", many, lambda many=many: _many(engine, many, ["oli", "ria"], RateLimit(1, 1))
+        )
+        assert [type(a) for a in rated] == [int, int], rated
         assert run("reserve_many", many, lambda many=many: _many(engine, many, ["rita", "sam"]))[0] < 0
         held[sku] = (plain, paying, late, paid_late, lazy, many)
     time.sleep(1.05)

@@ -19,6 +19,7 @@ from engine_checks import all_events, check_invariants, event_types, parse_recor
 from flashsale.engine import AsyncEngine, Engine, EngineConfig, FlashSaleError, Reservation, SaleSettings
 from flashsale.engine.keys import new_reservation_id
 from flashsale.engine.models import WaitingRoom
+from flashsale.engine.operations import RateLimit
 
 from flashsale.launcher import RedisServer
 
@@ -210,6 +211,36 @@ def test_a_call_that_sells_out_past_a_lapsed_hold_keeps_due_first_before_it(engi
     assert due_first is None or int(due_first) <= min(r.expires_at for r in lapsed), due_first
     # reserve.lua then ends the lapsed holds and grants.
     assert engine.reserve("BOUND", "d").user == "d"
+
+
+@pytest.mark.cluster
+async def test_reserves_held_to_the_shared_rate_are_coalesced_and_held_to_it(
+    async_engine: AsyncEngine, engine: Engine
+) -> None:
+    """A user's second press reaches the engine with the shared rate (api/context.py): such reserves go in
+    calls of their own, and each user is held to the rate as reserve.lua holds them."""
+    await async_engine.load_sale(SaleSettings(sku="RATED", total=20, per_user_limit=3))
+    await async_engine.buckets_of("RATED")
+    rate = RateLimit(per_s=1, burst=1)  # one request a second, no burst: a second press at once is refused
+
+    async def press(user: str, rate: RateLimit | None) -> str:
+        try:
+            await async_engine.reserve("RATED", user, rate=rate)
+        except FlashSaleError as error:
+            return error.code
+        return "granted"
+
+    held_to_it = [press(user, rate) for user in ("ann", "ann", "ann", "bob", "cy")]
+    outcomes = await asyncio.gather(*held_to_it, press("dee", None), press("eve", None))
+    assert outcomes == ["granted", "RATE_LIMITED", "RATE_LIMITED", "granted", "granted", "granted", "granted"]
+    calls, items, passed_on = await _coalesced(async_engine)
+    assert (calls, items, passed_on) == (2, 7, 0)  # one call held to the rate, one not
+    p = engine.keys.for_sku("RATED")
+    buckets = [bool(engine.redis.exists(p.rate(u))) for u in ("ann", "bob", "cy", "dee")]
+    assert buckets == [True, True, True, False]
+    assert engine.user_counts("RATED", "ann").held == 1
+    assert engine.get_sale("RATED").reserved == 5
+    assert event_types(engine)["reserved"] == 5
 
 
 @pytest.mark.parametrize("engine_config", [EngineConfig(backlog_budget_mb=1)])
