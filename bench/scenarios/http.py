@@ -297,7 +297,9 @@ def run_scenario(options: Options) -> Report:
         ]
         engine = Engine.from_url(servers.redis_url, settings.engine_config())
         engine.load_scripts()
-        engine.load_sale(SaleSettings(sku=hot, name="Hot SKU", total=s.units, reservation_ttl_ms=600_000))
+        # Its holds outlive the run (about 10 minutes with the worker's phase): the sold-out phase at the end
+        # needs the SKU still sold out.
+        engine.load_sale(SaleSettings(sku=hot, name="Hot SKU", total=s.units, reservation_ttl_ms=3_600_000))
         for sku in (stock, *deep, *(sku for *_, sku in side_runs), *(sku for _, sku in worker_runs)):
             engine.load_sale(
                 SaleSettings(sku=sku, name="Deep stock", total=100_000_000, reservation_ttl_ms=600_000)
