@@ -206,6 +206,22 @@ def _measured(
     return result
 
 
+def _saturated(
+    binary: str,
+    url: str,
+    server: subprocess.Popen[bytes],
+    redis_url: str,
+    tokens: Path,
+    sku: str,
+    s: Settings,
+) -> dict[str, Any]:
+    """One saturation run of ``_measured`` at the scenario's connections and length, every request a 201."""
+    load = {"connections": s.connections, "threads": s.threads, "seconds": s.seconds, "pace_ms": 0}
+    result = _measured(binary, url, server, redis_url, tokens, sku, **load)
+    result["connections"], result["pace_ms"], result["sku"] = s.connections, 0, sku
+    return result
+
+
 SOLD_OUT_MODES = (
     ("every refusal asks Redis (FLASHSALE_SOLDOUT_TTL_MS=0)", 0),
     ("answered from the sold-out flag (default)", FlashsaleSettings().soldout_ttl_ms),
@@ -336,19 +352,8 @@ def run_scenario(options: Options) -> Report:
         side: dict[str, dict[str, Any]] = {what: {} for what in comparisons}
         for what, name, kind, sku in side_runs:
             with _serve(comparisons[what][kind], s.server_workers) as (url, server):
-                result = _measured(
-                    binary,
-                    url,
-                    server,
-                    servers.redis_url,
-                    tokens,
-                    sku,
-                    connections=s.connections,
-                    threads=s.threads,
-                    seconds=s.seconds,
-                    pace_ms=0,
-                )
-                result["variant"], result["sku"] = kind, sku
+                result = _saturated(binary, url, server, servers.redis_url, tokens, sku, s)
+                result["variant"] = kind
                 side[what][name] = result
         writeback = (
             _with_worker(binary, settings, s, servers.redis_url, tokens, worker_runs) if worker_runs else {}
@@ -663,20 +668,7 @@ def _with_worker(
             out["caught_up"], out["caught_up_s"] = caught_up, round(waited, 1)
             with _serve(settings, s.server_workers) as (url, server):
                 for name, sku in runs:
-                    result = _measured(
-                        binary,
-                        url,
-                        server,
-                        redis_url,
-                        tokens,
-                        sku,
-                        connections=s.connections,
-                        threads=s.threads,
-                        seconds=s.seconds,
-                        pace_ms=0,
-                    )
-                    result["connections"], result["pace_ms"], result["sku"] = s.connections, 0, sku
-                    out["runs"][name] = result
+                    out["runs"][name] = _saturated(binary, url, server, redis_url, tokens, sku, s)
             drained, waited = stack.wait_drained(600)
             out["drained"], out["drained_s"] = drained, round(waited, 1)
         out["reconcile_exit"], _ = stack.reconcile()
