@@ -114,11 +114,11 @@ class ReserveCoalescer:
         passed_on = 0
         for item, answer in zip(items, answers, strict=True):
             future = item[3]
+            if future.done():  # its caller gave up waiting (a reserve passed on is not sent then)
+                continue
             if answer == 0:
                 passed_on += 1
                 self._spawn(self._alone(group, item))
-            elif future.done():  # its caller gave up waiting
-                continue
             elif isinstance(answer, int):  # sold out: -<ms until the first hold ends>
                 future.set_exception(sold_out(sku, -answer))
             elif isinstance(answer, ResponseError):
