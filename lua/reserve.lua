@@ -63,6 +63,9 @@
     error ALREADY_RESERVED   the user's holds + purchases would pass the limit and they hold some now
     error ALREADY_PURCHASED  the user's purchases alone use up the limit
     error OUT_OF_STOCK       fewer units available than asked for
+    error OUT_OF_STOCK       "...; other requests are ending its lapsed holds now, try again": sent again with
+                             the keys of the lapsed holds it asked for, it found every one of them ended by
+                             other requests meanwhile (a herd as many holds lapse together); not remembered
     error BACKLOG_FULL       the write-behind backlog of this partition is at its budget (nothing written)
     error RATE_LIMITED       over the user's request rate (nothing written but the bucket; not remembered)
     error NOT_ADMITTED       the sale has a waiting room and the user holds no live admission (nothing

@@ -1,8 +1,9 @@
 --[[
   Holds units of one SKU for several shoppers in one step: the reserves without an idempotency key or a
   deposit that one client process has for this SKU at the same moment, coalesced by engine/coalescing.py
-  (those with the user's shared request rate in one call, those without it in another). Each is judged in turn, as if reserve.lua had run for each in that order, by
-  reserve.lua's fast path only: a grant (every check passes) or a sold-out refusal. Anything else is not
+  (those held to the users' shared request rate in one call, the others in another). Each is judged in
+  turn, as if reserve.lua had run for each in that order, by reserve.lua's fast path only: a grant (every
+  check passes), a sold-out refusal, or (held to a rate) a refusal for the rate. Anything else is not
   judged here: the item's answer is 0 and the client sends it through reserve.lua, whose full checks give
   its answer (the limit's and stock's refusals after ending lapsed holds, a waiting room, the sale not
   open, bad input, a full backlog). One call pays once for what each reserve.lua call pays again: the
@@ -33,7 +34,8 @@
   Errors: none of its own (every refusal is an item's answer); a malformed call (ARGV not triples, a rate
     without its keys) is a Lua error, nothing written.
   Event: one "reserved" event per grant, in the items' order, as reserve.lua writes it (includes/new_hold.lua)
-  Writes nothing but due_first (as reserve.lua's sold-out refusal does) unless it grants.
+  Writes nothing but due_first (as reserve.lua's sold-out refusal does) unless it grants (a grant held to a
+  rate spends its user's rate bucket too).
 ]]
 --@include bounds
 --@include first_deadline
