@@ -31,8 +31,8 @@ from .keys import new_reservation_id
 from .models import Reservation, reservation_from_reserve, sold_out
 from .operations import Call, Operations, RateLimit, identifier
 
-# A queued reserve: user, quantity, its new reservation id, its caller's future.
-_Item = tuple[str, int, str, "asyncio.Future[Reservation]"]
+# A queued reserve: user, quantity, its caller's future.
+_Item = tuple[str, int, "asyncio.Future[Reservation]"]
 # Reserves coalesce with those of the same SKU held to the same rate (or to none).
 _Group = tuple[str, RateLimit | None]
 
@@ -63,11 +63,11 @@ class ReserveCoalescer:
 
     async def reserve(self, sku: str, user: str, quantity: int, rate: RateLimit | None = None) -> Reservation:
         # The input checked as Operations.reserve checks it: bad input raises here, before anything is queued.
-        rid = new_reservation_id(self._ops.keys.for_sku(identifier(sku, "sku")))
+        identifier(sku, "sku")
         identifier(user, "user id")
         future: asyncio.Future[Reservation] = asyncio.get_running_loop().create_future()
         held_to = rate if rate is not None and rate.per_s > 0 else None
-        self._queue((sku, held_to), (user, quantity, rid, future))
+        self._queue((sku, held_to), (user, quantity, future))
         try:
             return await future
         finally:
@@ -100,9 +100,13 @@ class ReserveCoalescer:
         sku, rate = group
         self.calls += 1
         self.items += len(items)
+        # Ids made here, for the items that go in this call (one that goes alone gets reserve's own).
+        p = self._ops.keys.for_sku(sku)
         try:
             answers = await self._run(
-                self._ops.reserve_many(sku, [(user, quantity, rid) for user, quantity, rid, _ in items], rate)
+                self._ops.reserve_many(
+                    sku, [(user, quantity, new_reservation_id(p)) for user, quantity, _ in items], rate
+                )
             )
         except (Exception, asyncio.CancelledError) as error:
             for *_, future in items:
@@ -113,7 +117,7 @@ class ReserveCoalescer:
             return
         passed_on = 0
         for item, answer in zip(items, answers, strict=True):
-            future = item[3]
+            future = item[2]
             if future.done():  # its caller gave up waiting (a reserve passed on is not sent then)
                 continue
             if answer == 0:
@@ -131,7 +135,7 @@ class ReserveCoalescer:
 
     async def _alone(self, group: _Group, item: _Item) -> None:
         """One reserve through reserve.lua (its full checks when the fast path does not answer it)."""
-        (sku, rate), (user, quantity, _, future) = group, item
+        (sku, rate), (user, quantity, future) = group, item
         try:
             reservation = await self._run(self._ops.reserve(sku, user, quantity, None, rate))
         except (Exception, asyncio.CancelledError) as error:
