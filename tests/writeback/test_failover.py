@@ -257,6 +257,27 @@ def _replication_backlog(master: RedisClusterNode) -> int:
     return sum(int(m) for m in re.findall(r"\b(?:obl|omem)=(\d+)", str(rows)))
 
 
+def _wait_replica_online(master: RedisClusterNode, timeout_s: float) -> None:
+    """Until the master streams to its replica (``state=online``): a link that dropped under load and is
+    resyncing holds no output buffer to fill."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        replication = master.info("replication")
+        states = [
+            v.get("state") for k, v in replication.items() if k.startswith("slave") and isinstance(v, dict)
+        ]
+        if states == ["online"]:
+            return
+        assert time.monotonic() < deadline, f"the replica is not online: {replication}\n{_log_tail(master)}"
+        time.sleep(0.05)
+
+
+def _log_tail(node: RedisClusterNode, lines: int = 30) -> str:
+    if node.log_path is None or not node.log_path.exists():
+        return "(no log)"
+    return "\n".join(node.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
 @pytest.mark.parametrize("replica_state", ["in-step", "behind"])
 def test_a_worker_and_a_master_with_a_replica_killed_under_load_lose_only_what_replication_had_not_carried(
     replicated_cluster: RedisCluster,
@@ -307,6 +328,7 @@ def test_a_worker_and_a_master_with_a_replica_killed_under_load_lose_only_what_r
         window_s = LOSS_WINDOW_S
         if replica_state == "behind":
             assert replica.process is not None
+            _wait_replica_online(victim, timeout_s=10)
             replica.process.send_signal(signal.SIGSTOP)
             frozen = replica.process
             frozen_at = time.monotonic()
@@ -322,7 +344,9 @@ def test_a_worker_and_a_master_with_a_replica_killed_under_load_lose_only_what_r
                     ballast.set(f"failover-ballast{tag}", b"x" * (1 << 20))
             finally:
                 ballast.close()
-            assert _replication_backlog(victim) > 0, "the socket buffers took 200 MB"
+            assert _replication_backlog(victim) > 0, (
+                f"the socket buffers took 200 MB: {victim.info('replication')}\n{_log_tail(victim)}"
+            )
             time.sleep(0.5)  # changes acknowledged by the master alone
             figures["replica_frozen_s"] = round(time.monotonic() - frozen_at, 2)
             figures["unsent_replication_bytes"] = _replication_backlog(victim)
