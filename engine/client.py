@@ -93,15 +93,42 @@ SyncClient = redis.Redis | redis.cluster.RedisCluster
 AsyncClient = aioredis.Redis | aiocluster.RedisCluster
 
 
+def cluster_startup_nodes(url: str, *, cluster: bool) -> tuple[str, list[tuple[str, int]]]:
+    """FLASHSALE_REDIS_URL split: the first URL, and the (host, port) of the other nodes it names. On a
+    Redis Cluster the URL may name several nodes, comma-separated (``redis://:pw@10.0.0.1:7000,
+    redis://10.0.0.2:7000``: credentials and options come from the first), so that a process starting
+    while one of them is down still finds the cluster through another; one Redis takes one URL."""
+    first, *others = (part.strip() for part in url.split(","))
+    if not others:
+        return first, []
+    if not cluster:
+        raise ValueError(
+            "FLASHSALE_REDIS_URL names several nodes, which only a Redis Cluster takes "
+            "(set FLASHSALE_REDIS_CLUSTER=1), or give one URL"
+        )
+    nodes = []
+    for part in others:
+        options = parse_url(part if "://" in part else f"redis://{part}")
+        host, port = options.get("host"), options.get("port")
+        if not first or not host or not port:
+            raise ValueError(f"FLASHSALE_REDIS_URL: {part!r} is not a node's redis://host:port")
+        nodes.append((str(host), int(port)))
+    return first, nodes
+
+
 def redis_client(
     url: str, *, cluster: bool = False, max_connections: int = 64, pool_timeout: float = 10.0
 ) -> SyncClient:
     """A sync redis-py client as the engine wants it: decoded replies, a blocking pool (per node on a
     cluster), and no retry of a command after a connection error. For the engine and for other layers
-    that read the engine's keys (a cluster client routes each key to its node)."""
+    that read the engine's keys (a cluster client routes each key to its node). On a cluster ``url`` may
+    name several startup nodes (``cluster_startup_nodes``)."""
+    url, others = cluster_startup_nodes(url, cluster=cluster)
     if cluster:
+        nodes = [redis.cluster.ClusterNode(host, port) for host, port in others]  # type: ignore[no-untyped-call]
         return redis.cluster.RedisCluster.from_url(
             url,
+            startup_nodes=nodes,
             decode_responses=True,
             retry=_no_retry(),
             connection_pool_class=redis.BlockingConnectionPool,
@@ -123,9 +150,11 @@ def async_redis_client(
 ) -> AsyncClient:
     """The asyncio twin of ``redis_client``. redis-py's asyncio cluster client has no waiting pool: past
     ``max_connections`` per node a command fails at once (the engine's own calls never use it)."""
+    url, others = cluster_startup_nodes(url, cluster=cluster)
     if cluster:
         return aiocluster.RedisCluster.from_url(
             url,
+            startup_nodes=[aiocluster.ClusterNode(host, port) for host, port in others],
             decode_responses=True,
             retry=AsyncRetry(NoBackoff(), 0),
             max_connections=max_connections,
@@ -616,8 +645,9 @@ class AsyncEngine(_Common):
         )
         if not cluster:
             return cls(client, config, pipelining=pipelining, max_batch=max_batch, max_inflight=max_inflight)
-        options = parse_url(url)
-        startup = [(str(options.pop("host", "127.0.0.1")), int(options.pop("port", 6379)))]
+        first, others = cluster_startup_nodes(url, cluster=True)
+        options = parse_url(first)
+        startup = [(str(options.pop("host", "127.0.0.1")), int(options.pop("port", 6379))), *others]
         options.pop("db", None)  # a cluster has database 0 only
         router = ClusterRouter(
             startup,

@@ -77,7 +77,8 @@ class EngineConfig:
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Servers; None = start an embedded one (flashsale up) or fail with a clear message (other commands).
     redis_url: str | None = None
-    # FLASHSALE_REDIS_CLUSTER=1: redis_url is a node of a Redis Cluster (any node: clients learn the rest).
+    # FLASHSALE_REDIS_CLUSTER=1: redis_url is a node of a Redis Cluster (any node: clients learn the rest),
+    # or several, comma-separated, for a process that starts while one of them is down.
     redis_cluster: bool = False
     database_url: str | None = None
     kafka_bootstrap: str | None = None
@@ -136,6 +137,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     log_level: str = "INFO"
 
+    def __post_init__(self) -> None:
+        if self.redis_url and "," in self.redis_url and not self.redis_cluster:
+            raise ValueError(
+                "FLASHSALE_REDIS_URL names several nodes, which only a Redis Cluster takes "
+                "(set FLASHSALE_REDIS_CLUSTER=1), or give one URL"
+            )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Settings from ``FLASHSALE_*`` variables (e.g. FLASHSALE_REDIS_URL), then explicit overrides."""
@@ -178,3 +186,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             if value is not None:
                 env[PREFIX + field.upper()] = str(value)
         return env
+
+
+def redact_url(url: str | None) -> str:
+    """A URL fit for the terminal: the password (if any) replaced by ***; each of a comma-separated list
+    (a Redis Cluster's startup nodes)."""
+    if url is None:
+        return "(not set)"
+    if "," in url:
+        return ",".join(redact_url(part) for part in url.split(","))
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    if ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    return f"{scheme}://{credentials}@{host}"

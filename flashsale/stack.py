@@ -33,6 +33,7 @@ from rich.console import Console
 
 from flashsale import launcher
 from flashsale.engine.settings import Settings
+from flashsale.engine.settings import redact_url as _redact
 
 log = logging.getLogger("flashsale.stack")
 
@@ -392,7 +393,7 @@ class Stack:
         except (SaleFileError, FlashSaleError) as error:
             raise StackError(f"the sale did not load: {error}") from None
         except redis.RedisError as error:
-            raise StackError(f"cannot reach Redis at {self.settings.redis_url}: {error}") from None
+            raise StackError(f"cannot reach Redis at {_redact(self.settings.redis_url)}: {error}") from None
         finally:
             engine.close()
 
@@ -508,7 +509,8 @@ class Stack:
         if "redis_tcp" in self.endpoints:
             redis_line += f"  (TCP {self.endpoints['redis_tcp']})"
         if self.settings.redis_cluster:
-            redis_line += "  (a node of the Redis Cluster: FLASHSALE_REDIS_CLUSTER=1)"
+            named = "nodes" if "," in self.endpoints["redis"] else "a node"
+            redis_line += f"  ({named} of the Redis Cluster: FLASHSALE_REDIS_CLUSTER=1)"
         lines.append(redis_line)
         lines += [f"  master     {name}  partitions {partitions}" for name, partitions in self.masters]
         lines += [
@@ -525,17 +527,6 @@ def msgspec_replace(settings: Settings, **changes: object) -> Settings:
     import msgspec
 
     return msgspec.structs.replace(settings, **changes)
-
-
-def _redact(url: str) -> str:
-    """A URL fit for the terminal: the password (if any) replaced by ***."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    if ":" in credentials:
-        credentials = credentials.split(":", 1)[0] + ":***"
-    return f"{scheme}://{credentials}@{host}"
 
 
 def _connectable(host: str) -> str:

@@ -19,7 +19,7 @@ from rich.table import Table
 from flashsale import reconcile as rc
 from flashsale.commands.sale import table_console
 from flashsale.engine import Engine
-from flashsale.engine.settings import Settings
+from flashsale.engine.settings import Settings, redact_url
 
 
 class CannotRun(click.ClickException):
@@ -169,7 +169,7 @@ def reconcile(settings: Settings, as_json: bool, repair: str | None, yes: bool) 
     try:
         engine = Engine.from_settings(settings, max_connections=8)
     except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
-        raise CannotRun(f"cannot reach Redis at {settings.redis_url}: {error}") from None
+        raise CannotRun(f"cannot reach Redis at {redact_url(settings.redis_url)}: {error}") from None
     try:
         snap = _run_check(engine, settings.database_url, console, show_progress=not as_json)
         report = rc.check(snap)
@@ -178,7 +178,7 @@ def reconcile(settings: Settings, as_json: bool, repair: str | None, yes: bool) 
     except rc.ReconcileError as error:
         raise CannotRun(str(error)) from None
     except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
-        raise CannotRun(f"cannot reach Redis at {settings.redis_url}: {error}") from None
+        raise CannotRun(f"cannot reach Redis at {redact_url(settings.redis_url)}: {error}") from None
     finally:
         engine.close()
     if as_json:

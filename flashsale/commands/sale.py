@@ -26,7 +26,7 @@ from flashsale.engine import Engine
 from flashsale.engine.errors import FlashSaleError
 from flashsale.engine.models import SALE_AND_ROOM_FIELDS, Sale, sale_from_values
 from flashsale.engine.nodes import node_clients, partition_nodes
-from flashsale.engine.settings import Settings
+from flashsale.engine.settings import Settings, redact_url
 from flashsale.sales import SaleFileError, iso_utc, load_sales, read_sale_file, redis_now_ms
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def engine_for(settings: Settings) -> Engine:
     try:
         return Engine.from_settings(settings, max_connections=8)
     except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
-        raise click.ClickException(f"cannot reach Redis at {url}: {error}") from None
+        raise click.ClickException(f"cannot reach Redis at {redact_url(url)}: {error}") from None
 
 
 def table_console(*, stderr: bool = False) -> Console:
@@ -145,7 +145,8 @@ def _load(settings: Settings, records: list[dict[str, Any]]) -> tuple[list[Sale]
     except FlashSaleError as error:
         raise click.ClickException(f"Redis refused the sale: {error}") from None
     except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
+        where = redact_url(settings.redis_url)
+        raise click.ClickException(f"cannot reach Redis at {where}: {error}") from None
     finally:
         engine.close()
 
@@ -556,7 +557,8 @@ def status(settings: Settings, as_json: bool) -> None:
     try:
         document = sale_status(engine, _lags(engine))
     except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
+        where = redact_url(settings.redis_url)
+        raise click.ClickException(f"cannot reach Redis at {where}: {error}") from None
     finally:
         engine.close()
     if as_json:

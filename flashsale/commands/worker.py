@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import redis
 
-from flashsale.engine.settings import Settings
+from flashsale.engine.settings import Settings, redact_url
 
 
 def _client(settings: Settings) -> redis.Redis | redis.cluster.RedisCluster:
@@ -17,7 +17,8 @@ def _client(settings: Settings) -> redis.Redis | redis.cluster.RedisCluster:
     try:
         return redis_client(settings.redis_url, cluster=settings.redis_cluster, max_connections=4)
     except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as error:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
+        where = redact_url(settings.redis_url)
+        raise click.ClickException(f"cannot reach Redis at {where}: {error}") from None
 
 
 @click.group(invoke_without_command=True)

@@ -17,6 +17,7 @@ from flashsale.engine import Engine, SaleNotActive
 from flashsale.engine.nodes import partition_nodes
 
 from flashsale.cli import main
+from flashsale.launcher import RedisCluster, free_port
 
 Drain = Callable[[Engine, str], int]
 
@@ -520,3 +521,32 @@ def test_put_splits_a_new_sku_into_buckets_and_status_lists_them(
     table = cli(env, "sale", "status")
     assert "SKU-HOT (4 buckets)" in table.output
     assert "stock buckets" in table.output
+
+
+# -- FLASHSALE_REDIS_URL naming several nodes of a cluster -------------------------------------------------
+
+
+def test_a_cluster_is_found_through_any_named_node_and_no_password_is_printed(
+    redis_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    down = f"127.0.0.1:{free_port()}"  # a node that is down: nothing listens there
+    env = {"FLASHSALE_REDIS_URL": f"redis://{down},{redis_cluster.url}", "FLASHSALE_REDIS_CLUSTER": "1"}
+    sale = {"skus": [{"sku": "SKU-NODES-1", "name": "Startup nodes", "price_cents": 100, "stock": 7}]}
+    loaded = cli(env, "sale", "load", str(write_json(tmp_path, sale)))
+    assert loaded.exit_code == 0, loaded.output
+    status = cli(env, "sale", "status", "--json")
+    assert status.exit_code == 0, status.output
+    document = json.loads(status.output)
+    row = next(s for s in document["sales"] if s["sku"] == "SKU-NODES-1")
+    assert (row["total"], row["available"]) == (7, 7)
+    assert len(document["nodes"]) == len(redis_cluster.masters)
+    assert document["unreadable_nodes"] == []
+    # Only the node that is down: a clear error, its password not printed.
+    alone = cli({**env, "FLASHSALE_REDIS_URL": f"redis://:hunter2@{down}"}, "sale", "status")
+    assert alone.exit_code == 1
+    assert f"cannot reach Redis at redis://:***@{down}" in alone.output
+    assert "hunter2" not in alone.output
+    # Several nodes for one Redis: refused before anything is read.
+    several = cli({**env, "FLASHSALE_REDIS_CLUSTER": "0"}, "sale", "status")
+    assert several.exit_code == 1
+    assert "only a Redis Cluster takes" in several.output
