@@ -64,18 +64,20 @@ def _update(records: dict[str, Record], key: str | None, fields: Record | None, 
     if created:
         records[key] = {"id": key, **fields}
     elif key in records:
-        records[key].update(fields)
+        records[key] = {**records[key], **fields}  # a copy: the record may be PostgreSQL's own
     # Else: a change to a record that ended before the window (neither store is asked to hold it).
 
 
 def expected_redis(snap: Snapshot) -> StoreState:
     """The sales, user counts, waiting rooms, reservations and orders Redis must hold right now."""
     pg = snap.postgres
+    # The reservations and orders (millions in a big sale) share PostgreSQL's records: an event's change
+    # replaces the record it touches with a changed copy (_update), so neither store's state is altered.
     target = StoreState(
         sales=copy.deepcopy(pg.sales),
         users=dict(pg.users),
-        reservations=copy.deepcopy(pg.reservations),
-        orders=copy.deepcopy(pg.orders),
+        reservations=dict(pg.reservations),
+        orders=dict(pg.orders),
         rooms=copy.deepcopy(pg.rooms),
     )
     for event in snap.redis.unapplied_events():

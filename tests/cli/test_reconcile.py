@@ -7,6 +7,7 @@ down is named with its partitions."""
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -21,7 +22,9 @@ from flashsale.engine.errors import FlashSaleError
 from flashsale.engine.keys import Keyspace, bought_field
 from flashsale.engine.nodes import node_clients, partition_nodes
 
+from flashsale import reconcile as rc
 from flashsale.cli import main
+from flashsale.reconcile.target import expected_redis
 
 Drain = Callable[[Engine, str], int]
 
@@ -226,6 +229,29 @@ def test_a_sale_on_every_node_reconciles_with_zero_drift_while_shoppers_buy_and_
 
 
 @pytest.mark.cluster
+def test_the_target_changes_copies_of_postgresqls_records_never_the_records_read(
+    busy_sale: Engine, database_url: str, drain: Drain
+) -> None:
+    """What Redis must hold shares PostgreSQL's records (millions of them in a big sale) and replaces the
+    ones an unapplied event changes: the state read from PostgreSQL stays as read, which the checks and
+    the PostgreSQL repair compare against."""
+    hold = busy_sale.reserve(SKUS[0], "shared")
+    drain(busy_sale, database_url)
+    busy_sale.release(hold.id, "shared")  # unapplied: PostgreSQL still has the hold open
+    snap = rc.snapshot(busy_sale, database_url)
+    as_read = copy.deepcopy(snap.postgres.reservations)
+    target = expected_redis(snap)
+    assert snap.postgres.reservations == as_read
+    assert as_read[hold.id]["status"] == "RESERVED"
+    assert target.reservations[hold.id]["status"] == "CANCELLED"
+    assert snap.redis.reservations[hold.id]["status"] == "CANCELLED"
+    unchanged = next(rid for rid, r in as_read.items() if rid != hold.id and r["status"] == "RESERVED")
+    assert target.reservations[unchanged] is snap.postgres.reservations[unchanged]
+    checked = rc.check(snap)
+    assert checked.ok, checked.drifts[:5]
+    assert checked.unapplied_events == 1
+
+
 def test_drift_in_redis_is_found_and_rebuilt_from_postgres(busy_sale: Engine, env: dict[str, str]) -> None:
     before = counters(busy_sale)
     sku_key = busy_sale.keys.for_sku("SKU-TV-55").sku("SKU-TV-55")
