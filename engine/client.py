@@ -72,7 +72,7 @@ from .operations import (
 )
 from .pipelining import AutoPipeline, release_when_replicated
 from .scripts import Script, load_scripts
-from .settings import EngineConfig, Settings
+from .settings import SEVERAL_NODES_NEED_A_CLUSTER, EngineConfig, Settings
 
 T = TypeVar("T")
 
@@ -102,18 +102,15 @@ def cluster_startup_nodes(url: str, *, cluster: bool) -> tuple[str, list[tuple[s
     if not others:
         return first, []
     if not cluster:
-        raise ValueError(
-            "FLASHSALE_REDIS_URL names several nodes, which only a Redis Cluster takes "
-            "(set FLASHSALE_REDIS_CLUSTER=1), or give one URL"
-        )
+        raise ValueError(SEVERAL_NODES_NEED_A_CLUSTER)
     nodes = []
-    for part in others:
+    for part in (first, *others):
         options = parse_url(part if "://" in part else f"redis://{part}")
         host, port = options.get("host"), options.get("port")
-        if not first or not host or not port:
+        if not host or not port:
             raise ValueError(f"FLASHSALE_REDIS_URL: {part!r} is not a node's redis://host:port")
         nodes.append((str(host), int(port)))
-    return first, nodes
+    return first, nodes[1:]
 
 
 def redis_client(

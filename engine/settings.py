@@ -139,10 +139,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     def __post_init__(self) -> None:
         if self.redis_url and "," in self.redis_url and not self.redis_cluster:
-            raise ValueError(
-                "FLASHSALE_REDIS_URL names several nodes, which only a Redis Cluster takes "
-                "(set FLASHSALE_REDIS_CLUSTER=1), or give one URL"
-            )
+            raise ValueError(SEVERAL_NODES_NEED_A_CLUSTER)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -186,6 +183,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             if value is not None:
                 env[PREFIX + field.upper()] = str(value)
         return env
+
+
+# FLASHSALE_REDIS_URL may name several nodes (comma-separated) of a Redis Cluster only (engine.client).
+SEVERAL_NODES_NEED_A_CLUSTER = (
+    "FLASHSALE_REDIS_URL names several nodes, which only a Redis Cluster takes "
+    "(set FLASHSALE_REDIS_CLUSTER=1), or give one URL"
+)
 
 
 def redact_url(url: str | None) -> str:
