@@ -67,5 +67,7 @@ def test_several_nodes_need_a_cluster_and_each_must_be_a_node() -> None:
         cluster_startup_nodes("redis://a:7000,redis://b:7000", cluster=False)
     with pytest.raises(ValueError, match="is not a node"):
         cluster_startup_nodes("redis://a:7000,", cluster=True)
+    with pytest.raises(ValueError, match="is not a node"):
+        cluster_startup_nodes("unix:///run/redis.sock,redis://b:7000", cluster=True)
     assert redact_url("redis://:pw@a:7000,redis://u:pw@b:7001") == "redis://:***@a:7000,redis://u:***@b:7001"
     assert redact_url(None) == "(not set)"
