@@ -151,9 +151,8 @@ def run_scenario(options: Options) -> Report:
     ok = prepared["reserve"]["outcomes"].get("ok", 0)
     report.check(f"all {s.holds:,} reserves succeeded", ok == s.holds, str(prepared["reserve"]["outcomes"]))
     for i, r in enumerate(runs, 1):
-        enough = (r["checked_reservations"] or 0) == s.holds if own_servers else (
-            (r["checked_reservations"] or 0) >= s.holds
-        )  # fmt: skip
+        checked = r["checked_reservations"] or 0
+        enough = checked == s.holds if own_servers else checked >= s.holds
         report.check(
             f"run {i}: exit 0, no drift, nothing unapplied, every hold checked",
             r["exit_code"] == 0 and r["drift_count"] == 0 and r["unapplied_events"] == 0 and enough,
